@@ -1,0 +1,509 @@
+"""InteractionLog -> SequenceDataset: filters, dense ids, chronological order, splits, side data.
+
+Shape legend: `N` flattened events, `U` users (the `_U1` suffix: U + 1 CSR offsets), `V` catalog
+size including the padding id 0, `A` attribute table size including the padding id 0.
+
+Ids: items are dense `1..V-1` in the sorted order of their raw keys, 0 is padding; users are
+dense `0..U-1`, also in raw-key order. `SequenceDataset.item_keys[id]` / `user_keys[u]` give the
+raw keys back (`item_keys[0]` is a placeholder: -1 for integer keys, "" for string keys).
+
+The result can be cached as one `.npz` plus a small `.json` in `cache_dir`, keyed by sha256 of
+the source fingerprint (the source files' bytes and reader options) and the options here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+from absl import logging
+import numpy as np
+
+from lstmrec_jax.data.errors import DataError
+from lstmrec_jax.data.readers import InteractionLog
+from lstmrec_jax.data.readers import ItemSide
+
+# Bump when the dataset arrays or their meaning change: old caches then miss instead of lying.
+CACHE_VERSION = 1
+SPLITS = ("loo", "temporal")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Sequences:
+  """CSR rows of item ids: row u is `items_N[offsets_U1[u]:offsets_U1[u + 1]]`."""
+
+  offsets_U1: np.ndarray  # int64, offsets_U1[0] == 0
+  items_N: np.ndarray  # int32
+
+  def __len__(self) -> int:
+    return len(self.offsets_U1) - 1
+
+  def __getitem__(self, u: int) -> np.ndarray:
+    return self.items_N[self.offsets_U1[u]:self.offsets_U1[u + 1]]
+
+  @property
+  def lengths_U(self) -> np.ndarray:
+    return np.diff(self.offsets_U1)
+
+  @classmethod
+  def from_lists(cls, rows: Sequence[Sequence[int]]) -> Sequences:
+    """CSR from a list of rows, e.g. `from_lists([[1, 2], [], [3]])`."""
+    lengths = np.fromiter((len(r) for r in rows), np.int64, len(rows))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    items = np.fromiter((x for r in rows for x in r), np.int32, int(offsets[-1]))
+    return cls(offsets, items)
+
+  @classmethod
+  def from_lengths(cls, lengths_U: np.ndarray, items_N: np.ndarray) -> Sequences:
+    offsets = np.zeros(len(lengths_U) + 1, np.int64)
+    np.cumsum(lengths_U, out=offsets[1:])
+    return cls(offsets, np.asarray(items_N, np.int32))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EvalSplit:
+  """One target per user; `history[k]` is everything user `users_U[k]` did before `targets_U[k]`."""
+
+  users_U: np.ndarray  # int32 dense user indices
+  history: Sequences
+  targets_U: np.ndarray  # int32 dense item ids
+
+  def __len__(self) -> int:
+    return len(self.users_U)
+
+
+@dataclasses.dataclass(eq=False)
+class SequenceDataset:
+  """Dense, split, ready-to-batch data; see docs/architecture.md."""
+
+  num_items: int  # V, including the padding id 0
+  num_users: int
+  item_keys: np.ndarray  # [V] raw item keys; [0] is a placeholder
+  user_keys: np.ndarray  # [U] raw user keys
+  train: Sequences  # one row per user, time order
+  valid: EvalSplit
+  test: EvalSplit
+  item_attrs: Sequences  # one row per item id (row 0 empty); attribute ids from 1
+  num_attrs: int  # attribute table size, including the padding id 0
+  item_titles: list[str]  # [V], "" where unknown
+  attribute_names: list[str]  # [num_attrs], [0] == ""
+  item_counts_V: np.ndarray  # int64 training-part interaction counts
+  split: str = "loo"
+  source: str = ""
+  stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def summary(self) -> str:
+    """One line: sizes of the catalog and of each split."""
+    return (f"{self.source}: {self.num_users} users, {self.num_items - 1} items,"
+            f" {self.stats.get('num_events', '?')} events; split {self.split}: train"
+            f" {len(self.train.items_N)} events, valid {len(self.valid)}, test {len(self.test)};"
+            f" {self.num_attrs - 1} attributes")
+
+
+def build_options(*, min_rating: float | None = None, min_user_events: int = 1,
+                  min_item_events: int = 1, split: str = "loo",
+                  temporal_fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, Any]:
+  """Validated, canonical options of `build_dataset` (the part of the cache key they set)."""
+  if split not in SPLITS:
+    raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+  for name, value in (("min_user_events", min_user_events), ("min_item_events", min_item_events)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+      raise DataError(f"{name} must be a non-negative integer, got {value!r}")
+  if min_rating is not None and not isinstance(min_rating, (int, float, np.number)):
+    raise DataError(f"min_rating must be a number or None, got {min_rating!r}")
+  fractions = None
+  if split == "temporal":
+    fractions = [float(f) for f in temporal_fractions]
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+      raise DataError("temporal_fractions must be three positive numbers (train, valid, test)"
+                      f" summing to 1, got {list(temporal_fractions)}")
+  return {"min_rating": None if min_rating is None else float(min_rating),
+          "min_user_events": int(min_user_events), "min_item_events": int(min_item_events),
+          "split": split, "temporal_fractions": fractions}
+
+
+def build_dataset(log: InteractionLog, *, min_rating: float | None = None,
+                  min_user_events: int = 1, min_item_events: int = 1, split: str = "loo",
+                  temporal_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                  cache_dir: str | os.PathLike[str] | None = None) -> SequenceDataset:
+  """Filters, orders and splits an interaction log into a `SequenceDataset`.
+
+  Order of operations: rating threshold, k-core, chronological order, split, dense ids.
+
+  Chronological order is a stable sort by timestamp within each user: ties keep file order, and
+  without timestamps file order is time order.
+
+  Splits:
+    * "loo" (leave-one-out, the standard protocol of the Amazon benchmarks): per user, test
+      target = last event, valid target = second-to-last, train = the rest. Valid history = train
+      sequence; test history = train sequence + valid target. Users with fewer than 3 events are
+      dropped (counted and logged). The catalog is every item left after filtering.
+    * "temporal" (global cut points, needs timestamps): with the filtered events' timestamps
+      sorted ascending as `ts[0..N-1]` and fractions `(a, b, c)`, `t_valid = ts[floor(a*N)]` and
+      `t_test = ts[floor((a+b)*N)]`. Train = events with `t < t_valid`. A user's valid example
+      is their first event with `t_valid <= t < t_test`, with all their earlier events (= their
+      train events) as history; their test example is their first event with `t >= t_test`,
+      with all earlier events as history. The catalog is the items seen in train: a model
+      cannot score an item it never trained on, so examples whose target is outside the catalog
+      are dropped, items outside it are removed from test histories, and examples whose history
+      ends up empty are dropped (all counted and logged). Users are those with a train event
+      or an evaluation example.
+
+  Args:
+    log: raw events from a reader.
+    min_rating: keep only events rated at least this (needs ratings; None keeps all).
+    min_user_events: k-core threshold on events per user (<= 1: no filter).
+    min_item_events: k-core threshold on events per item (<= 1: no filter); both thresholds are
+      applied alternately until neither drops anything.
+    split: "loo" or "temporal".
+    temporal_fractions: (train, valid, test) fractions of events for the temporal cut points.
+    cache_dir: where to keep / find the `.npz` + `.json` cache; None disables caching.
+
+  Returns:
+    The `SequenceDataset`; `stats` holds every count that filtering and splitting dropped.
+
+  Raises:
+    DataError: bad options, no ratings for `min_rating`, no timestamps for "temporal", or too
+      few events for the split.
+  """
+  options = build_options(min_rating=min_rating, min_user_events=min_user_events,
+                          min_item_events=min_item_events, split=split,
+                          temporal_fractions=temporal_fractions)
+  key = None
+  if cache_dir is not None:
+    key = cache_key(log.fingerprint or log_fingerprint(log), options)
+    cached = load_cached(cache_dir, key)
+    if cached is not None:
+      return cached
+  dataset = _build(log, options)
+  if key is not None:
+    save_cached(dataset, cache_dir, key, options)
+  return dataset
+
+
+# ----------------------------------------------------------------------------- the build
+
+
+def _build(log: InteractionLog, options: dict[str, Any]) -> SequenceDataset:
+  src = log.source
+  n = len(log)
+  if n == 0:
+    raise DataError(f"{src}: no events")
+  stats: dict[str, Any] = {"events_read": n}
+  user_raw, user_inv = np.unique(log.users, return_inverse=True)
+  item_raw, item_inv = np.unique(log.items, return_inverse=True)
+  keep = np.ones(n, bool)
+
+  if options["min_rating"] is not None:
+    if log.ratings is None:
+      raise DataError(f"{src}: min_rating={options['min_rating']} but this log has no ratings")
+    keep &= log.ratings >= options["min_rating"]
+    stats["dropped_by_rating"] = int(n - keep.sum())
+    logging.info("%s: min_rating %g dropped %d of %d events", src, options["min_rating"],
+                 stats["dropped_by_rating"], n)
+    if not keep.any():
+      raise DataError(f"{src}: no event is rated at least {options['min_rating']}")
+
+  keep = _k_core(keep, user_inv, item_inv, len(user_raw), len(item_raw),
+                 options["min_user_events"], options["min_item_events"], src, stats)
+
+  # Chronological order: stable by time, then stable by user, so ties keep file order.
+  rows = np.flatnonzero(keep)
+  users, items = user_inv[rows], item_inv[rows]
+  if log.timestamps is not None:
+    times = np.asarray(log.timestamps, np.int64)[rows]
+    by_time = np.argsort(times, kind="stable")
+    order = by_time[np.argsort(users[by_time], kind="stable")]
+    times = times[order]
+  else:
+    order = np.argsort(users, kind="stable")
+    times = None
+  users, items = users[order], items[order]
+
+  if options["split"] == "loo":
+    parts = _split_loo(users, items, src, stats)
+  else:
+    if times is None:
+      raise DataError(f"{src}: the temporal split needs timestamps; this log has none"
+                      " (use split='loo')")
+    parts = _split_temporal(users, items, times, options["temporal_fractions"], src, stats)
+  user_sel, item_sel, train, valid, test = parts
+
+  item_keys = item_raw[item_sel]
+  placeholder = np.array([-1 if item_keys.dtype.kind in "iu" else ""], item_keys.dtype)
+  item_keys = np.concatenate([placeholder, item_keys])
+  num_items = len(item_keys)
+  item_attrs, attribute_names, item_titles = _item_side_arrays(log.item_side, item_keys)
+  item_counts = np.bincount(train.items_N, minlength=num_items).astype(np.int64)
+  stats.update(num_users=len(user_sel), num_items=num_items - 1,
+               train_events=int(len(train.items_N)), valid_examples=len(valid),
+               test_examples=len(test))
+  dataset = SequenceDataset(
+      num_items=num_items, num_users=len(user_sel), item_keys=item_keys,
+      user_keys=user_raw[user_sel], train=train, valid=valid, test=test, item_attrs=item_attrs,
+      num_attrs=len(attribute_names), item_titles=item_titles, attribute_names=attribute_names,
+      item_counts_V=item_counts, split=options["split"], source=src, stats=stats)
+  logging.info("%s", dataset.summary())
+  return dataset
+
+
+def _k_core(keep, user_inv, item_inv, num_users, num_items, min_user, min_item, src, stats):
+  """Drops users / items below their thresholds, alternately, until nothing changes."""
+  if min_user <= 1 and min_item <= 1:
+    return keep
+  before = int(keep.sum())
+  users_before = int(np.count_nonzero(np.bincount(user_inv[keep], minlength=num_users)))
+  items_before = int(np.count_nonzero(np.bincount(item_inv[keep], minlength=num_items)))
+  rounds = 0
+  while True:
+    user_counts = np.bincount(user_inv[keep], minlength=num_users)
+    item_counts = np.bincount(item_inv[keep], minlength=num_items)
+    new_keep = keep & (user_counts[user_inv] >= min_user) & (item_counts[item_inv] >= min_item)
+    rounds += 1
+    if new_keep.sum() == keep.sum():
+      break
+    keep = new_keep
+  users_after = int(np.count_nonzero(user_counts))
+  items_after = int(np.count_nonzero(item_counts))
+  stats.update(kcore_rounds=rounds, kcore_dropped_events=before - int(keep.sum()),
+               kcore_dropped_users=users_before - users_after,
+               kcore_dropped_items=items_before - items_after)
+  logging.info("%s: %d-core on users, %d-core on items (%d rounds) dropped %d events, %d users,"
+               " %d items", src, min_user, min_item, rounds, stats["kcore_dropped_events"],
+               stats["kcore_dropped_users"], stats["kcore_dropped_items"])
+  if not keep.any():
+    raise DataError(f"{src}: too few events for the split: the k-core filter (users >= "
+                    f"{min_user}, items >= {min_item}) left no events")
+  return keep
+
+
+def _split_loo(users, items, src, stats):
+  """Leave-one-out over events sorted by (user, time); see `build_dataset`."""
+  counts = np.bincount(users)
+  short = (counts > 0) & (counts < 3)
+  stats["split_dropped_users"] = int(short.sum())
+  stats["split_dropped_events"] = int(counts[short].sum())
+  if short.any():
+    logging.info("%s: leave-one-out drops %d users with fewer than 3 events (%d events)", src,
+                 stats["split_dropped_users"], stats["split_dropped_events"])
+  keep = ~short[users]
+  if not keep.any():
+    raise DataError(f"{src}: too few events for the split: no user has the 3 events"
+                    " leave-one-out needs (train, valid, test)")
+  users, items = users[keep], items[keep]
+  stats["num_events"] = int(len(users))
+  user_sel, users = np.unique(users, return_inverse=True)
+  item_sel, item_ids = np.unique(items, return_inverse=True)
+  item_ids = (item_ids + 1).astype(np.int32)
+  lengths = np.bincount(users)
+  offsets = np.concatenate([[0], np.cumsum(lengths)])
+  pos = np.arange(len(users)) - offsets[users]
+  left = lengths[users] - pos  # 1 at the last event, 2 at the second-to-last
+  train = Sequences.from_lengths(lengths - 2, item_ids[left > 2])
+  everyone = np.arange(len(user_sel), dtype=np.int32)
+  valid = EvalSplit(everyone, train, item_ids[left == 2])
+  test = EvalSplit(everyone, Sequences.from_lengths(lengths - 1, item_ids[left > 1]),
+                   item_ids[left == 1])
+  return user_sel, item_sel, train, valid, test
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+  """Concatenated `arange(s, e)` for each pair, e.g. ([0, 5], [2, 7]) -> [0, 1, 5, 6]."""
+  lengths = ends - starts
+  total = int(lengths.sum())
+  if total == 0:
+    return np.zeros(0, np.int64)
+  row_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+  return np.repeat(starts - row_starts, lengths) + np.arange(total)
+
+
+def _split_temporal(users, items, times, fractions, src, stats):
+  """Global time cut points; see `build_dataset` for the exact definition."""
+  n = len(times)
+  sorted_times = np.sort(times)
+  t_valid = sorted_times[min(int(np.floor(fractions[0] * n)), n - 1)]
+  t_test = sorted_times[min(int(np.floor((fractions[0] + fractions[1]) * n)), n - 1)]
+  stats.update(t_valid=int(t_valid), t_test=int(t_test), num_events=n)
+  logging.info("%s: temporal split at t_valid=%d, t_test=%d", src, t_valid, t_test)
+  in_train = times < t_valid
+  if not in_train.any() or t_valid >= t_test or not (times >= t_test).any():
+    raise DataError(f"{src}: too few events for the split: the cut points at fractions"
+                    f" {fractions} leave an empty train, valid or test part (too many equal"
+                    " timestamps?)")
+  item_sel = np.unique(items[in_train])
+  dense = np.zeros(items.max() + 1, np.int32)
+  dense[item_sel] = np.arange(1, len(item_sel) + 1)
+  item_ids = dense[items]  # 0: item unseen in train, outside the catalog
+
+  num_raw_users = int(users.max()) + 1
+  user_start = np.searchsorted(users, np.arange(num_raw_users))
+
+  def first_per_user(mask):
+    rows = np.flatnonzero(mask)
+    _, first = np.unique(users[rows], return_index=True)
+    return rows[first]
+
+  valid_pos = first_per_user((times >= t_valid) & (times < t_test))
+  test_pos = first_per_user(times >= t_test)
+
+  def examples(pos, name):
+    known = item_ids[pos] > 0
+    idx = _ranges(user_start[users[pos]], pos)
+    owner = np.repeat(np.arange(len(pos)), pos - user_start[users[pos]])
+    in_catalog = item_ids[idx] > 0
+    removed = int((~in_catalog).sum())
+    idx, owner = idx[in_catalog], owner[in_catalog]
+    lengths = np.bincount(owner, minlength=len(pos))
+    ok = known & (lengths > 0)
+    stats[f"{name}_dropped_unknown_target"] = int((~known).sum())
+    stats[f"{name}_dropped_empty_history"] = int((known & (lengths == 0)).sum())
+    stats[f"{name}_history_items_removed"] = removed
+    logging.info("%s: %s examples: %d kept, %d dropped (target not in train), %d dropped (empty"
+                 " history), %d history events on items unseen in train removed", src, name,
+                 int(ok.sum()), stats[f"{name}_dropped_unknown_target"],
+                 stats[f"{name}_dropped_empty_history"], removed)
+    keep_events = ok[owner]
+    return pos[ok], lengths[ok], item_ids[idx[keep_events]]
+
+  valid_pos, valid_len, valid_hist = examples(valid_pos, "valid")
+  test_pos, test_len, test_hist = examples(test_pos, "test")
+  if len(valid_pos) == 0 or len(test_pos) == 0:
+    raise DataError(f"{src}: too few events for the split: no usable "
+                    f"{'valid' if len(valid_pos) == 0 else 'test'} example")
+  train_users = users[in_train]
+  user_sel = np.unique(np.concatenate([train_users, users[valid_pos], users[test_pos]]))
+  dense_user = np.full(num_raw_users, -1, np.int64)
+  dense_user[user_sel] = np.arange(len(user_sel))
+  train = Sequences.from_lengths(
+      np.bincount(dense_user[train_users], minlength=len(user_sel)), item_ids[in_train])
+  valid = EvalSplit(dense_user[users[valid_pos]].astype(np.int32),
+                    Sequences.from_lengths(valid_len, valid_hist), item_ids[valid_pos])
+  test = EvalSplit(dense_user[users[test_pos]].astype(np.int32),
+                   Sequences.from_lengths(test_len, test_hist), item_ids[test_pos])
+  return user_sel, item_sel, train, valid, test
+
+
+def _attr_sort_key(a):
+  return (type(a).__name__, a)
+
+
+def _item_side_arrays(side: ItemSide, item_keys: np.ndarray):
+  """Dense item_attrs CSR, attribute names and titles over item ids 0..V-1."""
+  keys = item_keys[1:].tolist()
+  titles = [""] + [side.titles.get(k, "") or "" for k in keys]
+  per_item = [list(dict.fromkeys(side.attributes.get(k, ()))) for k in keys]
+  raw_attrs = sorted({a for attrs in per_item for a in attrs}, key=_attr_sort_key)
+  attr_id = {a: i + 1 for i, a in enumerate(raw_attrs)}
+  names = [""] + [str(side.attribute_names.get(a, a)) for a in raw_attrs]
+  item_attrs = Sequences.from_lists([[]] + [[attr_id[a] for a in attrs] for attrs in per_item])
+  return item_attrs, names, titles
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def log_fingerprint(log: InteractionLog) -> str:
+  """sha256 of a log's arrays and side data, for logs that came from no file."""
+  h = hashlib.sha256(log.source.encode())
+  for arr in (log.users, log.items, log.timestamps, log.ratings):
+    if arr is None:
+      h.update(b"none")
+    else:
+      arr = np.ascontiguousarray(arr)
+      h.update(arr.dtype.str.encode() + arr.tobytes())
+  side = log.item_side
+  h.update(repr((sorted(side.titles.items(), key=repr), sorted(side.attributes.items(), key=repr),
+                 sorted(side.attribute_names.items(), key=repr))).encode())
+  return h.hexdigest()
+
+
+def cache_key(fingerprint: str, options: dict[str, Any]) -> str:
+  """sha256 of the cache version, the source fingerprint and the build options."""
+  blob = json.dumps({"version": CACHE_VERSION, "fingerprint": fingerprint, "options": options},
+                    sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cache_paths(cache_dir: str | os.PathLike[str], key: str) -> tuple[pathlib.Path, pathlib.Path]:
+  """(npz, json) paths of one cache entry."""
+  base = pathlib.Path(cache_dir) / f"dataset-{key[:24]}"
+  return base.with_suffix(".npz"), base.with_suffix(".json")
+
+
+def _pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+  encoded = [s.encode("utf-8") for s in strings]
+  lengths = np.fromiter((len(b) for b in encoded), np.int64, len(encoded))
+  blob = np.frombuffer(b"".join(encoded), np.uint8)
+  return blob, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def _unpack_strings(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
+  data = blob.tobytes()
+  return [data[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def save_cached(dataset: SequenceDataset, cache_dir, key: str,
+                options: dict[str, Any] | None = None) -> pathlib.Path:
+  """Writes the dataset's cache entry atomically; returns the `.npz` path."""
+  npz_path, json_path = cache_paths(cache_dir, key)
+  npz_path.parent.mkdir(parents=True, exist_ok=True)
+  arrays = {"item_keys": dataset.item_keys, "user_keys": dataset.user_keys,
+            "train_offsets": dataset.train.offsets_U1, "train_items": dataset.train.items_N,
+            "attr_offsets": dataset.item_attrs.offsets_U1,
+            "attr_items": dataset.item_attrs.items_N, "item_counts": dataset.item_counts_V}
+  for name, split in (("valid", dataset.valid), ("test", dataset.test)):
+    arrays.update({f"{name}_users": split.users_U, f"{name}_targets": split.targets_U,
+                   f"{name}_offsets": split.history.offsets_U1,
+                   f"{name}_items": split.history.items_N})
+  arrays["titles_blob"], arrays["titles_offsets"] = _pack_strings(dataset.item_titles)
+  arrays["names_blob"], arrays["names_offsets"] = _pack_strings(dataset.attribute_names)
+  meta = {"key": key, "version": CACHE_VERSION, "num_items": dataset.num_items,
+          "num_users": dataset.num_users, "num_attrs": dataset.num_attrs,
+          "split": dataset.split, "source": dataset.source, "stats": dataset.stats,
+          "options": options}
+  tmp = npz_path.with_name(npz_path.name + f".tmp{os.getpid()}")
+  with open(tmp, "wb") as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, npz_path)
+  # The json is written last: its presence marks a complete entry.
+  tmp = json_path.with_name(json_path.name + f".tmp{os.getpid()}")
+  tmp.write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+  os.replace(tmp, json_path)
+  logging.info("wrote dataset cache %s", npz_path)
+  return npz_path
+
+
+def load_cached(cache_dir, key: str) -> SequenceDataset | None:
+  """The cached dataset for `key`, or None when there is none (or it is unreadable)."""
+  npz_path, json_path = cache_paths(cache_dir, key)
+  if not (npz_path.is_file() and json_path.is_file()):
+    return None
+  try:
+    meta = json.loads(json_path.read_text())
+    if meta.get("key") != key or meta.get("version") != CACHE_VERSION:
+      return None
+    with np.load(npz_path, allow_pickle=False) as z:
+      a = {k: z[k] for k in z.files}
+  except (OSError, ValueError, KeyError) as e:
+    logging.warning("ignoring unreadable dataset cache %s: %s", npz_path, e)
+    return None
+
+  def split(name):
+    return EvalSplit(a[f"{name}_users"], Sequences(a[f"{name}_offsets"], a[f"{name}_items"]),
+                     a[f"{name}_targets"])
+
+  logging.info("loaded dataset cache %s", npz_path)
+  return SequenceDataset(
+      num_items=meta["num_items"], num_users=meta["num_users"], item_keys=a["item_keys"],
+      user_keys=a["user_keys"], train=Sequences(a["train_offsets"], a["train_items"]),
+      valid=split("valid"), test=split("test"),
+      item_attrs=Sequences(a["attr_offsets"], a["attr_items"]), num_attrs=meta["num_attrs"],
+      item_titles=_unpack_strings(a["titles_blob"], a["titles_offsets"]),
+      attribute_names=_unpack_strings(a["names_blob"], a["names_offsets"]),
+      item_counts_V=a["item_counts"], split=meta["split"], source=meta["source"],
+      stats=meta["stats"])
