@@ -1,0 +1,210 @@
+"""Losses: the full softmax against numpy, the chunked one against the full one, sampled softmax.
+
+Shape legend: N positions, E embedding size, V catalog size (item 0 = padding), S negatives.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstmrec_jax import losses
+
+N, V, E = 23, 101, 8
+
+
+def _problem(seed=0, n=N, v=V, e=E):
+  k = jax.random.split(jax.random.key(seed), 4)
+  user = jax.random.normal(k[0], (n, e))
+  table = 0.5 * jax.random.normal(k[1], (v, e))
+  bias = jax.random.normal(k[2], (v,))
+  targets = jax.random.randint(k[3], (n,), 1, v).at[:3].set(0)  # three positions without target
+  weights = jnp.linspace(0.5, 2.0, n)
+  return user, table, bias, targets, weights
+
+
+def _numpy_ce(user, table, bias, targets, weights, label_smoothing=0.0):
+  logits = np.asarray(user, np.float64) @ np.asarray(table, np.float64).T
+  if bias is not None:
+    logits += np.asarray(bias, np.float64)
+  real = logits[:, 1:]  # item 0 is not a class
+  logp = real - np.log(np.exp(real - real.max(1, keepdims=True)).sum(1, keepdims=True)) - (
+      real.max(1, keepdims=True))
+  t = np.asarray(targets)
+  w = np.where(t > 0, np.asarray(weights, np.float64), 0.0)
+  nll = -logp[np.arange(len(t)), np.maximum(t - 1, 0)]
+  loss = (1 - label_smoothing) * nll - label_smoothing * logp.mean(1)
+  return (w * loss).sum() / w.sum()
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_full_softmax_matches_numpy(label_smoothing, with_bias):
+  user, table, bias, targets, weights = _problem()
+  bias = bias if with_bias else None
+  loss, aux = losses.softmax_cross_entropy(user, table, bias, targets, weights,
+                                           label_smoothing=label_smoothing)
+  np.testing.assert_allclose(loss, _numpy_ce(user, table, bias, targets, weights,
+                                             label_smoothing), rtol=1e-5)
+  np.testing.assert_allclose(aux["weight_sum"], weights[3:].sum(), rtol=1e-6)
+  np.testing.assert_allclose(aux["loss_sum"] / aux["weight_sum"], loss, rtol=1e-6)
+
+
+def test_full_softmax_ignores_padding_row_and_padded_targets():
+  user, table, bias, targets, weights = _problem()
+  loss = lambda t, b: losses.softmax_cross_entropy(user, t, b, targets, weights)[0]
+  base = loss(table, bias)
+  # Item 0's embedding and bias are not a class: changing them changes nothing, no gradient.
+  np.testing.assert_array_equal(base, loss(table.at[0].set(100.0), bias.at[0].set(100.0)))
+  g_table, g_bias = jax.grad(loss, argnums=(0, 1))(table, bias)
+  assert float(jnp.abs(g_table[0]).sum()) == 0.0 and float(g_bias[0]) == 0.0
+  # Positions whose target is 0 count for nothing, whatever their weight or user state.
+  g_user = jax.grad(lambda u: losses.softmax_cross_entropy(u, table, bias, targets, weights)[0])(
+      user)
+  assert float(jnp.abs(g_user[:3]).sum()) == 0.0
+  assert bool(jnp.isfinite(g_user).all())
+
+
+# (chunk_size, label_smoothing, with_bias): V = 101 is no multiple of 16, 100 or 7; 1000 > V.
+CHUNK_CASES = [(16, 0.0, True), (100, 0.0, True), (7, 0.2, True), (1000, 0.0, False),
+               (1, 0.0, True)]
+
+
+@pytest.mark.parametrize("chunk_size,label_smoothing,with_bias", CHUNK_CASES)
+def test_chunked_equals_full_values_and_gradients(chunk_size, label_smoothing, with_bias):
+  user, table, bias, targets, weights = _problem(v=V if chunk_size > 1 else 13)
+  bias = bias if with_bias else None
+  argnums = (0, 1, 2) if with_bias else (0, 1)
+
+  def make(fn, **kw):
+    return jax.jit(jax.value_and_grad(
+        lambda u, t, b: fn(u, t, b, targets, weights, label_smoothing=label_smoothing, **kw)[0],
+        argnums=argnums))
+
+  value, grads = make(losses.softmax_cross_entropy)(user, table, bias)
+  c_value, c_grads = make(losses.chunked_softmax_cross_entropy, chunk_size=chunk_size)(
+      user, table, bias)
+  np.testing.assert_allclose(c_value, value, rtol=1e-6)
+  for g, cg in zip(grads, c_grads):
+    np.testing.assert_allclose(cg, g, atol=1e-7, rtol=1e-5)
+
+
+def test_chunked_aux_and_leading_dims():
+  user, table, bias, targets, weights = _problem(n=24)
+  full = losses.softmax_cross_entropy(user, table, bias, targets, weights)
+  chunked = losses.chunked_softmax_cross_entropy(
+      user.reshape(4, 6, E), table, bias, targets.reshape(4, 6), weights.reshape(4, 6),
+      chunk_size=30)
+  for key in ("loss_sum", "nll_sum", "weight_sum"):
+    np.testing.assert_allclose(chunked[1][key], full[1][key], rtol=1e-6)
+
+
+def test_chunked_temp_memory_does_not_grow_like_n_times_v():
+  n, v, e = 256, 200_000, 16
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  args = (f32(n, e), f32(v, e), f32(v), jax.ShapeDtypeStruct((n,), jnp.int32), f32(n))
+
+  def temp_bytes(fn):
+    grad_fn = jax.value_and_grad(lambda u, t, b, y, w: fn(u, t, b, y, w)[0], argnums=(0, 1, 2))
+    return jax.jit(grad_fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+  full = temp_bytes(losses.softmax_cross_entropy)
+  chunked = temp_bytes(lambda *a: losses.chunked_softmax_cross_entropy(*a, chunk_size=4096))
+  logits_bytes = n * v * 4
+  assert full >= logits_bytes  # the full loss holds at least one N x V f32 buffer
+  assert chunked < logits_bytes / 4, (chunked, logits_bytes)
+
+
+def test_popularity_log_q_and_sampler():
+  np.testing.assert_allclose(jnp.exp(losses.popularity_log_q(jnp.array([0, 1, 3]), 1.0)),
+                             [0.0, 0.25, 0.75], atol=1e-7)
+  counts = jnp.array([5, 0, 1, 10, 100])
+  np.testing.assert_allclose(jnp.exp(losses.popularity_log_q(counts, 0.0)),
+                             [0, 0.25, 0.25, 0.25, 0.25], atol=1e-7)
+  log_q = losses.popularity_log_q(counts, 0.5)
+  ids = losses.sample_negatives(jax.random.key(0), log_q, 200_000)
+  assert ids.dtype == jnp.int32 and int(ids.min()) >= 1 and int(ids.max()) <= 4
+  freq = np.bincount(np.asarray(ids), minlength=5) / ids.size
+  np.testing.assert_allclose(freq, np.exp(np.asarray(log_q)), atol=5e-3)
+
+
+def test_sampled_approaches_full_loss_with_many_uniform_negatives():
+  user, table, bias, targets, weights = _problem(v=200)
+  full, _ = losses.softmax_cross_entropy(user, table, bias, targets, weights)
+  log_q = losses.popularity_log_q(jnp.ones(200), 0.0)
+
+  @jax.jit
+  def sampled(key):
+    negatives = losses.sample_negatives(key, log_q, 4000)
+    return losses.sampled_softmax_cross_entropy(user, table, bias, targets, weights, negatives,
+                                                log_q)[0]
+
+  values = jax.vmap(sampled)(jax.random.split(jax.random.key(0), 16))
+  np.testing.assert_allclose(values.mean(), full, rtol=0.01)
+  # Few negatives: the estimate is biased low (Jensen) but nowhere near the full loss's scale.
+  few = losses.sampled_softmax_cross_entropy(
+      user, table, bias, targets, weights, losses.sample_negatives(jax.random.key(1), log_q, 8),
+      log_q)[0]
+  assert float(few) < float(full)
+
+
+def test_sampled_masks_accidental_hits():
+  user, table, bias, _, _ = _problem(n=2)
+  targets, weights = jnp.array([5, 9]), jnp.ones(2)
+  log_q = losses.popularity_log_q(jnp.ones(V), 0.0)
+  # Every negative of row 0 is its own target: with hits removed only the positive is left.
+  negatives = jnp.array([5, 5, 5])
+  kept = losses.sampled_softmax_cross_entropy(user[:1], table, bias, targets[:1], weights[:1],
+                                              negatives, log_q)[0]
+  np.testing.assert_allclose(kept, 0.0, atol=1e-7)
+  raw = losses.sampled_softmax_cross_entropy(user[:1], table, bias, targets[:1], weights[:1],
+                                             negatives, log_q, remove_accidental_hits=False)[0]
+  assert float(raw) > 0.0
+  # Mixed negatives: removing the hit equals never having drawn it (bar the pool size).
+  s = np.asarray(user @ table.T + bias)
+  negatives = jnp.array([5, 7, 9, 11])
+  loss = losses.sampled_softmax_cross_entropy(user, table, bias, targets, weights, negatives,
+                                              log_q)[0]
+  log_pool_q = np.log(4 / (V - 1))  # q is uniform over the V - 1 real items
+  expected = []
+  for row, t in enumerate([5, 9]):
+    negs = [k for k in (5, 7, 9, 11) if k != t]
+    z = np.exp(s[row, t]) + sum(np.exp(s[row, k] - log_pool_q) for k in negs)
+    expected.append(np.log(z) - s[row, t])
+  np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-5)
+
+
+@pytest.mark.parametrize("in_batch", [False, True])
+def test_sampled_gradients_finite(in_batch):
+  user, table, bias, targets, weights = _problem()
+  targets = targets.at[5].set(targets[6])  # duplicate targets across positions
+  log_q = losses.popularity_log_q(jnp.arange(V), 1.0)
+  negatives = losses.sample_negatives(jax.random.key(0), log_q, 32).at[0].set(0)
+  loss_fn = lambda u, t, b: losses.sampled_softmax_cross_entropy(
+      u, t, b, targets, weights, negatives, log_q, in_batch_negatives=in_batch)[0]
+  loss, grads = jax.value_and_grad(loss_fn, argnums=(0, 1, 2))(user, table, bias)
+  assert bool(jnp.isfinite(loss)) and float(loss) > 0
+  for g in grads:
+    assert bool(jnp.isfinite(g).all()) and float(jnp.abs(g).sum()) > 0
+  # Padding item 0 never gets a gradient, even when drawn.
+  assert float(jnp.abs(grads[1][0]).sum()) == 0.0
+
+
+def test_in_batch_negatives_exclude_own_position():
+  user, table, bias, _, _ = _problem(n=3)
+  targets, weights = jnp.array([4, 6, 8]), jnp.ones(3)
+  log_q = losses.popularity_log_q(jnp.ones(V), 0.0)
+  negatives = jnp.array([10, 11])
+  loss = losses.sampled_softmax_cross_entropy(user, table, bias, targets, weights, negatives,
+                                              log_q, in_batch_negatives=True)[0]
+  s = np.asarray(user @ table.T + bias)
+  # 2 sampled + 2 other positions' targets; q is uniform over the V - 1 real items.
+  log_pool_q = np.log(4 / (V - 1))
+  expected = []
+  for row, t in enumerate([4, 6, 8]):
+    cands = [10, 11] + [o for o in (4, 6, 8) if o != t]
+    z = np.exp(s[row, t]) + sum(np.exp(s[row, k] - log_pool_q) for k in cands)
+    expected.append(np.log(z) - s[row, t])
+  np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-5)
