@@ -1,0 +1,229 @@
+"""Flax NNX modules of the recommender: item representation, LSTM user encoder, scorer.
+
+Shape legend: B batch, L history length, E item embedding size, H LSTM hidden size, G = 4H gates,
+V catalog size (including the padding item 0), N flattened positions, F feed-forward width.
+
+The model is called with an explicit dropout key instead of consuming `nnx.Rngs` at call time, so
+a train step over `nnx.split(model)` state stays a pure function:
+
+  graphdef, state = nnx.split(model)
+  user_BxLxE = nnx.merge(graphdef, state)(inputs_BxL, mask_BxL, resets_BxL,
+                                          dropout_key=jax.random.fold_in(key, step))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lstmrec_jax.model import lstm
+
+_DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyper-parameters of SeqRecModel; defaults follow configs/base.py's `model` group."""
+
+  num_items: int  # V, including the padding item 0; filled in from the data.
+  embed_dim: int = 64  # E, item embedding and user state size.
+  hidden_size: int = 64  # H, LSTM hidden size; projected back to E when H != E.
+  num_layers: int = 1  # stacked LSTM layers, >= 1.
+  embed_dropout: float = 0.3  # on the input item embeddings, in [0, 1).
+  layer_dropout: float = 0.0  # between LSTM layers, in [0, 1).
+  output_dropout: float = 0.3  # on the user state before scoring, in [0, 1).
+  residual: bool = False  # residual around each LSTM layer whose input and output sizes match.
+  layer_norm: bool = False  # LayerNorm on the user state.
+  ffn: bool = False  # position-wise feed-forward block (E -> F -> E, GELU) with a residual.
+  ffn_dim: int = 0  # F, feed-forward width; 0 means 4 * embed_dim.
+  item_bias: bool = False  # a learned per-item score bias.
+  tied_output: bool = True  # score against the input item table; False: a separate V x E table.
+  compute_dtype: str = "float32"  # matmul operand dtype: "float32" | "bfloat16".
+  param_dtype: str = "float32"  # parameter storage dtype: "float32" | "bfloat16".
+  hoist_input_projection: bool = True  # one input matmul for all steps (False: inside the scan).
+  lstm_impl: str = "xla"  # "xla" or a name known to kernels.dispatch ("pallas", ...).
+
+  def __post_init__(self):
+    problems = []
+    if self.num_items < 2:
+      problems.append(f"num_items={self.num_items} must be >= 2 (padding + one item)")
+    for name in ("embed_dim", "hidden_size", "num_layers"):
+      if getattr(self, name) < 1:
+        problems.append(f"{name}={getattr(self, name)} must be >= 1")
+    if self.ffn_dim < 0:
+      problems.append(f"ffn_dim={self.ffn_dim} must be >= 0")
+    for name in ("embed_dropout", "layer_dropout", "output_dropout"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        problems.append(f"{name}={getattr(self, name)} must be in [0, 1)")
+    for name in ("compute_dtype", "param_dtype"):
+      if getattr(self, name) not in _DTYPES:
+        problems.append(f"{name}={getattr(self, name)!r} must be one of {_DTYPES}")
+    if not isinstance(self.lstm_impl, str) or not self.lstm_impl:
+      problems.append(f"lstm_impl={self.lstm_impl!r} must be a non-empty string")
+    if not self.hoist_input_projection and self.lstm_impl != "xla":
+      problems.append(f"hoist_input_projection=False needs lstm_impl='xla', not "
+                      f"{self.lstm_impl!r}")
+    if problems:
+      raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+
+
+def model_config_from_dict(d: Mapping[str, Any], num_items: int) -> ModelConfig:
+  """ModelConfig from a plain mapping (e.g. `cfg.model.to_dict()`) and the catalog size.
+
+  Args:
+    d: the model config group; every key must be a ModelConfig field. A `num_items` key, if
+      present and not None, must equal `num_items`.
+    num_items: V from the data, including the padding item 0.
+
+  Returns:
+    The validated ModelConfig.
+
+  Raises:
+    ValueError: on unknown keys (all named), a conflicting num_items or invalid values.
+  """
+  unknown = sorted(set(d) - set(_FIELDS))
+  if unknown:
+    raise ValueError(f"unknown model config keys {unknown}; known keys: {list(_FIELDS)}")
+  kwargs = dict(d)
+  given = kwargs.pop("num_items", None)
+  if given is not None and int(given) != int(num_items):
+    raise ValueError(f"model config says num_items={given} but the data has {num_items}")
+  return ModelConfig(num_items=int(num_items), **kwargs)
+
+
+def model_config_from_config(cfg_model: Any, num_items: int) -> ModelConfig:
+  """Like `model_config_from_dict` for anything with `.to_dict()` (a ConfigDict) or a mapping."""
+  d = cfg_model.to_dict() if hasattr(cfg_model, "to_dict") else cfg_model
+  return model_config_from_dict(d, num_items)
+
+
+class ItemEmbedding(nnx.Module):
+  """Item representation from ids alone: one V x E table; row 0 (padding) is never used.
+
+  This is the extension point for item content: a replacement needs `table() -> VxE` and
+  `lookup(ids) -> ...xE` (zeros for id 0), and SeqRecModel uses nothing else.
+  """
+
+  def __init__(self, num_items: int, embed_dim: int, *, param_dtype, rngs: nnx.Rngs):
+    # std 1/sqrt(E) gives unit-norm embeddings: O(1) LSTM inputs and dot-product scores.
+    init = jax.nn.initializers.normal(stddev=embed_dim ** -0.5)
+    self.embedding = nnx.Param(init(rngs.params(), (num_items, embed_dim), param_dtype))
+
+  def table(self) -> jax.Array:
+    """The V x E item table."""
+    return self.embedding[...]
+
+  def lookup(self, ids: jax.Array) -> jax.Array:
+    """Embeddings of `ids` (any shape) with zeros for the padding id 0."""
+    emb = jnp.take(self.embedding[...], ids, axis=0)
+    return jnp.where((ids > 0)[..., None], emb, 0).astype(emb.dtype)
+
+
+class LSTMLayerParams(nnx.Module):
+  """One LSTM layer's parameters, consumed by `lstm.lstm_stack`."""
+
+  def __init__(self, input_size: int, hidden_size: int, *, param_dtype, rngs: nnx.Rngs):
+    params = lstm.init_lstm_params(rngs.params(), input_size, hidden_size, param_dtype)
+    self.w_ih = nnx.Param(params["w_ih"])
+    self.w_hh = nnx.Param(params["w_hh"])
+    self.b = nnx.Param(params["b"])
+
+  def as_dict(self) -> dict[str, jax.Array]:
+    """{"w_ih", "w_hh", "b"} arrays as `lstm.lstm_layer` takes them."""
+    return {"w_ih": self.w_ih[...], "w_hh": self.w_hh[...], "b": self.b[...]}
+
+
+class SeqRecModel(nnx.Module):
+  """Item embeddings -> LSTM user encoder -> user states scored against an item table."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    param_dtype = jnp.dtype(cfg.param_dtype)
+    compute_dtype = jnp.dtype(cfg.compute_dtype)
+    e, h = cfg.embed_dim, cfg.hidden_size
+    self.item_repr = ItemEmbedding(cfg.num_items, e, param_dtype=param_dtype, rngs=rngs)
+    self.lstm_layers = nnx.List([
+        LSTMLayerParams(e if i == 0 else h, h, param_dtype=param_dtype, rngs=rngs)
+        for i in range(cfg.num_layers)])
+    self.proj = (nnx.Linear(h, e, dtype=compute_dtype, param_dtype=param_dtype, rngs=rngs)
+                 if h != e else None)
+    if cfg.ffn:
+      f = cfg.ffn_dim or 4 * e
+      self.ffn_in = nnx.Linear(e, f, dtype=compute_dtype, param_dtype=param_dtype, rngs=rngs)
+      self.ffn_out = nnx.Linear(f, e, dtype=compute_dtype, param_dtype=param_dtype, rngs=rngs)
+    else:
+      self.ffn_in = self.ffn_out = None
+    # LayerNorm statistics in f32 whatever the compute dtype.
+    self.norm = (nnx.LayerNorm(e, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
+                 if cfg.layer_norm else None)
+    if cfg.tied_output:
+      self.output_embedding = None
+    else:
+      init = jax.nn.initializers.normal(stddev=e ** -0.5)
+      self.output_embedding = nnx.Param(init(rngs.params(), (cfg.num_items, e), param_dtype))
+    self.bias = (nnx.Param(jnp.zeros((cfg.num_items,), param_dtype)) if cfg.item_bias else None)
+
+  def __call__(self, inputs_BxL: jax.Array, mask_BxL: jax.Array,
+               resets_BxL: jax.Array | None = None, *,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """Encodes histories into one user state per position.
+
+    Args:
+      inputs_BxL: item ids, 0 at padding.
+      mask_BxL: True at real positions.
+      resets_BxL: True where a new user's history starts inside a packed row; None for none.
+      dropout_key: PRNG key enabling dropout (e.g. `jax.random.fold_in(key, step)`); None for
+        evaluation.
+
+    Returns:
+      user_BxLxE in f32: the state after each position's item, zeros at padded positions.
+    """
+    cfg = self.cfg
+    mask_BxL = mask_BxL.astype(bool)
+    k_embed = k_layers = k_out = None
+    if dropout_key is not None:
+      k_embed, k_layers, k_out = jax.random.split(dropout_key, 3)
+    x_BxLxE = self.item_repr.lookup(inputs_BxL)
+    x_BxLxE = jnp.where(mask_BxL[..., None], x_BxLxE, 0).astype(x_BxLxE.dtype)
+    x_BxLxE = lstm.dropout(k_embed, x_BxLxE, cfg.embed_dropout)
+    h_BxLxH, _ = lstm.lstm_stack(
+        [layer.as_dict() for layer in self.lstm_layers], x_BxLxE, mask_BxL, resets_BxL,
+        dropout_rate=cfg.layer_dropout, dropout_key=k_layers, residual=cfg.residual,
+        hoist=cfg.hoist_input_projection, compute_dtype=jnp.dtype(cfg.compute_dtype),
+        impl=cfg.lstm_impl)
+    u_BxLxE = self.proj(h_BxLxH) if self.proj is not None else h_BxLxH
+    u_BxLxE = u_BxLxE.astype(jnp.float32)
+    if self.ffn_in is not None:
+      u_BxLxE = u_BxLxE + self.ffn_out(jax.nn.gelu(self.ffn_in(u_BxLxE))).astype(jnp.float32)
+    if self.norm is not None:
+      u_BxLxE = self.norm(u_BxLxE).astype(jnp.float32)
+    u_BxLxE = lstm.dropout(k_out, u_BxLxE, cfg.output_dropout)
+    # Projection, FFN and norm biases would otherwise make padded positions nonzero.
+    return jnp.where(mask_BxL[..., None], u_BxLxE, 0.0)
+
+  def item_table(self) -> jax.Array:
+    """The V x E output item table: the input table when tied, else the separate one."""
+    if self.output_embedding is None:
+      return self.item_repr.table()
+    return self.output_embedding[...]
+
+  def item_bias(self) -> jax.Array | None:
+    """The per-item score bias (V,), or None without one."""
+    return None if self.bias is None else self.bias[...]
+
+  def score(self, user_NxE: jax.Array) -> jax.Array:
+    """Logits of every item for each user state (any leading shape), f32; padding item 0 is -inf."""
+    logits_NxV = jnp.einsum("...e,ve->...v", user_NxE.astype(jnp.float32),
+                            self.item_table().astype(jnp.float32))
+    bias_V = self.item_bias()
+    if bias_V is not None:
+      logits_NxV = logits_NxV + bias_V.astype(jnp.float32)
+    return logits_NxV.at[..., 0].set(-jnp.inf)

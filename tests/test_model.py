@@ -1,0 +1,169 @@
+"""SeqRecModel: config parsing, gradients reach every parameter, dropout, padding and packing.
+
+Shape legend: B batch, L history length, E embedding size, V catalog size (item 0 = padding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lstmrec_jax import losses
+from lstmrec_jax.model import modules
+
+V = 40
+FULL = modules.ModelConfig(num_items=V, embed_dim=8, hidden_size=12, num_layers=2,
+                           embed_dropout=0.2, layer_dropout=0.2, output_dropout=0.2,
+                           residual=True, layer_norm=True, ffn=True, item_bias=True,
+                           tied_output=False)
+SIMPLE = modules.ModelConfig(num_items=V, embed_dim=8, hidden_size=8)
+
+INPUTS_BxL = jnp.array([[3, 7, 9, 2, 0, 0],
+                        [5, 1, 0, 0, 0, 0],
+                        [4, 4, 8, 11, 12, 13]])
+MASK_BxL = INPUTS_BxL > 0
+TARGETS_BxL = jnp.array([[7, 9, 2, 6, 0, 0],
+                         [1, 30, 0, 0, 0, 0],
+                         [4, 8, 11, 12, 13, 39]])
+
+
+def _split(cfg, seed=0):
+  graphdef, state = nnx.split(modules.SeqRecModel(cfg, rngs=nnx.Rngs(seed)))
+  return graphdef, state
+
+
+def _ce(graphdef, state, key=None, loss=losses.softmax_cross_entropy):
+  model = nnx.merge(graphdef, state)
+  user_BxLxE = model(INPUTS_BxL, MASK_BxL, dropout_key=key)
+  targets_N = TARGETS_BxL.reshape(-1)
+  return loss(user_BxLxE.reshape(-1, user_BxLxE.shape[-1]), model.item_table(),
+              model.item_bias(), targets_N, (targets_N > 0).astype(jnp.float32))[0]
+
+
+def test_config_from_dict_accepts_known_keys_and_rejects_unknown():
+  cfg = modules.model_config_from_dict({"embed_dim": 16, "lstm_impl": "xla"}, num_items=V)
+  assert cfg.num_items == V and cfg.embed_dim == 16
+  with pytest.raises(ValueError, match=r"\['hiden_size', 'typo'\]"):
+    modules.model_config_from_dict({"hiden_size": 3, "typo": 1, "embed_dim": 4}, num_items=V)
+  with pytest.raises(ValueError, match="num_items"):
+    modules.model_config_from_dict({"num_items": V + 1}, num_items=V)
+  with pytest.raises(ValueError, match="compute_dtype"):
+    modules.model_config_from_dict({"compute_dtype": "float16"}, num_items=V)
+  # Round trip, and the ConfigDict-style entry point.
+  as_dict = {k: v for k, v in dataclasses.asdict(FULL).items() if k != "num_items"}
+  assert modules.model_config_from_dict(as_dict, V) == FULL
+  config_dict = type("ConfigDictLike", (), {"to_dict": lambda self: as_dict})()
+  assert modules.model_config_from_config(config_dict, V) == FULL
+
+
+def _jitted(cfg, seed=0):
+  """(model, jitted forward(inputs, mask, resets=None, key=None)) for fast repeated calls."""
+  model = modules.SeqRecModel(cfg, rngs=nnx.Rngs(seed))
+  graphdef, state = nnx.split(model)
+  run = jax.jit(lambda state, *args, key=None: nnx.merge(graphdef, state)(*args, dropout_key=key))
+  return model, lambda *args, key=None: run(state, *args, key=key)
+
+
+def test_forward_shapes_and_scores():
+  model, forward = _jitted(FULL)
+  user = forward(INPUTS_BxL, MASK_BxL)
+  assert user.shape == (3, 6, 8) and user.dtype == jnp.float32
+  assert float(jnp.abs(jnp.where(MASK_BxL[..., None], 0.0, user)).max()) == 0.0
+  logits = model.score(user)
+  assert logits.shape == (3, 6, V) and logits.dtype == jnp.float32
+  assert bool(jnp.all(logits[..., 0] == -jnp.inf)) and bool(jnp.isfinite(logits[..., 1:]).all())
+  np.testing.assert_allclose(
+      logits[..., 1:], (user @ model.item_table().T + model.item_bias())[..., 1:], atol=1e-6)
+  assert model.item_table().shape == (V, 8) and model.item_bias().shape == (V,)
+  simple = modules.SeqRecModel(SIMPLE, rngs=nnx.Rngs(0))
+  assert simple.item_bias() is None
+  np.testing.assert_array_equal(simple.item_table(), simple.item_repr.table())  # tied
+
+
+@pytest.mark.parametrize("cfg", [FULL, SIMPLE], ids=["full", "simple"])
+def test_every_parameter_gets_a_gradient(cfg):
+  graphdef, state = _split(cfg)
+  assert all(isinstance(v, nnx.Param) for _, v in nnx.to_flat_state(state))
+  grads = jax.jit(jax.grad(lambda s: _ce(graphdef, s, jax.random.key(3))))(state)
+  for path, g in nnx.to_flat_state(grads):
+    assert float(jnp.abs(g[...]).sum()) > 0, f"no gradient reaches {path}"
+  # The padding row is never used, as input or as a class.
+  table_grad = grads["item_repr"]["embedding"][...]
+  assert float(jnp.abs(table_grad[0]).sum()) == 0.0
+
+
+def test_chunked_loss_gives_the_same_gradients_through_the_model():
+  graphdef, state = _split(FULL)
+  chunked = lambda *a, **k: losses.chunked_softmax_cross_entropy(*a, **k, chunk_size=16)
+  g_full = jax.jit(jax.grad(lambda s: _ce(graphdef, s)))(state)
+  g_chunked = jax.jit(jax.grad(lambda s: _ce(graphdef, s, loss=chunked)))(state)
+  for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_chunked)):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_dropout_follows_the_key_and_is_off_without_one():
+  graphdef, state = _split(FULL)
+
+  @jax.jit
+  def forward(state, key):
+    return nnx.merge(graphdef, state)(INPUTS_BxL, MASK_BxL, dropout_key=key)
+
+  @jax.jit
+  def forward_eval(state):
+    return nnx.merge(graphdef, state)(INPUTS_BxL, MASK_BxL)
+
+  a, a2 = forward(state, jax.random.key(1)), forward(state, jax.random.key(1))
+  b, off = forward(state, jax.random.key(2)), forward_eval(state)
+  np.testing.assert_array_equal(a, a2)
+  assert float(jnp.abs(a - b).max()) > 1e-3 and float(jnp.abs(a - off).max()) > 1e-3
+  np.testing.assert_array_equal(off, forward_eval(state))
+  # With every rate at 0 a key changes nothing.
+  _, forward0 = _jitted(dataclasses.replace(
+      FULL, embed_dropout=0.0, layer_dropout=0.0, output_dropout=0.0))
+  np.testing.assert_array_equal(forward0(INPUTS_BxL, MASK_BxL, key=jax.random.key(1)),
+                                forward0(INPUTS_BxL, MASK_BxL))
+
+
+def test_padding_ids_change_nothing():
+  _, forward = _jitted(FULL)
+  garbage = jnp.where(MASK_BxL, INPUTS_BxL, jnp.arange(INPUTS_BxL.size).reshape(3, 6) % V + 1)
+  np.testing.assert_array_equal(forward(INPUTS_BxL, MASK_BxL), forward(garbage, MASK_BxL))
+  key = jax.random.key(0)  # with dropout too, the real positions ignore what padding holds
+  np.testing.assert_array_equal(forward(INPUTS_BxL, MASK_BxL, key=key),
+                                forward(garbage, MASK_BxL, key=key))
+
+
+def test_packed_row_with_reset_equals_separate_rows():
+  _, forward = _jitted(FULL)
+  a, b = jnp.array([[3, 7, 9]]), jnp.array([[5, 1, 2, 8]])
+  # Separate rows, right-padded to the packed length so one compiled shape serves all calls.
+  separate = jnp.array([[3, 7, 9, 0, 0, 0, 0], [5, 1, 2, 8, 0, 0, 0]])
+  packed = jnp.concatenate([a, b], axis=1)
+  resets = jnp.zeros((2, 7), bool).at[0, 3].set(True)
+  out = forward(jnp.concatenate([packed, packed]), jnp.ones((2, 7), bool), resets)[:1]
+  ref = forward(separate, separate > 0, jnp.zeros((2, 7), bool))
+  np.testing.assert_allclose(out[:, :3], ref[:1, :3], atol=1e-5)
+  np.testing.assert_allclose(out[:, 3:], ref[1:, :4], atol=1e-5)
+
+
+def test_bfloat16_compute_is_close_to_float32():
+  cfg = dataclasses.replace(FULL, compute_dtype="bfloat16")
+  graphdef, state = _split(FULL)
+  graphdef16, _ = _split(cfg)
+  user32 = nnx.merge(graphdef, state)(INPUTS_BxL, MASK_BxL)
+  user16 = nnx.merge(graphdef16, state)(INPUTS_BxL, MASK_BxL)
+  assert user16.dtype == jnp.float32
+  np.testing.assert_allclose(user16, user32, atol=0.1)
+  assert float(jnp.abs(user16 - user32).max()) > 0
+
+
+def test_unhoisted_model_matches_hoisted():
+  graphdef, state = _split(FULL)
+  graphdef_u, _ = _split(dataclasses.replace(FULL, hoist_input_projection=False))
+  np.testing.assert_allclose(nnx.merge(graphdef_u, state)(INPUTS_BxL, MASK_BxL),
+                             nnx.merge(graphdef, state)(INPUTS_BxL, MASK_BxL), atol=1e-5)
