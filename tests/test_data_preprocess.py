@@ -184,6 +184,22 @@ def test_cache_roundtrip_and_key(tmp_path, monkeypatch):
   np.testing.assert_array_equal(fourth.test.targets_U, third.test.targets_U)
 
 
+def test_load_dataset_takes_config_file_conventions(tmp_path):
+  # configs/*.py write "" for "not set" and 0 for "no filter" (ConfigDict holds no None).
+  path = tmp_path / "log.csv"
+  path.write_text("user_id,item_id,timestamp,genres\n"
+                  "1,5,30,a|b\n1,6,10,b\n1,7,20,\n2,5,1,a|b\n2,6,2,b\n2,7,3,\n")
+  ds = data.load_dataset({
+      "format": "csv", "path": str(path), "attributes_path": "", "tfds_name": "",
+      "columns": {"user": "user_id", "item": "item_id", "time": "timestamp", "session": "",
+                  "title": "", "lists": "genres", "delimiter": "", "list_separator": "|"},
+      "min_rating": 0.0, "min_user_events": 0, "min_item_events": 0, "cache_dir": "",
+      "synthetic": {}})
+  assert raw(ds, ds.test.targets_U) == [5, 7]  # user 1 in time order: 6, 7, 5
+  assert ds.attribute_names == ["", "a", "b"] and rows(ds.item_attrs)[1] == [1, 2]
+  assert not (tmp_path / "cache").exists()
+
+
 # ----------------------------------------------------------------------------- synthetic
 
 

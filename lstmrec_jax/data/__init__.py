@@ -39,23 +39,25 @@ FORMATS = ("synthetic", "movielens", "seqfile", "pairs", "csv", "tsv", "parquet"
 
 DATA_DEFAULTS: dict[str, Any] = {
     "format": "synthetic",  # one of FORMATS
-    "path": None,  # file (seqfile, pairs, csv, tsv, parquet) or folder (movielens); "tfds:<name>" ok
-    # seqfile: {"item": [attribute ids]} JSON; None looks for <stem>_item2attributes.json beside
-    # the file, "" means none.
+    # Text keys take None or "" for "not set" (config files cannot hold None in a string key).
+    # A file (seqfile, pairs, csv, tsv, parquet), a folder (movielens) or "tfds:<name>".
+    "path": None,
+    # seqfile: {"item": [attribute ids]} JSON; unset looks for <stem>_item2attributes.json
+    # beside the file (and logs it), False means none.
     "attributes_path": None,
     "tfds_name": None,  # tfds: e.g. "movielens/1m-ratings"
-    "tfds_data_dir": None,  # tfds: data folder; None is tfds' default
+    "tfds_data_dir": None,  # tfds: data folder; unset is tfds' default
     "download": False,  # movielens: fetch the release named by the folder when it is missing
     "columns": {  # csv / tsv / parquet (see readers.Columns)
         "user": "user", "item": "item", "time": None, "session": None, "rating": None,
-        "title": None, "lists": (), "delimiter": ",", "list_sep": "|", "header": True,
+        "title": None, "lists": (), "delimiter": ",", "list_separator": "|", "header": True,
     },
-    "min_rating": None,  # keep events rated >= this (needs ratings); None keeps all
+    "min_rating": None,  # keep events rated >= this (needs ratings); None or 0 keeps all
     "min_user_events": 1,  # k-core: events per user (<= 1: no filter)
     "min_item_events": 1,  # k-core: events per item (<= 1: no filter)
     "split": "loo",  # "loo" (leave-one-out) or "temporal" (global time cut points)
     "temporal_fractions": (0.8, 0.1, 0.1),  # temporal: (train, valid, test) event fractions
-    "cache_dir": None,  # folder of .npz dataset caches; None: no cache
+    "cache_dir": None,  # folder of .npz dataset caches; unset: no cache
     "synthetic": {"num_users": 3000, "num_items": 1000, "seed": 0},  # synthetic_log kwargs
 }
 
@@ -105,6 +107,11 @@ def resolve_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
       out[key] = {**out[key], **value}
     else:
       out[key] = value
+  for key in ("path", "attributes_path", "tfds_name", "tfds_data_dir", "cache_dir"):
+    if out[key] == "":
+      out[key] = None
+  if not out["min_rating"]:
+    out["min_rating"] = None  # 0 keeps all, also for logs without ratings
   if out["format"] not in FORMATS:
     raise DataError(f"data config: unknown format {out['format']!r}; expected one of"
                     f" {', '.join(FORMATS)}")
@@ -187,7 +194,7 @@ def _existing_path(fmt: str, path, download: bool) -> pathlib.Path:
 
 
 def _attributes_path(fmt: str, path: pathlib.Path, attributes_path) -> pathlib.Path | None:
-  if fmt != "seqfile" or attributes_path == "":
+  if fmt != "seqfile" or attributes_path is False:
     return None
   if attributes_path is not None:
     attributes_path = pathlib.Path(os.path.expanduser(os.fspath(attributes_path)))

@@ -1,7 +1,8 @@
 """InteractionLog -> SequenceDataset: filters, dense ids, chronological order, splits, side data.
 
 Shape legend: `N` flattened events, `U` users (the `_U1` suffix: U + 1 CSR offsets), `V` catalog
-size including the padding id 0, `A` attribute table size including the padding id 0.
+size including the padding id 0, `A` attribute table size including the padding id 0, `X`
+examples of an evaluation split.
 
 Ids: items are dense `1..V-1` in the sorted order of their raw keys, 0 is padding; users are
 dense `0..U-1`, also in raw-key order. `SequenceDataset.item_keys[id]` / `user_keys[u]` give the
@@ -195,43 +196,43 @@ def _build(log: InteractionLog, options: dict[str, Any]) -> SequenceDataset:
   if n == 0:
     raise DataError(f"{src}: no events")
   stats: dict[str, Any] = {"events_read": n}
-  user_raw, user_inv = np.unique(log.users, return_inverse=True)
-  item_raw, item_inv = np.unique(log.items, return_inverse=True)
-  keep = np.ones(n, bool)
+  user_raw, user_inv_N = np.unique(log.users, return_inverse=True)
+  item_raw, item_inv_N = np.unique(log.items, return_inverse=True)
+  keep_N = np.ones(n, bool)
 
   if options["min_rating"] is not None:
     if log.ratings is None:
       raise DataError(f"{src}: min_rating={options['min_rating']} but this log has no ratings")
-    keep &= log.ratings >= options["min_rating"]
-    stats["dropped_by_rating"] = int(n - keep.sum())
+    keep_N &= log.ratings >= options["min_rating"]
+    stats["dropped_by_rating"] = int(n - keep_N.sum())
     logging.info("%s: min_rating %g dropped %d of %d events", src, options["min_rating"],
                  stats["dropped_by_rating"], n)
-    if not keep.any():
+    if not keep_N.any():
       raise DataError(f"{src}: no event is rated at least {options['min_rating']}")
 
-  keep = _k_core(keep, user_inv, item_inv, len(user_raw), len(item_raw),
+  keep_N = _k_core(keep_N, user_inv_N, item_inv_N, len(user_raw), len(item_raw),
                  options["min_user_events"], options["min_item_events"], src, stats)
 
   # Chronological order: stable by time, then stable by user, so ties keep file order.
-  rows = np.flatnonzero(keep)
-  users, items = user_inv[rows], item_inv[rows]
+  rows_N = np.flatnonzero(keep_N)
+  users_N, items_N = user_inv_N[rows_N], item_inv_N[rows_N]
   if log.timestamps is not None:
-    times = np.asarray(log.timestamps, np.int64)[rows]
-    by_time = np.argsort(times, kind="stable")
-    order = by_time[np.argsort(users[by_time], kind="stable")]
-    times = times[order]
+    times_N = np.asarray(log.timestamps, np.int64)[rows_N]
+    by_time_N = np.argsort(times_N, kind="stable")
+    order_N = by_time_N[np.argsort(users_N[by_time_N], kind="stable")]
+    times_N = times_N[order_N]
   else:
-    order = np.argsort(users, kind="stable")
-    times = None
-  users, items = users[order], items[order]
+    order_N = np.argsort(users_N, kind="stable")
+    times_N = None
+  users_N, items_N = users_N[order_N], items_N[order_N]
 
   if options["split"] == "loo":
-    parts = _split_loo(users, items, src, stats)
+    parts = _split_loo(users_N, items_N, src, stats)
   else:
-    if times is None:
+    if times_N is None:
       raise DataError(f"{src}: the temporal split needs timestamps; this log has none"
                       " (use split='loo')")
-    parts = _split_temporal(users, items, times, options["temporal_fractions"], src, stats)
+    parts = _split_temporal(users_N, items_N, times_N, options["temporal_fractions"], src, stats)
   user_sel, item_sel, train, valid, test = parts
 
   item_keys = item_raw[item_sel]
@@ -252,63 +253,64 @@ def _build(log: InteractionLog, options: dict[str, Any]) -> SequenceDataset:
   return dataset
 
 
-def _k_core(keep, user_inv, item_inv, num_users, num_items, min_user, min_item, src, stats):
+def _k_core(keep_N, user_inv_N, item_inv_N, num_users, num_items, min_user, min_item, src, stats):
   """Drops users / items below their thresholds, alternately, until nothing changes."""
   if min_user <= 1 and min_item <= 1:
-    return keep
-  before = int(keep.sum())
-  users_before = int(np.count_nonzero(np.bincount(user_inv[keep], minlength=num_users)))
-  items_before = int(np.count_nonzero(np.bincount(item_inv[keep], minlength=num_items)))
+    return keep_N
+  before = int(keep_N.sum())
+  users_before = int(np.count_nonzero(np.bincount(user_inv_N[keep_N], minlength=num_users)))
+  items_before = int(np.count_nonzero(np.bincount(item_inv_N[keep_N], minlength=num_items)))
   rounds = 0
   while True:
-    user_counts = np.bincount(user_inv[keep], minlength=num_users)
-    item_counts = np.bincount(item_inv[keep], minlength=num_items)
-    new_keep = keep & (user_counts[user_inv] >= min_user) & (item_counts[item_inv] >= min_item)
+    user_counts = np.bincount(user_inv_N[keep_N], minlength=num_users)
+    item_counts = np.bincount(item_inv_N[keep_N], minlength=num_items)
+    new_keep_N = (keep_N & (user_counts[user_inv_N] >= min_user) &
+                  (item_counts[item_inv_N] >= min_item))
     rounds += 1
-    if new_keep.sum() == keep.sum():
+    if new_keep_N.sum() == keep_N.sum():
       break
-    keep = new_keep
+    keep_N = new_keep_N
   users_after = int(np.count_nonzero(user_counts))
   items_after = int(np.count_nonzero(item_counts))
-  stats.update(kcore_rounds=rounds, kcore_dropped_events=before - int(keep.sum()),
+  stats.update(kcore_rounds=rounds, kcore_dropped_events=before - int(keep_N.sum()),
                kcore_dropped_users=users_before - users_after,
                kcore_dropped_items=items_before - items_after)
   logging.info("%s: %d-core on users, %d-core on items (%d rounds) dropped %d events, %d users,"
                " %d items", src, min_user, min_item, rounds, stats["kcore_dropped_events"],
                stats["kcore_dropped_users"], stats["kcore_dropped_items"])
-  if not keep.any():
+  if not keep_N.any():
     raise DataError(f"{src}: too few events for the split: the k-core filter (users >= "
                     f"{min_user}, items >= {min_item}) left no events")
-  return keep
+  return keep_N
 
 
-def _split_loo(users, items, src, stats):
+def _split_loo(users_N, items_N, src, stats):
   """Leave-one-out over events sorted by (user, time); see `build_dataset`."""
-  counts = np.bincount(users)
-  short = (counts > 0) & (counts < 3)
-  stats["split_dropped_users"] = int(short.sum())
-  stats["split_dropped_events"] = int(counts[short].sum())
-  if short.any():
+  counts_U = np.bincount(users_N)
+  short_U = (counts_U > 0) & (counts_U < 3)
+  stats["split_dropped_users"] = int(short_U.sum())
+  stats["split_dropped_events"] = int(counts_U[short_U].sum())
+  if short_U.any():
     logging.info("%s: leave-one-out drops %d users with fewer than 3 events (%d events)", src,
                  stats["split_dropped_users"], stats["split_dropped_events"])
-  keep = ~short[users]
-  if not keep.any():
+  keep_N = ~short_U[users_N]
+  if not keep_N.any():
     raise DataError(f"{src}: too few events for the split: no user has the 3 events"
                     " leave-one-out needs (train, valid, test)")
-  users, items = users[keep], items[keep]
-  stats["num_events"] = int(len(users))
-  user_sel, users = np.unique(users, return_inverse=True)
-  item_sel, item_ids = np.unique(items, return_inverse=True)
-  item_ids = (item_ids + 1).astype(np.int32)
-  lengths = np.bincount(users)
-  offsets = np.concatenate([[0], np.cumsum(lengths)])
-  pos = np.arange(len(users)) - offsets[users]
-  left = lengths[users] - pos  # 1 at the last event, 2 at the second-to-last
-  train = Sequences.from_lengths(lengths - 2, item_ids[left > 2])
-  everyone = np.arange(len(user_sel), dtype=np.int32)
-  valid = EvalSplit(everyone, train, item_ids[left == 2])
-  test = EvalSplit(everyone, Sequences.from_lengths(lengths - 1, item_ids[left > 1]),
-                   item_ids[left == 1])
+  users_N, items_N = users_N[keep_N], items_N[keep_N]
+  stats["num_events"] = int(len(users_N))
+  user_sel, users_N = np.unique(users_N, return_inverse=True)
+  item_sel, item_ids_N = np.unique(items_N, return_inverse=True)
+  item_ids_N = (item_ids_N + 1).astype(np.int32)
+  lengths_U = np.bincount(users_N)
+  offsets_U1 = np.concatenate([[0], np.cumsum(lengths_U)])
+  pos_N = np.arange(len(users_N)) - offsets_U1[users_N]
+  left_N = lengths_U[users_N] - pos_N  # 1 at the last event, 2 at the second-to-last
+  train = Sequences.from_lengths(lengths_U - 2, item_ids_N[left_N > 2])
+  everyone_U = np.arange(len(user_sel), dtype=np.int32)
+  valid = EvalSplit(everyone_U, train, item_ids_N[left_N == 2])
+  test = EvalSplit(everyone_U, Sequences.from_lengths(lengths_U - 1, item_ids_N[left_N > 1]),
+                   item_ids_N[left_N == 1])
   return user_sel, item_sel, train, valid, test
 
 
@@ -322,69 +324,72 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
   return np.repeat(starts - row_starts, lengths) + np.arange(total)
 
 
-def _split_temporal(users, items, times, fractions, src, stats):
+def _split_temporal(users_N, items_N, times_N, fractions, src, stats):
   """Global time cut points; see `build_dataset` for the exact definition."""
-  n = len(times)
-  sorted_times = np.sort(times)
-  t_valid = sorted_times[min(int(np.floor(fractions[0] * n)), n - 1)]
-  t_test = sorted_times[min(int(np.floor((fractions[0] + fractions[1]) * n)), n - 1)]
+  n = len(times_N)
+  sorted_times_N = np.sort(times_N)
+  t_valid = sorted_times_N[min(int(np.floor(fractions[0] * n)), n - 1)]
+  t_test = sorted_times_N[min(int(np.floor((fractions[0] + fractions[1]) * n)), n - 1)]
   stats.update(t_valid=int(t_valid), t_test=int(t_test), num_events=n)
   logging.info("%s: temporal split at t_valid=%d, t_test=%d", src, t_valid, t_test)
-  in_train = times < t_valid
-  if not in_train.any() or t_valid >= t_test or not (times >= t_test).any():
+  in_train_N = times_N < t_valid
+  if not in_train_N.any() or t_valid >= t_test or not (times_N >= t_test).any():
     raise DataError(f"{src}: too few events for the split: the cut points at fractions"
                     f" {fractions} leave an empty train, valid or test part (too many equal"
                     " timestamps?)")
-  item_sel = np.unique(items[in_train])
-  dense = np.zeros(items.max() + 1, np.int32)
+  item_sel = np.unique(items_N[in_train_N])
+  dense = np.zeros(items_N.max() + 1, np.int32)
   dense[item_sel] = np.arange(1, len(item_sel) + 1)
-  item_ids = dense[items]  # 0: item unseen in train, outside the catalog
+  item_ids_N = dense[items_N]  # 0: item unseen in train, outside the catalog
 
-  num_raw_users = int(users.max()) + 1
-  user_start = np.searchsorted(users, np.arange(num_raw_users))
+  num_raw_users = int(users_N.max()) + 1
+  user_start = np.searchsorted(users_N, np.arange(num_raw_users))
 
-  def first_per_user(mask):
-    rows = np.flatnonzero(mask)
-    _, first = np.unique(users[rows], return_index=True)
+  def first_per_user(mask_N):
+    rows = np.flatnonzero(mask_N)
+    _, first = np.unique(users_N[rows], return_index=True)
     return rows[first]
 
-  valid_pos = first_per_user((times >= t_valid) & (times < t_test))
-  test_pos = first_per_user(times >= t_test)
+  valid_pos_X = first_per_user((times_N >= t_valid) & (times_N < t_test))
+  test_pos_X = first_per_user(times_N >= t_test)
 
-  def examples(pos, name):
-    known = item_ids[pos] > 0
-    idx = _ranges(user_start[users[pos]], pos)
-    owner = np.repeat(np.arange(len(pos)), pos - user_start[users[pos]])
-    in_catalog = item_ids[idx] > 0
+  def examples(pos_X, name):
+    """Keeps examples with a known target and a non-empty in-catalog history."""
+    known_X = item_ids_N[pos_X] > 0
+    start_X = user_start[users_N[pos_X]]
+    # Flat positions of every example's history events, and the example each belongs to.
+    hist_idx = _ranges(start_X, pos_X)
+    hist_owner = np.repeat(np.arange(len(pos_X)), pos_X - start_X)
+    in_catalog = item_ids_N[hist_idx] > 0
     removed = int((~in_catalog).sum())
-    idx, owner = idx[in_catalog], owner[in_catalog]
-    lengths = np.bincount(owner, minlength=len(pos))
-    ok = known & (lengths > 0)
-    stats[f"{name}_dropped_unknown_target"] = int((~known).sum())
-    stats[f"{name}_dropped_empty_history"] = int((known & (lengths == 0)).sum())
+    hist_idx, hist_owner = hist_idx[in_catalog], hist_owner[in_catalog]
+    lengths_X = np.bincount(hist_owner, minlength=len(pos_X))
+    ok_X = known_X & (lengths_X > 0)
+    stats[f"{name}_dropped_unknown_target"] = int((~known_X).sum())
+    stats[f"{name}_dropped_empty_history"] = int((known_X & (lengths_X == 0)).sum())
     stats[f"{name}_history_items_removed"] = removed
     logging.info("%s: %s examples: %d kept, %d dropped (target not in train), %d dropped (empty"
                  " history), %d history events on items unseen in train removed", src, name,
-                 int(ok.sum()), stats[f"{name}_dropped_unknown_target"],
+                 int(ok_X.sum()), stats[f"{name}_dropped_unknown_target"],
                  stats[f"{name}_dropped_empty_history"], removed)
-    keep_events = ok[owner]
-    return pos[ok], lengths[ok], item_ids[idx[keep_events]]
+    return pos_X[ok_X], lengths_X[ok_X], item_ids_N[hist_idx[ok_X[hist_owner]]]
 
-  valid_pos, valid_len, valid_hist = examples(valid_pos, "valid")
-  test_pos, test_len, test_hist = examples(test_pos, "test")
-  if len(valid_pos) == 0 or len(test_pos) == 0:
+  valid_pos_X, valid_len_X, valid_hist = examples(valid_pos_X, "valid")
+  test_pos_X, test_len_X, test_hist = examples(test_pos_X, "test")
+  if len(valid_pos_X) == 0 or len(test_pos_X) == 0:
     raise DataError(f"{src}: too few events for the split: no usable "
-                    f"{'valid' if len(valid_pos) == 0 else 'test'} example")
-  train_users = users[in_train]
-  user_sel = np.unique(np.concatenate([train_users, users[valid_pos], users[test_pos]]))
+                    f"{'valid' if len(valid_pos_X) == 0 else 'test'} example")
+  train_users = users_N[in_train_N]
+  user_sel = np.unique(np.concatenate([train_users, users_N[valid_pos_X],
+                                       users_N[test_pos_X]]))
   dense_user = np.full(num_raw_users, -1, np.int64)
   dense_user[user_sel] = np.arange(len(user_sel))
   train = Sequences.from_lengths(
-      np.bincount(dense_user[train_users], minlength=len(user_sel)), item_ids[in_train])
-  valid = EvalSplit(dense_user[users[valid_pos]].astype(np.int32),
-                    Sequences.from_lengths(valid_len, valid_hist), item_ids[valid_pos])
-  test = EvalSplit(dense_user[users[test_pos]].astype(np.int32),
-                   Sequences.from_lengths(test_len, test_hist), item_ids[test_pos])
+      np.bincount(dense_user[train_users], minlength=len(user_sel)), item_ids_N[in_train_N])
+  valid = EvalSplit(dense_user[users_N[valid_pos_X]].astype(np.int32),
+                    Sequences.from_lengths(valid_len_X, valid_hist), item_ids_N[valid_pos_X])
+  test = EvalSplit(dense_user[users_N[test_pos_X]].astype(np.int32),
+                   Sequences.from_lengths(test_len_X, test_hist), item_ids_N[test_pos_X])
   return user_sel, item_sel, train, valid, test
 
 

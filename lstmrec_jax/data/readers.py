@@ -353,8 +353,9 @@ def _read_ml100k_items(items_path: pathlib.Path, genres_path: pathlib.Path) -> I
   for lineno, line in _lines(_read_text(items_path, "latin-1")):
     fields = line.split("|")
     if len(fields) != expected:
-      raise data_error(items_path, lineno, f"expected {expected} '|'-separated fields (id, title,"
-                       f" release, video release, url, {len(genres)} genre flags), got {len(fields)}")
+      raise data_error(items_path, lineno,
+                       f"expected {expected} '|'-separated fields (id, title, release, video"
+                       f" release, url, {len(genres)} genre flags), got {len(fields)}")
     item = _to_int(items_path, lineno, fields[0], "movie id")
     flags = fields[5:]
     if any(f not in ("0", "1") for f in flags):
@@ -403,8 +404,8 @@ def _read_movies_csv(path: pathlib.Path) -> ItemSide:
       if not row:
         continue
       if len(row) != len(header):
-        raise data_error(path, reader.line_num,
-                         f"expected {len(header)} fields, got {len(row)} (quote titles with commas)")
+        raise data_error(path, reader.line_num, f"expected {len(header)} fields, got {len(row)}"
+                         " (quote titles with commas)")
       item = _to_int(path, reader.line_num, row[i_id], "movieId")
       side.titles[item] = row[i_title]
       side.attributes[item] = [g for g in row[i_genres].split("|") if g and g != _NO_GENRES]
@@ -521,10 +522,12 @@ def read_pairs(path: PathLike) -> InteractionLog:
 class Columns:
   """Column names of a generic log (0-based ints, or digit strings, when `header=False`).
 
+  A column set to None or "" is absent; `delimiter` "" means ",".
+
   With a `session` column each session is one sequence, keyed `"<user>:<session>"` (or just the
   session when `user` is None): the session-based setting. `lists` are columns of attributes or
-  tags, either Parquet lists or strings split on `list_sep`; with several list columns each raw
-  attribute is prefixed with its column name (`"genres:Comedy"`) so they cannot collide.
+  tags, either Parquet lists or strings split on `list_separator`; with several list columns
+  each raw attribute is prefixed with its column name (`"genres:Comedy"`) so they cannot collide.
   """
 
   user: str | int | None = "user"
@@ -535,7 +538,7 @@ class Columns:
   title: str | int | None = None
   lists: tuple[str | int, ...] = ()
   delimiter: str = ","  # CSV only; TSV is always a tab
-  list_sep: str = "|"
+  list_separator: str = "|"
   header: bool = True  # CSV / TSV: the first line names the columns
 
   @classmethod
@@ -549,10 +552,14 @@ class Columns:
     unknown = sorted(set(spec) - known)
     if unknown:
       raise DataError(f"columns: unknown key(s) {unknown}; known: {sorted(known)}")
-    spec = dict(spec)
+    # Config files write "" for an absent column (ConfigDict cannot hold None for a string).
+    spec = {k: (None if v == "" else v) for k, v in dict(spec).items()}
     if "lists" in spec:
       lists = spec["lists"]
       spec["lists"] = (lists,) if isinstance(lists, (str, int)) else tuple(lists or ())
+    for name in ("delimiter", "list_separator", "header"):
+      if spec.get(name, "set") is None:
+        del spec[name]  # "" means the default
     return cls(**spec)
 
   def used(self) -> dict[str, str | int]:
@@ -627,7 +634,7 @@ def read_table(path: PathLike, *, format: str = "csv",  # pylint: disable=redefi
       values = get(f"list{i}").take(take).to_pylist()
       prefix = f"{col}:" if len(cols.lists) > 1 else ""
       for key, value in zip(first_keys, values):
-        attrs = _split_list(value, cols.list_sep)
+        attrs = _split_list(value, cols.list_separator)
         side.attributes.setdefault(key, []).extend(prefix + a for a in attrs)
 
   log = InteractionLog(users=seq_keys, items=items, timestamps=timestamps, item_side=side,
