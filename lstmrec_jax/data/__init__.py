@@ -3,6 +3,12 @@
 The one call a trainer needs is `load_dataset(cfg)` with a plain dict that starts from
 `DATA_DEFAULTS`; the batch classes live in `pipeline` (imported lazily here, because importing
 it starts TensorFlow).
+
+  readers     read_movielens / read_seqfile / read_pairs / read_table / read_tfds -> InteractionLog
+  preprocess  build_dataset(log, ...) -> SequenceDataset (Sequences, EvalSplit), npz cache
+  synthetic   synthetic_log(num_users, num_items, seed, ...) -> InteractionLog
+  download    download_movielens(path) (only with download=True)
+  pipeline    TrainBatches(...).epoch(e, skip_batches), eval_batches(split, ...)
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ Formats:
   * `tfds:movielens/<variant>-ratings` through tensorflow_datasets (`read_tfds`).
 
 Every problem in a file is a `DataError` whose message is `<file>:<line>: <problem>` (1-based
-lines; for Parquet the number is the 1-based row). Big numeric files go through pyarrow first
-and, only when that fails, through a line-by-line parser whose job is to name the bad line.
+lines; for Parquet the number is the 1-based row; in a CSV with newlines inside quoted fields,
+a row's reported line counts rows, not physical lines). Big numeric files go through pyarrow
+first and, only when that fails, through a line-by-line parser whose job is to name the bad
+line.
 """
 
 from __future__ import annotations
@@ -235,15 +237,17 @@ def _check_header(path: pathlib.Path, delimiter: str, expected: Sequence[str],
   return header
 
 
-def _keys_from_strings(values: Sequence[str]) -> np.ndarray:
+def _keys_from_bytes(values: np.ndarray) -> np.ndarray:
   """int64 keys when every id is a canonical integer (no leading zeros), else str keys."""
-  arr = np.asarray(values, dtype=str)
-  if arr.size and all(_CANONICAL_INT.fullmatch(v) for v in np.unique(arr)):
-    return arr.astype(np.int64)
-  return arr
-
-
-_CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+  values = np.asarray(values, dtype="S")
+  try:
+    ints = values.astype(np.int64)
+  except (ValueError, OverflowError):
+    ints = None
+  # Round-trip check: "007" and "7" must not become the same key.
+  if ints is not None and np.array_equal(ints.astype("S"), values):
+    return ints
+  return np.char.decode(values, "utf-8")
 
 
 # ----------------------------------------------------------------------------- MovieLens
@@ -907,23 +911,24 @@ def read_tfds(name: str, *, data_dir: PathLike | None = None,
   users, items, times, ratings = [], [], [], []
   side = ItemSide()
   for batch in tfds.as_numpy(ds):
-    users.append(batch["user_id"])
-    items.append(batch["movie_id"])
+    users.append(np.asarray(batch["user_id"], dtype="S"))
+    items.append(np.asarray(batch["movie_id"], dtype="S"))
     times.append(batch["timestamp"].astype(np.int64))
     if "user_rating" in batch:
       ratings.append(batch["user_rating"].astype(np.float32))
-    for movie, title, genres in zip(batch["movie_id"], batch["movie_title"],
-                                    batch["movie_genres"]):
+    # Side data once per movie: its first row (every rating row repeats it).
+    movies, first = np.unique(items[-1], return_index=True)
+    for movie, row in zip(movies.tolist(), first.tolist()):
       movie = movie.decode()
       if movie not in side.titles:
-        side.titles[movie] = title.decode()
-        side.attributes[movie] = [genre_names[g] for g in genres
+        side.titles[movie] = batch["movie_title"][row].decode()
+        side.attributes[movie] = [genre_names[g] for g in batch["movie_genres"][row]
                                   if 0 <= g < len(genre_names) and
                                   genre_names[g] != _NO_GENRES]
   if not users:
     raise DataError(f"{source}: the train split is empty")
-  user_keys = _keys_from_strings([u.decode() for u in np.concatenate(users)])
-  item_keys = _keys_from_strings([i.decode() for i in np.concatenate(items)])
+  user_keys = _keys_from_bytes(np.concatenate(users))
+  item_keys = _keys_from_bytes(np.concatenate(items))
   if item_keys.dtype == np.int64:
     side.titles = {int(k): v for k, v in side.titles.items()}
     side.attributes = {int(k): v for k, v in side.attributes.items()}
