@@ -215,7 +215,10 @@ def build_ours(name: str, shape: Shape, params, ref: Reference, settings) -> Run
         *a, **k, blocks=blocks, interpret=settings.interpret)
     info["blocks"] = dataclasses.asdict(blocks)
   else:
-    blocks = lstm_persistent.PersistentBlocks()
+    # "_stream" re-reads W_hh every step even where the default would keep it on chip: an
+    # opt-in variant (--variants) to measure that policy on hardware.
+    blocks = lstm_persistent.PersistentBlocks(
+        resident_weights=False if name == "pallas_persistent_stream" else None)
     recurrence = lambda *a, **k: lstm_persistent.lstm_persistent(
         *a, **k, blocks=blocks, interpret=settings.interpret)
     plan = lstm_persistent._make_plan(  # pylint: disable=protected-access
@@ -359,6 +362,7 @@ BUILDERS: dict[str, Callable[..., Runner]] = {
     "xla": lambda *a: build_ours("xla", *a),
     "pallas_step": lambda *a: build_ours("pallas_step", *a),
     "pallas_persistent": lambda *a: build_ours("pallas_persistent", *a),
+    "pallas_persistent_stream": lambda *a: build_ours("pallas_persistent_stream", *a),
     "flax_nnx": build_flax,
     "cudnn_jax": build_cudnn,
     "torch_cudnn": TorchRunner,
@@ -696,7 +700,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--warmup", type=int, default=None, help="untimed runs after compile; 1, 0")
   p.add_argument("--shapes", default=None, help="BxLxH list, e.g. 512x50x64,2048x200x128")
   p.add_argument("--dtypes", default="bf16,f32", help="comma list of bf16, f32")
-  p.add_argument("--variants", default=",".join(LAYER_VARIANTS), help="layer variants to run")
+  p.add_argument("--variants", default=",".join(LAYER_VARIANTS),
+                 help="layer variants to run (also: pallas_persistent_stream)")
   p.add_argument("--step_impls", default=",".join(STEP_IMPLS),
                  help="LSTM impls for the full training step ('' to skip it)")
   return p.parse_args(argv)
@@ -710,7 +715,7 @@ def make_settings(args: argparse.Namespace) -> Settings:
   variants = [v for v in args.variants.split(",") if v]
   for v in variants:
     if v not in BUILDERS:
-      raise SystemExit(f"unknown variant {v!r}; expected some of {LAYER_VARIANTS}")
+      raise SystemExit(f"unknown variant {v!r}; expected some of {tuple(BUILDERS)}")
   step_impls = [i for i in args.step_impls.split(",") if i]
   if args.reduced:
     shapes = _parse_shapes(args.shapes or "8x6x16", dtypes)
@@ -734,7 +739,7 @@ def make_settings(args: argparse.Namespace) -> Settings:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-  head = (f"{'kind':<10} {'variant':<18} {'mode':<10} {'B':>5} {'L':>4} {'H':>4} {'dtype':<5} "
+  head = (f"{'kind':<10} {'variant':<24} {'mode':<10} {'B':>5} {'L':>4} {'H':>4} {'dtype':<5} "
           f"{'status':<11} {'median_ms':>10} {'events/s':>11} {'rel_err':>8} check")
   print(head)
   print("-" * len(head))
@@ -742,7 +747,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     med = f"{r['median_ms']:.3f}" if "median_ms" in r else "-"
     eps = f"{r['events_per_s']:.3g}" if "events_per_s" in r else "-"
     err = f"{r['rel_err']:.1e}" if "rel_err" in r else "-"
-    print(f"{r['kind']:<10} {r['variant']:<18} {r['mode']:<10} {r['B']:>5} {r['L']:>4} "
+    print(f"{r['kind']:<10} {r['variant']:<24} {r['mode']:<10} {r['B']:>5} {r['L']:>4} "
           f"{r['H']:>4} {r['dtype']:<5} {r['status']:<11} {med:>10} {eps:>11} {err:>8} "
           f"{r.get('check', '')}"
           + (f"  ({r['reason'][:90]})" if r["status"] != "ok" and "reason" in r else ""))

@@ -60,8 +60,9 @@ def _step_kernel(xp_ref, w_ref, m_ref, r_ref, hrow_ref, h_ref, c_ref,  # inputs
 class StepBlocks:
   """Block sizes of the step kernel (clamped to the problem; on GPU powers of two >= 16)."""
 
-  block_b: int = 32     # batch rows per program
-  block_h: int = 64     # hidden units per program, also the chunk of the recurrent contraction
+  # Small tiles by default: a step is latency-bound, and B=128, H=64 must still give 16 programs.
+  block_b: int = 16     # batch rows per program
+  block_h: int = 32     # hidden units per program, also the chunk of the recurrent contraction
   num_warps: int = 4    # Triton warps per program (GPU only)
   num_stages: int = 1   # Triton pipelining stages (GPU only); the kernel has no loop to pipeline
 
