@@ -102,15 +102,15 @@ def top_k_items(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | N
   return ids, scores
 
 
-def metrics_from_ranks(ranks_U: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+def metrics_from_ranks(ranks_U: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float | None]:
   """HR@k, NDCG@k (one relevant item) and MRR from 0-based ranks.
 
   Example: ranks [0, 3] -> HR@1 0.5, HR@5 1.0, NDCG@5 (1 + 1/log2(5)) / 2, MRR (1 + 1/4) / 2.
   """
   ranks = np.asarray(ranks_U, np.float64)
-  if ranks.size == 0:
-    return {**{f"HR@{k}": float("nan") for k in ks}, **{f"NDCG@{k}": float("nan") for k in ks},
-            "MRR": float("nan"), "users": 0}
+  if ranks.size == 0:  # None, not NaN: the report stays strict JSON and comparable
+    return {**{f"HR@{k}": None for k in ks}, **{f"NDCG@{k}": None for k in ks if k > 1},
+            "MRR": None, "users": 0}
   out: dict[str, float] = {}
   for k in ks:
     out[f"HR@{k}"] = float(np.mean(ranks < k))

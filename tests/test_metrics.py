@@ -114,3 +114,8 @@ def test_top_k_matches_argsort(chunk):
   for r in range(b):
     scores[r, seen[r][seen[r] > 0]] = -np.inf
   np.testing.assert_array_equal(np.asarray(ids), np.argsort(-scores, axis=1)[:, :k])
+
+
+def test_empty_bucket_is_none_not_nan():
+  m = metrics.metrics_from_ranks(np.array([], np.int64))
+  assert m["users"] == 0 and m["HR@10"] is None and m["NDCG@10"] is None

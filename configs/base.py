@@ -1,0 +1,82 @@
+"""Defaults shared by every config; each dataset config overrides what it needs."""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Every key, with its unit or constraint."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # parameters, dropout, shuffling; two runs with one seed give identical losses (CPU)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.format = "synthetic"  # synthetic|movielens|seqfile|pairs|csv|tsv|parquet|tfds
+  c.data.path = ""  # file or directory of the raw data
+  c.data.attributes_path = ""  # seqfile: optional item2attributes.json
+  c.data.tfds_name = ""  # tfds: e.g. "movielens/1m-ratings"
+  c.data.download = False  # movielens: download the official release when `path` is missing
+  c.data.columns = ml_collections.ConfigDict({  # csv/tsv/parquet column names ("" = absent)
+      "user": "user_id", "item": "item_id", "time": "timestamp", "session": "",
+      "title": "", "lists": "", "delimiter": "", "list_separator": "|"})
+  c.data.min_rating = 0.0  # keep events with rating >= this (0 keeps all)
+  c.data.min_user_events = 0  # k-core: users with fewer events are dropped (0 = off)
+  c.data.min_item_events = 0  # k-core: items with fewer events are dropped (0 = off)
+  c.data.split = "loo"  # loo (leave-one-out) | temporal (global time cut points)
+  c.data.temporal_fractions = (0.8, 0.1, 0.1)  # temporal split: train/valid/test event shares
+  c.data.cache_dir = "cache"  # preprocessed arrays, keyed by source bytes + options ("" = off)
+  c.data.synthetic = ml_collections.ConfigDict()  # synthetic_log kwargs (num_users, num_items, seed)
+
+  c.input = ml_collections.ConfigDict()
+  c.input.max_len = 50  # events of history per example (most recent kept)
+  c.input.batch_size = 256  # global rows per step; a multiple of the device count
+  c.input.eval_batch_size = 512  # users per evaluation batch; a multiple of the device count
+  c.input.pack = True  # pack several histories per row (state reset at boundaries)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.embed_dim = 64  # E: item embedding size = user state size
+  c.model.hidden_size = 64  # H: LSTM hidden size (projected to E when different)
+  c.model.num_layers = 1  # stacked LSTM layers
+  c.model.embed_dropout = 0.3  # on input item embeddings, in [0, 1)
+  c.model.layer_dropout = 0.0  # between LSTM layers, in [0, 1)
+  c.model.output_dropout = 0.3  # on the user state before scoring, in [0, 1)
+  c.model.residual = False  # residual around each LSTM layer (when E == H)
+  c.model.layer_norm = False  # layer norm on the user state
+  c.model.ffn = False  # position-wise feed-forward block after the LSTM
+  c.model.item_bias = False  # a learned per-item score bias
+  c.model.tied_output = True  # score with the input item table (else a separate table)
+  c.model.compute_dtype = "float32"  # float32 | bfloat16 (matmul operands; cell state stays f32)
+  c.model.param_dtype = "float32"
+  c.model.hoist_input_projection = True  # one input matmul for all steps, outside the scan
+  c.model.lstm_impl = "xla"  # xla | pallas | pallas_step | pallas_persistent
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.kind = "chunked"  # full | chunked (exact full softmax, no N x V logits) | sampled
+  c.loss.chunk_size = 4096  # items per chunk (chunked)
+  c.loss.num_negatives = 2048  # shared negatives (sampled)
+  c.loss.alpha = 0.5  # negatives drawn by popularity**alpha (sampled)
+  c.loss.in_batch_negatives = False  # sampled: the batch's targets are negatives too
+  c.loss.label_smoothing = 0.0  # full and chunked, in [0, 1)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-3  # peak AdamW learning rate
+  c.optim.warmup_steps = 100  # linear warm-up, in steps
+  c.optim.schedule = "cosine"  # cosine | constant after warm-up
+  c.optim.final_lr_fraction = 0.0  # cosine end value / peak
+  c.optim.weight_decay = 0.0  # decoupled, on matrices only
+  c.optim.clip_norm = 1.0  # global gradient norm clip (0 = off)
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_epochs = 30  # passes over the training examples
+  c.train.eval_every_steps = 0  # validation period in steps (0 = once per epoch)
+  c.train.patience = 5  # stop after this many validations without a better NDCG@10 (0 = never)
+  c.train.log_every_steps = 20  # scalars to metrics.jsonl / TensorBoard, in steps
+  c.train.keep_checkpoints = 2  # latest checkpoints kept for resuming (the best is kept apart)
+  c.train.num_devices = 0  # devices in the data-parallel mesh (0 = all)
+  c.train.stop_after_steps = 0  # stop (as if killed) after this step, for resume tests (0 = off)
+  c.train.progress_bar = True  # tqdm bar with loss, events/s and ETA
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.exclude_seen = True  # remove the user's history items from the ranking
+  c.eval.chunk_size = 8192  # items per ranking chunk (bounds memory at large V)
+  return c

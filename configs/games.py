@@ -1,0 +1,20 @@
+"""Amazon Video Games (SASRec's `Video.txt`): leave-one-out, full ranking, max_len 50.
+
+Run: python train.py --config configs/games.py --workdir runs/games
+     python eval.py --workdir runs/games
+Data: ../shared/data/amazon-games/Video.txt (override with --config.data.path=...).
+Hardware, wall time and reached metrics: see docs/results.md.
+"""
+
+from configs import base
+
+
+def get_config():
+  c = base.get_base_config()
+  c.data.format = "pairs"
+  c.data.path = "../shared/data/amazon-games/Video.txt"
+  c.input.max_len = 50
+  c.input.batch_size = 256
+  c.train.num_epochs = 60
+  c.train.patience = 6
+  return c

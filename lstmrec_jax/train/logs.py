@@ -1,0 +1,23 @@
+"""Log set-up of the entry points: our INFO lines, only warnings from the libraries."""
+
+from __future__ import annotations
+
+import logging
+
+from absl import logging as absl_logging
+
+_OURS = ("lstmrec_jax", "train.py", "eval.py", "tune.py")
+
+
+class _OnlyOursBelowWarning(logging.Filter):
+  """Orbax and JAX log every checkpoint step at INFO; keep their warnings, drop the chatter."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or any(s in record.pathname for s in _OURS)
+
+
+def setup() -> None:
+  """INFO for lstmrec_jax and the entry points, WARNING and above for everything else."""
+  absl_logging.set_verbosity(absl_logging.INFO)
+  handler = absl_logging.get_absl_handler()
+  handler.addFilter(_OnlyOursBelowWarning())

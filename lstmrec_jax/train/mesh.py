@@ -1,0 +1,61 @@
+"""The device mesh of data-parallel training: one `data` axis over every device of every host.
+
+Parameters and optimizer state are replicated; each batch is split along its leading axis over the
+`data` axis. `jax.jit` with these shardings is the data-parallel ("pmap-sharded") step: the loss is
+a mean over the global batch, so XLA's partitioner inserts the all-reduce of gradients itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  """A 1-D mesh over the first `num_devices` global devices (all when None or 0)."""
+  devices = jax.devices()
+  if num_devices:
+    if num_devices > len(devices):
+      raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices are visible")
+    if jax.process_count() > 1 and num_devices != len(devices):
+      raise ValueError("with several processes the mesh must span every device")
+    devices = devices[:num_devices]
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding of parameters and optimizer state: a full copy on every device."""
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of a batch: leading axis split over the data axis."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_global_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+  """Raises a clear error when the batch cannot be split evenly over devices and processes."""
+  devices = mesh.devices.size
+  if global_batch_size % devices:
+    raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
+                     f"{devices} devices of the mesh; choose a multiple of {devices}")
+  if global_batch_size % jax.process_count():
+    raise ValueError(f"global batch size {global_batch_size} is not divisible by "
+                     f"{jax.process_count()} processes")
+
+
+def to_global(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles each process's slice of the batch into global arrays sharded over `data`."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def replicate(tree, mesh: Mesh):
+  """Places a host pytree on every device of the mesh."""
+  return jax.device_put(tree, replicated(mesh))

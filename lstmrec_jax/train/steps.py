@@ -1,0 +1,103 @@
+"""Pure train and evaluation steps; compiled once where they are used (see `loop.py`).
+
+Shape legend: B batch, L history length, E item embedding size, V catalog size, N = B*L positions,
+S seen items per user, K top-k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from lstmrec_jax import losses, metrics
+from lstmrec_jax.train.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Which loss over the catalog, and its knobs."""
+
+  kind: str = "full"  # "full" | "chunked" (exact, no N x V logits) | "sampled"
+  chunk_size: int = 8192  # items per chunk for "chunked"
+  num_negatives: int = 2048  # shared negatives for "sampled"
+  alpha: float = 0.5  # negatives drawn by popularity**alpha
+  in_batch_negatives: bool = False  # sampled: also use the batch's targets as negatives
+  label_smoothing: float = 0.0  # full and chunked
+
+
+def _sequence_loss(model, batch, dropout_key, loss_cfg: LossConfig, log_q_V):
+  """Softmax cross-entropy at every real position of the batch."""
+  user_BxLxE = model(batch["inputs_BxL"], batch["mask_BxL"], batch.get("resets_BxL"),
+                     dropout_key=dropout_key)
+  user_NxE = user_BxLxE.reshape(-1, user_BxLxE.shape[-1])
+  targets_N = batch["targets_BxL"].reshape(-1)
+  weights_N = (targets_N > 0).astype(jnp.float32)
+  table_VxE, bias_V = model.item_table(), model.item_bias()
+  if loss_cfg.kind == "full":
+    return losses.softmax_cross_entropy(user_NxE, table_VxE, bias_V, targets_N, weights_N,
+                                        label_smoothing=loss_cfg.label_smoothing)
+  if loss_cfg.kind == "chunked":
+    return losses.chunked_softmax_cross_entropy(user_NxE, table_VxE, bias_V, targets_N,
+                                                weights_N, chunk_size=loss_cfg.chunk_size,
+                                                label_smoothing=loss_cfg.label_smoothing)
+  if loss_cfg.kind == "sampled":
+    neg_key = jax.random.fold_in(dropout_key, 1)
+    negatives_S = losses.sample_negatives(neg_key, log_q_V, loss_cfg.num_negatives)
+    return losses.sampled_softmax_cross_entropy(
+        user_NxE, table_VxE, bias_V, targets_N, weights_N, negatives_S, log_q_V,
+        in_batch_negatives=loss_cfg.in_batch_negatives)
+  raise ValueError(f"loss.kind must be 'full', 'chunked' or 'sampled', got {loss_cfg.kind!r}")
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], log_q_V: jax.Array | None, *,
+               graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+               loss_cfg: LossConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a (global) batch; returns the new state and scalar metrics."""
+  dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+  def loss_fn(params):
+    model = nnx.merge(graphdef, params)
+    loss, _ = _sequence_loss(model, batch, dropout_key, loss_cfg, log_q_V)
+    return loss
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  out = {"loss": loss, "grad_norm": optax.global_norm(grads),
+         "positions": batch["mask_BxL"].sum(dtype=jnp.int32)}
+  return state._replace(step=state.step + 1, params=params, opt_state=opt_state), out
+
+
+def last_state(user_BxLxE: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+  """The output at each row's last real position (rows are right-padded); zeros for empty rows."""
+  last_B = jnp.maximum(mask_BxL.sum(axis=1) - 1, 0)
+  return jnp.take_along_axis(user_BxLxE, last_B[:, None, None], axis=1)[:, 0]
+
+
+def user_vectors(params: Any, batch: dict[str, jax.Array], graphdef: nnx.GraphDef):
+  """(user_BxE, item table, item bias) for a batch of histories."""
+  model = nnx.merge(graphdef, params)
+  user_BxLxE = model(batch["inputs_BxL"], batch["mask_BxL"])
+  return last_state(user_BxLxE, batch["mask_BxL"]), model.item_table(), model.item_bias()
+
+
+def eval_step(params: Any, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
+              exclude_seen: bool, chunk_size: int) -> jax.Array:
+  """0-based full-catalog rank of each row's target (see `metrics.target_ranks`)."""
+  user_BxE, table_VxE, bias_V = user_vectors(params, batch, graphdef)
+  return metrics.target_ranks(user_BxE, table_VxE, bias_V, batch["targets_B"],
+                              batch.get("seen_BxS"), exclude_seen=exclude_seen,
+                              chunk_size=chunk_size)
+
+
+def topk_step(params: Any, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef, k: int,
+              exclude_seen: bool, chunk_size: int) -> tuple[jax.Array, jax.Array]:
+  """Each row's top-k next items and scores, seen items excluded unless asked otherwise."""
+  user_BxE, table_VxE, bias_V = user_vectors(params, batch, graphdef)
+  return metrics.top_k_items(user_BxE, table_VxE, bias_V, k, batch.get("seen_BxS"),
+                             exclude_seen=exclude_seen, chunk_size=chunk_size)

@@ -1,0 +1,207 @@
+"""The trainer end to end: steps, determinism, checkpoints, resume, evaluation, data parallelism."""
+
+import functools
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default as default_config
+from lstmrec_jax import data as data_lib
+from lstmrec_jax.data import pipeline
+from lstmrec_jax.train import evaluate, loop
+from lstmrec_jax.train import mesh as mesh_lib
+from lstmrec_jax.train import state as state_lib
+from lstmrec_jax.train import steps
+
+
+def tiny_config(tmp_path: pathlib.Path, **train_overrides):
+  c = default_config.get_config()
+  c.data.synthetic = {"num_users": 240, "num_items": 80, "seed": 3}
+  c.data.cache_dir = str(tmp_path / "cache")
+  c.input.max_len = 16
+  c.input.batch_size = 8
+  c.input.eval_batch_size = 64
+  c.model.embed_dim = 16
+  c.model.hidden_size = 16
+  c.optim.warmup_steps = 2
+  c.optim.learning_rate = 1e-2
+  c.train.num_epochs = 2
+  c.train.log_every_steps = 1
+  c.train.progress_bar = False
+  c.train.num_devices = 1
+  for k, v in train_overrides.items():
+    c.train[k] = v
+  return c
+
+
+def read_losses(workdir: pathlib.Path) -> dict[int, float]:
+  out = {}
+  for line in (workdir / "metrics.jsonl").read_text().splitlines():
+    row = json.loads(line)
+    if "loss" in row:
+      out[row["step"]] = row["loss"]
+  return out
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+  """Dataset, model and a jitted step of the tiny config, shared by the step-level tests."""
+  config = tiny_config(tmp_path_factory.mktemp("setup"))
+  dataset = loop.load_data(config)
+  model_cfg = loop.model_config(config, dataset)
+  graphdef, params = state_lib.create_model(model_cfg, 0)
+  tx = state_lib.make_optimizer(state_lib.OptimConfig(learning_rate=1e-2, warmup_steps=1), 10)
+  batches = pipeline.TrainBatches(dataset.train, batch_size=8, max_len=16, seed=0, pack=True)
+  return config, dataset, graphdef, params, tx, batches
+
+
+def test_every_parameter_changes_after_one_step(tiny_setup):
+  _, _, graphdef, params, tx, batches = tiny_setup
+  step_fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
+                                      loss_cfg=steps.LossConfig(kind="full")))
+  state = state_lib.init_state(params, tx, 0)
+  batch = next(iter(batches.epoch(0)))
+  new_state, out = step_fn(state, batch, None)
+  assert np.isfinite(float(out["loss"]))
+  unchanged = [jax.tree_util.keystr(p) for p, a, b in zip(
+      *zip(*jax.tree_util.tree_leaves_with_path(state.params)),
+      jax.tree.leaves(new_state.params)) if np.array_equal(np.asarray(a), np.asarray(b))]
+  assert not unchanged, f"parameters not updated by a train step: {unchanged}"
+
+
+def test_step_compiles_once_across_batches(tiny_setup):
+  _, _, graphdef, params, tx, batches = tiny_setup
+  step_fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
+                                      loss_cfg=steps.LossConfig(kind="chunked", chunk_size=32)),
+                    donate_argnums=0)
+  state = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, 0)  # donated below
+  for i, batch in zip(range(4), batches.epoch(1)):
+    state, _ = step_fn(state, batch, None)
+  assert step_fn._cache_size() == 1
+
+
+def test_losses_agree_full_chunked(tiny_setup):
+  _, _, graphdef, params, tx, batches = tiny_setup
+  batch = next(iter(batches.epoch(0)))
+  outs = {}
+  for kind in ("full", "chunked"):
+    fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
+                                   loss_cfg=steps.LossConfig(kind=kind, chunk_size=24)))
+    _, out = fn(state_lib.init_state(params, tx, 0), batch, None)
+    outs[kind] = float(out["loss"])
+  assert outs["full"] == pytest.approx(outs["chunked"], rel=1e-5)
+
+
+def test_golden_loss(tmp_path):
+  """Loss after a few steps on fixed seeded data.
+
+  If you did not mean to change behaviour (data generation, packing, initialisation, model, loss,
+  optimizer), a failure here is a bug. If you did, update the numbers and say why in the commit.
+  """
+  config = tiny_config(tmp_path, stop_after_steps=5)
+  loop.train_and_evaluate(config, tmp_path / "run")
+  losses = read_losses(tmp_path / "run")
+  got = [round(losses[s], 4) for s in range(1, 6)]
+  expected = GOLDEN_LOSSES
+  np.testing.assert_allclose(got, expected, atol=2e-3, err_msg=(
+      "golden losses changed: if you did not mean to change behaviour, this is a bug"))
+
+
+GOLDEN_LOSSES = [4.3999, 4.3940, 4.3726, 4.3835, 4.3628]  # reviewed run, 2026-11-28
+
+
+def test_train_resume_and_evaluate(tmp_path):
+  """Unbroken run vs killed-and-resumed run: same losses after the resume; eval reads the result."""
+  full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
+  report = loop.train_and_evaluate(tiny_config(tmp_path), full_dir)
+  steps_total = max(read_losses(full_dir))
+  stop = steps_total // 2 + 1  # mid-epoch, after the first validation
+  out = loop.train_and_evaluate(tiny_config(tmp_path, stop_after_steps=stop), resumed_dir)
+  assert out == {"stopped_at_step": stop}
+  assert (resumed_dir / "checkpoints" / str(stop)).is_dir()
+  loop.train_and_evaluate(tiny_config(tmp_path), resumed_dir)  # the same command again
+  full, resumed = read_losses(full_dir), read_losses(resumed_dir)
+  assert set(resumed) == set(full), "the resumed run restarted or skipped steps"
+  for s in range(stop + 1, steps_total + 1):
+    assert resumed[s] == pytest.approx(full[s], rel=1e-6, abs=1e-6), f"step {s}"
+
+  test = report["splits"]["test"]
+  assert test["model"]["overall"]["users"] == 240
+  assert set(test["model"]["by_history_length"]) == {"1-2", "3-5", "6-10", ">10"}
+  again = evaluate.evaluate_checkpoint(full_dir, which="best", num_devices=1,
+                                       topk_out=str(tmp_path / "top.tsv"), topk=5)
+  assert again["splits"]["test"]["model"]["overall"] == test["model"]["overall"]
+  rows = (tmp_path / "top.tsv").read_text().splitlines()
+  assert len(rows) == 240 and all(len(r.split("\t")[1].split(",")) == 5 for r in rows)
+  assert (full_dir / "eval_best.json").exists()
+
+
+def test_two_runs_identical(tmp_path):
+  a = loop.train_and_evaluate(tiny_config(tmp_path, stop_after_steps=4), tmp_path / "a")
+  b = loop.train_and_evaluate(tiny_config(tmp_path, stop_after_steps=4), tmp_path / "b")
+  assert a == b
+  assert read_losses(tmp_path / "a") == read_losses(tmp_path / "b")
+
+
+def test_changed_config_refuses_to_resume(tmp_path):
+  loop.train_and_evaluate(tiny_config(tmp_path, stop_after_steps=2), tmp_path / "run")
+  other = tiny_config(tmp_path, stop_after_steps=2)
+  other.model.hidden_size = 8
+  with pytest.raises(ValueError, match="model.hidden_size"):
+    loop.train_and_evaluate(other, tmp_path / "run")
+
+
+def test_batch_not_divisible_by_devices_is_an_error():
+  mesh = mesh_lib.make_mesh(8)
+  with pytest.raises(ValueError, match="not divisible by the 8 devices"):
+    mesh_lib.check_global_batch_size(36, mesh)
+
+
+def _run_steps(tiny_setup, num_devices, n=3):
+  _, _, graphdef, params, tx, batches = tiny_setup
+  mesh = mesh_lib.make_mesh(num_devices)
+  repl, sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
+  fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
+                                 loss_cfg=steps.LossConfig(kind="chunked", chunk_size=32)),
+               in_shardings=(repl, sh, repl), out_shardings=(repl, repl))
+  state = mesh_lib.replicate(state_lib.init_state(params, tx, 0), mesh)
+  losses = []
+  for _, batch in zip(range(n), batches.epoch(0)):
+    state, out = fn(state, mesh_lib.to_global(batch, mesh), None)
+    losses.append(float(out["loss"]))
+  return losses, jax.device_get(state.params)
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (virtual) devices")
+def test_eight_devices_equal_one(tiny_setup):
+  losses1, params1 = _run_steps(tiny_setup, 1)
+  losses8, params8 = _run_steps(tiny_setup, 8)
+  np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(params8)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (virtual) devices")
+def test_checkpoint_moves_between_device_counts_and_eval_is_identical(tmp_path):
+  config = tiny_config(tmp_path, num_devices=8, stop_after_steps=0)
+  report8 = loop.train_and_evaluate(config, tmp_path / "run8")
+  one = evaluate.evaluate_checkpoint(tmp_path / "run8", which="best", num_devices=1)
+  for split in ("valid", "test"):
+    assert one["splits"][split]["model"] == report8["splits"][split]["model"]
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (virtual) devices")
+def test_resume_on_another_device_count(tmp_path):
+  """Stopped on 1 device, resumed on 8: the losses continue as in the unbroken 1-device run."""
+  loop.train_and_evaluate(tiny_config(tmp_path), tmp_path / "full")
+  full = read_losses(tmp_path / "full")
+  loop.train_and_evaluate(tiny_config(tmp_path, stop_after_steps=4), tmp_path / "moved")
+  loop.train_and_evaluate(tiny_config(tmp_path, num_devices=8), tmp_path / "moved")
+  moved = read_losses(tmp_path / "moved")
+  assert set(moved) == set(full)
+  for s in sorted(full):
+    assert moved[s] == pytest.approx(full[s], rel=1e-4), f"step {s}"
