@@ -53,7 +53,8 @@ def tiny_setup(tmp_path_factory):
   config = tiny_config(tmp_path_factory.mktemp("setup"))
   dataset = loop.load_data(config)
   model_cfg = loop.model_config(config, dataset)
-  graphdef, params = state_lib.create_model(model_cfg, 0)
+  graphdef, params, consts = state_lib.create_model(model_cfg, 0)
+  assert not jax.tree.leaves(consts)  # an id-only model has no constants
   tx = state_lib.make_optimizer(state_lib.OptimConfig(learning_rate=1e-2, warmup_steps=1), 10)
   batches = pipeline.TrainBatches(dataset.train, batch_size=8, max_len=16, seed=0, pack=True)
   return config, dataset, graphdef, params, tx, batches
@@ -65,7 +66,7 @@ def test_every_parameter_changes_after_one_step(tiny_setup):
                                       loss_cfg=steps.LossConfig(kind="full")))
   state = state_lib.init_state(params, tx, 0)
   batch = next(iter(batches.epoch(0)))
-  new_state, out = step_fn(state, batch, None)
+  new_state, out = step_fn(state, batch, {"consts": {}, "log_q_V": None})
   assert np.isfinite(float(out["loss"]))
   unchanged = [jax.tree_util.keystr(p) for p, a, b in zip(
       *zip(*jax.tree_util.tree_leaves_with_path(state.params)),
@@ -80,7 +81,7 @@ def test_step_compiles_once_across_batches(tiny_setup):
                     donate_argnums=0)
   state = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, 0)  # donated below
   for i, batch in zip(range(4), batches.epoch(1)):
-    state, _ = step_fn(state, batch, None)
+    state, _ = step_fn(state, batch, {"consts": {}, "log_q_V": None})
   assert step_fn._cache_size() == 1
 
 
@@ -91,7 +92,7 @@ def test_losses_agree_full_chunked(tiny_setup):
   for kind in ("full", "chunked"):
     fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
                                    loss_cfg=steps.LossConfig(kind=kind, chunk_size=24)))
-    _, out = fn(state_lib.init_state(params, tx, 0), batch, None)
+    _, out = fn(state_lib.init_state(params, tx, 0), batch, {"consts": {}, "log_q_V": None})
     outs[kind] = float(out["loss"])
   assert outs["full"] == pytest.approx(outs["chunked"], rel=1e-5)
 
@@ -171,7 +172,7 @@ def _run_steps(tiny_setup, num_devices, n=3):
   state = mesh_lib.replicate(state_lib.init_state(params, tx, 0), mesh)
   losses = []
   for _, batch in zip(range(n), batches.epoch(0)):
-    state, out = fn(state, mesh_lib.to_global(batch, mesh), None)
+    state, out = fn(state, mesh_lib.to_global(batch, mesh), {"consts": {}, "log_q_V": None})
     losses.append(float(out["loss"]))
   return losses, jax.device_get(state.params)
 

@@ -40,7 +40,8 @@ def compile_rank_fn(graphdef, mesh: Mesh, *, exclude_seen: bool, chunk_size: int
   return jax.jit(
       functools.partial(steps.eval_step, graphdef=graphdef, exclude_seen=exclude_seen,
                         chunk_size=chunk_size),
-      in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)),
+      in_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh),
+                    mesh_lib.batch_sharding(mesh)),
       out_shardings=mesh_lib.replicated(mesh))
 
 
@@ -48,15 +49,15 @@ def _model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {k: batch[k] for k in ("inputs_BxL", "mask_BxL", "targets_B", "seen_BxS")}
 
 
-def rank_split(rank_fn: Callable, params: Any, split, *, batch_size: int, max_len: int,
-               mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
+def rank_split(rank_fn: Callable, params: Any, consts: Any, split, *, batch_size: int,
+               max_len: int, mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
   """Ranks of every user's target in a split; returns (users_U, ranks_U), each user once."""
   from lstmrec_jax.data import pipeline  # TensorFlow only where batches are built.
   users, ranks = [], []
   for batch in pipeline.eval_batches(split, batch_size=batch_size, max_len=max_len,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count()):
-    ranks_B = np.asarray(rank_fn(params, mesh_lib.to_global(_model_inputs(batch), mesh)))
+    ranks_B = np.asarray(rank_fn(params, consts, mesh_lib.to_global(_model_inputs(batch), mesh)))
     valid_B = _gather(batch["valid_B"])
     users.append(_gather(batch["users_B"])[valid_B])
     ranks.append(ranks_B[valid_B])
@@ -126,7 +127,7 @@ def format_table(report: dict[str, Any], keys: Sequence[str] = (
   return "\n".join(lines)
 
 
-def evaluate_params(graphdef, params, dataset, *, splits: Sequence[str], mesh: Mesh,
+def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str], mesh: Mesh,
                     batch_size: int, max_len: int, exclude_seen: bool = True,
                     chunk_size: int = 8192) -> dict[str, Any]:
   """Model and popularity metrics for each named split ('valid', 'test')."""
@@ -135,7 +136,7 @@ def evaluate_params(graphdef, params, dataset, *, splits: Sequence[str], mesh: M
                             "num_items": int(dataset.num_items) - 1, "splits": {}}
   for name in splits:
     split = getattr(dataset, name)
-    users_U, ranks_U = rank_split(rank_fn, params, split, batch_size=batch_size,
+    users_U, ranks_U = rank_split(rank_fn, params, consts, split, batch_size=batch_size,
                                   max_len=max_len, mesh=mesh)
     pop_U = popularity_ranks(dataset.item_counts_V, split, exclude_seen=exclude_seen,
                              chunk_size=chunk_size)
@@ -145,20 +146,21 @@ def evaluate_params(graphdef, params, dataset, *, splits: Sequence[str], mesh: M
   return report
 
 
-def write_topk(path: str | pathlib.Path, graphdef, params, dataset, split, *, k: int, mesh: Mesh,
+def write_topk(path: str | pathlib.Path, graphdef, params, consts, dataset, split, *, k: int, mesh: Mesh,
                batch_size: int, max_len: int, exclude_seen: bool, chunk_size: int) -> int:
   """Writes each user's top-k next items (raw ids) as TSV `user<TAB>item1,item2,...`."""
   from lstmrec_jax.data import pipeline
   fn = jax.jit(functools.partial(steps.topk_step, graphdef=graphdef, k=k,
                                  exclude_seen=exclude_seen, chunk_size=chunk_size),
-               in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)),
+               in_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh),
+                             mesh_lib.batch_sharding(mesh)),
                out_shardings=mesh_lib.replicated(mesh))
   written = 0
   lines = []
   for batch in pipeline.eval_batches(split, batch_size=batch_size, max_len=max_len,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count()):
-    ids_BxK, _ = fn(params, mesh_lib.to_global(_model_inputs(batch), mesh))
+    ids_BxK, _ = fn(params, consts, mesh_lib.to_global(_model_inputs(batch), mesh))
     ids_BxK = np.asarray(ids_BxK)
     valid_B, users_B = _gather(batch["valid_B"]), _gather(batch["users_B"])
     for user, ids in zip(users_B[valid_B], ids_BxK[valid_B]):
@@ -207,19 +209,22 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, which: str = "best",
   if data_path:
     config.data.path = data_path
   dataset = loop.load_data(config)
-  graphdef, params_like = state_lib.create_model(loop.model_config(config, dataset), config.seed)
+  model_cfg = loop.model_config(config, dataset)
+  graphdef, params_like, consts = state_lib.create_model(
+      model_cfg, config.seed, **loop.model_kwargs(dataset, model_cfg))
   mesh = mesh_lib.make_mesh(num_devices)
   from lstmrec_jax.train import checkpoint as ckpt_lib
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   params, meta, step = checkpointer.restore_params(params_like, which, mesh)
   inp = config.input
-  report = evaluate_params(graphdef, params, dataset, splits=splits, mesh=mesh,
+  consts = mesh_lib.replicate(consts, mesh)
+  report = evaluate_params(graphdef, params, consts, dataset, splits=splits, mesh=mesh,
                            batch_size=inp.eval_batch_size, max_len=inp.max_len,
                            exclude_seen=exclude_seen, chunk_size=config.eval.chunk_size)
   report.update(checkpoint=str(which), step=step, workdir=str(workdir.absolute()),
                 dataset=config.data.format, epochs_trained=meta.get("epoch"))
   if topk_out:
-    n = write_topk(topk_out, graphdef, params, dataset, dataset.test, k=topk, mesh=mesh,
+    n = write_topk(topk_out, graphdef, params, consts, dataset, dataset.test, k=topk, mesh=mesh,
                    batch_size=inp.eval_batch_size, max_len=inp.max_len,
                    exclude_seen=exclude_seen, chunk_size=config.eval.chunk_size)
     report["topk_out"] = {"path": str(topk_out), "users": n, "k": topk}

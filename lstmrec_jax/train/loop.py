@@ -37,6 +37,12 @@ def model_config(config, dataset) -> modules.ModelConfig:
   return modules.model_config_from_dict(config.model.to_dict(), int(dataset.num_items))
 
 
+def model_kwargs(dataset, model_cfg: modules.ModelConfig) -> dict[str, Any]:
+  """Arrays from the data that the model is built with (item content); none for id-only models."""
+  del dataset, model_cfg
+  return {}
+
+
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
   out = {}
   for k, v in d.items():
@@ -124,7 +130,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, Any]:
   total_steps = config.train.num_epochs * steps_per_epoch
   eval_every = config.train.eval_every_steps or steps_per_epoch
   tx = state_lib.make_optimizer(optim_cfg, total_steps)
-  graphdef, params = state_lib.create_model(model_cfg, config.seed)
+  graphdef, params, consts = state_lib.create_model(model_cfg, config.seed,
+                                                    **model_kwargs(dataset, model_cfg))
+  consts = mesh_lib.replicate(consts, mesh)
   state = mesh_lib.replicate(state_lib.init_state(params, tx, config.seed), mesh)
   num_params = sum(x.size for x in jax.tree.leaves(params))
   logging.info("%s: %d users, %d items, %d training examples, %d steps/epoch, %d params, "
@@ -137,10 +145,10 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, Any]:
     state, meta = checkpointer.restore_train_state(state, mesh)
     logging.info("resumed from %s at step %d", workdir, int(state.step))
 
-  log_q = None
+  aux = {"consts": consts, "log_q_V": None}
   if loss_cfg.kind == "sampled":
-    log_q = mesh_lib.replicate(losses.popularity_log_q(jnp.asarray(dataset.item_counts_V),
-                                                       loss_cfg.alpha), mesh)
+    aux["log_q_V"] = mesh_lib.replicate(
+        losses.popularity_log_q(jnp.asarray(dataset.item_counts_V), loss_cfg.alpha), mesh)
   repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
   train_fn = jax.jit(
       functools.partial(steps.train_step, graphdef=graphdef, tx=tx, loss_cfg=loss_cfg),
@@ -149,7 +157,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, Any]:
                                      chunk_size=config.eval.chunk_size)
 
   def validate() -> dict[str, float]:
-    _, ranks_U = eval_lib.rank_split(rank_fn, state.params, dataset.valid,
+    _, ranks_U = eval_lib.rank_split(rank_fn, state.params, consts, dataset.valid,
                                      batch_size=inp.eval_batch_size, max_len=inp.max_len,
                                      mesh=mesh)
     return metrics.metrics_from_ranks(ranks_U)
@@ -167,7 +175,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, Any]:
       break
     skip = step - epoch * steps_per_epoch if epoch == start_epoch else 0
     for batch in batches.epoch(epoch, skip_batches=skip):
-      state, out = train_fn(state, mesh_lib.to_global(batch, mesh), log_q)
+      state, out = train_fn(state, mesh_lib.to_global(batch, mesh), aux)
       step += 1
       window_loss.append(out["loss"])
       window_positions += int(batch["mask_BxL"].sum())  # host-side: no device sync
@@ -219,7 +227,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, Any]:
   checkpointer.wait()
 
   params, best_meta, best_step = checkpointer.restore_params(state.params, "best", mesh)
-  report = eval_lib.evaluate_params(graphdef, params, dataset, splits=("valid", "test"),
+  report = eval_lib.evaluate_params(graphdef, params, consts, dataset, splits=("valid", "test"),
                                     mesh=mesh, batch_size=inp.eval_batch_size,
                                     max_len=inp.max_len, exclude_seen=config.eval.exclude_seen,
                                     chunk_size=config.eval.chunk_size)

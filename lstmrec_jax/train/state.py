@@ -73,13 +73,15 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
   return adamw
 
 
-def create_model(model_cfg: modules.ModelConfig, seed: int):
-  """Builds the model and returns (graphdef, params as a pure dict)."""
-  model = modules.SeqRecModel(model_cfg, rngs=nnx.Rngs(params=seed))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  if jax.tree.leaves(rest):
-    raise ValueError("the model holds non-parameter state; the train step only carries params")
-  return graphdef, params.to_pure_dict()
+def create_model(model_cfg: modules.ModelConfig, seed: int, **model_kwargs):
+  """Builds the model; returns (graphdef, params, consts), the last two as pure dicts.
+
+  `consts` is the model's non-parameter state (e.g. item content arrays built from the data): it is
+  passed to every step unchanged, never trained and never checkpointed (rebuilt from the data).
+  """
+  model = modules.SeqRecModel(model_cfg, rngs=nnx.Rngs(params=seed), **model_kwargs)
+  graphdef, params, consts = nnx.split(model, nnx.Param, ...)
+  return graphdef, params.to_pure_dict(), consts.to_pure_dict()
 
 
 def init_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:

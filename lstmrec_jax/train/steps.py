@@ -54,15 +54,19 @@ def _sequence_loss(model, batch, dropout_key, loss_cfg: LossConfig, log_q_V):
   raise ValueError(f"loss.kind must be 'full', 'chunked' or 'sampled', got {loss_cfg.kind!r}")
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], log_q_V: jax.Array | None, *,
+def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, Any], *,
                graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                loss_cfg: LossConfig) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on a (global) batch; returns the new state and scalar metrics."""
+  """One optimizer step on a (global) batch; returns the new state and scalar metrics.
+
+  `aux` holds what the step reads but never changes: `consts` (the model's non-parameter state)
+  and `log_q_V` (sampling log-probabilities, for the sampled loss; else None).
+  """
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_fn(params):
-    model = nnx.merge(graphdef, params)
-    loss, _ = _sequence_loss(model, batch, dropout_key, loss_cfg, log_q_V)
+    model = nnx.merge(graphdef, params, aux["consts"])
+    loss, _ = _sequence_loss(model, batch, dropout_key, loss_cfg, aux.get("log_q_V"))
     return loss
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -79,25 +83,26 @@ def last_state(user_BxLxE: jax.Array, mask_BxL: jax.Array) -> jax.Array:
   return jnp.take_along_axis(user_BxLxE, last_B[:, None, None], axis=1)[:, 0]
 
 
-def user_vectors(params: Any, batch: dict[str, jax.Array], graphdef: nnx.GraphDef):
+def user_vectors(params: Any, consts: Any, batch: dict[str, jax.Array], graphdef: nnx.GraphDef):
   """(user_BxE, item table, item bias) for a batch of histories."""
-  model = nnx.merge(graphdef, params)
+  model = nnx.merge(graphdef, params, consts)
   user_BxLxE = model(batch["inputs_BxL"], batch["mask_BxL"])
   return last_state(user_BxLxE, batch["mask_BxL"]), model.item_table(), model.item_bias()
 
 
-def eval_step(params: Any, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
-              exclude_seen: bool, chunk_size: int) -> jax.Array:
+def eval_step(params: Any, consts: Any, batch: dict[str, jax.Array], *,
+              graphdef: nnx.GraphDef, exclude_seen: bool, chunk_size: int) -> jax.Array:
   """0-based full-catalog rank of each row's target (see `metrics.target_ranks`)."""
-  user_BxE, table_VxE, bias_V = user_vectors(params, batch, graphdef)
+  user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef)
   return metrics.target_ranks(user_BxE, table_VxE, bias_V, batch["targets_B"],
                               batch.get("seen_BxS"), exclude_seen=exclude_seen,
                               chunk_size=chunk_size)
 
 
-def topk_step(params: Any, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef, k: int,
-              exclude_seen: bool, chunk_size: int) -> tuple[jax.Array, jax.Array]:
+def topk_step(params: Any, consts: Any, batch: dict[str, jax.Array], *,
+              graphdef: nnx.GraphDef, k: int, exclude_seen: bool,
+              chunk_size: int) -> tuple[jax.Array, jax.Array]:
   """Each row's top-k next items and scores, seen items excluded unless asked otherwise."""
-  user_BxE, table_VxE, bias_V = user_vectors(params, batch, graphdef)
+  user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef)
   return metrics.top_k_items(user_BxE, table_VxE, bias_V, k, batch.get("seen_BxS"),
                              exclude_seen=exclude_seen, chunk_size=chunk_size)
