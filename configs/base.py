@@ -13,10 +13,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.path = ""  # file or directory of the raw data
   c.data.attributes_path = ""  # seqfile: optional item2attributes.json
   c.data.tfds_name = ""  # tfds: e.g. "movielens/1m-ratings"
+  c.data.tfds_data_dir = ""  # tfds: data folder ("" = TFDS's default, ~/tensorflow_datasets)
   c.data.download = False  # movielens: download the official release when `path` is missing
   c.data.columns = ml_collections.ConfigDict({  # csv/tsv/parquet column names ("" = absent)
-      "user": "user_id", "item": "item_id", "time": "timestamp", "session": "",
-      "title": "", "lists": "", "delimiter": "", "list_separator": "|"})
+      "user": "user_id", "item": "item_id", "time": "timestamp", "session": "", "rating": "",
+      "title": "", "lists": "",  # lists: attribute/tag column(s), split on list_separator
+      "delimiter": "", "list_separator": "|", "header": True})  # delimiter "": by file type
   c.data.min_rating = 0.0  # keep events with rating >= this (0 keeps all)
   c.data.min_user_events = 0  # k-core: users with fewer events are dropped (0 = off)
   c.data.min_item_events = 0  # k-core: items with fewer events are dropped (0 = off)
@@ -47,6 +49,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"
   c.model.hoist_input_projection = True  # one input matmul for all steps, outside the scan
   c.model.lstm_impl = "xla"  # xla | pallas | pallas_step | pallas_persistent
+  c.model.item_mode = "id"  # id | content | sum (id + content) | gate (learned per-dim mix)
+  c.model.cold_id = "drop"  # items with no training event: drop (content alone) | keep id part
+  c.model.content_attributes = True  # non-id modes: use attribute / genre / tag sets if present
+  c.model.content_titles = True  # non-id modes: use titles (LSTM over tokens) if present
+  c.model.max_attributes = 0  # A: attributes kept per item (0 = the longest set)
+  c.model.title_max_tokens = 16  # T: title tokens kept per item
+  c.model.title_min_count = 2  # vocabulary: training items' titles a word must occur in (>= 1)
+  c.model.title_embed_dim = 64  # title token embedding size
+  c.model.title_hidden_size = 64  # title LSTM hidden size
+
+  c.cold_start = ml_collections.ConfigDict()
+  c.cold_start.item_fraction = 0.0  # share of items removed from training entirely, in [0, 1)
+  c.cold_start.seed = 0  # which items are cold; the split depends on the data and this only
 
   c.loss = ml_collections.ConfigDict()
   c.loss.kind = "chunked"  # full | chunked (exact full softmax, no N x V logits) | sampled
