@@ -1,0 +1,1 @@
+"""Search spaces for tune.py: one get_space() per file (see lstm.py)."""
