@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lstmrec_jax.model import content as content_lib
 from lstmrec_jax.model import lstm
 
 _DTYPES = ("float32", "bfloat16")
@@ -47,6 +48,17 @@ class ModelConfig:
   param_dtype: str = "float32"  # parameter storage dtype: "float32" | "bfloat16".
   hoist_input_projection: bool = True  # one input matmul for all steps (False: inside the scan).
   lstm_impl: str = "xla"  # "xla" or a name known to kernels.dispatch ("pallas", ...).
+  # Item representation (model/content.py); "id" keeps the plain ItemEmbedding.
+  item_mode: str = "id"  # "id" | "content" | "sum" (id + content) | "gate" (learned mix).
+  cold_id: str = "drop"  # items without training events: "drop" the id part, or "keep" it.
+  cold_content_grad: bool = True  # items without training events (negatives only) train content.
+  content_attributes: bool = True  # attribute / tag / genre sets, when the data has them.
+  content_titles: bool = True  # title text through an LSTM, when the data has titles.
+  max_attributes: int = 0  # A, attributes kept per item; 0 means the longest set.
+  title_max_tokens: int = 16  # T cap, tokens kept per title.
+  title_min_count: int = 2  # vocabulary: a word needs this many training items' titles (>= 1).
+  title_embed_dim: int = 64  # D, title token embedding size.
+  title_hidden_size: int = 64  # title LSTM hidden size.
 
   def __post_init__(self):
     problems = []
@@ -65,6 +77,15 @@ class ModelConfig:
         problems.append(f"{name}={getattr(self, name)!r} must be one of {_DTYPES}")
     if not isinstance(self.lstm_impl, str) or not self.lstm_impl:
       problems.append(f"lstm_impl={self.lstm_impl!r} must be a non-empty string")
+    if self.item_mode not in content_lib.ITEM_MODES:
+      problems.append(f"item_mode={self.item_mode!r} must be one of {content_lib.ITEM_MODES}")
+    if self.cold_id not in content_lib.COLD_ID_MODES:
+      problems.append(f"cold_id={self.cold_id!r} must be one of {content_lib.COLD_ID_MODES}")
+    for name in ("title_max_tokens", "title_min_count", "title_embed_dim", "title_hidden_size"):
+      if getattr(self, name) < 1:
+        problems.append(f"{name}={getattr(self, name)} must be >= 1")
+    if self.max_attributes < 0:
+      problems.append(f"max_attributes={self.max_attributes} must be >= 0")
     if not self.hoist_input_projection and self.lstm_impl != "xla":
       problems.append(f"hoist_input_projection=False needs lstm_impl='xla', not "
                       f"{self.lstm_impl!r}")
@@ -144,12 +165,24 @@ class LSTMLayerParams(nnx.Module):
 class SeqRecModel(nnx.Module):
   """Item embeddings -> LSTM user encoder -> user states scored against an item table."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs,
+               item_content: content_lib.ContentInputs | None = None):
     self.cfg = cfg
     param_dtype = jnp.dtype(cfg.param_dtype)
     compute_dtype = jnp.dtype(cfg.compute_dtype)
     e, h = cfg.embed_dim, cfg.hidden_size
-    self.item_repr = ItemEmbedding(cfg.num_items, e, param_dtype=param_dtype, rngs=rngs)
+    if cfg.item_mode == "id":
+      self.item_repr = ItemEmbedding(cfg.num_items, e, param_dtype=param_dtype, rngs=rngs)
+    else:
+      if item_content is None:
+        raise ValueError(f"item_mode={cfg.item_mode!r} needs item content arrays: build the model "
+                         "with train.loop.model_kwargs(dataset, cfg), or pass item_content=")
+      self.item_repr = content_lib.HybridItemRepr(
+          cfg.num_items, e, item_content, mode=cfg.item_mode, cold_id=cfg.cold_id,
+          cold_content_grad=cfg.cold_content_grad,
+          use_attributes=cfg.content_attributes, use_titles=cfg.content_titles,
+          title_embed_dim=cfg.title_embed_dim, title_hidden_size=cfg.title_hidden_size,
+          param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
     self.lstm_layers = nnx.List([
         LSTMLayerParams(e if i == 0 else h, h, param_dtype=param_dtype, rngs=rngs)
         for i in range(cfg.num_layers)])

@@ -27,9 +27,16 @@ RESUMABLE_CHANGES = ("train.stop_after_steps", "train.progress_bar", "train.num_
 
 
 def load_data(config):
-  """The dataset named by `config.data` (cached on disk by the data package)."""
+  """The dataset named by `config.data` (cached on disk), cold-item split when configured."""
   from lstmrec_jax import data as data_lib
-  return data_lib.load_dataset(config.data.to_dict())
+  dataset = data_lib.load_dataset(config.data.to_dict())
+  # .get: configs and saved config.json files from before the cold_start group have none.
+  cold = config.get("cold_start") or {}
+  if cold.get("item_fraction", 0.0):
+    from lstmrec_jax.data import content as content_data
+    dataset = content_data.cold_item_split(dataset, fraction=cold["item_fraction"],
+                                           seed=cold.get("seed", 0))
+  return dataset
 
 
 def model_config(config, dataset) -> modules.ModelConfig:
@@ -39,8 +46,21 @@ def model_config(config, dataset) -> modules.ModelConfig:
 
 def model_kwargs(dataset, model_cfg: modules.ModelConfig) -> dict[str, Any]:
   """Arrays from the data that the model is built with (item content); none for id-only models."""
-  del dataset, model_cfg
-  return {}
+  if model_cfg.item_mode == "id":
+    return {}
+  from lstmrec_jax.data import content as content_data
+  from lstmrec_jax.model import content as content_model
+  c = content_data.item_content(
+      dataset, attributes=model_cfg.content_attributes, titles=model_cfg.content_titles,
+      max_attrs=model_cfg.max_attributes, title_min_count=model_cfg.title_min_count,
+      title_max_tokens=model_cfg.title_max_tokens)
+  if not c.has_content:
+    raise ValueError(f"model.item_mode={model_cfg.item_mode!r} needs item content, but "
+                     f"{dataset.source} has no item attributes or titles (or both are off); use "
+                     "model.item_mode='id'")
+  return {"item_content": content_model.ContentInputs(
+      known_V=c.known_V, attrs_VxA=c.attrs_VxA, num_attrs=c.num_attrs, tokens_VxT=c.tokens_VxT,
+      vocab_size=len(c.vocab) if c.vocab is not None else 2)}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,265 @@
+"""Item content towers and the hybrid item representation (id embedding and/or content).
+
+Shape legend: V catalog size (including the padding item 0), A attributes per item, T title
+tokens per item, E item embedding size, D title token embedding size, H title LSTM hidden size.
+
+`HybridItemRepr` is a drop-in for `modules.ItemEmbedding` (same `table()` / `lookup(ids)`), built
+from padded content arrays that it keeps as `ContentConst` variables: they are not `nnx.Param`,
+so `nnx.split(model, nnx.Param, ...)` puts them in the constants that every step receives
+unchanged, and they are never trained or checkpointed (they are rebuilt from the data).
+
+  content_VxE = mean over the item's attributes of an attribute embedding   (embedding bag)
+              + Linear(final state of an LSTM over the title's token embeddings)
+  mode "content": item = content
+  mode "sum":     item = id + content
+  mode "gate":    item = g * id + (1 - g) * content, g = sigmoid(Linear([id, content])) per dim
+
+The whole catalog's table is computed once per model instance and parameter values (a train or
+eval step merges the model once, so once per step) and positions gather rows from it: the
+content towers never run per position.
+
+Cold items. An item with no training interaction never gets a positive gradient on its id
+embedding, only the push-down it receives as a softmax negative, so in "sum" / "gate" its id part
+is noise at best. With `cold_id="drop"` (the default) the id part of every item with no training
+interaction is zeroed, in training and in scoring alike, so such an item is represented (and
+ranked) by its content alone; `cold_id="keep"` leaves the id embedding in. Such an item is still
+a negative of the training softmax: it is in the catalog, and the model cannot tell a training
+step from an evaluation (the item table has no dropout key). With `cold_content_grad=True` (the
+default) that negative trains the content towers like any other; `False` makes its content row a
+stop-gradient, so the towers cannot learn to single out and bury the items without interactions
+(a title LSTM can: titles are nearly unique), but then nothing keeps those rows from taking
+softmax mass the model cannot push back, and training degrades. Both are measured in
+docs/results.md; excluding such items from the training softmax needs a training flag here.
+
+Parameter compatibility between modes: the id table is `embedding`, exactly as in
+`ItemEmbedding`, so an id-only model's `item_repr.embedding` loads into the id part of a "sum" or
+"gate" model, "sum" parameters load into a "gate" model (the gate then starts fresh), and a
+"content" model's towers load into "sum" / "gate"; see `load_matching`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lstmrec_jax.model import lstm
+
+ITEM_MODES = ("id", "content", "sum", "gate")
+COLD_ID_MODES = ("drop", "keep")
+
+
+class ContentConst(nnx.Variable):
+  """An item content array built from the data: a step constant, not trained, not checkpointed."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ContentInputs:
+  """The data-derived arrays a hybrid item representation is built from (numpy or jax)."""
+
+  known_V: Any  # bool [V]: the item has a training interaction
+  attrs_VxA: Any = None  # int [V, A] attribute ids from 1, 0 pad; None: no attributes
+  num_attrs: int = 1  # attribute table size including the padding id 0
+  tokens_VxT: Any = None  # int [V, T] title token ids, right-padded with 0; None: no titles
+  vocab_size: int = 2  # token table size including padding (0) and unknown (1)
+
+  def __post_init__(self):
+    num_items = np.shape(self.known_V)[0]
+    if self.attrs_VxA is None and self.tokens_VxT is None:
+      raise ValueError("ContentInputs has neither attributes nor title tokens")
+    for name, arr, size in (("attrs_VxA", self.attrs_VxA, self.num_attrs),
+                            ("tokens_VxT", self.tokens_VxT, self.vocab_size)):
+      if arr is None:
+        continue
+      if np.ndim(arr) != 2 or np.shape(arr)[0] != num_items:
+        raise ValueError(f"{name} has shape {np.shape(arr)}; expected ({num_items}, ...)")
+      hi = int(np.max(arr)) if np.size(arr) else 0
+      if int(np.min(arr, initial=0)) < 0 or hi >= size:
+        raise ValueError(f"{name} ids must be in [0, {size}), got max {hi}")
+
+
+def _normal(stddev: float):
+  return jax.nn.initializers.normal(stddev=stddev)
+
+
+class AttributeBag(nnx.Module):
+  """Mean of the attribute embeddings of each item over its real (non-zero) attribute ids."""
+
+  def __init__(self, attrs_VxA, num_attrs: int, embed_dim: int, *, param_dtype,
+               rngs: nnx.Rngs):
+    self.attrs_VxA = ContentConst(jnp.asarray(attrs_VxA, jnp.int32))
+    # std 1/sqrt(E) like the id table: a one-attribute item starts with a unit-norm vector.
+    self.embedding = nnx.Param(
+        _normal(embed_dim ** -0.5)(rngs.params(), (num_attrs, embed_dim), param_dtype))
+
+  def __call__(self) -> jax.Array:
+    """content_VxE in f32; zeros for items without attributes."""
+    ids_VxA = self.attrs_VxA[...]
+    real_VxA = ids_VxA > 0
+    emb_VxAxE = jnp.take(self.embedding[...], ids_VxA, axis=0).astype(jnp.float32)
+    # where, not a multiply: a non-finite padding row must not leak through 0 * inf.
+    sum_VxE = jnp.where(real_VxA[..., None], emb_VxAxE, 0.0).sum(axis=1)
+    count_V = real_VxA.sum(axis=1, dtype=jnp.float32)
+    return sum_VxE / jnp.maximum(count_V, 1.0)[:, None]
+
+
+class TitleEncoder(nnx.Module):
+  """An LSTM over each title's token embeddings (the functional core), final state -> E."""
+
+  def __init__(self, tokens_VxT, vocab_size: int, token_dim: int, hidden_size: int,
+               embed_dim: int, *, param_dtype, compute_dtype, rngs: nnx.Rngs):
+    self.tokens_VxT = ContentConst(jnp.asarray(tokens_VxT, jnp.int32))
+    self.embedding = nnx.Param(
+        _normal(token_dim ** -0.5)(rngs.params(), (vocab_size, token_dim), param_dtype))
+    params = lstm.init_lstm_params(rngs.params(), token_dim, hidden_size, param_dtype)
+    self.w_ih = nnx.Param(params["w_ih"])
+    self.w_hh = nnx.Param(params["w_hh"])
+    self.b = nnx.Param(params["b"])
+    self.proj = nnx.Linear(hidden_size, embed_dim, dtype=compute_dtype, param_dtype=param_dtype,
+                           rngs=rngs)
+    self.compute_dtype = compute_dtype
+
+  def __call__(self) -> jax.Array:
+    """content_VxE in f32; zeros for items without title tokens."""
+    tokens_VxT = self.tokens_VxT[...]
+    mask_VxT = tokens_VxT > 0
+    x_VxTxD = jnp.take(self.embedding[...], tokens_VxT, axis=0)
+    x_VxTxD = jnp.where(mask_VxT[..., None], x_VxTxD, 0).astype(x_VxTxD.dtype)
+    # Always the XLA recurrence: V is the batch here, of any size, which the Pallas kernels'
+    # tiles do not promise to take; this scan runs once per step over T ~ 10 tokens.
+    _, (h_VxH, _) = lstm.lstm_layer(
+        {"w_ih": self.w_ih[...], "w_hh": self.w_hh[...], "b": self.b[...]}, x_VxTxD, mask_VxT,
+        compute_dtype=self.compute_dtype, impl="xla")
+    # The masked recurrence carries the state through padding, so h is the state after the last
+    # real token; rows with no token would get the projection's bias, hence the where.
+    out_VxE = self.proj(h_VxH).astype(jnp.float32)
+    return jnp.where(mask_VxT.any(axis=1)[:, None], out_VxE, 0.0)
+
+
+# Per-instance table caches, outside the module so that they never enter an nnx graph (a cached
+# tracer in a graphdef would leak out of its trace).
+_TABLE_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class HybridItemRepr(nnx.Module):
+  """Item vectors from id embeddings and content; `table() -> VxE`, `lookup(ids) -> ...xE`."""
+
+  def __init__(self, num_items: int, embed_dim: int, content: ContentInputs, *, mode: str,
+               cold_id: str = "drop", cold_content_grad: bool = True,
+               use_attributes: bool = True, use_titles: bool = True,
+               title_embed_dim: int = 64, title_hidden_size: int = 64, param_dtype=jnp.float32,
+               compute_dtype=jnp.float32, rngs: nnx.Rngs):
+    if mode not in ITEM_MODES[1:]:
+      raise ValueError(f"HybridItemRepr mode must be one of {ITEM_MODES[1:]}, got {mode!r}")
+    if cold_id not in COLD_ID_MODES:
+      raise ValueError(f"cold_id must be one of {COLD_ID_MODES}, got {cold_id!r}")
+    if np.shape(content.known_V) != (num_items,):
+      raise ValueError(f"content arrays cover {np.shape(content.known_V)[0]} items, the model "
+                       f"{num_items}")
+    use_attributes = use_attributes and content.attrs_VxA is not None
+    use_titles = use_titles and content.tokens_VxT is not None
+    if not (use_attributes or use_titles):
+      raise ValueError(f"item_mode={mode!r} needs item content, but no attributes or titles are "
+                       "available (or both are switched off)")
+    self.mode, self.cold_id, self.cold_content_grad = mode, cold_id, cold_content_grad
+    self.param_dtype = jnp.dtype(param_dtype)
+    if mode != "content":
+      # Same name, shape and init as ItemEmbedding.embedding: id-only parameters load here.
+      self.embedding = nnx.Param(
+          _normal(embed_dim ** -0.5)(rngs.params(), (num_items, embed_dim), param_dtype))
+    else:
+      self.embedding = None
+    self.known_V = ContentConst(jnp.asarray(content.known_V, bool))
+    self.attributes = (AttributeBag(content.attrs_VxA, content.num_attrs, embed_dim,
+                                    param_dtype=param_dtype, rngs=rngs)
+                       if use_attributes else None)
+    self.title = (TitleEncoder(content.tokens_VxT, content.vocab_size, title_embed_dim,
+                               title_hidden_size, embed_dim, param_dtype=param_dtype,
+                               compute_dtype=compute_dtype, rngs=rngs)
+                  if use_titles else None)
+    if mode == "gate":
+      # Zero kernel, zero bias: g = 0.5, an even mix at the start, learned per dimension after.
+      self.gate = nnx.Linear(2 * embed_dim, embed_dim, kernel_init=jax.nn.initializers.zeros,
+                             param_dtype=param_dtype, rngs=rngs)
+    else:
+      self.gate = None
+
+  def content(self) -> jax.Array:
+    """content_VxE in f32: the sum of the enabled towers; zero rows for items without content."""
+    parts = [tower() for tower in (self.attributes, self.title) if tower is not None]
+    return parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
+
+  def _compute_table(self) -> jax.Array:
+    content_VxE = self.content()
+    known_V1 = self.known_V[...][:, None]
+    if not self.cold_content_grad:
+      # An item with no training event only ever appears as a softmax negative: its row must not
+      # teach the towers to recognise (and bury) exactly the items that are new.
+      content_VxE = jnp.where(known_V1, content_VxE, jax.lax.stop_gradient(content_VxE))
+    if self.embedding is None:
+      table_VxE = content_VxE
+    else:
+      id_VxE = self.embedding[...].astype(jnp.float32)
+      if self.cold_id == "drop":
+        id_VxE = jnp.where(known_V1, id_VxE, 0.0)
+      if self.gate is None:
+        table_VxE = id_VxE + content_VxE
+      else:
+        g_VxE = jax.nn.sigmoid(self.gate(jnp.concatenate([id_VxE, content_VxE], axis=-1))
+                               .astype(jnp.float32))
+        if self.cold_id == "drop":
+          g_VxE = jnp.where(known_V1, g_VxE, 0.0)  # content alone when cold
+        table_VxE = g_VxE * id_VxE + (1.0 - g_VxE) * content_VxE
+    # Row 0 is padding: zero, like the inputs' padding positions.
+    return table_VxE.at[0].set(0.0).astype(self.param_dtype)
+
+  def table(self) -> jax.Array:
+    """The V x E item table (computed once per instance and parameter values)."""
+    key = tuple(jax.tree.leaves(nnx.state(self)))
+    cached = _TABLE_CACHE.get(self)
+    if cached is not None and len(cached[0]) == len(key) and all(
+        a is b for a, b in zip(cached[0], key)):
+      return cached[1]
+    table_VxE = self._compute_table()
+    _TABLE_CACHE[self] = (key, table_VxE)
+    return table_VxE
+
+  def lookup(self, ids: jax.Array) -> jax.Array:
+    """Rows of `table()` for `ids` (any shape), zeros for the padding id 0."""
+    table_VxE = self.table()
+    emb = jnp.take(table_VxE, ids, axis=0)
+    return jnp.where((ids > 0)[..., None], emb, 0).astype(emb.dtype)
+
+
+def load_matching(target: Mapping[str, Any], source: Mapping[str, Any],
+                  prefix: str = "") -> tuple[dict[str, Any], list[str], list[str]]:
+  """Copies `source` leaves into `target` wherever the path and shape match (warm start).
+
+  For moving parameters between item modes, e.g. an id-only run's `params` into a fresh "sum"
+  model's params. Paths are "/"-joined keys.
+
+  Returns:
+    (new target dict, paths copied, target paths left as they were).
+  """
+  out, copied, kept = {}, [], []
+  for key, value in target.items():
+    path = f"{prefix}{key}"
+    src = source.get(key) if isinstance(source, Mapping) else None
+    if isinstance(value, Mapping):
+      sub, c, k = load_matching(value, src if isinstance(src, Mapping) else {}, path + "/")
+      out[key] = sub
+      copied += c
+      kept += k
+    elif src is not None and not isinstance(src, Mapping) and np.shape(src) == np.shape(value):
+      out[key] = jnp.asarray(src, dtype=jnp.asarray(value).dtype)
+      copied.append(path)
+    else:
+      out[key] = value
+      kept.append(path)
+  return out, copied, kept
