@@ -1,7 +1,8 @@
 """Next-item losses: pure functions over (user states, item table, item bias, targets, weights).
 
 Shape legend: N flattened positions (any leading shape is flattened), E embedding size, V catalog
-size including the padding item 0, S shared sampled negatives, C items per chunk.
+size including the padding item 0, S shared sampled negatives, C items per chunk, R positions
+per block, Q = ceil(N / R) blocks.
 
 Every loss returns `(loss, aux)`: `loss` is the weighted mean over positions with weight > 0
 (positions whose target is the padding item 0 get weight 0 whatever `weights` says), and `aux`
@@ -96,73 +97,120 @@ def softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array,
   return _reduce(_smoothed(nll_N, lse_N, mean_logit_N, label_smoothing), nll_N, weights_N)
 
 
-def _chunk(user_NxE, table_VxE, bias_V, index, chunk_size):
-  """Masked f32 logits of chunk `index`, its table rows and its first row.
+def _chunk_rows(table_VxE, bias_V, index, chunk_size):
+  """Rows, f32 bias and validity of item chunk `index`, and its first row.
 
   The last chunk is shifted back to end at V instead of padding the table (no V x E copy); its
-  columns already covered by the previous chunk are masked, as is the padding item 0.
+  columns already covered by the previous chunk are invalid, as is the padding item 0.
   """
   num_items = table_VxE.shape[0]
   start = jnp.minimum(index * chunk_size, num_items - chunk_size)
   rows_CxE = jax.lax.dynamic_slice_in_dim(table_VxE, start, chunk_size, axis=0)
-  logits_NxC = user_NxE.astype(jnp.float32) @ rows_CxE.astype(jnp.float32).T
-  logits_NxC = logits_NxC + jax.lax.dynamic_slice_in_dim(bias_V, start, chunk_size).astype(
-      jnp.float32)
+  bias_C = jax.lax.dynamic_slice_in_dim(bias_V, start, chunk_size).astype(jnp.float32)
   col_C = start + jnp.arange(chunk_size)
   valid_C = (col_C >= index * chunk_size) & (col_C >= 1)
-  return jnp.where(valid_C, logits_NxC, -jnp.inf), rows_CxE, start
+  return rows_CxE, bias_C, valid_C, start
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _chunked_logsumexp(user_NxE, table_VxE, bias_V, chunk_size):
+def _dot(a, b, contract_a, contract_b):
+  """Contracts one axis of each operand with f32 accumulation, without transposing either."""
+  return jax.lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+def _block_logits(user_RxE, rows_CxE, bias_C, valid_C):
+  """f32 logits of a block of R positions against a chunk of C items; invalid columns -inf."""
+  return jnp.where(valid_C, _dot(user_RxE, rows_CxE, 1, 1) + bias_C, -jnp.inf)
+
+
+def _row_blocks(x, row_block, fill=0.0):
+  """[N, ...] -> [Q, R, ...] with Q = ceil(N / R), padding the tail rows with `fill`.
+
+  Example: _row_blocks(arange(5), 2) -> [[0, 1], [2, 3], [4, 0]].
+  """
+  pad = -x.shape[0] % row_block
+  x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
+  return x.reshape(-1, row_block, *x.shape[1:])
+
+
+# Items are visited in chunks of C and, inside a chunk, positions in blocks of R, so every
+# temporary is R x C (2 MB at R=128, C=4096): it stays in cache instead of streaming an N x C
+# block through memory several times (1.4x less CPU time per Beauty training step on a 2-core
+# Xeon; benchmarks/results/cpu_train_throughput_*.md).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _chunked_logsumexp(user_NxE, table_VxE, bias_V, chunk_size, row_block, compute_dtype):
   """log sum_{v >= 1} exp(user . table[v] + bias[v]) per position, one chunk of items at a time."""
-  return _chunked_logsumexp_fwd(user_NxE, table_VxE, bias_V, chunk_size)[0]
+  return _chunked_logsumexp_fwd(user_NxE, table_VxE, bias_V, chunk_size, row_block,
+                                compute_dtype)[0]
 
 
-def _chunked_logsumexp_fwd(user_NxE, table_VxE, bias_V, chunk_size):
+def _chunked_logsumexp_fwd(user_NxE, table_VxE, bias_V, chunk_size, row_block, compute_dtype):
   num_chunks = -(-table_VxE.shape[0] // chunk_size)
-  n = user_NxE.shape[0]
+  user_QxRxE = _row_blocks(user_NxE.astype(compute_dtype), row_block)
 
-  def body(index, carry):
-    max_N, sum_N = carry
-    logits_NxC, _, _ = _chunk(user_NxE, table_VxE, bias_V, index, chunk_size)
-    new_max_N = jnp.maximum(max_N, logits_NxC.max(axis=1))
-    # A chunk may be all -inf (only item 0): keep exp() away from inf - inf.
-    safe_max_N = jnp.where(jnp.isfinite(new_max_N), new_max_N, 0.0)
-    sum_N = sum_N * jnp.exp(max_N - safe_max_N) + jnp.exp(
-        logits_NxC - safe_max_N[:, None]).sum(axis=1)
-    return new_max_N, sum_N
+  def chunk_body(index, carry):
+    rows_CxE, bias_C, valid_C, _ = _chunk_rows(table_VxE, bias_V, index, chunk_size)
+    rows_CxE = rows_CxE.astype(compute_dtype)
 
-  init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32))
-  max_N, sum_N = jax.lax.fori_loop(0, num_chunks, body, init)
-  lse_N = max_N + jnp.log(sum_N)
+    def block_body(_, xs):
+      user_RxE, max_R, sum_R = xs
+      logits_RxC = _block_logits(user_RxE, rows_CxE, bias_C, valid_C)
+      new_max_R = jnp.maximum(max_R, logits_RxC.max(axis=1))
+      # A chunk may be all -inf (only item 0): keep exp() away from inf - inf.
+      safe_max_R = jnp.where(jnp.isfinite(new_max_R), new_max_R, 0.0)
+      sum_R = sum_R * jnp.exp(max_R - safe_max_R) + jnp.exp(
+          logits_RxC - safe_max_R[:, None]).sum(axis=1)
+      return None, (new_max_R, sum_R)
+
+    return jax.lax.scan(block_body, None, (user_QxRxE, *carry))[1]
+
+  shape = user_QxRxE.shape[:2]
+  init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32))
+  max_QxR, sum_QxR = jax.lax.fori_loop(0, num_chunks, chunk_body, init)
+  lse_N = (max_QxR + jnp.log(sum_QxR)).reshape(-1)[:user_NxE.shape[0]]
   return lse_N, (user_NxE, table_VxE, bias_V, lse_N)
 
 
-def _chunked_logsumexp_bwd(chunk_size, residuals, g_N):
+def _chunked_logsumexp_bwd(chunk_size, row_block, compute_dtype, residuals, g_N):
   user_NxE, table_VxE, bias_V, lse_N = residuals
   num_chunks = -(-table_VxE.shape[0] // chunk_size)
-  user_f32 = user_NxE.astype(jnp.float32)
-  g_N = g_N.astype(jnp.float32)
+  embed = user_NxE.shape[1]
+  user_QxRxE = _row_blocks(user_NxE.astype(compute_dtype), row_block)
+  # Padding rows get lse = +inf and cotangent 0: exactly zero probabilities and gradients.
+  lse_QxR = _row_blocks(lse_N, row_block, jnp.inf)
+  g_QxR = _row_blocks(g_N.astype(jnp.float32), row_block)
 
-  def body(index, carry):
-    d_user_NxE, d_table_VxE, d_bias_V = carry
-    # Recompute the chunk's logits rather than keep N x V probabilities from the forward pass.
-    logits_NxC, rows_CxE, start = _chunk(user_NxE, table_VxE, bias_V, index, chunk_size)
-    dlogits_NxC = jnp.exp(logits_NxC - lse_N[:, None]) * g_N[:, None]  # softmax * cotangent
-    d_user_NxE = d_user_NxE + dlogits_NxC @ rows_CxE.astype(jnp.float32)
+  def chunk_body(index, carry):
+    d_user_QxRxE, d_table_VxE, d_bias_V = carry
+    rows_CxE, bias_C, valid_C, start = _chunk_rows(table_VxE, bias_V, index, chunk_size)
+    rows_CxE = rows_CxE.astype(compute_dtype)
+
+    def block_body(acc, xs):
+      d_rows_CxE, d_bias_C = acc
+      user_RxE, lse_R, g_R, d_user_RxE = xs
+      # Recompute the block's logits rather than keep N x V probabilities from the forward pass.
+      logits_RxC = _block_logits(user_RxE, rows_CxE, bias_C, valid_C)
+      dlogits_RxC = jnp.exp(logits_RxC - lse_R[:, None]) * g_R[:, None]  # softmax * cotangent
+      d_user_RxE = d_user_RxE + _dot(dlogits_RxC.astype(compute_dtype), rows_CxE, 1, 0)
+      d_rows_CxE = d_rows_CxE + _dot(dlogits_RxC.astype(compute_dtype), user_RxE, 0, 0)
+      return (d_rows_CxE, d_bias_C + dlogits_RxC.sum(axis=0)), d_user_RxE
+
+    zeros = (jnp.zeros((chunk_size, embed), jnp.float32), jnp.zeros((chunk_size,), jnp.float32))
+    (d_rows_CxE, d_bias_C), d_user_QxRxE = jax.lax.scan(
+        block_body, zeros, (user_QxRxE, lse_QxR, g_QxR, d_user_QxRxE))
     # Masked (overlapping) columns have zero dlogits, so adding over the overlap is exact.
-    d_rows_CxE = jax.lax.dynamic_slice_in_dim(d_table_VxE, start, chunk_size, axis=0)
     d_table_VxE = jax.lax.dynamic_update_slice_in_dim(
-        d_table_VxE, d_rows_CxE + dlogits_NxC.T @ user_f32, start, axis=0)
-    d_bias_C = jax.lax.dynamic_slice_in_dim(d_bias_V, start, chunk_size)
+        d_table_VxE, jax.lax.dynamic_slice_in_dim(d_table_VxE, start, chunk_size, axis=0)
+        + d_rows_CxE, start, axis=0)
     d_bias_V = jax.lax.dynamic_update_slice_in_dim(
-        d_bias_V, d_bias_C + dlogits_NxC.sum(axis=0), start, axis=0)
-    return d_user_NxE, d_table_VxE, d_bias_V
+        d_bias_V, jax.lax.dynamic_slice_in_dim(d_bias_V, start, chunk_size) + d_bias_C, start,
+        axis=0)
+    return d_user_QxRxE, d_table_VxE, d_bias_V
 
-  init = (jnp.zeros(user_NxE.shape, jnp.float32), jnp.zeros(table_VxE.shape, jnp.float32),
+  init = (jnp.zeros(user_QxRxE.shape, jnp.float32), jnp.zeros(table_VxE.shape, jnp.float32),
           jnp.zeros(bias_V.shape, jnp.float32))
-  d_user, d_table, d_bias = jax.lax.fori_loop(0, num_chunks, body, init)
+  d_user, d_table, d_bias = jax.lax.fori_loop(0, num_chunks, chunk_body, init)
+  d_user = d_user.reshape(-1, embed)[:user_NxE.shape[0]]
   return (d_user.astype(user_NxE.dtype), d_table.astype(table_VxE.dtype),
           d_bias.astype(bias_V.dtype))
 
@@ -170,10 +218,93 @@ def _chunked_logsumexp_bwd(chunk_size, residuals, g_N):
 _chunked_logsumexp.defvjp(_chunked_logsumexp_fwd, _chunked_logsumexp_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _weighted_logsumexp_sum(user_NxE, table_VxE, bias_V, weights_N, row_block, compute_dtype,
+                            has_bias):
+  """sum_n weights[n] * log sum_{v >= 1} exp(user[n] . table[v] + bias[v]), for small catalogs.
+
+  Differentiated, it takes one pass: each block of R positions scores all V items while the
+  R x V block is in cache and turns it into gradients at once (3 matmuls and 1 exp per logit,
+  against 4 and 2 for `_chunked_logsumexp`, which must finish the log-sum-exp over every chunk
+  before it can form a probability). That needs the cotangent of each position, known here
+  because the output is the weighted sum (`weights` is the loss's per-position weight).
+  """
+  del has_bias
+  lse_N = _chunked_logsumexp_fwd(user_NxE, table_VxE, bias_V, table_VxE.shape[0], row_block,
+                                 compute_dtype)[0]
+  return (weights_N.astype(jnp.float32) * lse_N).sum()
+
+
+def _weighted_logsumexp_sum_fwd(user_NxE, table_VxE, bias_V, weights_N, row_block,
+                                compute_dtype, has_bias):
+  n, embed = user_NxE.shape
+  user_QxRxE = _row_blocks(user_NxE.astype(compute_dtype), row_block)
+  weights_QxR = _row_blocks(weights_N.astype(jnp.float32), row_block)
+  # Score the real items 1..V-1 only: no mask pass over every R x V block (item 0 gets zero
+  # gradient below), and no bias pass when the model has no bias.
+  table_WxE = table_VxE[1:].astype(compute_dtype)
+  bias_W = bias_V[1:].astype(jnp.float32)
+
+  def block_body(acc, xs):
+    d_table_WxE, d_bias_W = acc
+    user_RxE, weights_R = xs
+    logits_RxW = _dot(user_RxE, table_WxE, 1, 1)
+    if has_bias:
+      logits_RxW = logits_RxW + bias_W
+    max_R = logits_RxW.max(axis=1)
+    exp_RxW = jnp.exp(logits_RxW - max_R[:, None])
+    sum_R = exp_RxW.sum(axis=1)
+    # d(sum_n w_n lse_n) / d logits[n, v] = w_n * softmax[n, v].
+    dlogits_RxW = (exp_RxW * (weights_R / sum_R)[:, None]).astype(compute_dtype)
+    d_user_RxE = _dot(dlogits_RxW, table_WxE, 1, 0)
+    d_table_WxE = d_table_WxE + _dot(dlogits_RxW, user_RxE, 0, 0)
+    if has_bias:
+      d_bias_W = d_bias_W + dlogits_RxW.astype(jnp.float32).sum(axis=0)
+    return (d_table_WxE, d_bias_W), (max_R + jnp.log(sum_R), d_user_RxE)
+
+  init = (jnp.zeros(table_WxE.shape, jnp.float32), jnp.zeros(bias_W.shape, jnp.float32))
+  (d_table_WxE, d_bias_W), (lse_QxR, d_user_QxRxE) = jax.lax.scan(
+      block_body, init, (user_QxRxE, weights_QxR))
+  lse_N = lse_QxR.reshape(-1)[:n]
+  d_user = d_user_QxRxE.reshape(-1, embed)[:n]
+  d_table = jnp.concatenate([jnp.zeros((1, embed), jnp.float32), d_table_WxE])
+  d_bias = jnp.concatenate([jnp.zeros((1,), jnp.float32), d_bias_W])
+  value = (weights_N.astype(jnp.float32) * lse_N).sum()
+  # Gradients for a unit cotangent, in the inputs' dtypes; the backward pass only scales them.
+  return value, (d_user.astype(user_NxE.dtype), d_table.astype(table_VxE.dtype),
+                 d_bias.astype(bias_V.dtype), lse_N.astype(weights_N.dtype))
+
+
+def _weighted_logsumexp_sum_bwd(row_block, compute_dtype, has_bias, residuals, g):
+  del row_block, compute_dtype, has_bias
+  return tuple(g.astype(r.dtype) * r for r in residuals)
+
+
+_weighted_logsumexp_sum.defvjp(_weighted_logsumexp_sum_fwd, _weighted_logsumexp_sum_bwd)
+
+# One-pass blocks of R = 128 positions hold R x V f32 logits, at most 8 MB for V <= 16384; with
+# fewer rows per block, adding each block's V x E table gradient would start to cost as much as
+# the block's matmuls.
+_ONE_PASS_ROWS = 128
+_ONE_PASS_MAX_ITEMS = 16384
+
+
+def _cpu_blocking() -> bool:
+  """Whether to block positions for the cache: yes on CPU; elsewhere keep one N-wide block.
+
+  A sequential loop over position blocks would also stop XLA's partitioner from splitting a
+  data-parallel batch over devices, which matters on accelerators (tests use virtual CPU
+  devices only for correctness).
+  """
+  return jax.default_backend() == "cpu"
+
+
 def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array,
                                   item_bias_V: jax.Array | None, targets_N: jax.Array,
                                   weights_N: jax.Array, *, chunk_size: int = 8192,
-                                  label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+                                  label_smoothing: float = 0.0, row_block: int | None = None,
+                                  compute_dtype: str = "float32",
+                                  one_pass: bool | None = None) -> tuple[jax.Array, dict]:
   """`softmax_cross_entropy` without materialising N x V logits, in the forward or backward pass.
 
   An online log-sum-exp runs over chunks of `chunk_size` items; a custom VJP recomputes each
@@ -185,20 +316,50 @@ def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
     user_NxE, item_table_VxE, item_bias_V, targets_N, weights_N, label_smoothing: as in
       `softmax_cross_entropy`.
     chunk_size: items per chunk (clipped to V).
+    row_block: positions per block inside a chunk (clipped to N), so R x C is the working set;
+      None: 128 on CPU, N (one block) on other backends.
+    compute_dtype: operand dtype of the N x V matmuls, "float32" (exact up to f32 rounding) or
+      "bfloat16" (bf16 operands, f32 accumulation and softmax: faster on CPUs with AMX/avx512_bf16
+      and on accelerators, at bf16 rounding of the logits).
+    one_pass: under differentiation, score all V items per block of positions and form the
+      gradients in the same pass (`_weighted_logsumexp_sum`) instead of recomputing the chunks in
+      the backward pass. None: on CPU when the catalog fits one chunk (V <= chunk_size) and
+      V <= 16384. It sets its own block size (row_block is ignored).
 
   Returns:
     (weighted mean loss, aux dict with loss_sum, nll_sum, weight_sum).
   """
-  if chunk_size < 1:
-    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  if chunk_size < 1 or (row_block is not None and row_block < 1):
+    raise ValueError(f"chunk_size and row_block must be >= 1, got {chunk_size}, {row_block}")
+  if compute_dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}")
   user_NxE, targets_N, weights_N = _flatten(user_NxE, targets_N, weights_N)
-  num_items = item_table_VxE.shape[0]
-  chunk_size = min(int(chunk_size), num_items)
+  num_items, n = item_table_VxE.shape[0], user_NxE.shape[0]
+  dtype = jnp.dtype(compute_dtype)
   bias_V = (jnp.zeros((num_items,), jnp.float32) if item_bias_V is None else item_bias_V)
-  lse_N = _chunked_logsumexp(user_NxE, item_table_VxE, bias_V, chunk_size)
-  nll_N = lse_N - _target_logits(user_NxE, item_table_VxE, item_bias_V, targets_N)
+  target_logit_N = _target_logits(user_NxE, item_table_VxE, item_bias_V, targets_N)
   mean_logit_N = (_mean_item_logits(user_NxE, item_table_VxE, item_bias_V)
                   if label_smoothing else None)
+  if one_pass is None:
+    one_pass = _cpu_blocking() and num_items <= min(chunk_size, _ONE_PASS_MAX_ITEMS)
+  if one_pass:
+    rows = max(min(_ONE_PASS_ROWS, n), 1)
+    lse_sum = _weighted_logsumexp_sum(user_NxE, item_table_VxE, bias_V, weights_N, rows, dtype,
+                                      item_bias_V is not None)
+    weighted = lambda x_N: jnp.where(weights_N > 0, weights_N * x_N, 0.0).sum()
+    nll_sum = lse_sum - weighted(target_logit_N)
+    loss_sum = nll_sum if not label_smoothing else (
+        lse_sum - (1.0 - label_smoothing) * weighted(target_logit_N)
+        - label_smoothing * weighted(mean_logit_N))
+    weight_sum = weights_N.sum()
+    return loss_sum / jnp.maximum(weight_sum, 1e-12), {
+        "loss_sum": loss_sum, "nll_sum": nll_sum, "weight_sum": weight_sum}
+  chunk_size = min(int(chunk_size), num_items)
+  if row_block is None:
+    row_block = 128 if _cpu_blocking() else n
+  row_block = max(min(int(row_block), n), 1)
+  lse_N = _chunked_logsumexp(user_NxE, item_table_VxE, bias_V, chunk_size, row_block, dtype)
+  nll_N = lse_N - target_logit_N
   return _reduce(_smoothed(nll_N, lse_N, mean_logit_N, label_smoothing), nll_N, weights_N)
 
 
@@ -262,7 +423,7 @@ def sampled_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
   user_f32 = user_NxE.astype(jnp.float32)
 
   def logits_of(ids):
-    s = user_f32 @ jnp.take(item_table_VxE, ids, axis=0).astype(jnp.float32).T
+    s = _dot(user_f32, jnp.take(item_table_VxE, ids, axis=0).astype(jnp.float32), 1, 1)
     if item_bias_V is not None:
       s = s + jnp.take(item_bias_V, ids).astype(jnp.float32)
     return s
@@ -284,7 +445,10 @@ def sampled_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
   if remove_accidental_hits:
     usable_NxP = usable_NxP & (cand_ids[None, :] != targets_N[:, None])
   logits_NxP = jnp.where(usable_NxP, logits_NxP, -jnp.inf)
-  all_logits = jnp.concatenate([target_logit_N[:, None], logits_NxP], axis=1)
-  nll_N = jax.nn.logsumexp(all_logits, axis=1) - target_logit_N
+  # log(exp(s_t) + sum_k exp(s_k)) - s_t without an N x (1 + P) concatenated copy; the target's
+  # logit is finite, so the max is too and no row takes exp(inf - inf).
+  max_N = jax.lax.stop_gradient(jnp.maximum(target_logit_N, logits_NxP.max(axis=1)))
+  sum_N = jnp.exp(target_logit_N - max_N) + jnp.exp(logits_NxP - max_N[:, None]).sum(axis=1)
+  nll_N = max_N + jnp.log(sum_N) - target_logit_N
   return _reduce(nll_N, nll_N, weights_N)
 

@@ -28,6 +28,9 @@ class LossConfig:
   alpha: float = 0.5  # negatives drawn by popularity**alpha
   in_batch_negatives: bool = False  # sampled: also use the batch's targets as negatives
   label_smoothing: float = 0.0  # full and chunked
+  compute_dtype: str = "float32"  # chunked: N x V matmul operands, float32 | bfloat16 (f32 accum)
+  row_block: int | None = None  # chunked: positions per cache block (None: 128 on CPU, else N)
+  one_pass: bool | None = None  # chunked: gradients in the forward pass (None: CPU and V <= chunk)
 
 
 def _sequence_loss(model, batch, dropout_key, loss_cfg: LossConfig, log_q_V):
@@ -44,7 +47,10 @@ def _sequence_loss(model, batch, dropout_key, loss_cfg: LossConfig, log_q_V):
   if loss_cfg.kind == "chunked":
     return losses.chunked_softmax_cross_entropy(user_NxE, table_VxE, bias_V, targets_N,
                                                 weights_N, chunk_size=loss_cfg.chunk_size,
-                                                label_smoothing=loss_cfg.label_smoothing)
+                                                label_smoothing=loss_cfg.label_smoothing,
+                                                compute_dtype=loss_cfg.compute_dtype,
+                                                row_block=loss_cfg.row_block,
+                                                one_pass=loss_cfg.one_pass)
   if loss_cfg.kind == "sampled":
     neg_key = jax.random.fold_in(dropout_key, 1)
     negatives_S = losses.sample_negatives(neg_key, log_q_V, loss_cfg.num_negatives)

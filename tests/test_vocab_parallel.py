@@ -1,0 +1,143 @@
+"""Vocabulary-parallel loss and ranking on 8 virtual devices against the single-device versions.
+
+Shape legend: N positions, B users, E embedding size, V catalog size (item 0 = padding), S seen.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstmrec_jax import losses, metrics
+from lstmrec_jax import vocab_parallel as vp
+
+pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (virtual) devices")
+
+MESHES = [(2, 4), (1, 8)]
+
+
+def _problem(seed=0, n=24, v=101, e=8):
+  k = jax.random.split(jax.random.key(seed), 5)
+  user = jax.random.normal(k[0], (n, e))
+  table = 0.5 * jax.random.normal(k[1], (v, e))
+  bias = jax.random.normal(k[2], (v,))
+  targets = jax.random.randint(k[3], (n,), 1, v).at[:3].set(0)  # three positions without target
+  weights = jnp.linspace(0.5, 2.0, n)
+  seen = jax.random.randint(k[4], (n, 6), 0, v)
+  return user, table, bias, targets, weights, seen
+
+
+# (V, chunk_size, label_smoothing, with_bias). V=101 is no multiple of 4 or 8 (padded); V=10 on
+# 8 shards leaves shards with no real item at all; chunk 7 splits a shard unevenly.
+LOSS_CASES = [(101, 8192, 0.0, True), (101, 7, 0.1, True), (10, 8192, 0.0, False),
+              (10, 1, 0.2, True)]
+
+
+@pytest.mark.parametrize("mesh_shape", MESHES)
+@pytest.mark.parametrize("v,chunk_size,label_smoothing,with_bias", LOSS_CASES)
+def test_loss_and_gradients_equal_full_softmax(mesh_shape, v, chunk_size, label_smoothing,
+                                                with_bias):
+  user, table, bias, targets, weights, _ = _problem(v=v)
+  bias = bias if with_bias else None
+  mesh = vp.make_mesh(*mesh_shape)
+  argnums = (0, 1, 2) if with_bias else (0, 1)
+
+  def make(fn, **kw):
+    return jax.jit(jax.value_and_grad(
+        lambda u, t, b: fn(u, t, b, targets, weights, label_smoothing=label_smoothing, **kw)[0],
+        argnums=argnums))
+
+  value, grads = make(losses.softmax_cross_entropy)(user, table, bias)
+  vp_value, vp_grads = make(vp.vocab_parallel_softmax_cross_entropy, mesh=mesh,
+                            chunk_size=chunk_size)(user, table, bias)
+  np.testing.assert_allclose(vp_value, value, rtol=1e-6)
+  for g, vg in zip(grads, vp_grads):
+    assert vg.shape == g.shape
+    np.testing.assert_allclose(vg, g, atol=1e-7, rtol=1e-5)
+  # Item 0 is never a class: its row gets no gradient here either.
+  assert float(jnp.abs(vp_grads[1][0]).sum()) == 0.0
+
+
+def test_aux_sums_equal_full_softmax():
+  user, table, bias, targets, weights, _ = _problem()
+  full = losses.softmax_cross_entropy(user, table, bias, targets, weights)[1]
+  got = jax.jit(lambda *a: vp.vocab_parallel_softmax_cross_entropy(
+      *a, mesh=vp.make_mesh(2, 4), chunk_size=16)[1])(user, table, bias, targets, weights)
+  for key in ("loss_sum", "nll_sum", "weight_sum"):
+    np.testing.assert_allclose(got[key], full[key], rtol=1e-6)
+
+
+def test_presharded_table_gradient_stays_sharded():
+  """With V a multiple of M and the table laid out row-sharded, its gradient comes back so."""
+  mesh = vp.make_mesh(2, 4)
+  v = vp.padded_num_items(101, 4)
+  assert v == 104
+  user, table, bias, targets, weights, _ = _problem(v=v)
+  table = jax.device_put(table, vp.table_sharding(mesh))
+  grad_fn = jax.jit(jax.grad(lambda t: vp.vocab_parallel_softmax_cross_entropy(
+      user, t, bias, targets, weights, mesh=mesh, chunk_size=8)[0]))
+  g_table = grad_fn(table)
+  assert g_table.sharding.is_equivalent_to(vp.table_sharding(mesh), 2)
+  expected = jax.grad(lambda t: losses.softmax_cross_entropy(user, t, bias, targets,
+                                                             weights)[0])(table)
+  np.testing.assert_allclose(g_table, expected, atol=1e-7, rtol=1e-5)
+
+
+def test_per_device_memory_is_a_shard_of_the_table():
+  """At V = 10^6 over 8 shards each device holds V*E/8 of table and O(N x C) of logits."""
+  n, v, e, chunk = 2048, 1_000_000, 16, 4096
+  mesh = vp.make_mesh(1, 8)
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  args = (f32(n, e), jax.ShapeDtypeStruct((v, e), jnp.float32, sharding=vp.table_sharding(mesh)),
+          jax.ShapeDtypeStruct((n,), jnp.int32), f32(n))
+  grad_fn = jax.jit(jax.grad(lambda u, t, y, w: vp.vocab_parallel_softmax_cross_entropy(
+      u, t, None, y, w, mesh=mesh, chunk_size=chunk)[0], argnums=(0, 1)))
+  mem = grad_fn.lower(*args).compile().memory_analysis()  # per device under SPMD
+  shard_bytes, chunk_logits_bytes, shard_logits_bytes = v * e * 4 / 8, n * chunk * 4, n * v // 8 * 4
+  assert mem.argument_size_in_bytes < 1.1 * shard_bytes, mem.argument_size_in_bytes
+  # A few table-shard-sized buffers (gradient, chunk padding) and a few N x C logits, never the
+  # N x V/8 logits of the shard (1 GB here).
+  assert mem.temp_size_in_bytes < 8 * shard_bytes + 4 * chunk_logits_bytes, mem.temp_size_in_bytes
+  assert mem.temp_size_in_bytes < shard_logits_bytes / 4, mem.temp_size_in_bytes
+
+
+def test_bad_inputs_are_clear_errors():
+  user, table, bias, targets, weights, _ = _problem(n=6)
+  with pytest.raises(ValueError, match="cannot be split evenly"):
+    vp.vocab_parallel_softmax_cross_entropy(user, table, bias, targets, weights,
+                                            mesh=vp.make_mesh(4, 2))
+  with pytest.raises(ValueError, match="no 'model' axis"):
+    vp.vocab_parallel_softmax_cross_entropy(
+        user, table, bias, targets, weights,
+        mesh=jax.sharding.Mesh(np.asarray(jax.devices()), ("data",)))
+  with pytest.raises(ValueError, match="needs 16 devices"):
+    vp.make_mesh(4, 4)
+
+
+@pytest.mark.parametrize("mesh_shape", MESHES)
+@pytest.mark.parametrize("v,chunk_size,with_bias,exclude_seen",
+                         [(101, 5, True, True), (101, 8192, False, False), (10, 1, True, True)])
+def test_ranks_equal_metrics_target_ranks(mesh_shape, v, chunk_size, with_bias, exclude_seen):
+  user, table, bias, targets, _, seen = _problem(v=v)
+  targets = targets.at[:3].set(1)
+  seen = seen.at[:, 0].set(targets)  # a target seen before is still ranked
+  bias = bias if with_bias else None
+  expected = metrics.target_ranks(user, table, bias, targets, seen, exclude_seen=exclude_seen,
+                                  chunk_size=16)
+  got = jax.jit(lambda *a: vp.vocab_parallel_target_ranks(
+      *a, mesh=vp.make_mesh(*mesh_shape), exclude_seen=exclude_seen, chunk_size=chunk_size))(
+          user, table, bias, targets, seen)
+  np.testing.assert_array_equal(got, expected)
+
+
+def test_ranks_ties_and_no_seen_items():
+  """A constant scorer: every other real item ties and counts against the target, on any shard."""
+  user, table, _, targets, _, _ = _problem(v=101)
+  targets = targets.at[:3].set(100)
+  zero_table = jnp.zeros_like(table)
+  got = vp.vocab_parallel_target_ranks(user, zero_table, None, targets, mesh=vp.make_mesh(2, 4),
+                                       chunk_size=8)
+  np.testing.assert_array_equal(got, np.full(targets.shape, 99))
+  np.testing.assert_array_equal(got, metrics.target_ranks(user, zero_table, None, targets))
