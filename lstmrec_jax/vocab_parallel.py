@@ -2,7 +2,7 @@
 
 Shape legend: N flattened positions, B users, E embedding size, V catalog size (row 0 = padding),
 M shards of the `model` axis, W = ceil(V / M) rows per shard, C items per local chunk,
-S seen items per user.
+K = ceil(W / C) local chunks, S seen items per user.
 
 For catalogs whose table (and its gradient and optimizer moments) do not fit one device, the
 V x E table is split row-wise over the `model` axis of a mesh (e.g. `data x model`): shard m holds
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from lstmrec_jax import metrics
+from lstmrec_jax import losses, metrics
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
@@ -150,13 +150,9 @@ def vocab_parallel_softmax_cross_entropy(
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
   num_shards, batch_axes = _axes(mesh, model_axis)
-  num_items, embed = item_table_VxE.shape
-  user_NxE = user_NxE.reshape(-1, embed)
-  targets_N = targets_N.reshape(-1).astype(jnp.int32)
-  weights_N = jnp.broadcast_to(jnp.asarray(weights_N, jnp.float32).reshape(-1)
-                               if jnp.ndim(weights_N) else weights_N, targets_N.shape)
-  if user_NxE.shape[0] != targets_N.shape[0]:
-    raise ValueError(f"{user_NxE.shape[0]} user states and {targets_N.shape[0]} targets differ")
+  num_items = item_table_VxE.shape[0]
+  # Flattened, checked, and weights zeroed where the target is the padding item 0.
+  user_NxE, targets_N, weights_N = losses._flatten(user_NxE, targets_N, weights_N)
   _check_batch(targets_N.shape[0], mesh, batch_axes, "positions")
   width = padded_num_items(num_items, num_shards) // num_shards
   has_bias = item_bias_V is not None
@@ -193,7 +189,6 @@ def vocab_parallel_softmax_cross_entropy(
         mean_N = mean_N + jax.lax.psum(
             jnp.where(real_W, bias_W.astype(jnp.float32), 0.0).sum(), model_axis) / num_real
       loss_N = (1.0 - label_smoothing) * nll_N + label_smoothing * (lse_N - mean_N)
-    weights_N = jnp.where(targets_N > 0, weights_N.astype(jnp.float32), 0.0)
     sums = {"loss_sum": jnp.where(weights_N > 0, weights_N * loss_N, 0.0).sum(),
             "nll_sum": jnp.where(weights_N > 0, weights_N * nll_N, 0.0).sum(),
             "weight_sum": weights_N.sum()}
