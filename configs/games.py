@@ -14,7 +14,9 @@ def get_config():
   c.data.format = "pairs"
   c.data.path = "../shared/data/amazon-games/Video.txt"
   c.input.max_len = 50
-  c.input.batch_size = 256
-  c.train.num_epochs = 60
-  c.train.patience = 6
+  c.input.batch_size = 32  # packed rows; see configs/beauty.py
+  c.optim.learning_rate = 2e-3
+  c.train.num_epochs = 80
+  c.train.eval_every_steps = 600  # ~5 epochs
+  c.train.patience = 4
   return c
