@@ -8,9 +8,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import flags
 
-from lstmrec_jax.data.errors import DataError
 from lstmrec_jax.train import logs
 
 flags.DEFINE_string("workdir", "runs/default", "A train.py workdir.")
@@ -24,16 +23,7 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (seve
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  del argv
-  try:
-    _main()
-  except (DataError, FileNotFoundError) as e:
-    # Bad input is the user's to fix: one line naming the file, line and problem, no traceback.
-    raise SystemExit(f"error: {e}") from None
-
-
-def _main():
+def main():
   import jax
   if FLAGS.distributed:
     jax.distributed.initialize()
@@ -49,5 +39,4 @@ def _main():
 
 
 if __name__ == "__main__":
-  logs.setup()
-  app.run(main)
+  logs.run_main(main)

@@ -9,9 +9,8 @@ import os
 # Before TensorFlow is imported anywhere: quiet C++ logs. The pipeline hides accelerators from TF.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import flags
 
-from lstmrec_jax.data.errors import DataError
 from lstmrec_jax.train import logs
 from ml_collections import config_flags
 
@@ -23,16 +22,7 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (seve
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  del argv
-  try:
-    _main()
-  except (DataError, FileNotFoundError) as e:
-    # Bad input is the user's to fix: one line naming the file, line and problem, no traceback.
-    raise SystemExit(f"error: {e}") from None
-
-
-def _main():
+def main():
   import jax
   if FLAGS.distributed:
     jax.distributed.initialize()
@@ -44,5 +34,4 @@ def _main():
 
 
 if __name__ == "__main__":
-  logs.setup()
-  app.run(main)
+  logs.run_main(main)

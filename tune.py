@@ -13,9 +13,8 @@ import os
 # Before TensorFlow is imported anywhere: quiet C++ logs. The pipeline hides accelerators from TF.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import flags
 
-from lstmrec_jax.data.errors import DataError
 from lstmrec_jax.train import logs
 from ml_collections import config_flags
 
@@ -32,15 +31,10 @@ flags.DEFINE_integer("search_seed", 0, "Seeds the sampling; trial k's values dep
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  del argv
+def main():
   from lstmrec_jax.train import tune
-  try:
-    tune.tune(FLAGS.config, tune.load_space(FLAGS.space), FLAGS.tune_dir,
-              num_trials=FLAGS.num_trials, search_seed=FLAGS.search_seed)
-  except (DataError, FileNotFoundError, tune.TuneError) as e:
-    # Bad input is the user's to fix: one line naming the file or key and the problem.
-    raise SystemExit(f"error: {e}") from None
+  tune.tune(FLAGS.config, tune.load_space(FLAGS.space), FLAGS.tune_dir,
+            num_trials=FLAGS.num_trials, search_seed=FLAGS.search_seed)
   import jax
   if jax.process_index() == 0:
     path = os.path.join(FLAGS.tune_dir, "results.md")
@@ -50,5 +44,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  logs.setup()
-  app.run(main)
+  from lstmrec_jax.train import tune as tune_lib
+  logs.run_main(main, user_errors=(tune_lib.TuneError,))

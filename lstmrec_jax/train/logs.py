@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from absl import logging as absl_logging
 
@@ -21,3 +22,26 @@ def setup() -> None:
   absl_logging.set_verbosity(absl_logging.INFO)
   handler = absl_logging.get_absl_handler()
   handler.addFilter(_OnlyOursBelowWarning())
+
+
+USER_ERRORS = (FileNotFoundError,)
+
+
+def run_main(body: Callable[[], None], user_errors: tuple[type[BaseException], ...] = ()) -> None:
+  """Runs an entry point under absl with `setup()` logging.
+
+  Bad input is the user's to fix: a DataError, a missing file or one of `user_errors` ends the
+  program with one line naming the file, line or key and the problem, not a traceback.
+  """
+  from absl import app
+  from lstmrec_jax.data.errors import DataError
+
+  def main(argv):
+    del argv
+    try:
+      body()
+    except (DataError, *USER_ERRORS, *user_errors) as e:
+      raise SystemExit(f"error: {e}") from None
+
+  setup()
+  app.run(main)
