@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 import json
 import logging
 import pathlib
@@ -63,11 +64,12 @@ def model_kwargs(dataset, model_cfg: modules.ModelConfig) -> dict[str, Any]:
       vocab_size=len(c.vocab) if c.vocab is not None else 2)}
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """Nested mapping -> {"group.key": value}, e.g. {"a": {"b": 1}} -> {"a.b": 1}."""
   out = {}
   for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
+    if isinstance(v, Mapping):
+      out.update(flatten_config(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = v
   return out
@@ -79,7 +81,7 @@ def _check_saved_config(workdir: pathlib.Path, config) -> None:
   current = json.loads(config.to_json_best_effort())
   if path.exists():
     saved = json.loads(path.read_text())
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten_config(saved), flatten_config(current)
     changed = sorted(k for k in set(a) | set(b)
                      if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
     if changed:

@@ -227,23 +227,13 @@ def _check_trial_config(config: ml_collections.ConfigDict, trial: int) -> None:
     raise TuneError(f"trial {trial}: {e}") from None
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _check_same_trial(workdir: pathlib.Path, config: ml_collections.ConfigDict, trial: int) -> None:
   """Refuses a tune_dir whose trial_<k> was trained with another config (search mixed up)."""
   path = workdir / "config.json"
   if not path.exists():
     return
-  saved = _flatten(json.loads(path.read_text()))
-  current = _flatten(json.loads(config.to_json_best_effort()))
+  saved = loop.flatten_config(json.loads(path.read_text()))
+  current = loop.flatten_config(json.loads(config.to_json_best_effort()))
   changed = sorted(k for k in saved.keys() | current.keys()
                    if saved.get(k) != current.get(k) and k not in loop.RESUMABLE_CHANGES)
   if changed:
