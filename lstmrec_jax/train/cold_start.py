@@ -332,16 +332,17 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, which: str = "best",
   return report
 
 
-def _row(name: str, cells: Sequence[float | None]) -> str:
-  return f"{name:<26}" + "".join(f"{'-':>10}" if c is None else f"{c:>10.4f}" for c in cells)
+def _row(name: str, cells: Sequence[float | None], width: int) -> str:
+  return f"{name:<{width}}" + "".join(f"{'-':>10}" if c is None else f"{c:>10.4f}" for c in cells)
 
 
 def format_table(reports: dict[str, dict[str, Any]], split: str = "test") -> str:
   """One table of models (by name) and baselines: HR@10 / NDCG@10 per group of targets."""
   first = next(iter(reports.values()))["splits"][split]
-  header = (f"{'':<26}{'cold targets, all items':>20}{'cold targets, cold only':>30}"
+  w = max([26] + [len(name) + 2 for name in reports])
+  header = (f"{'':<{w}}{'cold targets, all items':>20}{'cold targets, cold only':>30}"
             f"{'warm targets':>20}{'all targets':>20}")
-  sub = f"{'scorer':<26}" + "".join(f"{k:>10}" for k in ("HR@10", "NDCG@10") * 4)
+  sub = f"{'scorer':<{w}}" + "".join(f"{k:>10}" for k in ("HR@10", "NDCG@10") * 4)
   lines = [f"{split}: {first['users']} users, {first['cold_targets']} with a cold target, "
            f"{first['empty_history_users']} with an empty history", header, sub]
 
@@ -355,7 +356,7 @@ def format_table(reports: dict[str, dict[str, Any]], split: str = "test") -> str
     return out
 
   for scorer in ("random", "popularity", "content_popularity"):
-    lines.append(_row(scorer, cells(first[scorer])))
+    lines.append(_row(scorer, cells(first[scorer]), w))
   for name, rep in reports.items():
-    lines.append(_row(name, cells(rep["splits"][split]["model"])))
+    lines.append(_row(name, cells(rep["splits"][split]["model"]), w))
   return "\n".join(lines)
