@@ -25,7 +25,6 @@ standard `evaluate` path gives such a user a zero state, i.e. all items tied and
 from __future__ import annotations
 
 import functools
-import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -298,30 +297,16 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, which: str = "best",
     The report, with the run's item mode and training length added (also written to
     workdir/cold_start_<which>.json).
   """
-  import ml_collections
-  from lstmrec_jax.train import checkpoint as ckpt_lib
-  from lstmrec_jax.train import loop
-  from lstmrec_jax.train import state as state_lib
 
   workdir = pathlib.Path(workdir)
-  config_path = workdir / "config.json"
-  if not config_path.exists():
-    raise FileNotFoundError(f"{config_path} not found: is {workdir} a train.py workdir?")
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  config = eval_lib.load_workdir_config(workdir)
   if not (config.get("cold_start") or {}).get("item_fraction", 0.0):
     raise ValueError(f"{workdir} was not trained on a cold-item split (cold_start.item_fraction "
                      "is 0): its 'cold' items were trained on, so a cold-start report would lie")
-  if data_path:
-    config.data.path = data_path
-  dataset = loop.load_data(config)
-  model_cfg = loop.model_config(config, dataset)
-  graphdef, params_like, consts = state_lib.create_model(
-      model_cfg, config.seed, **loop.model_kwargs(dataset, model_cfg))
-  mesh = mesh_lib.make_mesh(num_devices)
-  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
-  params, meta, step = checkpointer.restore_params(params_like, which, mesh)
-  checkpointer.close()
-  report = evaluate_cold_start(graphdef, params, mesh_lib.replicate(consts, mesh), dataset,
+  run = eval_lib.restore_workdir(workdir, which=which, data_path=data_path,
+                                 num_devices=num_devices, config=config)
+  dataset, model_cfg, meta, step, mesh = run.dataset, run.model_cfg, run.meta, run.step, run.mesh
+  report = evaluate_cold_start(run.graphdef, run.params, run.consts, dataset,
                                mesh=mesh, batch_size=config.input.eval_batch_size,
                                max_len=config.input.max_len, splits=splits,
                                exclude_seen=exclude_seen, chunk_size=config.eval.chunk_size)

@@ -6,6 +6,7 @@ split, K top-k.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -179,6 +180,52 @@ def write_report(path: str | pathlib.Path, report: dict[str, Any]) -> None:
     logging.info("wrote %s", path)
 
 
+@dataclasses.dataclass(frozen=True)
+class RestoredRun:
+  """A train.py workdir's config, data, model and restored parameters, ready to evaluate."""
+
+  config: Any
+  dataset: Any
+  model_cfg: Any
+  graphdef: Any
+  params: Any
+  consts: Any  # replicated over `mesh`
+  meta: dict[str, Any]
+  step: int
+  mesh: Mesh
+
+
+def load_workdir_config(workdir: pathlib.Path):
+  """The ConfigDict a train.py run saved in its workdir."""
+  import ml_collections
+  config_path = workdir / "config.json"
+  if not config_path.exists():
+    raise FileNotFoundError(f"{config_path} not found: is {workdir} a train.py workdir?")
+  return ml_collections.ConfigDict(json.loads(config_path.read_text()))
+
+
+def restore_workdir(workdir: str | pathlib.Path, *, which: str = "best",
+                    data_path: str | None = None, num_devices: int = 0,
+                    config=None) -> RestoredRun:
+  """Rebuilds a run's data and model from its workdir and restores a checkpoint's parameters."""
+  from lstmrec_jax.train import checkpoint as ckpt_lib
+  from lstmrec_jax.train import loop, state as state_lib
+  workdir = pathlib.Path(workdir)
+  config = config if config is not None else load_workdir_config(workdir)
+  if data_path:
+    config.data.path = data_path
+  dataset = loop.load_data(config)
+  model_cfg = loop.model_config(config, dataset)
+  graphdef, params_like, consts = state_lib.create_model(
+      model_cfg, config.seed, **loop.model_kwargs(dataset, model_cfg))
+  mesh = mesh_lib.make_mesh(num_devices)
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  params, meta, step = checkpointer.restore_params(params_like, which, mesh)
+  checkpointer.close()
+  return RestoredRun(config, dataset, model_cfg, graphdef, params,
+                     mesh_lib.replicate(consts, mesh), meta, step, mesh)
+
+
 def evaluate_checkpoint(workdir: str | pathlib.Path, *, which: str = "best",
                         splits: Sequence[str] = ("valid", "test"), exclude_seen: bool = True,
                         topk_out: str | None = None, topk: int = 10, data_path: str | None = None,
@@ -198,26 +245,11 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, which: str = "best",
   Returns:
     The report (also written to workdir/eval_<which>.json).
   """
-  import ml_collections
-  from lstmrec_jax.train import loop, state as state_lib
-
   workdir = pathlib.Path(workdir)
-  config_path = workdir / "config.json"
-  if not config_path.exists():
-    raise FileNotFoundError(f"{config_path} not found: is {workdir} a train.py workdir?")
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  if data_path:
-    config.data.path = data_path
-  dataset = loop.load_data(config)
-  model_cfg = loop.model_config(config, dataset)
-  graphdef, params_like, consts = state_lib.create_model(
-      model_cfg, config.seed, **loop.model_kwargs(dataset, model_cfg))
-  mesh = mesh_lib.make_mesh(num_devices)
-  from lstmrec_jax.train import checkpoint as ckpt_lib
-  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
-  params, meta, step = checkpointer.restore_params(params_like, which, mesh)
-  inp = config.input
-  consts = mesh_lib.replicate(consts, mesh)
+  run = restore_workdir(workdir, which=which, data_path=data_path, num_devices=num_devices)
+  config, dataset, graphdef, params, consts, mesh = (
+      run.config, run.dataset, run.graphdef, run.params, run.consts, run.mesh)
+  meta, step, inp = run.meta, run.step, config.input
   report = evaluate_params(graphdef, params, consts, dataset, splits=splits, mesh=mesh,
                            batch_size=inp.eval_batch_size, max_len=inp.max_len,
                            exclude_seen=exclude_seen, chunk_size=config.eval.chunk_size)
@@ -229,5 +261,4 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, which: str = "best",
                    exclude_seen=exclude_seen, chunk_size=config.eval.chunk_size)
     report["topk_out"] = {"path": str(topk_out), "users": n, "k": topk}
   write_report(workdir / f"eval_{which}.json", report)
-  checkpointer.close()
   return report
