@@ -11,7 +11,7 @@ the forward and the forward+backward of one LSTM layer (input projection include
   flax_nnx           flax nnx.RNN(nnx.OptimizedLSTMCell), our weights loaded into its layout;
   cudnn_jax          cuDNN through jax.experimental.rnn.lstm (f32 only), weights packed flat;
   torch_cudnn        PyTorch nn.LSTM (cuDNN) on the same GPU, weights copied in;
-and the whole training step of a Beauty-sized model (V=12102, E=H=64, B=256, L=50) in events/s
+and the whole training step of a Beauty-sized model (V=12102, E=H=64, L=50, B=256 and 2048 rows)
 for each LSTM impl, if lstmrec_jax.model.modules and lstmrec_jax.losses are importable.
 
 Every variant is checked in the same run against an f32 reference (our lstm_recurrence in f32
@@ -374,7 +374,7 @@ BUILDERS: dict[str, Callable[..., Runner]] = {
 # ---------------------------------------------------------------------------------------------
 
 
-def build_train_step(impl: str, dtype: str, settings):
+def build_train_step(impl: str, dtype: str, settings, batch_size: int | None = None):
   """Returns (step_fn, state, make_batch, check_fn, info) for SeqRecModel + softmax CE.
 
   Raises Unavailable when lstmrec_jax.model.modules or lstmrec_jax.losses is missing.
@@ -386,6 +386,7 @@ def build_train_step(impl: str, dtype: str, settings):
   except ImportError as e:
     raise Unavailable(f"model/loss modules not importable: {e}") from e
   v, e_dim, b, l = settings.step_shape
+  b = batch_size or b
   cfg = modules.ModelConfig(num_items=v, embed_dim=e_dim, hidden_size=e_dim, lstm_impl=impl,
                             compute_dtype={"f32": "float32", "bf16": "bfloat16"}[dtype])
   model = modules.SeqRecModel(cfg, rngs=nnx.Rngs(0))
@@ -447,6 +448,7 @@ class Settings:
   step_impls: list[str]
   step_dtypes: list[str]
   step_shape: tuple[int, int, int, int]  # V, E=H, B, L
+  step_batches: list[int]  # batch sizes of the training-step rows (the first is step_shape's B)
   interpret: bool
 
 
@@ -594,22 +596,24 @@ class Suite:
   # -- full training step --------------------------------------------------------------------
 
   def step_units(self) -> None:
-    v, e_dim, b, l = self.s.step_shape
-    ref_loss: dict[str, float] = {}
-    for dtype in self.s.step_dtypes:
-      for impl in self.s.step_impls:
-        base = {"kind": "train_step", "variant": impl, "mode": "train_step", "B": b, "L": l,
-                "H": e_dim, "E": e_dim, "V": v, "dtype": dtype}
-        self.unit([base], lambda i=impl, d=dtype, r=base: self._train_step(i, d, r, ref_loss))
+    v, e_dim, _, l = self.s.step_shape
+    for b in self.s.step_batches:
+      ref_loss: dict[str, float] = {}  # per batch size: the check's f32 loss
+      for dtype in self.s.step_dtypes:
+        for impl in self.s.step_impls:
+          base = {"kind": "train_step", "variant": impl, "mode": "train_step", "B": b, "L": l,
+                  "H": e_dim, "E": e_dim, "V": v, "dtype": dtype}
+          self.unit([base], lambda i=impl, d=dtype, r=base, ref=ref_loss:
+                    self._train_step(i, d, r, ref))
 
   def _train_step(self, impl, dtype, base, ref_loss) -> None:
     row = dict(base)
     try:
       if "f32" not in ref_loss:  # the check: the xla model's f32 loss on the same batch
         with jax.default_matmul_precision("highest"):
-          _, _, make_batch, check, _ = build_train_step("xla", "f32", self.s)
+          _, _, make_batch, check, _ = build_train_step("xla", "f32", self.s, base["B"])
           ref_loss["f32"] = float(check(make_batch(99)))
-      step, state, make_batch, check, info = build_train_step(impl, dtype, self.s)
+      step, state, make_batch, check, info = build_train_step(impl, dtype, self.s, base["B"])
       row["info"] = info
       loss = float(check(make_batch(99)))
       key = jax.random.PRNGKey(0)
@@ -702,6 +706,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--dtypes", default="bf16,f32", help="comma list of bf16, f32")
   p.add_argument("--variants", default=",".join(LAYER_VARIANTS),
                  help="layer variants to run (also: pallas_persistent_stream)")
+  p.add_argument("--step_batches", default="256,2048",
+                 help="batch sizes (rows of L=50) of the full training step, most useful first")
   p.add_argument("--step_impls", default=",".join(STEP_IMPLS),
                  help="LSTM impls for the full training step ('' to skip it)")
   return p.parse_args(argv)
@@ -721,10 +727,14 @@ def make_settings(args: argparse.Namespace) -> Settings:
     shapes = _parse_shapes(args.shapes or "8x6x16", dtypes)
     step_shape = (300, 16, 8, 6)
     step_dtypes = ["f32"]
+    step_batches = [8]
   else:
     shapes = _parse_shapes(args.shapes, dtypes) if args.shapes else default_shapes(dtypes)
     step_shape = (12102, 64, 256, 50)  # Amazon Beauty: V items (+ padding row), E = H = 64
     step_dtypes = dtypes
+    # 256 rows is the CPU recipe's scale; 2048 rows is what one GPU step should be fed.
+    step_batches = [int(b) for b in args.step_batches.split(",") if b]
+    step_shape = (step_shape[0], step_shape[1], step_batches[0], step_shape[3])
   out = args.out
   if out is None:
     out = (pathlib.Path(os.environ["OUT"]) / "gpu_suite.json" if os.environ.get("OUT")
@@ -733,7 +743,7 @@ def make_settings(args: argparse.Namespace) -> Settings:
       reduced=args.reduced, runs=args.runs or (2 if args.reduced else 5),
       warmup=args.warmup if args.warmup is not None else (0 if args.reduced else 1),
       budget_s=args.budget_s, out=out, shapes=shapes, variants=variants, step_impls=step_impls,
-      step_dtypes=step_dtypes, step_shape=step_shape,
+      step_dtypes=step_dtypes, step_shape=step_shape, step_batches=step_batches,
       # Compiled Pallas needs a GPU/TPU; anywhere else (the reduced CPU run) it is interpreted.
       interpret=jax.default_backend() not in ("gpu", "tpu"))
 
