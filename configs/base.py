@@ -48,7 +48,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.compute_dtype = "float32"  # float32 | bfloat16 (matmul operands; cell state stays f32)
   c.model.param_dtype = "float32"
   c.model.hoist_input_projection = True  # one input matmul for all steps, outside the scan
-  c.model.lstm_impl = "xla"  # xla | pallas | pallas_step | pallas_persistent
+  # auto: the Pallas persistent kernel on a GPU for H <= 128, else xla | xla | pallas |
+  # pallas_step | pallas_persistent (kernels/dispatch.py)
+  c.model.lstm_impl = "auto"
   c.model.item_mode = "id"  # id | content | sum (id + content) | gate (learned per-dim mix)
   c.model.cold_id = "drop"  # items with no training event: drop (content alone) | keep id part
   c.model.cold_content_grad = True  # items with no training event (negatives only) train content
@@ -66,11 +68,18 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   c.loss.kind = "chunked"  # full | chunked (exact full softmax, no N x V logits) | sampled
-  c.loss.chunk_size = 4096  # items per chunk (chunked)
+  c.loss.chunk_size = 32768  # items per chunk (chunked); V <= this on CPU: one pass (faster)
   c.loss.num_negatives = 2048  # shared negatives (sampled)
   c.loss.alpha = 0.5  # negatives drawn by popularity**alpha (sampled)
   c.loss.in_batch_negatives = False  # sampled: the batch's targets are negatives too
   c.loss.label_smoothing = 0.0  # full and chunked, in [0, 1)
+  c.loss.train_items_only = False  # the training softmax scores only items with a training event
+  # (items new at test time are not trained as negatives); not with label_smoothing
+  c.loss.compute_dtype = "float32"  # chunked: N x V matmul operands, float32 | bfloat16 (f32 sums)
+  c.loss.one_pass = ml_collections.config_dict.placeholder(bool)  # chunked: gradients formed in
+  # the forward pass (3 matmuls, 1 exp per logit); None = on CPU when V <= chunk_size
+  c.loss.row_block = ml_collections.config_dict.placeholder(int)  # chunked: positions per cache
+  # block (None = 128 on CPU, all positions elsewhere)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-3  # peak AdamW learning rate

@@ -11,7 +11,11 @@ impl:
   "pallas_persistent"  kernels/lstm_persistent.py, the whole time loop in one kernel;
   "pallas"             the better of the two for the shape, chosen per call: persistent while the
                        padded H is <= 128 (W_hh fits on chip), else the step kernel (on TPU always
-                       persistent: the step kernel's hidden tiles are below Mosaic's 128 lanes).
+                       persistent: the step kernel's hidden tiles are below Mosaic's 128 lanes);
+  "auto"               what measured fastest (benchmarks/README.md, H200): the persistent kernel on
+                       a GPU while the padded H is <= 128, the XLA scan everywhere else (the step
+                       kernel lost to the scan at every shape, H > 128 is not measured yet; TPU
+                       is not validated). Never warns: on CPU it simply is "xla".
 Pallas on CPU can only be interpreted (slow; for tests), so a Pallas impl asked for on CPU falls
 back to "xla" with a warning, unless interpret=True was passed explicitly or the environment sets
 LSTMREC_PALLAS_INTERPRET=1 (which reaches callers that cannot pass it, e.g. `lstm_layer(impl=)`
@@ -33,7 +37,7 @@ from kernels import lstm_persistent
 from kernels import lstm_step
 from lstmrec_jax.model import lstm as lstm_lib
 
-IMPLS = ("xla", "pallas", "pallas_step", "pallas_persistent")
+IMPLS = ("xla", "auto", "pallas", "pallas_step", "pallas_persistent")
 # Padded hidden size up to which "pallas" picks the persistent kernel.
 _PERSISTENT_MAX_HIDDEN = 128
 
@@ -81,7 +85,7 @@ def get_recurrence(impl: str, *, backend: str = "auto", interpret: bool | None =
   platform = _platform(backend)
   if platform not in ("cpu", "gpu", "tpu"):
     raise ValueError(f"unknown backend {backend!r}; expected 'auto', 'cpu', 'gpu' or 'tpu'")
-  if impl == "xla":
+  if impl == "xla" or (impl == "auto" and platform != "gpu" and not interpret):
     return lstm_lib.lstm_recurrence
   if platform == "cpu" and not interpret:
     if (impl, platform) not in _warned:
@@ -98,6 +102,9 @@ def get_recurrence(impl: str, *, backend: str = "auto", interpret: bool | None =
       lstm_persistent.PersistentBlocks(), interpret=interpret, backend=kernel_backend)
 
   def choose(hidden: int):
+    if impl == "auto":
+      fits = common.next_pow2(hidden) <= _PERSISTENT_MAX_HIDDEN
+      return persistent if fits else lstm_lib.lstm_recurrence
     if impl == "pallas_step":
       return step
     if impl == "pallas_persistent" or platform == "tpu":
@@ -126,6 +133,10 @@ def resolved_impl(impl: str, hidden: int, *, backend: str = "auto",
     interpret = True
   if impl == "xla" or (platform == "cpu" and not interpret):
     return "xla"
+  if impl == "auto":
+    if platform != "gpu" and not interpret:
+      return "xla"
+    return "pallas_persistent" if common.next_pow2(hidden) <= _PERSISTENT_MAX_HIDDEN else "xla"
   if impl != "pallas":
     return impl
   if platform == "tpu" or common.next_pow2(hidden) <= _PERSISTENT_MAX_HIDDEN:

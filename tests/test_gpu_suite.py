@@ -96,3 +96,26 @@ def test_budget_guard_skips_and_records(tmp_path):
   expected = (len(doc["settings"]["variants"]) * len(doc["settings"]["shapes"]) * 2
               + len(doc["settings"]["step_impls"]))
   assert len(doc["rows"]) == expected
+
+
+def test_report_renders_reduced_run_and_marks_failed_checks(reduced_run, tmp_path):
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  try:
+    import gpu_report  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  doc = {k: v for k, v in reduced_run.items() if k != "_stdout"}
+  path = tmp_path / "run.json"
+  path.write_text(json.dumps(doc))
+  text = gpu_report.render([path])
+  shape = doc["settings"]["shapes"][0]
+  line = next(l for l in text.splitlines()
+              if l.startswith(f"| f32 | {shape['batch']} | {shape['length']} | {shape['hidden']} |"))
+  assert "FAIL" not in text and line.count("|") == 4 + 1 + len(gpu_report.LAYER_ORDER) + 1
+  assert "| pallas_persistent | f32 |" in text  # the training-step table
+  # A row whose check failed is shown as FAIL and leaves the ratio out.
+  for row in doc["rows"]:
+    if row["kind"] == "layer" and row["variant"] == "pallas_persistent":
+      row["check"] = "fail"
+  path.write_text(json.dumps(doc))
+  assert "FAIL" in gpu_report.render([path])

@@ -229,6 +229,24 @@ def test_dispatch_xla_and_cpu_fallback(caplog):
     assert dispatch.default_impl() == "xla"
 
 
+def test_dispatch_auto_picks_what_measured_fastest(caplog):
+  """'auto': the persistent kernel on a GPU while H <= 128, else the XLA scan, silently on CPU."""
+  dispatch._warned.clear()
+  with caplog.at_level(logging.WARNING, logger=dispatch.__name__):
+    assert dispatch.get_recurrence("auto", backend="cpu") is lstm_lib.lstm_recurrence
+  assert not caplog.records
+  assert dispatch.resolved_impl("auto", 64, backend="cpu") == "xla"
+  assert dispatch.resolved_impl("auto", 128, backend="gpu") == "pallas_persistent"
+  assert dispatch.resolved_impl("auto", 256, backend="gpu") == "xla"
+  assert dispatch.resolved_impl("auto", 64, backend="tpu") == "xla"
+  # Interpreted, "auto" runs the persistent kernel and gives lstm_recurrence's result.
+  args = _args(_case("ragged"))
+  expected = lstm_lib.lstm_recurrence(*args)
+  got = dispatch.get_recurrence("auto", interpret=True,
+                                persistent_blocks=lstm_persistent.PersistentBlocks(4))(*args)
+  _assert_close(got[0], expected[0], TOL["f32"], "auto")
+
+
 def test_dispatch_interpret_runs_the_kernels():
   args = _args(_case("ragged"))
   expected = lstm_lib.lstm_recurrence(*args)

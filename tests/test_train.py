@@ -97,6 +97,52 @@ def test_losses_agree_full_chunked(tiny_setup):
   assert outs["full"] == pytest.approx(outs["chunked"], rel=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["full", "chunked"])
+def test_train_items_only_equals_the_reduced_catalog(tiny_setup, kind):
+  """Left-out items vanish from the training softmax: same loss as a catalog without them, and
+  their table rows get no gradient."""
+  _, _, graphdef, params, _, batches = tiny_setup
+  batch = next(iter(batches.epoch(0)))
+  num_items = params["item_repr"]["embedding"].shape[0]
+  targets = np.unique(np.asarray(batch["targets_BxL"]))
+  mask_V = np.zeros(num_items, bool)
+  mask_V[targets[targets > 0]] = True
+  mask_V[1::3] = True  # and some non-target items
+  cfg = steps.LossConfig(kind=kind, chunk_size=32, train_items_only=True)
+  key = jax.random.PRNGKey(0)
+
+  def loss(p, mask):
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    model = nnx.merge(graphdef, p, {})
+    return steps._sequence_loss(model, batch, key, cfg, None, mask)[0]  # pylint: disable=protected-access
+
+  got, grads = jax.value_and_grad(loss)(params, jnp.asarray(mask_V))
+  # Reference: user states from the model, then a plain softmax over the kept items only.
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  model = nnx.merge(graphdef, params, {})
+  user = model(batch["inputs_BxL"], batch["mask_BxL"], batch.get("resets_BxL"),
+               dropout_key=key).reshape(-1, params["item_repr"]["embedding"].shape[1])
+  kept = np.flatnonzero(mask_V)
+  logits = np.asarray(user) @ np.asarray(model.item_table())[kept].T
+  targets_N = np.asarray(batch["targets_BxL"]).reshape(-1)
+  real = targets_N > 0
+  col = np.searchsorted(kept, targets_N[real])
+  lse = jax.nn.logsumexp(logits[real], axis=1)
+  want = float(np.mean(lse - logits[real][np.arange(real.sum()), col]))
+  assert float(got) == pytest.approx(want, rel=1e-5)
+  # Tied table: a row also gets gradient as an input; cold items never are inputs, so look at the
+  # left-out items this batch does not read.
+  unread_V = ~mask_V
+  unread_V[np.asarray(batch["inputs_BxL"]).ravel()] = False
+  unread_V[0] = False
+  assert unread_V.sum() >= 5
+  d_table = np.asarray(grads["item_repr"]["embedding"])
+  assert np.all(d_table[unread_V] == 0.0) and np.any(d_table[mask_V] != 0.0)
+  # Without the mask the same rows are trained as negatives.
+  _, grads_all = jax.value_and_grad(loss)(params, None)
+  assert np.all(np.any(np.asarray(grads_all["item_repr"]["embedding"])[unread_V] != 0.0, axis=1))
+
+
 def test_golden_loss(tmp_path):
   """Loss after a few steps on fixed seeded data.
 
@@ -154,6 +200,21 @@ def test_changed_config_refuses_to_resume(tmp_path):
   other.model.hidden_size = 8
   with pytest.raises(ValueError, match="model.hidden_size"):
     loop.train_and_evaluate(other, tmp_path / "run")
+
+
+def test_resume_accepts_keys_added_since_at_their_defaults(tmp_path):
+  """A workdir saved before a config key existed resumes while the key keeps its default."""
+  run = tmp_path / "run"
+  loop.train_and_evaluate(tiny_config(tmp_path, stop_after_steps=2), run)
+  saved = json.loads((run / "config.json").read_text())
+  del saved["loss"]["compute_dtype"]  # as if written before the key was added
+  (run / "config.json").write_text(json.dumps(saved))
+  loop.train_and_evaluate(tiny_config(tmp_path, stop_after_steps=3), run)
+  assert 3 in read_losses(run)
+  changed = tiny_config(tmp_path, stop_after_steps=4)
+  changed.loss.compute_dtype = "bfloat16"
+  with pytest.raises(ValueError, match="loss.compute_dtype"):
+    loop.train_and_evaluate(changed, run)
 
 
 def test_batch_not_divisible_by_devices_is_an_error():

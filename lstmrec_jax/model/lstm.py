@@ -197,7 +197,7 @@ def lstm_layer(params, x_BxLxE: jax.Array, mask_BxL: jax.Array,
                               jnp.zeros((batch, hidden), jnp.float32))
   h0_BxH, c0_BxH = initial_state
   if not hoist:
-    if impl != "xla":
+    if impl not in ("xla", "auto"):  # "auto" means the XLA scan whenever the kernels cannot run
       raise ValueError(f"hoist=False is only supported by impl='xla', not {impl!r}: kernels "
                        "take precomputed input projections")
     return _lstm_recurrence_unhoisted(x_BxLxE, w_ih_ExG, b_G, w_hh_HxG, mask_BxL, resets_BxL,

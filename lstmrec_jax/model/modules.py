@@ -47,7 +47,7 @@ class ModelConfig:
   compute_dtype: str = "float32"  # matmul operand dtype: "float32" | "bfloat16".
   param_dtype: str = "float32"  # parameter storage dtype: "float32" | "bfloat16".
   hoist_input_projection: bool = True  # one input matmul for all steps (False: inside the scan).
-  lstm_impl: str = "xla"  # "xla" or a name known to kernels.dispatch ("pallas", ...).
+  lstm_impl: str = "xla"  # "xla", "auto" or a name known to kernels.dispatch ("pallas", ...).
   # Item representation (model/content.py); "id" keeps the plain ItemEmbedding.
   item_mode: str = "id"  # "id" | "content" | "sum" (id + content) | "gate" (learned mix).
   cold_id: str = "drop"  # items without training events: "drop" the id part, or "keep" it.
@@ -86,7 +86,7 @@ class ModelConfig:
         problems.append(f"{name}={getattr(self, name)} must be >= 1")
     if self.max_attributes < 0:
       problems.append(f"max_attributes={self.max_attributes} must be >= 0")
-    if not self.hoist_input_projection and self.lstm_impl != "xla":
+    if not self.hoist_input_projection and self.lstm_impl not in ("xla", "auto"):
       problems.append(f"hoist_input_projection=False needs lstm_impl='xla', not "
                       f"{self.lstm_impl!r}")
     if problems:

@@ -75,6 +75,15 @@ def flatten_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def _base_defaults() -> dict[str, Any]:
+  """configs/base.py's flattened values, or {} where that package is not importable."""
+  try:
+    from configs import base  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return {}
+  return flatten_config(json.loads(base.get_base_config().to_json_best_effort()))
+
+
 def _check_saved_config(workdir: pathlib.Path, config) -> None:
   """Writes config.json on a fresh run; on resume, refuses a config that changed the run."""
   path = workdir / "config.json"
@@ -82,8 +91,11 @@ def _check_saved_config(workdir: pathlib.Path, config) -> None:
   if path.exists():
     saved = json.loads(path.read_text())
     a, b = flatten_config(saved), flatten_config(current)
+    defaults = _base_defaults()
+    # A key the saved run predates counts as unchanged while it holds its default value.
     changed = sorted(k for k in set(a) | set(b)
-                     if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+                     if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES
+                     and not (k not in a and k in defaults and b[k] == defaults[k]))
     if changed:
       raise ValueError(f"{workdir} holds a run with a different config ({', '.join(changed)}); "
                        "use another --workdir or the same config to resume")
@@ -168,9 +180,17 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, Any]:
     logging.info("resumed from %s at step %d", workdir, int(state.step))
 
   aux = {"consts": consts, "log_q_V": None}
+  trained_V = jnp.asarray(dataset.item_counts_V) > 0
+  if loss_cfg.train_items_only:
+    aux["item_mask_V"] = mesh_lib.replicate(trained_V, mesh)
+    logging.info("training softmax over the %d items with training events (%d left out)",
+                 int(trained_V[1:].sum()), int((~trained_V[1:]).sum()))
   if loss_cfg.kind == "sampled":
-    aux["log_q_V"] = mesh_lib.replicate(
-        losses.popularity_log_q(jnp.asarray(dataset.item_counts_V), loss_cfg.alpha), mesh)
+    log_q_V = losses.popularity_log_q(jnp.asarray(dataset.item_counts_V), loss_cfg.alpha)
+    if loss_cfg.train_items_only:
+      log_q_V = jnp.where(trained_V, log_q_V, -jnp.inf)
+      log_q_V = log_q_V - jax.nn.logsumexp(log_q_V)
+    aux["log_q_V"] = mesh_lib.replicate(log_q_V, mesh)
   repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
   train_fn = jax.jit(
       functools.partial(steps.train_step, graphdef=graphdef, tx=tx, loss_cfg=loss_cfg),

@@ -31,16 +31,45 @@ class LossConfig:
   compute_dtype: str = "float32"  # chunked: N x V matmul operands, float32 | bfloat16 (f32 accum)
   row_block: int | None = None  # chunked: positions per cache block (None: 128 on CPU, else N)
   one_pass: bool | None = None  # chunked: gradients in the forward pass (None: CPU and V <= chunk)
+  # Only items with a training event are candidates of the training softmax: items that are new
+  # at test time (cold) are neither negatives nor pushed down. The trainer passes the mask as
+  # aux["item_mask_V"] (and restricts the sampling distribution of "sampled" to those items).
+  train_items_only: bool = False
 
 
-def _sequence_loss(model, batch, dropout_key, loss_cfg: LossConfig, log_q_V):
-  """Softmax cross-entropy at every real position of the batch."""
+# Score of an item left out of the training softmax: exp() of it is exactly 0 in f32, and unlike
+# -inf it keeps every difference and product of the loss's backward pass finite.
+_EXCLUDED_SCORE = -1e9
+
+
+def candidate_bias(bias_V: jax.Array | None, item_mask_V: jax.Array | None) -> jax.Array | None:
+  """The item bias with `_EXCLUDED_SCORE` where item_mask_V is False (bias unchanged if no mask).
+
+  Example: candidate_bias(None, [False, True, False]) -> [-1e9, 0, -1e9].
+  """
+  if item_mask_V is None:
+    return bias_V
+  base_V = jnp.zeros(item_mask_V.shape, jnp.float32) if bias_V is None else bias_V
+  return jnp.where(item_mask_V, base_V, _EXCLUDED_SCORE)
+
+
+def _sequence_loss(model, batch, dropout_key, loss_cfg: LossConfig, log_q_V, item_mask_V=None):
+  """Softmax cross-entropy at every real position of the batch.
+
+  item_mask_V (bool, V) restricts the full and chunked softmax to the items where it is True (the
+  targets must be among them); None scores every item.
+  """
   user_BxLxE = model(batch["inputs_BxL"], batch["mask_BxL"], batch.get("resets_BxL"),
                      dropout_key=dropout_key)
   user_NxE = user_BxLxE.reshape(-1, user_BxLxE.shape[-1])
   targets_N = batch["targets_BxL"].reshape(-1)
   weights_N = (targets_N > 0).astype(jnp.float32)
   table_VxE, bias_V = model.item_table(), model.item_bias()
+  if loss_cfg.kind != "sampled":  # sampled: the sampling distribution already excludes them
+    if item_mask_V is not None and loss_cfg.label_smoothing:
+      raise ValueError("loss.train_items_only does not combine with loss.label_smoothing (the "
+                       "smoothing term averages over every item)")
+    bias_V = candidate_bias(bias_V, item_mask_V)
   if loss_cfg.kind == "full":
     return losses.softmax_cross_entropy(user_NxE, table_VxE, bias_V, targets_N, weights_N,
                                         label_smoothing=loss_cfg.label_smoothing)
@@ -65,14 +94,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, An
                loss_cfg: LossConfig) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a (global) batch; returns the new state and scalar metrics.
 
-  `aux` holds what the step reads but never changes: `consts` (the model's non-parameter state)
-  and `log_q_V` (sampling log-probabilities, for the sampled loss; else None).
+  `aux` holds what the step reads but never changes: `consts` (the model's non-parameter state),
+  `log_q_V` (sampling log-probabilities, for the sampled loss; else None) and optionally
+  `item_mask_V` (the candidates of the training softmax, `LossConfig.train_items_only`).
   """
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, aux["consts"])
-    loss, _ = _sequence_loss(model, batch, dropout_key, loss_cfg, aux.get("log_q_V"))
+    loss, _ = _sequence_loss(model, batch, dropout_key, loss_cfg, aux.get("log_q_V"),
+                             aux.get("item_mask_V"))
     return loss
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
