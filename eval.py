@@ -2,6 +2,7 @@
 
   python eval.py --workdir runs/beauty                      # best checkpoint, valid + test
   python eval.py --workdir runs/beauty --checkpoint latest --topk_out top10.tsv
+  python eval.py --summarize runs/beauty_s0,runs/beauty_s1,runs/beauty_s2   # mean +- std
 """
 
 import os
@@ -20,10 +21,29 @@ flags.DEFINE_string("topk_out", None, "Write each test user's top-K next items h
 flags.DEFINE_integer("topk", 10, "K for --topk_out.")
 flags.DEFINE_string("data_path", None, "Override the run's data.path.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (several hosts).")
+flags.DEFINE_list("summarize", None, "Workdirs (e.g. one config, several seeds) whose saved "
+                  "eval_<checkpoint>.json reports are summarized as mean +- std; no evaluation.")
+flags.DEFINE_string("summary_split", "test", "The split --summarize reads.")
 FLAGS = flags.FLAGS
 
 
+def summarize() -> None:
+  import json
+  import pathlib
+  from lstmrec_jax.train import evaluate
+  reports = []
+  for workdir in FLAGS.summarize:
+    path = pathlib.Path(workdir) / f"eval_{FLAGS.checkpoint}.json"
+    if not path.is_file():
+      raise FileNotFoundError(f"{path}: no report; run python eval.py --workdir {workdir} first")
+    reports.append(json.loads(path.read_text()))
+  print(evaluate.format_summary(evaluate.summarize_reports(reports, FLAGS.summary_split)))
+
+
 def main():
+  if FLAGS.summarize:
+    summarize()
+    return
   import jax
   if FLAGS.distributed:
     jax.distributed.initialize()

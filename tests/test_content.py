@@ -165,6 +165,34 @@ def test_gate_gives_cold_items_content_alone():
   np.testing.assert_allclose(table[8], np.asarray(table_of(gc, merged, cc))[8], atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["sum", "gate"])
+def test_id_dropout_scores_dropped_items_by_content_alone(mode):
+  """Dropped items' rows equal the content-only rows (as a cold item's); the rest keep their id;
+  no key, no dropout; the step's mask is drawn once and reaches the input and output alike."""
+  graphdef, params, consts = toy_model(mode, id_dropout=0.5)
+  model = nnx.merge(graphdef, params, consts)
+  assert model.id_keep_mask(None) is None
+  keep_V = np.array(model.id_keep_mask(jax.random.PRNGKey(3)))
+  keep_V[8] = True  # the cold item is content-only anyway; look at warm items
+  assert 0 < (~keep_V[1:8]).sum() < 7
+  table = np.asarray(model.item_table(jnp.asarray(keep_V)))
+  full = np.asarray(nnx.merge(graphdef, params, consts).item_table())
+  cold_like = np.asarray(content_model.HybridItemRepr._compute_table(  # pylint: disable=protected-access
+      model.item_repr, jnp.zeros(V, bool)))
+  dropped = np.flatnonzero(~keep_V)
+  np.testing.assert_allclose(table[dropped], cold_like[dropped], atol=1e-6)
+  np.testing.assert_allclose(table[keep_V], full[keep_V], atol=1e-6)
+  assert not np.allclose(table[dropped], full[dropped])
+  # In the training step the same mask serves the inputs and the output table.
+  batch = {"inputs_BxL": jnp.array([[1, 2, 3, 4, 0]]), "targets_BxL": jnp.array([[2, 3, 4, 5, 0]]),
+           "mask_BxL": jnp.array([[True] * 4 + [False]])}
+  loss = steps._sequence_loss(model, batch, jax.random.PRNGKey(3), steps.LossConfig(kind="full"),
+                              None)[0]
+  assert np.isfinite(float(loss))
+  with pytest.raises(ValueError, match="id_dropout"):
+    modules.ModelConfig(num_items=V, id_dropout=0.3)  # id-only: nothing to drop to
+
+
 def test_content_arrays_are_constants_not_parameters():
   graphdef, params, consts = toy_model("sum")
   const_paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(consts)}

@@ -267,3 +267,24 @@ def test_resume_on_another_device_count(tmp_path):
   assert set(moved) == set(full)
   for s in sorted(full):
     assert moved[s] == pytest.approx(full[s], rel=1e-4), f"step {s}"
+
+
+def test_summarize_reports_mean_and_sample_std():
+  def report(ndcg, hr, pop):
+    overall = {k: 0.0 for k in evaluate.SUMMARY_KEYS}
+    overall.update({"NDCG@10": ndcg, "HR@10": hr})
+    return {"workdir": f"run_{ndcg}", "step": 10,
+            "splits": {"test": {"model": {"overall": overall},
+                                "popularity": {"overall": {**overall, "NDCG@10": pop}}}}}
+
+  s = evaluate.summarize_reports([report(0.04, 0.07, 0.005), report(0.05, 0.08, 0.005),
+                                  report(0.06, 0.09, 0.005)])
+  assert s["runs"] == 3
+  assert s["model"]["NDCG@10"] == pytest.approx((0.05, 0.01))  # sample std (ddof 1)
+  assert s["model"]["HR@10"] == pytest.approx((0.08, 0.01))
+  assert s["popularity"]["NDCG@10"][0] == pytest.approx(0.005)
+  text = evaluate.format_summary(s)
+  assert "**0.0500** +- 0.0100" in text and text.count("| run_") == 3
+  assert evaluate.summarize_reports([report(0.04, 0.07, 0.0)])["model"]["NDCG@10"] == (0.04, 0.0)
+  with pytest.raises(ValueError, match="no reports"):
+    evaluate.summarize_reports([])

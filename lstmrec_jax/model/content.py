@@ -195,7 +195,7 @@ class HybridItemRepr(nnx.Module):
     parts = [tower() for tower in (self.attributes, self.title) if tower is not None]
     return parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
 
-  def _compute_table(self) -> jax.Array:
+  def _compute_table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
     content_VxE = self.content()
     known_V1 = self.known_V[...][:, None]
     if not self.cold_content_grad:
@@ -208,6 +208,8 @@ class HybridItemRepr(nnx.Module):
       id_VxE = self.embedding[...].astype(jnp.float32)
       if self.cold_id == "drop":
         id_VxE = jnp.where(known_V1, id_VxE, 0.0)
+      if id_keep_V is not None:  # id dropout: these items are scored like cold ones this step
+        id_VxE = jnp.where(id_keep_V[:, None], id_VxE, 0.0)
       if self.gate is None:
         table_VxE = id_VxE + content_VxE
       else:
@@ -215,24 +217,29 @@ class HybridItemRepr(nnx.Module):
                                .astype(jnp.float32))
         if self.cold_id == "drop":
           g_VxE = jnp.where(known_V1, g_VxE, 0.0)  # content alone when cold
+        if id_keep_V is not None:
+          g_VxE = jnp.where(id_keep_V[:, None], g_VxE, 0.0)
         table_VxE = g_VxE * id_VxE + (1.0 - g_VxE) * content_VxE
     # Row 0 is padding: zero, like the inputs' padding positions.
     return table_VxE.at[0].set(0.0).astype(self.param_dtype)
 
-  def table(self) -> jax.Array:
-    """The V x E item table (computed once per instance and parameter values)."""
-    key = tuple(jax.tree.leaves(nnx.state(self)))
+  def table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
+    """The V x E item table (computed once per instance, parameter values and id-dropout mask).
+
+    id_keep_V: bool (V,), items keeping their id part this step (id dropout); None: all.
+    """
+    key = tuple(jax.tree.leaves(nnx.state(self))) + (id_keep_V,)
     cached = _TABLE_CACHE.get(self)
     if cached is not None and len(cached[0]) == len(key) and all(
         a is b for a, b in zip(cached[0], key)):
       return cached[1]
-    table_VxE = self._compute_table()
+    table_VxE = self._compute_table(id_keep_V)
     _TABLE_CACHE[self] = (key, table_VxE)
     return table_VxE
 
-  def lookup(self, ids: jax.Array) -> jax.Array:
-    """Rows of `table()` for `ids` (any shape), zeros for the padding id 0."""
-    table_VxE = self.table()
+  def lookup(self, ids: jax.Array, id_keep_V: jax.Array | None = None) -> jax.Array:
+    """Rows of `table(id_keep_V)` for `ids` (any shape), zeros for the padding id 0."""
+    table_VxE = self.table(id_keep_V)
     emb = jnp.take(table_VxE, ids, axis=0)
     return jnp.where((ids > 0)[..., None], emb, 0).astype(emb.dtype)
 

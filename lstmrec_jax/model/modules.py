@@ -52,6 +52,10 @@ class ModelConfig:
   item_mode: str = "id"  # "id" | "content" | "sum" (id + content) | "gate" (learned mix).
   cold_id: str = "drop"  # items without training events: "drop" the id part, or "keep" it.
   cold_content_grad: bool = True  # items without training events (negatives only) train content.
+  # DropoutNet-style: each training step this share of the items lose their id part (input and
+  # output table alike), so the user state also learns to score items by content alone, as cold
+  # items are scored. "sum" and "gate" only; needs the step to pass `id_keep_mask(key)` along.
+  id_dropout: float = 0.0
   content_attributes: bool = True  # attribute / tag / genre sets, when the data has them.
   content_titles: bool = True  # title text through an LSTM, when the data has titles.
   max_attributes: int = 0  # A, attributes kept per item; 0 means the longest set.
@@ -86,6 +90,11 @@ class ModelConfig:
         problems.append(f"{name}={getattr(self, name)} must be >= 1")
     if self.max_attributes < 0:
       problems.append(f"max_attributes={self.max_attributes} must be >= 0")
+    if not 0.0 <= self.id_dropout < 1.0:
+      problems.append(f"id_dropout={self.id_dropout} must be in [0, 1)")
+    elif self.id_dropout and self.item_mode not in ("sum", "gate"):
+      problems.append(f"id_dropout={self.id_dropout} needs item_mode 'sum' or 'gate' (an item "
+                      f"with content and an id), not {self.item_mode!r}")
     if not self.hoist_input_projection and self.lstm_impl not in ("xla", "auto"):
       problems.append(f"hoist_input_projection=False needs lstm_impl='xla', not "
                       f"{self.lstm_impl!r}")
@@ -204,9 +213,17 @@ class SeqRecModel(nnx.Module):
       self.output_embedding = nnx.Param(init(rngs.params(), (cfg.num_items, e), param_dtype))
     self.bias = (nnx.Param(jnp.zeros((cfg.num_items,), param_dtype)) if cfg.item_bias else None)
 
+  def id_keep_mask(self, dropout_key: jax.Array | None) -> jax.Array | None:
+    """bool (V,): items that keep their id part this step; None without id dropout or key."""
+    if dropout_key is None or not self.cfg.id_dropout:
+      return None
+    key = jax.random.fold_in(dropout_key, 0x1D)  # a stream apart from the activation dropouts
+    return jax.random.bernoulli(key, 1.0 - self.cfg.id_dropout, (self.cfg.num_items,))
+
   def __call__(self, inputs_BxL: jax.Array, mask_BxL: jax.Array,
                resets_BxL: jax.Array | None = None, *,
-               dropout_key: jax.Array | None = None) -> jax.Array:
+               dropout_key: jax.Array | None = None,
+               id_keep_V: jax.Array | None = None) -> jax.Array:
     """Encodes histories into one user state per position.
 
     Args:
@@ -215,6 +232,8 @@ class SeqRecModel(nnx.Module):
       resets_BxL: True where a new user's history starts inside a packed row; None for none.
       dropout_key: PRNG key enabling dropout (e.g. `jax.random.fold_in(key, step)`); None for
         evaluation.
+      id_keep_V: `id_keep_mask(dropout_key)` for id dropout (pass the same mask to
+        `item_table`); None for none.
 
     Returns:
       user_BxLxE in f32: the state after each position's item, zeros at padded positions.
@@ -224,7 +243,8 @@ class SeqRecModel(nnx.Module):
     k_embed = k_layers = k_out = None
     if dropout_key is not None:
       k_embed, k_layers, k_out = jax.random.split(dropout_key, 3)
-    x_BxLxE = self.item_repr.lookup(inputs_BxL)
+    x_BxLxE = (self.item_repr.lookup(inputs_BxL) if id_keep_V is None
+               else self.item_repr.lookup(inputs_BxL, id_keep_V=id_keep_V))
     x_BxLxE = jnp.where(mask_BxL[..., None], x_BxLxE, 0).astype(x_BxLxE.dtype)
     x_BxLxE = lstm.dropout(k_embed, x_BxLxE, cfg.embed_dropout)
     h_BxLxH, _ = lstm.lstm_stack(
@@ -242,10 +262,15 @@ class SeqRecModel(nnx.Module):
     # Projection, FFN and norm biases would otherwise make padded positions nonzero.
     return jnp.where(mask_BxL[..., None], u_BxLxE, 0.0)
 
-  def item_table(self) -> jax.Array:
-    """The V x E output item table: the input table when tied, else the separate one."""
+  def item_table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
+    """The V x E output item table: the input table when tied, else the separate one.
+
+    id_keep_V: the step's id-dropout mask (`id_keep_mask`), None for none.
+    """
     if self.output_embedding is None:
-      return self.item_repr.table()
+      if id_keep_V is None:
+        return self.item_repr.table()
+      return self.item_repr.table(id_keep_V=id_keep_V)
     return self.output_embedding[...]
 
   def item_bias(self) -> jax.Array | None:

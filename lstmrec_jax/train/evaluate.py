@@ -128,6 +128,49 @@ def format_table(report: dict[str, Any], keys: Sequence[str] = (
   return "\n".join(lines)
 
 
+SUMMARY_KEYS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")
+
+
+def summarize_reports(reports: Sequence[dict[str, Any]], split: str = "test",
+                      keys: Sequence[str] = SUMMARY_KEYS) -> dict[str, Any]:
+  """Mean and sample standard deviation (ddof 1; 0 for one run) of each metric over runs.
+
+  `reports` are the JSON reports `evaluate_checkpoint` writes (e.g. the same config, seeds 0-2).
+  Returns {"runs": n, "model": {key: (mean, std)}, "popularity": {...}, "per_run": [...]}.
+  """
+  if not reports:
+    raise ValueError("no reports to summarize")
+  out: dict[str, Any] = {"runs": len(reports), "split": split, "per_run": []}
+  for scorer in ("model", "popularity"):
+    values = {}
+    for k in keys:
+      try:
+        xs = np.array([r["splits"][split][scorer]["overall"][k] for r in reports], np.float64)
+      except KeyError as e:
+        raise ValueError(f"a report has no {split}/{scorer}/{k}: {e}") from e
+      values[k] = (float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0)
+    out[scorer] = values
+  for r in reports:
+    out["per_run"].append({"workdir": r.get("workdir"), "step": r.get("step"),
+                           **{k: r["splits"][split]["model"]["overall"][k] for k in keys}})
+  return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  """A Markdown table: one row per run, then mean +- std, then the popularity baseline."""
+  keys = [k for k in SUMMARY_KEYS if k in summary["model"]]
+  lines = [f"{summary['split']}, {summary['runs']} runs", "",
+           "| run | step | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+  for r in summary["per_run"]:
+    lines.append(f"| {r['workdir']} | {r['step']} | "
+                 + " | ".join(f"{r[k]:.4f}" for k in keys) + " |")
+  lines.append("| **mean +- std** | | " + " | ".join(
+      f"**{m:.4f}** +- {sd:.4f}" for m, sd in (summary["model"][k] for k in keys)) + " |")
+  lines.append("| popularity | | " + " | ".join(
+      f"{summary['popularity'][k][0]:.4f}" for k in keys) + " |")
+  return "\n".join(lines)
+
+
 def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str], mesh: Mesh,
                     batch_size: int, max_len: int, exclude_seen: bool = True,
                     chunk_size: int = 8192) -> dict[str, Any]:

@@ -120,8 +120,9 @@ class _Logger:
     for k, v in scalars.items():
       self.tb.add_scalar((prefix + k).replace("@", "_at_"), v, step)  # TB tags: no '@'
 
-    self.jsonl.write(json.dumps({"step": step, **{prefix + k: v for k, v in scalars.items()}})
-                     + "\n")
+    # "time" (unix seconds) dates every row, e.g. how long a run took to reach its best checkpoint.
+    self.jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3),
+                                 **{prefix + k: v for k, v in scalars.items()}}) + "\n")
     self.jsonl.flush()
 
   def close(self) -> None:

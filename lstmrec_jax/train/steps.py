@@ -59,12 +59,13 @@ def _sequence_loss(model, batch, dropout_key, loss_cfg: LossConfig, log_q_V, ite
   item_mask_V (bool, V) restricts the full and chunked softmax to the items where it is True (the
   targets must be among them); None scores every item.
   """
+  id_keep_V = model.id_keep_mask(dropout_key)  # None unless model.id_dropout > 0
   user_BxLxE = model(batch["inputs_BxL"], batch["mask_BxL"], batch.get("resets_BxL"),
-                     dropout_key=dropout_key)
+                     dropout_key=dropout_key, id_keep_V=id_keep_V)
   user_NxE = user_BxLxE.reshape(-1, user_BxLxE.shape[-1])
   targets_N = batch["targets_BxL"].reshape(-1)
   weights_N = (targets_N > 0).astype(jnp.float32)
-  table_VxE, bias_V = model.item_table(), model.item_bias()
+  table_VxE, bias_V = model.item_table(id_keep_V), model.item_bias()
   if loss_cfg.kind != "sampled":  # sampled: the sampling distribution already excludes them
     if item_mask_V is not None and loss_cfg.label_smoothing:
       raise ValueError("loss.train_items_only does not combine with loss.label_smoothing (the "
