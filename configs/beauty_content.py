@@ -17,7 +17,10 @@ from configs import beauty
 def get_config(arg: str | None = None):
   """`arg` "cold" turns on the cold-item split (10% of items, seed 0)."""
   c = beauty.get_config()
+  # The Beauty recipe is already hybrid; this file keeps the E = H = 64 of the content runs.
   c.model.item_mode = "sum"
+  c.model.embed_dim = 64
+  c.model.hidden_size = 64
   if arg == "cold":
     c.cold_start.item_fraction = 0.1
   elif arg:
