@@ -186,7 +186,7 @@ def main(argv=None) -> dict[str, Any]:
     print("ROW " + json.dumps(run_variant(args.only, args)), flush=True)
     return {}
 
-  from train_throughput import load_average, machine_info
+  from train_throughput import load_average, machine_info, write_result
   names = ["train_chunked", "train_sampled", "train_full"] + [
       f"eval_V{int(v)}" for v in args.eval_items.split(",") if v]
   if args.variants:
@@ -211,12 +211,7 @@ def main(argv=None) -> dict[str, Any]:
             "load_average_after": load_average(),
             "settings": {k: v for k, v in vars(args).items() if k not in ("out", "only")},
             "variants": rows}
-  out = args.out or str(REPO / "benchmarks" / "results" /
-                        f"cpu_catalog_scale_{datetime.date.today().isoformat()}")
-  pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-  pathlib.Path(out + ".json").write_text(json.dumps(result, indent=1) + "\n")
-  pathlib.Path(out + ".md").write_text(markdown(result))
-  print(markdown(result))
+  write_result(result, args.out, "cpu_catalog_scale", markdown)
   return result
 
 

@@ -89,6 +89,18 @@ def load_average() -> list[float]:
   return [round(x, 2) for x in os.getloadavg()]
 
 
+def write_result(result: dict[str, Any], out: str, default_stem: str,
+                 markdown_fn: Callable[[dict[str, Any]], str]) -> None:
+  """<out>.json and <out>.md (default: benchmarks/results/<default_stem>_<date>); prints the md."""
+  out = out or str(REPO / "benchmarks" / "results" /
+                   f"{default_stem}_{datetime.date.today().isoformat()}")
+  pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
+  pathlib.Path(out + ".json").write_text(json.dumps(result, indent=1) + "\n")
+  text = markdown_fn(result)
+  pathlib.Path(out + ".md").write_text(text)
+  print(text)
+
+
 def default_data_path() -> str:
   shared = os.environ.get("LSTMREC_SHARED_DATA")
   base = pathlib.Path(shared) if shared else REPO.parent / "shared" / "data"
@@ -454,12 +466,7 @@ def main(argv=None) -> dict[str, Any]:
       "data": facts, "reference": REFERENCE, "variants": summarize(variants, args.steps),
       "skipped": skipped,
       "targets": {"exact_full_softmax_events_per_s": 20_000, "sampled_events_per_s": 50_000}}
-  out = args.out or str(REPO / "benchmarks" / "results" /
-                        f"cpu_train_throughput_{datetime.date.today().isoformat()}")
-  pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-  pathlib.Path(out + ".json").write_text(json.dumps(result, indent=1) + "\n")
-  pathlib.Path(out + ".md").write_text(markdown(result))
-  print(markdown(result))
+  write_result(result, args.out, "cpu_train_throughput", markdown)
   return result
 
 

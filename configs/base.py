@@ -106,3 +106,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.exclude_seen = True  # remove the user's history items from the ranking
   c.eval.chunk_size = 8192  # items per ranking chunk (bounds memory at large V)
   return c
+
+
+def apply_cold_arg(c: ml_collections.ConfigDict, arg: str | None, name: str):
+  """A config file's optional argument: "cold" turns on the cold-item split (10% of the items,
+  seed 0), none leaves `c` as it is; `name` (the file) goes into the error for anything else."""
+  if arg == "cold":
+    c.cold_start.item_fraction = 0.1
+  elif arg:
+    raise ValueError(f"{name} takes no argument or 'cold', got {arg!r}")
+  return c

@@ -11,6 +11,7 @@ The file has no titles: the content is the item2attributes sets (637 attributes,
 2 shared CPU cores: minutes per epoch; docs/results.md says how long the reported runs trained.
 """
 
+from configs import base
 from configs import beauty
 
 
@@ -21,8 +22,4 @@ def get_config(arg: str | None = None):
   c.model.item_mode = "sum"
   c.model.embed_dim = 64
   c.model.hidden_size = 64
-  if arg == "cold":
-    c.cold_start.item_fraction = 0.1
-  elif arg:
-    raise ValueError(f"configs/beauty_content.py takes no argument or 'cold', got {arg!r}")
-  return c
+  return base.apply_cold_arg(c, arg, "configs/beauty_content.py")

@@ -13,6 +13,7 @@ To put new items into the full-catalog top 10 (at a cost on warm items; docs/res
 2 shared CPU cores: a few minutes per run. Numbers: docs/results.md, "Item content and cold start".
 """
 
+from configs import base
 from configs import ml100k
 
 
@@ -22,8 +23,4 @@ def get_config(arg: str | None = None):
   c.model.item_mode = "sum"
   c.model.title_max_tokens = 16
   c.model.title_min_count = 2
-  if arg == "cold":
-    c.cold_start.item_fraction = 0.1
-  elif arg:
-    raise ValueError(f"configs/ml100k_content.py takes no argument or 'cold', got {arg!r}")
-  return c
+  return base.apply_cold_arg(c, arg, "configs/ml100k_content.py")

@@ -43,6 +43,11 @@ _PERSISTENT_MAX_HIDDEN = 128
 
 INTERPRET_ENV = "LSTMREC_PALLAS_INTERPRET"
 
+
+def _fits_persistent(hidden: int) -> bool:
+  """Whether W_hh of hidden size H is small enough for the persistent kernel (padded H <= 128)."""
+  return common.next_pow2(hidden) <= _PERSISTENT_MAX_HIDDEN
+
 _log = logging.getLogger(__name__)
 _warned: set[tuple[str, str]] = set()
 
@@ -103,13 +108,12 @@ def get_recurrence(impl: str, *, backend: str = "auto", interpret: bool | None =
 
   def choose(hidden: int):
     if impl == "auto":
-      fits = common.next_pow2(hidden) <= _PERSISTENT_MAX_HIDDEN
-      return persistent if fits else lstm_lib.lstm_recurrence
+      return persistent if _fits_persistent(hidden) else lstm_lib.lstm_recurrence
     if impl == "pallas_step":
       return step
     if impl == "pallas_persistent" or platform == "tpu":
       return persistent
-    return persistent if common.next_pow2(hidden) <= _PERSISTENT_MAX_HIDDEN else step
+    return persistent if _fits_persistent(hidden) else step
 
   def recurrence(xp_BxLxG, w_hh_HxG, mask_BxL, resets_BxL, h0_BxH, c0_BxH, *,
                  compute_dtype=jnp.float32):
@@ -136,9 +140,9 @@ def resolved_impl(impl: str, hidden: int, *, backend: str = "auto",
   if impl == "auto":
     if platform != "gpu" and not interpret:
       return "xla"
-    return "pallas_persistent" if common.next_pow2(hidden) <= _PERSISTENT_MAX_HIDDEN else "xla"
+    return "pallas_persistent" if _fits_persistent(hidden) else "xla"
   if impl != "pallas":
     return impl
-  if platform == "tpu" or common.next_pow2(hidden) <= _PERSISTENT_MAX_HIDDEN:
+  if platform == "tpu" or _fits_persistent(hidden):
     return "pallas_persistent"
   return "pallas_step"

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs import default as default_config
 from lstmrec_jax import data as data_lib
@@ -112,13 +113,11 @@ def test_train_items_only_equals_the_reduced_catalog(tiny_setup, kind):
   key = jax.random.PRNGKey(0)
 
   def loss(p, mask):
-    from flax import nnx  # pylint: disable=g-import-not-at-top
     model = nnx.merge(graphdef, p, {})
     return steps._sequence_loss(model, batch, key, cfg, None, mask)[0]  # pylint: disable=protected-access
 
   got, grads = jax.value_and_grad(loss)(params, jnp.asarray(mask_V))
   # Reference: user states from the model, then a plain softmax over the kept items only.
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   model = nnx.merge(graphdef, params, {})
   user = model(batch["inputs_BxL"], batch["mask_BxL"], batch.get("resets_BxL"),
                dropout_key=key).reshape(-1, params["item_repr"]["embedding"].shape[1])

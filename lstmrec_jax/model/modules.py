@@ -147,12 +147,16 @@ class ItemEmbedding(nnx.Module):
     init = jax.nn.initializers.normal(stddev=embed_dim ** -0.5)
     self.embedding = nnx.Param(init(rngs.params(), (num_items, embed_dim), param_dtype))
 
-  def table(self) -> jax.Array:
+  # id_keep_V: HybridItemRepr's id-dropout mask; an id-only item has nothing to fall back to,
+  # so ModelConfig refuses id_dropout here and the mask is always None.
+  def table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
     """The V x E item table."""
+    del id_keep_V
     return self.embedding[...]
 
-  def lookup(self, ids: jax.Array) -> jax.Array:
+  def lookup(self, ids: jax.Array, id_keep_V: jax.Array | None = None) -> jax.Array:
     """Embeddings of `ids` (any shape) with zeros for the padding id 0."""
+    del id_keep_V
     emb = jnp.take(self.embedding[...], ids, axis=0)
     return jnp.where((ids > 0)[..., None], emb, 0).astype(emb.dtype)
 
@@ -243,8 +247,7 @@ class SeqRecModel(nnx.Module):
     k_embed = k_layers = k_out = None
     if dropout_key is not None:
       k_embed, k_layers, k_out = jax.random.split(dropout_key, 3)
-    x_BxLxE = (self.item_repr.lookup(inputs_BxL) if id_keep_V is None
-               else self.item_repr.lookup(inputs_BxL, id_keep_V=id_keep_V))
+    x_BxLxE = self.item_repr.lookup(inputs_BxL, id_keep_V)
     x_BxLxE = jnp.where(mask_BxL[..., None], x_BxLxE, 0).astype(x_BxLxE.dtype)
     x_BxLxE = lstm.dropout(k_embed, x_BxLxE, cfg.embed_dropout)
     h_BxLxH, _ = lstm.lstm_stack(
@@ -268,9 +271,7 @@ class SeqRecModel(nnx.Module):
     id_keep_V: the step's id-dropout mask (`id_keep_mask`), None for none.
     """
     if self.output_embedding is None:
-      if id_keep_V is None:
-        return self.item_repr.table()
-      return self.item_repr.table(id_keep_V=id_keep_V)
+      return self.item_repr.table(id_keep_V)
     return self.output_embedding[...]
 
   def item_bias(self) -> jax.Array | None:

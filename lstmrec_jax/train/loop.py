@@ -181,13 +181,14 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, Any]:
     logging.info("resumed from %s at step %d", workdir, int(state.step))
 
   aux = {"consts": consts, "log_q_V": None}
-  trained_V = jnp.asarray(dataset.item_counts_V) > 0
+  counts_V = jnp.asarray(dataset.item_counts_V)
+  trained_V = counts_V > 0
   if loss_cfg.train_items_only:
     aux["item_mask_V"] = mesh_lib.replicate(trained_V, mesh)
     logging.info("training softmax over the %d items with training events (%d left out)",
                  int(trained_V[1:].sum()), int((~trained_V[1:]).sum()))
   if loss_cfg.kind == "sampled":
-    log_q_V = losses.popularity_log_q(jnp.asarray(dataset.item_counts_V), loss_cfg.alpha)
+    log_q_V = losses.popularity_log_q(counts_V, loss_cfg.alpha)
     if loss_cfg.train_items_only:
       log_q_V = jnp.where(trained_V, log_q_V, -jnp.inf)
       log_q_V = log_q_V - jax.nn.logsumexp(log_q_V)
