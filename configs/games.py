@@ -14,9 +14,16 @@ def get_config():
   c.data.format = "pairs"
   c.data.path = "../shared/data/amazon-games/Video.txt"
   c.input.max_len = 50
+  # The Beauty recipe's model without attributes (Video.txt has none): id items, E = H = 128,
+  # layer norm on the user state, weight decay 0.1. Validation NDCG@10 0.0646 (E = 64, no norm,
+  # 80 epochs) -> 0.0698 (this, 20 epochs, seed 0): docs/results.md.
+  c.model.embed_dim = 128
+  c.model.hidden_size = 128
+  c.model.layer_norm = True
   c.input.batch_size = 32  # packed rows; see configs/beauty.py
   c.optim.learning_rate = 2e-3
-  c.train.num_epochs = 80
-  c.train.eval_every_steps = 600  # ~5 epochs
+  c.optim.weight_decay = 0.1
+  c.train.num_epochs = 20
+  c.train.eval_every_steps = 226  # 2 epochs
   c.train.patience = 4
   return c
