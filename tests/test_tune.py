@@ -6,7 +6,9 @@ import pathlib
 import pytest
 
 from configs import base as base_config
+from configs import beauty as beauty_config
 from configs import default as default_config
+from configs import games as games_config
 from configs.spaces import lstm as lstm_space
 from lstmrec_jax.train import loop, tune
 
@@ -98,7 +100,8 @@ def test_bad_space_is_an_error_naming_the_key(tmp_path, space, match):
     tune.validate_space(space, tiny_config(tmp_path))
 
 
-@pytest.mark.parametrize("get_config", [base_config.get_base_config, default_config.get_config])
+@pytest.mark.parametrize("get_config", [base_config.get_base_config, default_config.get_config,
+                                        beauty_config.get_config, games_config.get_config])
 def test_lstm_space_fits_the_configs(get_config):
   space = lstm_space.get_space()
   config = get_config()
