@@ -59,24 +59,32 @@ def run_variant(name: str, args) -> dict[str, Any]:
   """Runs one variant in this process; returns its row."""
   import jax
   import jax.numpy as jnp
+  from configs import base
   from lstmrec_jax import losses
+  from lstmrec_jax import run as run_lib
+  from lstmrec_jax.evaluation import ranking
   from lstmrec_jax.model import modules
   from lstmrec_jax.train import state as state_lib
   from lstmrec_jax.train import steps as steps_lib
+
+  def model_config(v):
+    return modules.ModelConfig.from_mapping(
+        base.group("model", embed_dim=args.embed, hidden_size=args.embed), num_items=v,
+        max_len=args.max_len)
 
   rng = np.random.default_rng(args.seed)
   row: dict[str, Any] = {"name": name}
   if name.startswith("train_"):
     kind = name.removeprefix("train_")
     v = args.num_items
-    model_cfg = modules.ModelConfig(num_items=v, embed_dim=args.embed, hidden_size=args.embed)
+    model_cfg = model_config(v)
     graphdef, params, consts = state_lib.create_model(model_cfg, args.seed)
-    tx = state_lib.make_optimizer(state_lib.OptimConfig(), total_steps=1000)
-    loss_cfg = steps_lib.LossConfig(kind=kind, chunk_size=args.chunk_size,
-                                    num_negatives=args.num_negatives)
+    tx = state_lib.make_optimizer(run_lib.build_group(state_lib.OptimConfig, "optim", base.group("optim")), total_steps=1000)
+    loss_cfg = losses.LossConfig.from_mapping(base.group(
+        "loss", kind=kind, chunk_size=args.chunk_size, num_negatives=args.num_negatives))
     counts_V = np.bincount(_zipf_ids(rng, v, 10 * v), minlength=v)
     aux = {"consts": consts, "log_q_V": losses.popularity_log_q(jnp.asarray(counts_V), 0.5)
-           if kind == "sampled" else None}
+           if losses.needs_log_q(kind) else None}
     fn = jax.jit(functools.partial(steps_lib.train_step, graphdef=graphdef, tx=tx,
                                    loss_cfg=loss_cfg), donate_argnums=0)
     b, l = args.batch_size, args.max_len
@@ -107,9 +115,9 @@ def run_variant(name: str, args) -> dict[str, Any]:
       row["last_loss"] = float(out["loss"])
   elif name.startswith("eval_V"):
     v = int(float(name.removeprefix("eval_V")))
-    model_cfg = modules.ModelConfig(num_items=v, embed_dim=args.embed, hidden_size=args.embed)
+    model_cfg = model_config(v)
     graphdef, params, consts = state_lib.create_model(model_cfg, args.seed)
-    fn = jax.jit(functools.partial(steps_lib.eval_step, graphdef=graphdef, exclude_seen=True,
+    fn = jax.jit(functools.partial(ranking.eval_step, graphdef=graphdef, exclude_seen=True,
                                    chunk_size=args.eval_chunk_size))
     b, l = args.eval_batch_size, args.max_len
     batches = []

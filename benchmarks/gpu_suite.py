@@ -70,7 +70,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from kernels import dispatch  # pylint: disable=g-import-not-at-top
 from kernels import lstm_persistent  # pylint: disable=g-import-not-at-top
 from kernels import lstm_step  # pylint: disable=g-import-not-at-top
-from lstmrec_jax.model import lstm as lstm_lib  # pylint: disable=g-import-not-at-top
+from lstmrec_jax.core import lstm as lstm_lib  # pylint: disable=g-import-not-at-top
 
 LAYER_VARIANTS = ("xla", "pallas_step", "pallas_persistent", "flax_nnx", "cudnn_jax",
                   "torch_cudnn")
@@ -387,8 +387,11 @@ def build_train_step(impl: str, dtype: str, settings, batch_size: int | None = N
     raise Unavailable(f"model/loss modules not importable: {e}") from e
   v, e_dim, b, l = settings.step_shape
   b = batch_size or b
-  cfg = modules.ModelConfig(num_items=v, embed_dim=e_dim, hidden_size=e_dim, lstm_impl=impl,
-                            compute_dtype={"f32": "float32", "bf16": "bfloat16"}[dtype])
+  from configs import base  # pylint: disable=g-import-not-at-top  (no ml_collections needed)
+  cfg = modules.ModelConfig.from_mapping(
+      base.group("model", embed_dim=e_dim, hidden_size=e_dim, lstm_impl=impl,
+                 compute_dtype={"f32": "float32", "bf16": "bfloat16"}[dtype]),
+      num_items=v, max_len=l)
   model = modules.SeqRecModel(cfg, rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   try:
@@ -401,8 +404,9 @@ def build_train_step(impl: str, dtype: str, settings, batch_size: int | None = N
 
   def loss_fn(p, batch, key):
     m = nnx.merge(graphdef, p, rest)
-    user = m(batch["inputs"], batch["mask"], None, dropout_key=key)
-    loss, _ = losses.softmax_cross_entropy(user, m.item_table(), m.item_bias(), batch["targets"],
+    input_VxE, output_VxE, bias_V = m.item_tables()
+    user = m(batch["inputs"], batch["mask"], None, item_table_VxE=input_VxE, dropout_key=key)
+    loss, _ = losses.softmax_cross_entropy(user, output_VxE, bias_V, batch["targets"],
                                            batch["mask"].astype(jnp.float32))
     return loss
 
@@ -768,7 +772,7 @@ def main(argv=None) -> int:
   settings = make_settings(args)
   previous = os.environ.get(dispatch.INTERPRET_ENV)
   if settings.reduced and settings.interpret:
-    # lstm_layer(impl=...) inside the model calls kernels.dispatch without interpret=; this is
+    # The model resolves lstm_impl through kernels.dispatch without interpret=; this is
     # how the reduced CPU run reaches the kernels there instead of the XLA fallback.
     os.environ[dispatch.INTERPRET_ENV] = "1"
   try:

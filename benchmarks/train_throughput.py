@@ -135,17 +135,24 @@ class JaxVariant(Variant):
     self.losses_module = losses_module
 
   def prepare(self):
-    from lstmrec_jax.model import modules
+    from configs import base
+    from lstmrec_jax import losses
+    from lstmrec_jax import run as run_lib
     from lstmrec_jax.train import state as state_lib
     from lstmrec_jax.train import steps as steps_lib
-    model_cfg = modules.ModelConfig(num_items=int(self.dataset.num_items), **self.model_kwargs)
-    graphdef, params, consts = state_lib.create_model(model_cfg, self.seed)
-    tx = state_lib.make_optimizer(state_lib.OptimConfig(), total_steps=10_000)
-    loss_cfg = steps_lib.LossConfig(**self.loss_kwargs)
-    self.fn = jax.jit(functools.partial(steps_lib.train_step, graphdef=graphdef, tx=tx,
+    config = base.get_base_config()
+    config.seed = self.seed
+    config.model.update(self.model_kwargs)
+    config.loss.update(self.loss_kwargs)
+    config.train.num_devices = 1
+    run = run_lib.build_run(run_lib.spec_from_config(config), dataset=self.dataset)
+    tx = run.optimizer(total_steps=10_000)
+    loss_cfg = run.spec.loss
+    self.fn = jax.jit(functools.partial(steps_lib.train_step, graphdef=run.graphdef, tx=tx,
                                         loss_cfg=loss_cfg), donate_argnums=0)
-    self.aux = {"consts": consts, "log_q_V": self.log_q_V if loss_cfg.kind == "sampled" else None}
-    self.state = state_lib.init_state(params, tx, self.seed)
+    self.aux = {"consts": run.consts,
+                "log_q_V": self.log_q_V if losses.needs_log_q(loss_cfg) else None}
+    self.state = state_lib.init_state(run.params, tx, self.seed)
     self.device_batches = [jax.device_put(b) for b in self.batches]
     self.events = [int(b["mask_BxL"].sum()) for b in self.batches]
     t0 = time.perf_counter()
@@ -443,8 +450,10 @@ def main(argv=None) -> dict[str, Any]:
 
   from lstmrec_jax import data as data_lib
   load_before = load_average()
-  dataset = data_lib.load_dataset({"format": "seqfile", "path": args.data,
-                                   "attributes_path": False, "cache_dir": args.cache_dir or None})
+  from configs import base
+  dataset = data_lib.load_dataset(data_lib.DataConfig.from_mapping(base.group(
+      "data", format="seqfile", path=args.data, attributes_path=False,
+      cache_dir=args.cache_dir or "")))
   variants, facts, skipped = build_variants(args, dataset)
   for v in variants:
     print(f"preparing {v.name} ...", flush=True)

@@ -1,6 +1,25 @@
-"""Defaults shared by every config; each dataset config overrides what it needs."""
+"""Defaults shared by every config; each dataset config overrides what it needs.
 
-import ml_collections
+The only place a default lives: the library's per-group dataclasses have none.
+"""
+
+try:
+  import ml_collections
+except ImportError:  # a lean GPU/TPU image: `group()` still reads the defaults (benchmarks)
+  import types
+
+  class _Group(dict):
+    """A dict with attribute access: enough of ConfigDict to read the defaults."""
+
+    __getattr__ = dict.__getitem__
+    __setattr__ = dict.__setitem__
+
+    def to_dict(self) -> dict:
+      return {k: v.to_dict() if isinstance(v, _Group) else v for k, v in self.items()}
+
+  ml_collections = types.SimpleNamespace(  # pylint: disable=invalid-name
+      ConfigDict=lambda d=None: _Group(d or {}),
+      config_dict=types.SimpleNamespace(placeholder=lambda _type: None))
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -32,22 +51,30 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.input.batch_size = 256  # global rows per step; a multiple of the device count
   c.input.eval_batch_size = 512  # users per evaluation batch; a multiple of the device count
   c.input.pack = True  # pack several histories per row (state reset at boundaries)
+  c.input.backend = "auto"  # training-batch prefetch: tf (tf.data) | numpy (a thread, no
+  # TensorFlow needed) | auto (tf when TensorFlow imports, else numpy); identical batches
 
   c.model = ml_collections.ConfigDict()
+  # Sequence encoder: lstm | gru | transformer (SASRec-style, causal) | any name registered with
+  # lstmrec_jax.model.register_encoder (docs/extending.md)
+  c.model.encoder = "lstm"
   c.model.embed_dim = 64  # E: item embedding size = user state size
-  c.model.hidden_size = 64  # H: LSTM hidden size (projected to E when different)
-  c.model.num_layers = 1  # stacked LSTM layers
+  c.model.hidden_size = 64  # H: lstm/gru hidden size (projected to E when different); >= 1
+  c.model.num_layers = 1  # stacked lstm/gru layers, or transformer blocks; >= 1
   c.model.embed_dropout = 0.3  # on input item embeddings, in [0, 1)
-  c.model.layer_dropout = 0.0  # between LSTM layers, in [0, 1)
+  c.model.layer_dropout = 0.0  # between lstm/gru layers (transformer: residual branches), [0, 1)
   c.model.output_dropout = 0.3  # on the user state before scoring, in [0, 1)
-  c.model.residual = False  # residual around each LSTM layer (when E == H)
+  c.model.residual = False  # residual around each lstm/gru layer (when E == H)
   c.model.layer_norm = False  # layer norm on the user state
-  c.model.ffn = False  # position-wise feed-forward block after the LSTM
+  c.model.ffn = False  # position-wise feed-forward block after the encoder
+  c.model.ffn_dim = 0  # F: feed-forward width of `ffn` and of the transformer blocks (0 = 4 * E)
+  c.model.num_heads = 2  # transformer: attention heads; must divide embed_dim
+  c.model.attention_dropout = 0.0  # transformer: on the attention weights, in [0, 1)
   c.model.item_bias = False  # a learned per-item score bias
   c.model.tied_output = True  # score with the input item table (else a separate table)
   c.model.compute_dtype = "float32"  # float32 | bfloat16 (matmul operands; cell state stays f32)
-  c.model.param_dtype = "float32"
-  c.model.hoist_input_projection = True  # one input matmul for all steps, outside the scan
+  c.model.param_dtype = "float32"  # float32 | bfloat16 (parameter storage)
+  c.model.hoist_input_projection = True  # lstm: one input matmul for all steps, outside the scan
   # auto: the Pallas persistent kernel on a GPU for H <= 128, else xla | xla | pallas |
   # pallas_step | pallas_persistent (kernels/dispatch.py)
   c.model.lstm_impl = "auto"
@@ -68,10 +95,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.cold_start.seed = 0  # which items are cold; the split depends on the data and this only
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.kind = "chunked"  # full | chunked (exact full softmax, no N x V logits) | sampled
+  # full | chunked (exact full softmax, no N x V logits) | sampled (softmax, logQ) | bpr | bce
+  # (sampled negatives) | any name registered with lstmrec_jax.losses.register_loss
+  c.loss.kind = "chunked"
   c.loss.chunk_size = 32768  # items per chunk (chunked); V <= this on CPU: one pass (faster)
-  c.loss.num_negatives = 2048  # shared negatives (sampled)
-  c.loss.alpha = 0.5  # negatives drawn by popularity**alpha (sampled)
+  c.loss.num_negatives = 2048  # shared negatives per step (sampled, bpr, bce); >= 1
+  c.loss.alpha = 0.5  # negatives drawn by popularity**alpha (sampled, bpr, bce); >= 0
   c.loss.in_batch_negatives = False  # sampled: the batch's targets are negatives too
   c.loss.label_smoothing = 0.0  # full and chunked, in [0, 1)
   c.loss.train_items_only = False  # the training softmax scores only items with a training event
@@ -101,6 +130,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.num_devices = 0  # devices in the data-parallel mesh (0 = all)
   c.train.stop_after_steps = 0  # stop (as if killed) after this step, for resume tests (0 = off)
   c.train.progress_bar = True  # tqdm bar with loss, events/s and ETA
+  c.train.divergence_factor = 10.0  # stop when a step's loss > this x the running median; >= 1 (0 = off)
+  c.train.skip_nonfinite_steps = False  # drop (and count) steps with a NaN/inf loss instead of stopping
 
   c.eval = ml_collections.ConfigDict()
   c.eval.exclude_seen = True  # remove the user's history items from the ranking
@@ -116,3 +147,16 @@ def apply_cold_arg(c: ml_collections.ConfigDict, arg: str | None, name: str):
   elif arg:
     raise ValueError(f"{name} takes no argument or 'cold', got {arg!r}")
   return c
+
+
+def group(name: str, **overrides) -> dict:
+  """One group's defaults as a plain dict, with `overrides` (a key the group lacks is an error).
+
+  For code that builds one part without a whole config (tests, benchmarks), e.g.
+  `ModelConfig.from_mapping(base.group("model", embed_dim=32), num_items=V, max_len=L)`.
+  """
+  values = get_base_config()[name].to_dict()
+  unknown = sorted(set(overrides) - set(values))
+  if unknown:
+    raise KeyError(f"{name} has no key(s) {unknown}; known: {sorted(values)}")
+  return {**values, **overrides}

@@ -6,6 +6,7 @@
   lstm_common.py      shared checks, padded layouts, backend choice and cell math
   dispatch.py         get_recurrence(impl) / default_impl(): XLA scan or a kernel
 
-Nothing is imported here, so that `lstmrec_jax.model.lstm` can import `kernels.dispatch` lazily
-without an import cycle.
+Imports go one way: model -> kernels -> lstmrec_jax.core (the reference recurrence and
+`LSTMState`); nothing is imported here, so the model can import `kernels.dispatch` lazily and
+run without Pallas when every layer uses the XLA scan.
 """

@@ -6,7 +6,7 @@ Every implementation returned here has `lstm_recurrence`'s signature and semanti
 (B batch, L time steps, H hidden size, G = 4H gates), and is differentiable.
 
 impl:
-  "xla"                the lax.scan in lstmrec_jax/model/lstm.py (the reference, runs anywhere);
+  "xla"                the lax.scan in lstmrec_jax/core/lstm.py (the reference, runs anywhere);
   "pallas_step"        kernels/lstm_step.py, one fused kernel per time step inside a lax.scan;
   "pallas_persistent"  kernels/lstm_persistent.py, the whole time loop in one kernel;
   "pallas"             the better of the two for the shape, chosen per call: persistent while the
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from kernels import lstm_common as common
 from kernels import lstm_persistent
 from kernels import lstm_step
-from lstmrec_jax.model import lstm as lstm_lib
+from lstmrec_jax.core import lstm as lstm_lib
 
 IMPLS = ("xla", "auto", "pallas", "pallas_step", "pallas_persistent")
 # Padded hidden size up to which "pallas" picks the persistent kernel.

@@ -28,7 +28,7 @@ import numpy as np
 
 from kernels import lstm_backward
 from kernels import lstm_common as common
-from lstmrec_jax.model import lstm as lstm_lib
+from lstmrec_jax.core import lstm as lstm_lib
 
 _F32 = jnp.float32
 
@@ -183,7 +183,7 @@ def lstm_recurrence_step(xp_BxLxG: jax.Array, w_hh_HxG: jax.Array, mask_BxL: jax
 
   Args:
     xp_BxLxG, w_hh_HxG, mask_BxL, resets_BxL, h0_BxH, c0_BxH, compute_dtype: exactly as
-      `lstmrec_jax.model.lstm.lstm_recurrence`.
+      `lstmrec_jax.core.lstm.lstm_recurrence`.
     blocks: block sizes of the forward and backward step kernels.
     interpret: run in the Pallas interpreter; None means "when on CPU".
     backend: lowering target, 'gpu' (Triton) or 'tpu' (Mosaic); None: jax.default_backend().

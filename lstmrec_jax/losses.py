@@ -4,15 +4,28 @@ Shape legend: N flattened positions (any leading shape is flattened), E embeddin
 size including the padding item 0, S shared sampled negatives, C items per chunk, R positions
 per block, Q = ceil(N / R) blocks.
 
-Every loss returns `(loss, aux)`: `loss` is the weighted mean over positions with weight > 0
-(positions whose target is the padding item 0 get weight 0 whatever `weights` says), and `aux`
-holds `loss_sum`, `nll_sum` (the unsmoothed negative log-likelihood) and `weight_sum`, so callers
-can aggregate exactly across batches and devices. Logits are f32. Item 0 is never a class.
+Every loss function here returns `(loss, aux)`: `loss` is the weighted mean over positions with
+weight > 0 (positions whose target is the padding item 0 get weight 0 whatever `weights` says),
+and `aux` holds `loss_sum`, `nll_sum` (the unsmoothed negative log-likelihood, or the loss itself
+for bpr / bce) and `weight_sum`, so callers can aggregate exactly across batches and devices.
+Logits are f32. Item 0 is never a class.
+
+The train step picks a loss by name from a registry (`loss.kind`): each registered loss is
+
+  fn(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
+     item_mask_V) -> scalar
+
+with `key` a PRNG key for sampled negatives, `log_q_V` the sampling log-probabilities (None unless
+`needs_log_q(kind)`) and `item_mask_V` the candidates of the training softmax (None: all items).
+Add one with `@register_loss("name")`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -452,3 +465,223 @@ def sampled_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
   nll_N = max_N + jnp.log(sum_N) - target_logit_N
   return _reduce(nll_N, nll_N, weights_N)
 
+
+
+def _sampled_pairs(user_NxE, item_table_VxE, item_bias_V, targets_N, negatives_S):
+  """(target logit N, negative logits NxS, usable NxS): negatives equal to the target or 0 unusable."""
+  target_logit_N = _target_logits(user_NxE, item_table_VxE, item_bias_V, targets_N)
+  neg_SxE = jnp.take(item_table_VxE, negatives_S, axis=0).astype(jnp.float32)
+  neg_NxS = _dot(user_NxE.astype(jnp.float32), neg_SxE, 1, 1)
+  if item_bias_V is not None:
+    neg_NxS = neg_NxS + jnp.take(item_bias_V, negatives_S).astype(jnp.float32)
+  usable_NxS = (negatives_S[None, :] > 0) & (negatives_S[None, :] != targets_N[:, None])
+  return target_logit_N, neg_NxS, usable_NxS
+
+
+def _masked_mean(x_NxS, usable_NxS):
+  """Mean of x over the usable entries of each row (0 for a row with none)."""
+  count_N = usable_NxS.sum(axis=1).astype(jnp.float32)
+  return jnp.where(usable_NxS, x_NxS, 0.0).sum(axis=1) / jnp.maximum(count_N, 1.0)
+
+
+def bpr_loss(user_NxE: jax.Array, item_table_VxE: jax.Array, item_bias_V: jax.Array | None,
+             targets_N: jax.Array, weights_N: jax.Array,
+             negatives_S: jax.Array) -> tuple[jax.Array, dict]:
+  """BPR (Rendle et al. 2009): mean over the shared negatives k of -log sigmoid(s_t - s_k).
+
+  Negatives equal to the position's target, or the padding item 0, are left out of the mean.
+  Example: s_t = 2, negatives' s = (0, 1) -> (softplus(-2) + softplus(-1)) / 2.
+  """
+  user_NxE, targets_N, weights_N = _flatten(user_NxE, targets_N, weights_N)
+  negatives_S = negatives_S.reshape(-1).astype(jnp.int32)
+  s_t, s_NxS, usable_NxS = _sampled_pairs(user_NxE, item_table_VxE, item_bias_V, targets_N,
+                                          negatives_S)
+  loss_N = _masked_mean(jax.nn.softplus(s_NxS - s_t[:, None]), usable_NxS)
+  return _reduce(loss_N, loss_N, weights_N)
+
+
+def bce_loss(user_NxE: jax.Array, item_table_VxE: jax.Array, item_bias_V: jax.Array | None,
+             targets_N: jax.Array, weights_N: jax.Array,
+             negatives_S: jax.Array) -> tuple[jax.Array, dict]:
+  """Binary cross-entropy, target positive vs sampled negatives (SASRec's loss, S negatives).
+
+  loss_n = -log sigmoid(s_t) - mean_k log(1 - sigmoid(s_k)) = softplus(-s_t) + mean_k softplus(s_k)
+  over the usable negatives (not the target, not item 0); the mean keeps the scale independent
+  of S. Example: s_t = 2, negatives' s = (0, 1) -> softplus(-2) + (softplus(0) + softplus(1)) / 2.
+  """
+  user_NxE, targets_N, weights_N = _flatten(user_NxE, targets_N, weights_N)
+  negatives_S = negatives_S.reshape(-1).astype(jnp.int32)
+  s_t, s_NxS, usable_NxS = _sampled_pairs(user_NxE, item_table_VxE, item_bias_V, targets_N,
+                                          negatives_S)
+  loss_N = jax.nn.softplus(-s_t) + _masked_mean(jax.nn.softplus(s_NxS), usable_NxS)
+  return _reduce(loss_N, loss_N, weights_N)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss config and the registry the train step uses.
+# ---------------------------------------------------------------------------------------------
+
+_LOSSES: dict[str, Callable[..., jax.Array]] = {}
+_NEEDS_LOG_Q: set[str] = set()
+
+
+def register_loss(name: str, *, needs_log_q: bool = False, replace: bool = False):
+  """Decorator registering a loss under `loss.kind = name`.
+
+  needs_log_q: the loss samples negatives from `log_q_V` (the trainer then builds it from item
+  popularity ** loss.alpha; see `needs_log_q`).
+  """
+
+  def decorate(fn):
+    if name in _LOSSES and _LOSSES[name] is not fn and not replace:
+      raise ValueError(f"loss {name!r} is already registered; pass replace=True to override it")
+    _LOSSES[name] = fn
+    if needs_log_q:
+      _NEEDS_LOG_Q.add(name)
+    else:
+      _NEEDS_LOG_Q.discard(name)
+    return fn
+
+  return decorate
+
+
+def get_loss(name: str) -> Callable[..., jax.Array]:
+  """The registered loss `name`; a ValueError naming the registered ones otherwise."""
+  if name not in _LOSSES:
+    raise ValueError(f"unknown loss.kind {name!r}; registered: {loss_names()}")
+  return _LOSSES[name]
+
+
+def loss_names() -> tuple[str, ...]:
+  return tuple(sorted(_LOSSES))
+
+
+def needs_log_q(kind) -> bool:
+  """Whether loss `kind` (a name, or a LossConfig) samples negatives from `log_q_V`."""
+  return getattr(kind, "kind", kind) in _NEEDS_LOG_Q
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """The `loss` group of configs/base.py (the only source of defaults; see each key there)."""
+
+  kind: str
+  chunk_size: int
+  num_negatives: int
+  alpha: float
+  in_batch_negatives: bool
+  label_smoothing: float
+  # Only items with a training event are candidates of the training softmax: items that are new
+  # at test time (cold) are neither negatives nor pushed down. The trainer passes the mask as
+  # aux["item_mask_V"] (and restricts the sampling distribution to those items).
+  train_items_only: bool
+  compute_dtype: str
+  one_pass: bool | None
+  row_block: int | None
+
+  def __post_init__(self):
+    problems = []
+
+    def bad(key, why):
+      problems.append(f"loss.{key}={getattr(self, key)!r} {why}")
+
+    if self.kind not in _LOSSES:
+      bad("kind", f"must be a registered loss: {loss_names()}")
+    for key in ("chunk_size", "num_negatives"):
+      if getattr(self, key) < 1:
+        bad(key, "must be >= 1")
+    if self.alpha < 0:
+      bad("alpha", "must be >= 0")
+    if not 0.0 <= self.label_smoothing < 1.0:
+      bad("label_smoothing", "must be in [0, 1)")
+    elif self.label_smoothing and self.train_items_only:
+      bad("label_smoothing", "does not combine with loss.train_items_only (the smoothing term "
+          "averages over every item)")
+    if self.compute_dtype not in ("float32", "bfloat16"):
+      bad("compute_dtype", "must be 'float32' or 'bfloat16'")
+    if self.row_block is not None and self.row_block < 1:
+      bad("row_block", "must be None or >= 1")
+    if self.one_pass not in (None, True, False):
+      bad("one_pass", "must be None, True or False")
+    if problems:
+      raise ValueError("invalid loss config: " + "; ".join(problems))
+
+  @classmethod
+  def from_mapping(cls, d: Mapping[str, Any]) -> LossConfig:
+    """LossConfig from the `loss` config group; names every unknown and missing `loss.<key>`."""
+    if hasattr(d, "to_dict"):
+      d = d.to_dict()
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    missing = [n for n in names if n not in d]
+    problems = []
+    if unknown:
+      problems.append(f"unknown keys {['loss.' + k for k in unknown]}")
+    if missing:
+      problems.append(f"missing keys {['loss.' + k for k in missing]} (configs/base.py holds "
+                      "every key's default)")
+    if problems:
+      raise ValueError("loss config: " + "; ".join(problems))
+    return cls(**{k: d[k] for k in names})
+
+
+# Score of an item left out of the training softmax: exp() of it is exactly 0 in f32, and unlike
+# -inf it keeps every difference and product of the loss's backward pass finite.
+_EXCLUDED_SCORE = -1e9
+
+
+def candidate_bias(bias_V: jax.Array | None, item_mask_V: jax.Array | None) -> jax.Array | None:
+  """The item bias with `_EXCLUDED_SCORE` where item_mask_V is False (bias unchanged if no mask).
+
+  Example: candidate_bias(None, [False, True, False]) -> [-1e9, 0, -1e9].
+  """
+  if item_mask_V is None:
+    return bias_V
+  base_V = jnp.zeros(item_mask_V.shape, jnp.float32) if bias_V is None else bias_V
+  return jnp.where(item_mask_V, base_V, _EXCLUDED_SCORE)
+
+
+@register_loss("full")
+def _full(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
+          item_mask_V):
+  del key, log_q_V
+  return softmax_cross_entropy(user_NxE, table_VxE, candidate_bias(bias_V, item_mask_V),
+                               targets_N, weights_N, label_smoothing=cfg.label_smoothing)[0]
+
+
+@register_loss("chunked")
+def _chunked(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key,
+             log_q_V, item_mask_V):
+  del key, log_q_V
+  return chunked_softmax_cross_entropy(
+      user_NxE, table_VxE, candidate_bias(bias_V, item_mask_V), targets_N, weights_N,
+      chunk_size=cfg.chunk_size, label_smoothing=cfg.label_smoothing,
+      compute_dtype=cfg.compute_dtype, row_block=cfg.row_block, one_pass=cfg.one_pass)[0]
+
+
+# The sampled losses leave item_mask_V to the sampling distribution: the trainer gives the items
+# outside it probability 0 in log_q_V.
+@register_loss("sampled", needs_log_q=True)
+def _sampled(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
+             item_mask_V):
+  del item_mask_V
+  negatives_S = sample_negatives(key, log_q_V, cfg.num_negatives)
+  return sampled_softmax_cross_entropy(user_NxE, table_VxE, bias_V, targets_N, weights_N,
+                                       negatives_S, log_q_V,
+                                       in_batch_negatives=cfg.in_batch_negatives)[0]
+
+
+@register_loss("bpr", needs_log_q=True)
+def _bpr(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
+         item_mask_V):
+  del item_mask_V
+  negatives_S = sample_negatives(key, log_q_V, cfg.num_negatives)
+  return bpr_loss(user_NxE, table_VxE, bias_V, targets_N, weights_N, negatives_S)[0]
+
+
+@register_loss("bce", needs_log_q=True)
+def _bce(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
+         item_mask_V):
+  del item_mask_V
+  negatives_S = sample_negatives(key, log_q_V, cfg.num_negatives)
+  return bce_loss(user_NxE, table_VxE, bias_V, targets_N, weights_N, negatives_S)[0]

@@ -10,18 +10,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default as default_config
 from lstmrec_jax import data as data_lib
-from lstmrec_jax import metrics
+from lstmrec_jax import mesh as mesh_lib
+from lstmrec_jax.evaluation import cold_start, metrics, ranking
 from lstmrec_jax.data import content as content_data
 from lstmrec_jax.data import pipeline
 from lstmrec_jax.data.preprocess import EvalSplit, Sequences
 from lstmrec_jax.model import content as content_model
-from lstmrec_jax.model import modules
-from lstmrec_jax.train import cold_start, evaluate, loop
-from lstmrec_jax.train import mesh as mesh_lib
+from lstmrec_jax.model import SeqRecModel
+from lstmrec_jax.train import loop
 from lstmrec_jax.train import state as state_lib
 from lstmrec_jax.train import steps
+import helpers
+from helpers import data_config, forward, loss_config, model_config
 
 V = 9  # 8 items + padding
 
@@ -39,9 +40,9 @@ def toy_content(**overrides) -> content_model.ContentInputs:
 
 
 def toy_model(mode="sum", cold_id="drop", content=None, seed=0, **cfg):
-  model_cfg = modules.ModelConfig(num_items=V, embed_dim=8, hidden_size=8, item_mode=mode,
-                                  cold_id=cold_id, title_embed_dim=4, title_hidden_size=6,
-                                  embed_dropout=0.0, output_dropout=0.0, **cfg)
+  model_cfg = model_config(V, embed_dim=8, hidden_size=8, item_mode=mode, cold_id=cold_id,
+                           title_embed_dim=4, title_hidden_size=6, embed_dropout=0.0,
+                           output_dropout=0.0, lstm_impl="xla", **cfg)
   kwargs = {} if mode == "id" else {"item_content": content or toy_content()}
   return state_lib.create_model(model_cfg, seed, **kwargs)
 
@@ -114,7 +115,7 @@ def test_item_never_seen_in_training_scores_by_its_content():
   graphdef, params, consts = toy_model("sum", "drop", content=c)
   model = nnx.merge(graphdef, params, consts)
   inputs = jnp.array([[1, 2, 3]])
-  user = model(inputs, inputs > 0)[:, -1]
+  user = forward(model, inputs, inputs > 0)[:, -1]
   scores = np.asarray(model.score(user))
   assert np.isfinite(scores[0, 1:]).all() and scores[0, 8] != 0
   # The cold item's id embedding is dropped: changing it changes nothing...
@@ -128,7 +129,7 @@ def test_item_never_seen_in_training_scores_by_its_content():
   g3, _, consts3 = toy_model("sum", "drop", content=toy_content(attrs_VxA=attrs,
                                                                   tokens_VxT=tokens))
   m3 = nnx.merge(g3, params, consts3)
-  assert abs(float(m3.score(m3(inputs, inputs > 0)[:, -1])[0, 8]) - float(scores[0, 8])) > 1e-4
+  assert abs(float(m3.score(forward(m3, inputs, inputs > 0)[:, -1])[0, 8]) - float(scores[0, 8])) > 1e-4
   # With cold_id="keep" the untrained id embedding is part of the cold item's vector.
   gk, pk, ck = toy_model("sum", "keep", content=c)
   pk2 = jax.tree.map(lambda x: x, pk)
@@ -147,8 +148,8 @@ def test_cold_items_as_negatives_train_content_only_when_asked(cold_content_grad
            "mask_BxL": jnp.array([[True] * 3])}
 
   def loss(p):
-    return steps._sequence_loss(nnx.merge(graphdef, p, consts), batch, None,
-                                steps.LossConfig(kind="full"), None)[0]
+    return steps.sequence_loss(nnx.merge(graphdef, p, consts), batch, None,
+                               loss_config(kind="full"), None)
 
   grad_A = np.asarray(jax.grad(loss)(params)["item_repr"]["attributes"]["embedding"])
   assert np.abs(grad_A[1:4]).sum() > 0  # warm items' attributes always learn
@@ -177,8 +178,7 @@ def test_id_dropout_scores_dropped_items_by_content_alone(mode):
   assert 0 < (~keep_V[1:8]).sum() < 7
   table = np.asarray(model.item_table(jnp.asarray(keep_V)))
   full = np.asarray(nnx.merge(graphdef, params, consts).item_table())
-  cold_like = np.asarray(content_model.HybridItemRepr._compute_table(  # pylint: disable=protected-access
-      model.item_repr, jnp.zeros(V, bool)))
+  cold_like = np.asarray(model.item_repr.table(jnp.zeros(V, bool)))
   dropped = np.flatnonzero(~keep_V)
   np.testing.assert_allclose(table[dropped], cold_like[dropped], atol=1e-6)
   np.testing.assert_allclose(table[keep_V], full[keep_V], atol=1e-6)
@@ -186,11 +186,10 @@ def test_id_dropout_scores_dropped_items_by_content_alone(mode):
   # In the training step the same mask serves the inputs and the output table.
   batch = {"inputs_BxL": jnp.array([[1, 2, 3, 4, 0]]), "targets_BxL": jnp.array([[2, 3, 4, 5, 0]]),
            "mask_BxL": jnp.array([[True] * 4 + [False]])}
-  loss = steps._sequence_loss(model, batch, jax.random.PRNGKey(3), steps.LossConfig(kind="full"),
-                              None)[0]
+  loss = steps.sequence_loss(model, batch, jax.random.PRNGKey(3), loss_config(kind="full"), None)
   assert np.isfinite(float(loss))
   with pytest.raises(ValueError, match="id_dropout"):
-    modules.ModelConfig(num_items=V, id_dropout=0.3)  # id-only: nothing to drop to
+    model_config(V, id_dropout=0.3)  # id-only: nothing to drop to
 
 
 def test_content_arrays_are_constants_not_parameters():
@@ -204,16 +203,16 @@ def test_content_arrays_are_constants_not_parameters():
 
 
 def test_content_tower_runs_once_per_step():
-  """One title-LSTM scan forward and one backward per loss+grad, though lookup and the output
-  table both use the item table."""
+  """One title-LSTM scan forward and one backward per loss+grad: the step computes the item table
+  once and passes it to the lookup and the loss (no cache)."""
   graphdef, params, consts = toy_model("sum")
   t = toy_content().tokens_VxT.shape[1]
   batch = {"inputs_BxL": jnp.array([[1, 2, 3, 4, 0]]), "targets_BxL": jnp.array([[2, 3, 4, 5, 0]]),
            "mask_BxL": jnp.array([[True] * 4 + [False]])}
 
   def loss(p):
-    return steps._sequence_loss(nnx.merge(graphdef, p, consts), batch, None,
-                                steps.LossConfig(kind="full"), None)[0]
+    return steps.sequence_loss(nnx.merge(graphdef, p, consts), batch, None,
+                               loss_config(kind="full"), None)
 
   jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(params)
 
@@ -238,7 +237,7 @@ def test_mode_switches_keep_parameters_loadable():
   _, sum_params, _ = toy_model("sum", seed=1)
   gate_def, gate_params, gate_consts = toy_model("gate", seed=2)
   loaded, copied, kept = content_model.load_matching(sum_params, id_params)
-  assert "item_repr/embedding" in copied and "lstm_layers/0/w_ih" in copied
+  assert "item_repr/embedding" in copied and "encoder/layers/0/w_ih" in copied
   assert all(k.startswith(("item_repr/attributes", "item_repr/title")) for k in kept), kept
   np.testing.assert_array_equal(loaded["item_repr"]["embedding"],
                                 id_params["item_repr"]["embedding"])
@@ -252,11 +251,11 @@ def test_mode_switches_keep_parameters_loadable():
 
 def test_config_validates_item_modes():
   with pytest.raises(ValueError, match="item_mode"):
-    modules.ModelConfig(num_items=V, item_mode="concat")
+    model_config(V, item_mode="concat")
   with pytest.raises(ValueError, match="cold_id"):
-    modules.ModelConfig(num_items=V, cold_id="zero")
+    model_config(V, cold_id="zero")
   with pytest.raises(ValueError, match="needs item content"):
-    modules.SeqRecModel(modules.ModelConfig(num_items=V, item_mode="sum"), rngs=nnx.Rngs(0))
+    SeqRecModel(model_config(V, item_mode="sum"), rngs=nnx.Rngs(0))
 
 
 # ----------------------------------------------------------------------------- cold split
@@ -300,7 +299,7 @@ def test_cold_split_is_deterministic_per_seed(synthetic_dataset):
 
 
 def test_ml100k_cold_split_has_no_leak(shared_data):
-  ds = data_lib.load_dataset({"format": "movielens", "path": str(shared_data / "ml-100k")})
+  ds = data_lib.load_dataset(data_config(format="movielens", path=str(shared_data / "ml-100k")))
   cold_ds = content_data.cold_item_split(ds, fraction=0.1, seed=0)
   cold = content_data.cold_items(cold_ds)
   assert len(cold) == 168
@@ -334,7 +333,7 @@ def test_user_with_empty_history_gets_popularity():
   batch = next(pipeline.eval_batches(split, batch_size=2, max_len=4))
   batch = {k: jnp.asarray(batch[k]) for k in ("inputs_BxL", "mask_BxL", "targets_B", "seen_BxS")}
   # The standard step does not fail on an empty history (the state is zero: all items tie).
-  plain = steps.eval_step(params, consts, batch, graphdef=graphdef, exclude_seen=True,
+  plain = ranking.eval_step(params, consts, batch, graphdef=graphdef, exclude_seen=True,
                           chunk_size=4)
   assert int(plain[0]) == V - 2
   ranks = cold_start.rank_step(params, consts, batch, jnp.asarray(counts), None,
@@ -348,25 +347,9 @@ def test_user_with_empty_history_gets_popularity():
 
 
 def tiny_config(tmp_path, mode):
-  c = default_config.get_config()
-  c.data.synthetic = {"num_users": 240, "num_items": 80, "seed": 3}
-  c.data.cache_dir = str(tmp_path / "cache")
-  c.input.max_len = 16
-  c.input.batch_size = 8
-  c.input.eval_batch_size = 64
-  c.model.embed_dim = 16
-  c.model.hidden_size = 16
-  c.model.title_embed_dim = 8
-  c.model.title_hidden_size = 8
-  c.model.item_mode = mode
-  c.cold_start.item_fraction = 0.1
-  c.optim.warmup_steps = 2
-  c.optim.learning_rate = 1e-2
-  c.train.num_epochs = 1
-  c.train.log_every_steps = 5
-  c.train.progress_bar = False
-  c.train.num_devices = 1
-  return c
+  return helpers.tiny_config(tmp_path, **{
+      "model.title_embed_dim": 8, "model.title_hidden_size": 8, "model.item_mode": mode,
+      "cold_start.item_fraction": 0.1, "num_epochs": 1, "log_every_steps": 5})
 
 
 def test_train_and_cold_start_report_end_to_end(tmp_path):
@@ -383,7 +366,7 @@ def test_train_and_cold_start_report_end_to_end(tmp_path):
   assert test["model"]["all_items"]["all"]["users"] == test["users"]
   # The same model through the standard evaluation gives the same overall ranks (no user here
   # has an empty history, so the popularity fallback never fires).
-  again = evaluate.evaluate_checkpoint(workdir)
+  again = ranking.evaluate_checkpoint(workdir)
   assert again["splits"]["test"]["model"]["overall"]["NDCG@10"] == pytest.approx(
       test["model"]["all_items"]["all"]["NDCG@10"])
   table = cold_start.format_table({"sum": cold})

@@ -9,10 +9,11 @@ import pytest
 
 from lstmrec_jax import data
 from lstmrec_jax.data import preprocess
-from lstmrec_jax.data import readers
+from lstmrec_jax.data.formats import seqfile
 from lstmrec_jax.data.errors import DataError
-from lstmrec_jax.data.readers import InteractionLog
-from lstmrec_jax.data.readers import ItemSide
+from lstmrec_jax.data.log import InteractionLog
+from lstmrec_jax.data.log import ItemSide
+from helpers import data_config
 
 
 def make_log(users, items, timestamps=None, ratings=None, side=None, source="hand"):
@@ -141,7 +142,7 @@ def test_cache_roundtrip_and_key(tmp_path, monkeypatch):
   seq = tmp_path / "Beauty.txt"
   seq.write_text("1 1 2 3 4\n2 2 3 4\n3 4 1 2\n")
   (tmp_path / "Beauty_item2attributes.json").write_text('{"1": [7], "2": [7, 8]}')
-  cfg = {"format": "seqfile", "path": str(seq), "cache_dir": str(tmp_path / "cache")}
+  cfg = data_config(format="seqfile", path=str(seq), cache_dir=str(tmp_path / "cache"))
   first = data.load_dataset(cfg)
   assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
   assert len(list((tmp_path / "cache").glob("*.json"))) == 1
@@ -150,7 +151,7 @@ def test_cache_roundtrip_and_key(tmp_path, monkeypatch):
     raise AssertionError("parsed the source although a cache entry exists")
 
   with monkeypatch.context() as m:
-    m.setattr(data, "read_seqfile", no_parse)
+    m.setattr(seqfile, "read_seqfile", no_parse)
     m.setattr(preprocess, "_build", no_parse)
     second = data.load_dataset(cfg)
   for name in ("num_items", "num_users", "num_attrs", "item_titles", "attribute_names",
@@ -161,16 +162,14 @@ def test_cache_roundtrip_and_key(tmp_path, monkeypatch):
                (first.item_attrs.items_N, second.item_attrs.items_N)):
     np.testing.assert_array_equal(a, b)
 
-  fp = readers.source_fingerprint("seqfile", seq,
-                                  attributes_path=tmp_path / "Beauty_item2attributes.json")
-  options = preprocess.build_options()
+  fp = seqfile.source_fingerprint(seq, tmp_path / "Beauty_item2attributes.json")
+  options = preprocess.build_options(**cfg.build_kwargs())
   key = preprocess.cache_key(fp, options)
   assert preprocess.load_cached(tmp_path / "cache", key) is not None
   assert preprocess.cache_key(fp, preprocess.build_options(min_item_events=2)) != key
   assert preprocess.cache_key(fp, preprocess.build_options(split="temporal")) != key
   seq.write_text("1 1 2 3 4\n2 2 3 4\n3 3 1 2\n")
-  fp2 = readers.source_fingerprint("seqfile", seq,
-                                   attributes_path=tmp_path / "Beauty_item2attributes.json")
+  fp2 = seqfile.source_fingerprint(seq, tmp_path / "Beauty_item2attributes.json")
   assert preprocess.cache_key(fp2, options) != key
   third = data.load_dataset(cfg)  # new bytes: a new entry, not the stale one
   assert rows(third.test.history)[2] == [3, 1]
@@ -178,9 +177,9 @@ def test_cache_roundtrip_and_key(tmp_path, monkeypatch):
   # build_dataset's own cache keys on log.fingerprint and shares entries with load_dataset.
   with monkeypatch.context() as m:
     m.setattr(preprocess, "_build", no_parse)
-    fourth = preprocess.build_dataset(data.read_seqfile(seq, tmp_path /
-                                                        "Beauty_item2attributes.json"),
-                                      cache_dir=tmp_path / "cache")
+    fourth = preprocess.build_dataset(
+        data.read_seqfile(seq, tmp_path / "Beauty_item2attributes.json"),
+        **cfg.build_kwargs(), cache_dir=tmp_path / "cache")
   np.testing.assert_array_equal(fourth.test.targets_U, third.test.targets_U)
 
 
@@ -189,12 +188,15 @@ def test_load_dataset_takes_config_file_conventions(tmp_path):
   path = tmp_path / "log.csv"
   path.write_text("user_id,item_id,timestamp,genres\n"
                   "1,5,30,a|b\n1,6,10,b\n1,7,20,\n2,5,1,a|b\n2,6,2,b\n2,7,3,\n")
-  ds = data.load_dataset({
+  group = {
       "format": "csv", "path": str(path), "attributes_path": "", "tfds_name": "",
+      "tfds_data_dir": "", "download": False,
       "columns": {"user": "user_id", "item": "item_id", "time": "timestamp", "session": "",
-                  "title": "", "lists": "genres", "delimiter": "", "list_separator": "|"},
-      "min_rating": 0.0, "min_user_events": 0, "min_item_events": 0, "cache_dir": "",
-      "synthetic": {}})
+                  "rating": "", "title": "", "lists": "genres", "delimiter": "",
+                  "list_separator": "|", "header": True},
+      "min_rating": 0.0, "min_user_events": 0, "min_item_events": 0, "split": "loo",
+      "temporal_fractions": (0.8, 0.1, 0.1), "cache_dir": "", "synthetic": {}}
+  ds = data.load_dataset(data.DataConfig.from_mapping(group))
   assert raw(ds, ds.test.targets_U) == [5, 7]  # user 1 in time order: 6, 7, 5
   assert ds.attribute_names == ["", "a", "b"] and rows(ds.item_attrs)[1] == [1, 2]
   assert not (tmp_path / "cache").exists()
@@ -230,7 +232,7 @@ def hit_rate_at_10(split, scores_fn) -> float:
 
 
 def test_synthetic_rewards_a_sequence_model():
-  ds = data.load_dataset({"format": "synthetic"})  # the defaults a trainer uses
+  ds = data.load_dataset(data_config())  # the defaults a trainer uses
   assert 2500 <= ds.num_users <= 3000 and ds.num_items == 1001
   assert 20 <= ds.stats["num_events"] / ds.num_users <= 40
   v = ds.num_items
@@ -245,8 +247,8 @@ def test_synthetic_rewards_a_sequence_model():
 
 
 def test_synthetic_temporal_split():
-  ds = data.load_dataset({"format": "synthetic", "split": "temporal",
-                          "synthetic": {"num_users": 300, "num_items": 200, "seed": 1}})
+  ds = data.load_dataset(data_config(
+      split="temporal", synthetic={"num_users": 300, "num_items": 200, "seed": 1}))
   assert len(ds.valid) > 50 and len(ds.test) > 50
   assert (ds.item_counts_V[1:] > 0).all()  # the catalog is the training items
 
@@ -257,17 +259,17 @@ def test_synthetic_temporal_split():
 @pytest.mark.shared_data
 def test_shared_games_and_movielens(shared_data, caplog):
   with caplog.at_level(logging.INFO):
-    games = data.load_dataset({"format": "pairs",
-                               "path": str(shared_data / "amazon-games" / "Video.txt")})
+    games = data.load_dataset(data_config(
+        format="pairs", path=str(shared_data / "amazon-games" / "Video.txt")))
   # 112 users of Video.txt have fewer than 3 events; leave-one-out drops them, and says so.
   assert games.stats["events_read"] == 287_107
   assert games.stats["split_dropped_users"] == 112
   assert games.num_users == 31_013 - 112
   assert "drops 112 users with fewer than 3 events" in caplog.text
-  ml = data.load_dataset({"format": "movielens", "path": str(shared_data / "ml-100k"),
-                          "min_rating": 4})
+  ml = data.load_dataset(data_config(format="movielens", path=str(shared_data / "ml-100k"),
+                                    min_rating=4))
   assert ml.stats["events_read"] == 100_000 and ml.stats["dropped_by_rating"] == 44_625
   assert ml.item_titles[ml.item_keys.tolist().index(1)] == "Toy Story (1995)"
-  ml_temporal = data.load_dataset({"format": "movielens", "path": str(shared_data / "ml-100k"),
-                                   "split": "temporal"})
+  ml_temporal = data.load_dataset(data_config(
+      format="movielens", path=str(shared_data / "ml-100k"), split="temporal"))
   assert len(ml_temporal.test) > 0 and ml_temporal.stats["t_valid"] < ml_temporal.stats["t_test"]

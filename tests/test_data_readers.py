@@ -13,8 +13,13 @@ import pytest
 
 from lstmrec_jax import data
 from lstmrec_jax.data import download
-from lstmrec_jax.data import readers
+from lstmrec_jax.data.formats import movielens
+from lstmrec_jax.data.formats import pairs
+from lstmrec_jax.data.formats import seqfile
+from lstmrec_jax.data.formats import table
+from lstmrec_jax.data.formats import tfds as tfds_format
 from lstmrec_jax.data.errors import DataError
+from helpers import data_config
 
 
 def write(path: pathlib.Path, text: str, encoding: str = "utf-8") -> pathlib.Path:
@@ -38,7 +43,7 @@ def make_ml100k(folder: pathlib.Path) -> pathlib.Path:
 
 
 def test_movielens_100k(tmp_path):
-  log = readers.read_movielens(make_ml100k(tmp_path / "ml-100k"))
+  log = movielens.read_movielens(make_ml100k(tmp_path / "ml-100k"))
   np.testing.assert_array_equal(log.users, [196, 186, 196])
   np.testing.assert_array_equal(log.items, [1, 2, 2])
   np.testing.assert_array_equal(log.timestamps, [881250949, 891717742, 881250950])
@@ -54,8 +59,8 @@ def test_movielens_1m_latin1_and_10m(tmp_path):
   write(ml1m / "movies.dat", "1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n"
         "661::Misérables, Les (1995)::Drama|Musical\n", "latin-1")
   write(ml1m / "users.dat", "1::F::1::10::48067\n")
-  assert readers.movielens_layout(ml1m)[0] == "ml-1m"
-  log = readers.read_movielens(ml1m)
+  assert movielens.movielens_layout(ml1m)[0] == "ml-1m"
+  log = movielens.read_movielens(ml1m)
   np.testing.assert_array_equal(log.items, [1193, 661, 1193])
   assert log.item_side.titles[661] == "Misérables, Les (1995)"
   assert log.item_side.attributes[661] == ["Drama", "Musical"]
@@ -64,8 +69,8 @@ def test_movielens_1m_latin1_and_10m(tmp_path):
   write(ml10m / "ratings.dat", "1::122::5::838985046\n1::185::4.5::838983525\n")
   write(ml10m / "movies.dat", "122::Boomerang (1992)::Comedy|Romance\n"
         "185::Net, The (1995)::(no genres listed)\n")
-  assert readers.movielens_layout(ml10m)[0] == "ml-10m"
-  log = readers.read_movielens(ml10m)
+  assert movielens.movielens_layout(ml10m)[0] == "ml-10m"
+  log = movielens.read_movielens(ml10m)
   np.testing.assert_allclose(log.ratings, [5, 4.5])
   assert log.item_side.attributes == {122: ["Comedy", "Romance"], 185: []}
 
@@ -80,7 +85,7 @@ def make_ml20m(folder: pathlib.Path) -> pathlib.Path:
 
 
 def test_movielens_20m_csv_with_quoted_commas(tmp_path):
-  log = readers.read_movielens(make_ml20m(tmp_path / "ml-20m"))
+  log = movielens.read_movielens(make_ml20m(tmp_path / "ml-20m"))
   np.testing.assert_array_equal(log.users, [1, 1, 2])
   np.testing.assert_array_equal(log.items, [2, 29, 2])
   np.testing.assert_allclose(log.ratings, [3.5, 4.0, 0.5])
@@ -92,7 +97,7 @@ def test_movielens_20m_csv_with_quoted_commas(tmp_path):
 def test_movielens_detects_nothing(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(DataError, match=r"u\.data.*ratings\.dat.*ratings\.csv"):
-    readers.read_movielens(tmp_path / "empty")
+    movielens.read_movielens(tmp_path / "empty")
 
 
 # ----------------------------------------------------------------------------- benchmark files
@@ -101,7 +106,7 @@ def test_movielens_detects_nothing(tmp_path):
 def test_seqfile_with_attributes(tmp_path):
   seq = write(tmp_path / "Beauty.txt", "1 1 2 3\n2 4 2\n\n3 5 1 4 2\n")
   attrs = write(tmp_path / "attrs.json", '{"1": [1, 2], "2": [3], "4": ["brand x"]}')
-  log = readers.read_seqfile(seq, attrs)
+  log = seqfile.read_seqfile(seq, attrs)
   np.testing.assert_array_equal(log.users, [1, 1, 1, 2, 2, 3, 3, 3, 3])
   np.testing.assert_array_equal(log.items, [1, 2, 3, 4, 2, 5, 1, 4, 2])
   assert log.timestamps is None
@@ -109,9 +114,9 @@ def test_seqfile_with_attributes(tmp_path):
 
 
 def test_pairs_fast_and_line_parser_agree(tmp_path):
-  fast = readers.read_pairs(write(tmp_path / "a.txt", "1 10\n1 11\n2 10\n"))
+  fast = pairs.read_pairs(write(tmp_path / "a.txt", "1 10\n1 11\n2 10\n"))
   # Double spaces and tabs defeat pyarrow; the line parser must give the same log.
-  slow = readers.read_pairs(write(tmp_path / "b.txt", "1  10\n1\t11\n\n2 10\n"))
+  slow = pairs.read_pairs(write(tmp_path / "b.txt", "1  10\n1\t11\n\n2 10\n"))
   for log in (fast, slow):
     np.testing.assert_array_equal(log.users, [1, 1, 2])
     np.testing.assert_array_equal(log.items, [10, 11, 10])
@@ -126,7 +131,7 @@ def test_csv_columns_lists_titles_sessions(tmp_path):
                'u1,A7,2024-01-02T10:00:00,"Lamp, red",home|light,x\n'
                "u2,B1,2024-01-01T09:00:00,Chair,home,y\n"
                "u1,B1,2024-01-01T08:00:00,Chair (dup row),ignored,y\n")
-  log = readers.read_table(path, columns={"user": "uid", "item": "sku", "time": "ts",
+  log = table.read_table(path, columns={"user": "uid", "item": "sku", "time": "ts",
                                           "title": "name", "lists": ["tags", "cat"]})
   np.testing.assert_array_equal(log.users, ["u1", "u2", "u1"])
   np.testing.assert_array_equal(log.items, ["A7", "B1", "B1"])
@@ -134,7 +139,7 @@ def test_csv_columns_lists_titles_sessions(tmp_path):
   assert log.item_side.titles == {"A7": "Lamp, red", "B1": "Chair"}
   assert log.item_side.attributes == {"A7": ["tags:home", "tags:light", "cat:x"],
                                       "B1": ["tags:home", "cat:y"]}
-  sessions = readers.read_table(
+  sessions = table.read_table(
       write(tmp_path / "s.tsv", "s\tu\ti\n9\t1\t5\n9\t1\t6\n4\t2\t5\n"), format="tsv",
       columns={"user": "u", "item": "i", "session": "s"})
   np.testing.assert_array_equal(sessions.users, ["1:9", "1:9", "2:4"])
@@ -145,13 +150,13 @@ def test_tsv_without_header_and_parquet(tmp_path):
   import pyarrow as pa
   import pyarrow.parquet as pq
 
-  log = readers.read_table(write(tmp_path / "u.tsv", "7\t3\t100\n7\t4\t90\n"), format="tsv",
+  log = table.read_table(write(tmp_path / "u.tsv", "7\t3\t100\n7\t4\t90\n"), format="tsv",
                            columns={"user": 0, "item": 1, "time": 2, "header": False})
   np.testing.assert_array_equal(log.items, [3, 4])
   np.testing.assert_array_equal(log.timestamps, [100, 90])
   pq.write_table(pa.table({"user": [1, 1, 2], "item": ["a", "b", "a"], "t": [3.5, 1.25, 2.0],
                            "genres": [["x", "y"], [], None]}), tmp_path / "log.parquet")
-  log = readers.read_table(tmp_path / "log.parquet", format="parquet",
+  log = table.read_table(tmp_path / "log.parquet", format="parquet",
                            columns={"time": "t", "lists": "genres"})
   np.testing.assert_array_equal(log.users, [1, 1, 2])
   np.testing.assert_array_equal(log.timestamps, [3_500_000, 1_250_000, 2_000_000])
@@ -160,16 +165,16 @@ def test_tsv_without_header_and_parquet(tmp_path):
 
 def test_fingerprint_matches_reader_and_tracks_bytes(tmp_path):
   path = write(tmp_path / "p.txt", "1 2\n1 3\n")
-  before = readers.source_fingerprint("pairs", path)
-  assert readers.read_pairs(path).fingerprint == before
+  before = pairs.source_fingerprint(path)
+  assert pairs.read_pairs(path).fingerprint == before
   ml = make_ml20m(tmp_path / "ml-20m")
-  assert readers.read_movielens(ml).fingerprint == readers.source_fingerprint("movielens", ml)
+  assert movielens.read_movielens(ml).fingerprint == movielens.source_fingerprint(ml)
   cols = {"user": "uid", "item": "sku"}
   csv_path = write(tmp_path / "t.csv", "uid,sku\n1,2\n")
-  assert (readers.read_table(csv_path, columns=cols).fingerprint ==
-          readers.source_fingerprint("csv", csv_path, columns=cols))
+  assert (table.read_table(csv_path, columns=cols).fingerprint ==
+          table.source_fingerprint(csv_path, columns=cols))
   write(path, "1 2\n1 4\n")
-  assert readers.source_fingerprint("pairs", path) != before
+  assert pairs.source_fingerprint(path) != before
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -201,14 +206,14 @@ BAD_INPUTS = [
 
 def _read(kind: str, path: pathlib.Path):
   if kind == "ml":
-    return readers.read_movielens(path.parent)
+    return movielens.read_movielens(path.parent)
   if kind == "seq":
-    return readers.read_seqfile(path)
+    return seqfile.read_seqfile(path)
   if kind == "pairs":
-    return readers.read_pairs(path)
+    return pairs.read_pairs(path)
   header = path.read_text().split("\n")[0].split(",")
   cols = {role: role for role in ("time", "rating") if role in header}
-  return readers.read_table(path, columns=cols)
+  return table.read_table(path, columns=cols)
 
 
 @pytest.mark.parametrize("name,content,kind,line,problem", BAD_INPUTS)
@@ -225,53 +230,84 @@ def test_bad_input_names_file_and_line(tmp_path, name, content, kind, line, prob
 
 def test_more_bad_files(tmp_path):
   with pytest.raises(DataError, match=r"nothere\.txt: file not found"):
-    readers.read_pairs(tmp_path / "nothere.txt")
+    pairs.read_pairs(tmp_path / "nothere.txt")
   bad_utf8 = tmp_path / "Beauty.txt"
   bad_utf8.write_bytes(b"1 2 3\n2 \xff 4\n")
   with pytest.raises(DataError, match=r"Beauty\.txt:2: not valid utf-8"):
-    readers.read_seqfile(bad_utf8)
+    seqfile.read_seqfile(bad_utf8)
   seq = write(tmp_path / "s.txt", "1 2 3\n")
   attrs = write(tmp_path / "a.json", '{"2": [1, 2],\n "3": [4\n}')
   with pytest.raises(DataError, match=r"a\.json:3: invalid JSON"):
-    readers.read_seqfile(seq, attrs)
+    seqfile.read_seqfile(seq, attrs)
   attrs = write(tmp_path / "b.json", '{"2": [1, 2],\n "x": [4]}')
   with pytest.raises(DataError, match=r"b\.json:2: non-integer item id 'x'"):
-    readers.read_seqfile(seq, attrs)
+    seqfile.read_seqfile(seq, attrs)
   item = make_ml100k(tmp_path / "ml-100k") / "u.item"
   write(item, "1|Toy Story (1995)|01-Jan-1995||http://x|0|0|1\n2|Broken|x|y\n", "latin-1")
   with pytest.raises(DataError, match=r"u\.item:2: expected 8 '\|'-separated fields"):
-    readers.read_movielens(item.parent)
+    movielens.read_movielens(item.parent)
   movies = make_ml20m(tmp_path / "ml-20m") / "movies.csv"
   write(movies, "movieId,title,genres\n2,American President, The (1995),Comedy\n")
   with pytest.raises(DataError, match=r"movies\.csv:2: expected 3 fields, got 4"):
-    readers.read_movielens(movies.parent)
+    movielens.read_movielens(movies.parent)
   pq_path = tmp_path / "x.parquet"
   pq_path.write_bytes(b"PAR1 this is not parquet")
   with pytest.raises(DataError, match=r"x\.parquet: not a readable Parquet file"):
-    readers.read_table(pq_path, format="parquet")
+    table.read_table(pq_path, format="parquet")
 
 
 # ----------------------------------------------------------------------------- load_dataset
 
 
-def test_load_dataset_config_errors(tmp_path):
-  assert set(data.DATA_DEFAULTS) >= {
-      "format", "path", "attributes_path", "tfds_name", "download", "columns", "min_rating",
-      "min_user_events", "min_item_events", "split", "temporal_fractions", "cache_dir",
-      "synthetic"}
-  with pytest.raises(DataError, match="unknown key"):
-    data.load_dataset({"formt": "pairs"})
-  with pytest.raises(DataError, match="unknown format 'txt'"):
-    data.load_dataset({"format": "txt"})
+def test_data_config_names_every_bad_key_at_once():
+  from configs import base
+
+  group = base.get_base_config().data.to_dict()
+  assert {f.name for f in dataclasses.fields(data.DataConfig)} == set(group)
+  del group["split"], group["columns"]["rating"]
+  group.update(formt="pairs", format="txt", min_user_events=-1, temporal_fractions=(0.5, 0.6, 0),
+               download="yes")
+  group["columns"]["usr"] = "a"
+  group["synthetic"] = {"num_user": 3}
+  with pytest.raises(DataError) as info:
+    data.DataConfig.from_mapping(group)
+  message = str(info.value)
+  for problem in ("data.formt: unknown key", "data.split: missing",
+                  "data.format: unknown format 'txt'; expected one of synthetic, movielens",
+                  "data.min_user_events: expected a non-negative integer",
+                  "data.temporal_fractions: expected three positive numbers",
+                  "data.download: expected True or False", "data.columns.usr: unknown key",
+                  "data.columns.rating: missing", "data.synthetic.num_user: unknown key"):
+    assert problem in message, (problem, message)
+  assert "\n" not in message
+  with pytest.raises(TypeError, match="DataConfig.from_mapping"):
+    data.load_dataset({"format": "synthetic"})
+
+
+def test_data_config_conventions():
+  cfg = data_config(path="", attributes_path=False, min_rating=0, cache_dir="c",
+                    columns={"session": "", "lists": "genres", "delimiter": ""})
+  assert cfg.path is None and cfg.attributes_path is False and cfg.min_rating is None
+  assert cfg.cache_dir == "c" and cfg.temporal_fractions == (0.8, 0.1, 0.1)
+  assert cfg.columns == data.Columns(user="user_id", item="item_id", time="timestamp",
+                                     lists=("genres",))
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    cfg.path = "x"  # type: ignore[misc]
+  assert data.DataConfig.from_mapping(cfg) is cfg
+
+
+def test_load_dataset_errors_say_what_a_format_expects(tmp_path):
   with pytest.raises(DataError, match="path is not set.*one user per line"):
-    data.load_dataset({"format": "seqfile"})
+    data.load_dataset(data_config(format="seqfile"))
   with pytest.raises(DataError, match=r"Video\.txt: file not found.*'user item' pair"):
-    data.load_dataset({"format": "pairs", "path": str(tmp_path / "Video.txt")})
+    data.load_dataset(data_config(format="pairs", path=str(tmp_path / "Video.txt")))
   with pytest.raises(DataError, match=r"ml-1m: no MovieLens release here.*download=True.*"
                      r"ml-1m\.zip by hand.*ratings\.dat exists"):
-    data.load_dataset({"format": "movielens", "path": str(tmp_path / "ml-1m")})
-  with pytest.raises(DataError, match="columns: unknown key"):
-    data.load_dataset({"format": "csv", "path": "x", "columns": {"usr": "a"}})
+    data.load_dataset(data_config(format="movielens", path=str(tmp_path / "ml-1m")))
+  with pytest.raises(DataError, match="path is not set.*download=True with a path"):
+    data.load_dataset(data_config(format="movielens"))
+  with pytest.raises(DataError, match="format 'tfds' needs tfds_name"):
+    data.load_dataset(data_config(format="tfds"))
 
 
 # ----------------------------------------------------------------------------- download
@@ -316,8 +352,8 @@ def test_download_verifies_and_unzips(tmp_path, fake_urlopen, monkeypatch):
   # The real zip's sha256 stays pinned; this test's zip gets its own.
   monkeypatch.setitem(download.RELEASES, "ml-1m", dataclasses.replace(
       download.RELEASES["ml-1m"], zip_sha256=hashlib.sha256(blob).hexdigest()))
-  ds = data.load_dataset({"format": "movielens", "path": str(tmp_path / "ml-1m"),
-                          "download": True})
+  ds = data.load_dataset(data_config(format="movielens", path=str(tmp_path / "ml-1m"),
+                                     download=True))
   assert asked == [url]
   assert (tmp_path / "ml-1m" / "ratings.dat").is_file()
   assert ds.num_users == 1 and ds.num_items == 4
@@ -333,22 +369,23 @@ def test_download_checksum_mismatch_and_offline(tmp_path, fake_urlopen):
     download.download_movielens(tmp_path / "ml-1m")
   assert not (tmp_path / "ml-1m").exists()
   with pytest.raises(DataError) as info:
-    data.load_dataset({"format": "movielens", "path": str(tmp_path / "ml-25m"),
-                       "download": True})
+    data.load_dataset(data_config(format="movielens", path=str(tmp_path / "ml-25m"),
+                                  download=True))
   message = str(info.value)
   assert message.startswith("https://files.grouplens.org/datasets/movielens/ml-25m.zip: "
                             "download failed (no network here)")
   assert str(tmp_path / "ml-25m" / "ratings.csv") in message
   with pytest.raises(DataError, match="cannot tell which MovieLens release"):
-    data.load_dataset({"format": "movielens", "path": str(tmp_path / "movies"),
-                       "download": True})
+    data.load_dataset(data_config(format="movielens", path=str(tmp_path / "movies"),
+                                  download=True))
 
 
 def test_download_without_zip_checksum_checks_files(tmp_path, fake_urlopen, monkeypatch):
   served, _ = fake_urlopen
   served["https://files.grouplens.org/datasets/movielens/ml-10m.zip"] = zip_bytes(
       {"ml-10M100K/ratings.dat": "1::2::3::4\n", "ml-10M100K/movies.dat": "2::X::Drama\n"})
-  assert readers.read_movielens(download.download_movielens(tmp_path / "ml-10M100K")).items[0] == 2
+  ml10m = download.download_movielens(tmp_path / "ml-10M100K")
+  assert movielens.read_movielens(ml10m).items[0] == 2
   # 100K: the extracted u.data must have GroupLens' md5.
   blob = zip_bytes({"ml-100k/u.data": "1\t2\t3\t4\n", "ml-100k/u.item": "x", "ml-100k/u.genre": "x"})
   served["https://files.grouplens.org/datasets/movielens/ml-100k.zip"] = blob
@@ -398,8 +435,8 @@ def test_tfds_movielens_with_mock_data():
 
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                               as_dataset_fn=as_dataset):
-    log = readers.read_tfds("tfds:movielens/100k-ratings")
-    ds = data.load_dataset({"path": "tfds:movielens/100k-ratings", "min_user_events": 1})
+    log = tfds_format.read_tfds("tfds:movielens/100k-ratings")
+    ds = data.load_dataset(data_config(path="tfds:movielens/100k-ratings"))
   np.testing.assert_array_equal(log.users, [138, 92, 138, 138])
   np.testing.assert_array_equal(log.items, [357, 709, 709, 1])
   np.testing.assert_array_equal(log.timestamps, [879024327, 875654590, 879024100, 879024000])
@@ -412,7 +449,7 @@ def test_tfds_movielens_with_mock_data():
   assert ds.train[0].tolist() == [1] and ds.valid.targets_U.tolist() == [3]
   assert ds.test.targets_U.tolist() == [2]
   with pytest.raises(DataError, match="only tfds movielens"):
-    readers.read_tfds("mnist")
+    tfds_format.read_tfds("mnist")
 
 
 # ----------------------------------------------------------------------------- shared data
@@ -420,10 +457,10 @@ def test_tfds_movielens_with_mock_data():
 
 @pytest.mark.shared_data
 def test_shared_data_counts(shared_data):
-  beauty = readers.read_seqfile(shared_data / "amazon-beauty" / "Beauty.txt",
+  beauty = seqfile.read_seqfile(shared_data / "amazon-beauty" / "Beauty.txt",
                                 shared_data / "amazon-beauty" / "Beauty_item2attributes.json")
-  games = readers.read_pairs(shared_data / "amazon-games" / "Video.txt")
-  ml = readers.read_movielens(shared_data / "ml-100k")
+  games = pairs.read_pairs(shared_data / "amazon-games" / "Video.txt")
+  ml = movielens.read_movielens(shared_data / "ml-100k")
   for log, users, items, events in ((beauty, 22_363, 12_101, 198_502),
                                     (games, 31_013, 23_715, 287_107),
                                     (ml, 943, 1_682, 100_000)):
@@ -431,7 +468,7 @@ def test_shared_data_counts(shared_data):
         users, items, events)
   assert ml.item_side.titles[1] == "Toy Story (1995)"
   assert ml.item_side.attributes[1] == ["Animation", "Children's", "Comedy"]
-  ds = data.load_dataset({"format": "seqfile",
-                          "path": str(shared_data / "amazon-beauty" / "Beauty.txt")})
+  ds = data.load_dataset(data_config(
+      format="seqfile", path=str(shared_data / "amazon-beauty" / "Beauty.txt")))
   assert (ds.num_users, ds.num_items - 1, ds.num_attrs - 1) == (22_363, 12_101, 637)
   assert len(ds.train.items_N) + len(ds.valid) + len(ds.test) == 198_502

@@ -1,4 +1,4 @@
-"""The Pallas LSTM kernels against `lstmrec_jax.model.lstm.lstm_recurrence`.
+"""The Pallas LSTM kernels against `lstmrec_jax.core.lstm.lstm_recurrence`.
 
 Written once, run twice: in the Pallas interpreter on CPU (always) and compiled on the device
 (`native` ids, marked `gpu`, skipped where jax has no GPU). Shapes are tiny because interpret mode
@@ -22,7 +22,7 @@ from kernels import dispatch
 from kernels import lstm_common
 from kernels import lstm_persistent
 from kernels import lstm_step
-from lstmrec_jax.model import lstm as lstm_lib
+from lstmrec_jax.core import lstm as lstm_lib
 
 ON_GPU = jax.default_backend() == "gpu"
 MODES = [

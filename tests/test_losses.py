@@ -208,3 +208,95 @@ def test_in_batch_negatives_exclude_own_position():
     z = np.exp(s[row, t]) + sum(np.exp(s[row, k] - log_pool_q) for k in cands)
     expected.append(np.log(z) - s[row, t])
   np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-5)
+
+
+def _softplus(x):
+  return float(np.log1p(np.exp(x)))
+
+
+def _tiny():
+  """E = 1 so scores are hand-computable: s = user * table + bias = (0, 2, 0, 1) for items 0..3."""
+  user = jnp.array([[1.0], [1.0]])
+  table = jnp.array([[0.0], [2.0], [0.0], [1.0]])
+  targets = jnp.array([1, 0])  # the second position has no target (weight 0)
+  negatives = jnp.array([2, 3, 1, 0])  # 1 is the target (a hit), 0 is padding: both left out
+  return user, table, targets, negatives
+
+
+def test_bpr_hand_computed():
+  user, table, targets, negatives = _tiny()
+  loss, aux = losses.bpr_loss(user, table, None, targets, jnp.ones(2), negatives)
+  expected = (_softplus(-2.0) + _softplus(-1.0)) / 2  # -log sigmoid(2 - 0), -log sigmoid(2 - 1)
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+  assert float(aux["weight_sum"]) == 1.0
+  # A bias moves the scores: +1 on item 3 makes s_3 = 2.
+  bias = jnp.array([0.0, 0.0, 0.0, 1.0])
+  loss_b, _ = losses.bpr_loss(user, table, bias, targets, jnp.ones(2), negatives)
+  np.testing.assert_allclose(float(loss_b), (_softplus(-2.0) + _softplus(0.0)) / 2, rtol=1e-6)
+
+
+def test_bce_hand_computed():
+  user, table, targets, negatives = _tiny()
+  loss, _ = losses.bce_loss(user, table, None, targets, jnp.ones(2), negatives)
+  expected = _softplus(-2.0) + (_softplus(0.0) + _softplus(1.0)) / 2
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+
+
+def _cfg(**overrides):
+  from helpers import loss_config  # pylint: disable=g-import-not-at-top
+  return loss_config(**overrides)
+
+
+@pytest.mark.parametrize("kind", ["full", "chunked", "sampled", "bpr", "bce"])
+def test_registered_losses_give_the_direct_functions_numbers(kind):
+  user, table, bias, targets, weights = _problem()
+  cfg = _cfg(kind=kind, chunk_size=32, num_negatives=16)
+  log_q = losses.popularity_log_q(jnp.arange(V), 0.5)
+  key = jax.random.key(4)
+  got = losses.get_loss(kind)(user, table, bias, targets, weights, cfg=cfg, key=key,
+                              log_q_V=log_q, item_mask_V=None)
+  negatives = losses.sample_negatives(key, log_q, 16)
+  direct = {
+      "full": lambda: losses.softmax_cross_entropy(user, table, bias, targets, weights),
+      "chunked": lambda: losses.chunked_softmax_cross_entropy(user, table, bias, targets, weights,
+                                                              chunk_size=32),
+      "sampled": lambda: losses.sampled_softmax_cross_entropy(user, table, bias, targets, weights,
+                                                              negatives, log_q),
+      "bpr": lambda: losses.bpr_loss(user, table, bias, targets, weights, negatives),
+      "bce": lambda: losses.bce_loss(user, table, bias, targets, weights, negatives),
+  }[kind]()[0]
+  np.testing.assert_array_equal(got, direct)
+  assert losses.needs_log_q(kind) == (kind in ("sampled", "bpr", "bce"))
+
+
+def test_loss_config_has_no_defaults_and_names_bad_keys():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from configs import base  # pylint: disable=g-import-not-at-top
+  group = base.get_base_config().loss.to_dict()
+  assert {f.name for f in dataclasses.fields(losses.LossConfig)} == set(group)
+  assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(losses.LossConfig))
+  with pytest.raises(ValueError, match=r"loss\.typo.*missing.*loss\.kind"):
+    losses.LossConfig.from_mapping({**{k: v for k, v in group.items() if k != "kind"}, "typo": 1})
+  with pytest.raises(ValueError) as e:
+    losses.LossConfig.from_mapping({**group, "kind": "hinge", "label_smoothing": 1.5})
+  assert "loss.kind" in str(e.value) and "loss.label_smoothing" in str(e.value)
+  with pytest.raises(ValueError, match="loss.label_smoothing"):
+    losses.LossConfig.from_mapping({**group, "label_smoothing": 0.1, "train_items_only": True})
+
+
+def test_register_loss_adds_a_kind():
+  @losses.register_loss("test_mean_score")
+  def mean_score(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg, key, log_q_V,
+                 item_mask_V):
+    del bias_V, targets_N, weights_N, cfg, key, log_q_V, item_mask_V
+    return (user_NxE @ table_VxE.T).mean()
+
+  try:
+    cfg = _cfg(kind="test_mean_score")
+    assert losses.get_loss(cfg.kind) is mean_score
+    with pytest.raises(ValueError, match="already registered"):
+      losses.register_loss("test_mean_score")(lambda *a, **k: 0.0)
+  finally:
+    losses._LOSSES.pop("test_mean_score")  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="unknown loss.kind"):
+    losses.get_loss("test_mean_score")

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstmrec_jax.model import lstm
+from lstmrec_jax.core import lstm
+from lstmrec_jax.model import encoders
 
 B, L, E, H = 3, 7, 5, 6
 
@@ -200,10 +201,11 @@ def test_layer_rejects_mismatched_params():
   with pytest.raises(ValueError, match="lack"):
     lstm.lstm_layer({"w_ih": 1}, _inputs(), MASK_BxL)
   with pytest.raises(ValueError, match="hoist=False"):
-    lstm.lstm_layer(_params(), _inputs(), MASK_BxL, hoist=False, impl="pallas")
+    lstm.lstm_layer(_params(), _inputs(), MASK_BxL, hoist=False,
+                    recurrence=lambda *a, **k: None)
 
 
-def test_other_impls_go_through_kernels_dispatch(monkeypatch):
+def test_model_resolves_other_impls_through_kernels_dispatch(monkeypatch):
   import kernels  # pylint: disable=g-import-not-at-top
   calls = []
 
@@ -215,9 +217,12 @@ def test_other_impls_go_through_kernels_dispatch(monkeypatch):
   fake.get_recurrence = get_recurrence
   monkeypatch.setitem(sys.modules, "kernels.dispatch", fake)
   monkeypatch.setattr(kernels, "dispatch", fake, raising=False)
-  params, x = _params(), _inputs()
-  out, _ = lstm.lstm_layer(params, x, MASK_BxL, impl="pallas")
+  assert encoders.resolve_lstm_recurrence("xla") is None and not calls
+  assert encoders.resolve_lstm_recurrence("pallas", hoist=False) is None and not calls
+  recurrence = encoders.resolve_lstm_recurrence("pallas")
   assert calls == ["pallas"]
+  params, x = _params(), _inputs()
+  out, _ = lstm.lstm_layer(params, x, MASK_BxL, recurrence=recurrence)
   np.testing.assert_array_equal(out, lstm.lstm_layer(params, x, MASK_BxL)[0])
 
 
@@ -226,4 +231,20 @@ def test_missing_kernels_dispatch_is_a_clear_error(monkeypatch):
   monkeypatch.setitem(sys.modules, "kernels.dispatch", None)
   monkeypatch.delattr(kernels, "dispatch", raising=False)
   with pytest.raises(ImportError, match="kernels.dispatch"):
-    lstm.lstm_layer(_params(), _inputs(), MASK_BxL, impl="pallas")
+    encoders.resolve_lstm_recurrence("pallas")
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_stack_step_matches_the_scan(residual):
+  """Streaming: one `lstm_stack_step` per event gives `lstm_stack`'s outputs (f32 rounding)."""
+  params = [_params(0, E, E), _params(1, E, E)]
+  x = _inputs()
+  full, finals = lstm.lstm_stack(params, x, MASK_BxL, residual=residual)
+  zeros = jnp.zeros((B, E))
+  states = [lstm.LSTMState(zeros, zeros)] * 2
+  for t in range(L):
+    h, states = lstm.lstm_stack_step(params, x[:, t], MASK_BxL[:, t], states, residual=residual)
+    np.testing.assert_allclose(h, full[:, t], atol=1e-6)
+  for s, f in zip(states, finals):
+    np.testing.assert_allclose(s.h_BxH, f.h_BxH, atol=1e-6)
+    np.testing.assert_allclose(s.c_BxH, f.c_BxH, atol=1e-6)

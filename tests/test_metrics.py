@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstmrec_jax import metrics
+from lstmrec_jax.evaluation import metrics
 
 
 def _ranks_bruteforce(scores_BxV, targets_B, seen, exclude_seen=True):

@@ -13,15 +13,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs import base as base_config
+import helpers
+from helpers import ce_loss, jitted_forward, model_config
 from lstmrec_jax import losses
-from lstmrec_jax.model import modules
+from lstmrec_jax.model import ModelConfig, SeqRecModel
 
 V = 40
-FULL = modules.ModelConfig(num_items=V, embed_dim=8, hidden_size=12, num_layers=2,
-                           embed_dropout=0.2, layer_dropout=0.2, output_dropout=0.2,
-                           residual=True, layer_norm=True, ffn=True, item_bias=True,
-                           tied_output=False)
-SIMPLE = modules.ModelConfig(num_items=V, embed_dim=8, hidden_size=8)
+FULL = model_config(V, embed_dim=8, hidden_size=12, num_layers=2, embed_dropout=0.2,
+                    layer_dropout=0.2, output_dropout=0.2, residual=True, layer_norm=True,
+                    ffn=True, item_bias=True, tied_output=False, lstm_impl="xla")
+SIMPLE = model_config(V, embed_dim=8, hidden_size=8, lstm_impl="xla")
 
 INPUTS_BxL = jnp.array([[3, 7, 9, 2, 0, 0],
                         [5, 1, 0, 0, 0, 0],
@@ -33,40 +35,43 @@ TARGETS_BxL = jnp.array([[7, 9, 2, 6, 0, 0],
 
 
 def _split(cfg, seed=0):
-  graphdef, state = nnx.split(modules.SeqRecModel(cfg, rngs=nnx.Rngs(seed)))
+  graphdef, state = nnx.split(SeqRecModel(cfg, rngs=nnx.Rngs(seed)))
   return graphdef, state
 
 
 def _ce(graphdef, state, key=None, loss=losses.softmax_cross_entropy):
-  model = nnx.merge(graphdef, state)
-  user_BxLxE = model(INPUTS_BxL, MASK_BxL, dropout_key=key)
-  targets_N = TARGETS_BxL.reshape(-1)
-  return loss(user_BxLxE.reshape(-1, user_BxLxE.shape[-1]), model.item_table(),
-              model.item_bias(), targets_N, (targets_N > 0).astype(jnp.float32))[0]
+  return ce_loss(nnx.merge(graphdef, state), INPUTS_BxL, MASK_BxL, TARGETS_BxL, dropout_key=key,
+                 loss=loss)
 
 
-def test_config_from_dict_accepts_known_keys_and_rejects_unknown():
-  cfg = modules.model_config_from_dict({"embed_dim": 16, "lstm_impl": "xla"}, num_items=V)
-  assert cfg.num_items == V and cfg.embed_dim == 16
-  with pytest.raises(ValueError, match=r"\['hiden_size', 'typo'\]"):
-    modules.model_config_from_dict({"hiden_size": 3, "typo": 1, "embed_dim": 4}, num_items=V)
-  with pytest.raises(ValueError, match="num_items"):
-    modules.model_config_from_dict({"num_items": V + 1}, num_items=V)
-  with pytest.raises(ValueError, match="compute_dtype"):
-    modules.model_config_from_dict({"compute_dtype": "float16"}, num_items=V)
-  # Round trip, and the ConfigDict-style entry point.
-  as_dict = {k: v for k, v in dataclasses.asdict(FULL).items() if k != "num_items"}
-  assert modules.model_config_from_dict(as_dict, V) == FULL
-  config_dict = type("ConfigDictLike", (), {"to_dict": lambda self: as_dict})()
-  assert modules.model_config_from_config(config_dict, V) == FULL
+def test_config_fields_are_exactly_base_model_keys_plus_data_sizes():
+  base_keys = set(base_config.get_base_config().model)
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  assert fields == base_keys | {"num_items", "max_len"}
+  assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(ModelConfig))
+
+
+def test_config_from_mapping_names_unknown_and_missing_keys():
+  group = base_config.get_base_config().model.to_dict()
+  cfg = ModelConfig.from_mapping(group, num_items=V, max_len=6)
+  assert cfg.num_items == V and cfg.max_len == 6 and cfg.encoder == "lstm"
+  bad = {k: v for k, v in group.items() if k != "embed_dim"}
+  bad.update(hiden_size=3, typo=1)
+  with pytest.raises(ValueError, match=r"model\.hiden_size.*model\.typo.*missing.*model\.embed_dim"):
+    ModelConfig.from_mapping(bad, num_items=V, max_len=6)
+  # Every invalid value in one error, each named model.<key>.
+  with pytest.raises(ValueError) as e:
+    ModelConfig.from_mapping({**group, "compute_dtype": "float16", "embed_dropout": 1.0,
+                              "encoder": "rnn"}, num_items=V, max_len=6)
+  for key in ("model.compute_dtype", "model.embed_dropout", "model.encoder"):
+    assert key in str(e.value)
+  with pytest.raises(ValueError, match="model.num_heads"):
+    ModelConfig.from_mapping({**group, "encoder": "transformer", "num_heads": 3}, num_items=V,
+                             max_len=6)
 
 
 def _jitted(cfg, seed=0):
-  """(model, jitted forward(inputs, mask, resets=None, key=None)) for fast repeated calls."""
-  model = modules.SeqRecModel(cfg, rngs=nnx.Rngs(seed))
-  graphdef, state = nnx.split(model)
-  run = jax.jit(lambda state, *args, key=None: nnx.merge(graphdef, state)(*args, dropout_key=key))
-  return model, lambda *args, key=None: run(state, *args, key=key)
+  return jitted_forward(cfg, seed)
 
 
 def test_forward_shapes_and_scores():
@@ -80,7 +85,7 @@ def test_forward_shapes_and_scores():
   np.testing.assert_allclose(
       logits[..., 1:], (user @ model.item_table().T + model.item_bias())[..., 1:], atol=1e-6)
   assert model.item_table().shape == (V, 8) and model.item_bias().shape == (V,)
-  simple = modules.SeqRecModel(SIMPLE, rngs=nnx.Rngs(0))
+  simple = SeqRecModel(SIMPLE, rngs=nnx.Rngs(0))
   assert simple.item_bias() is None
   np.testing.assert_array_equal(simple.item_table(), simple.item_repr.table())  # tied
 
@@ -111,11 +116,11 @@ def test_dropout_follows_the_key_and_is_off_without_one():
 
   @jax.jit
   def forward(state, key):
-    return nnx.merge(graphdef, state)(INPUTS_BxL, MASK_BxL, dropout_key=key)
+    return helpers.forward(nnx.merge(graphdef, state), INPUTS_BxL, MASK_BxL, dropout_key=key)
 
   @jax.jit
   def forward_eval(state):
-    return nnx.merge(graphdef, state)(INPUTS_BxL, MASK_BxL)
+    return helpers.forward(nnx.merge(graphdef, state), INPUTS_BxL, MASK_BxL)
 
   a, a2 = forward(state, jax.random.key(1)), forward(state, jax.random.key(1))
   b, off = forward(state, jax.random.key(2)), forward_eval(state)
@@ -155,8 +160,8 @@ def test_bfloat16_compute_is_close_to_float32():
   cfg = dataclasses.replace(FULL, compute_dtype="bfloat16")
   graphdef, state = _split(FULL)
   graphdef16, _ = _split(cfg)
-  user32 = nnx.merge(graphdef, state)(INPUTS_BxL, MASK_BxL)
-  user16 = nnx.merge(graphdef16, state)(INPUTS_BxL, MASK_BxL)
+  user32 = helpers.forward(nnx.merge(graphdef, state), INPUTS_BxL, MASK_BxL)
+  user16 = helpers.forward(nnx.merge(graphdef16, state), INPUTS_BxL, MASK_BxL)
   assert user16.dtype == jnp.float32
   np.testing.assert_allclose(user16, user32, atol=0.1)
   assert float(jnp.abs(user16 - user32).max()) > 0
@@ -165,5 +170,32 @@ def test_bfloat16_compute_is_close_to_float32():
 def test_unhoisted_model_matches_hoisted():
   graphdef, state = _split(FULL)
   graphdef_u, _ = _split(dataclasses.replace(FULL, hoist_input_projection=False))
-  np.testing.assert_allclose(nnx.merge(graphdef_u, state)(INPUTS_BxL, MASK_BxL),
-                             nnx.merge(graphdef, state)(INPUTS_BxL, MASK_BxL), atol=1e-5)
+  np.testing.assert_allclose(helpers.forward(nnx.merge(graphdef_u, state), INPUTS_BxL, MASK_BxL),
+                             helpers.forward(nnx.merge(graphdef, state), INPUTS_BxL, MASK_BxL),
+                             atol=1e-5)
+
+
+def test_item_tables_are_computed_once_and_passed():
+  """The call gathers from the table it is given; item_tables() returns input, output and bias."""
+  model = SeqRecModel(FULL, rngs=nnx.Rngs(0))
+  input_VxE, output_VxE, bias_V = model.item_tables()
+  np.testing.assert_array_equal(output_VxE, model.item_table())
+  assert bias_V.shape == (V,)
+  user = model(INPUTS_BxL, MASK_BxL, item_table_VxE=input_VxE)
+  other = model(INPUTS_BxL, MASK_BxL, item_table_VxE=input_VxE * 2.0)
+  assert float(jnp.abs(user - other).max()) > 1e-4
+  simple = SeqRecModel(SIMPLE, rngs=nnx.Rngs(0))
+  tables = simple.item_tables()
+  assert tables[0] is tables[1] and tables[2] is None  # tied: one table
+
+
+def test_model_streaming_step_matches_the_full_call():
+  """Serving: repeated `step` calls give the full call's user states (no dropout)."""
+  cfg = dataclasses.replace(FULL, residual=False)
+  model = SeqRecModel(cfg, rngs=nnx.Rngs(0))
+  table = model.item_tables()[0]
+  full = model(INPUTS_BxL, MASK_BxL, item_table_VxE=table)
+  state = model.initial_state(3)
+  for t in range(INPUTS_BxL.shape[1]):
+    state, user_BxE = model.step(state, INPUTS_BxL[:, t], item_table_VxE=table)
+    np.testing.assert_allclose(user_BxE, full[:, t], atol=1e-5)

@@ -9,6 +9,7 @@ from lstmrec_jax import data
 from lstmrec_jax.data import pipeline
 from lstmrec_jax.data.preprocess import EvalSplit
 from lstmrec_jax.data.preprocess import Sequences
+from helpers import data_config
 
 
 def random_sequences(lengths, seed=0, num_items=100_000) -> Sequences:
@@ -92,8 +93,9 @@ def test_packing_padding_under_ten_percent_on_beauty_like_lengths():
 
 @pytest.mark.shared_data
 def test_packing_padding_on_beauty(shared_data):
-  ds = data.load_dataset({"format": "seqfile", "attributes_path": False,
-                          "path": str(shared_data / "amazon-beauty" / "Beauty.txt")})
+  ds = data.load_dataset(data_config(
+      format="seqfile", attributes_path=False,
+      path=str(shared_data / "amazon-beauty" / "Beauty.txt")))
   packed = pipeline.TrainBatches(ds.train, batch_size=256, max_len=50, seed=0, pack=True)
   assert packed.padding_fraction < 0.10
   assert packed.num_examples == ds.num_users  # every Beauty user has >= 2 training events
@@ -184,8 +186,8 @@ def test_eval_batches_cover_every_user_once_with_full_seen():
 
 
 def test_batches_from_a_real_build():
-  ds = data.load_dataset({"format": "synthetic",
-                          "synthetic": {"num_users": 200, "num_items": 100, "seed": 2}})
+  ds = data.load_dataset(data_config(
+      synthetic={"num_users": 200, "num_items": 100, "seed": 2}))
   batches = data.TrainBatches(ds.train, batch_size=16, max_len=20, seed=0, pack=True)
   batch = next(batches.epoch(0))
   assert batch["targets_BxL"].max() < ds.num_items

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lstmrec_jax import losses, metrics
+from lstmrec_jax import losses
+from lstmrec_jax.evaluation import metrics
+from helpers import loss_config, model_config, optim_config
 from lstmrec_jax.model import modules
 from lstmrec_jax.train import state as state_lib
 from lstmrec_jax.train import steps
@@ -28,17 +30,17 @@ BIG_V = 1_000_000
 
 def _train_step_memory(num_items: int, batch: int = 32, length: int = 50, embed: int = 16):
   """Compiled memory stats of the trainer's own jitted step (chunked exact loss, AdamW)."""
-  cfg = modules.ModelConfig(num_items=num_items, embed_dim=embed, hidden_size=embed)
+  cfg = model_config(num_items, embed_dim=embed, hidden_size=embed)
   abstract_model = nnx.eval_shape(lambda: modules.SeqRecModel(cfg, rngs=nnx.Rngs(params=0)))
   graphdef, params, consts = nnx.split(abstract_model, nnx.Param, ...)
-  tx = state_lib.make_optimizer(state_lib.OptimConfig(), total_steps=100)
+  tx = state_lib.make_optimizer(optim_config(), total_steps=100)
   state = jax.eval_shape(lambda p: state_lib.init_state(p, tx, 0), params.to_pure_dict())
   ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
   flags = jax.ShapeDtypeStruct((batch, length), jnp.bool_)
   batch_spec = {"inputs_BxL": ids, "targets_BxL": ids, "mask_BxL": flags, "resets_BxL": flags}
   step_fn = jax.jit(functools.partial(
       steps.train_step, graphdef=graphdef, tx=tx,
-      loss_cfg=steps.LossConfig(kind="chunked", chunk_size=4096)), donate_argnums=0)
+      loss_cfg=loss_config(kind="chunked", chunk_size=4096)), donate_argnums=0)
   aux = {"consts": consts.to_pure_dict(), "log_q_V": None}
   return step_fn.lower(state, batch_spec, aux).compile().memory_analysis()
 

@@ -10,33 +10,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default as default_config
-from lstmrec_jax import data as data_lib
+from lstmrec_jax import mesh as mesh_lib
+from lstmrec_jax import run as run_lib
+from lstmrec_jax.cli import common
 from lstmrec_jax.data import pipeline
-from lstmrec_jax.train import evaluate, loop
-from lstmrec_jax.train import mesh as mesh_lib
+from lstmrec_jax.evaluation import ranking, reports
+from lstmrec_jax.train import loop
 from lstmrec_jax.train import state as state_lib
 from lstmrec_jax.train import steps
-
-
-def tiny_config(tmp_path: pathlib.Path, **train_overrides):
-  c = default_config.get_config()
-  c.data.synthetic = {"num_users": 240, "num_items": 80, "seed": 3}
-  c.data.cache_dir = str(tmp_path / "cache")
-  c.input.max_len = 16
-  c.input.batch_size = 8
-  c.input.eval_batch_size = 64
-  c.model.embed_dim = 16
-  c.model.hidden_size = 16
-  c.optim.warmup_steps = 2
-  c.optim.learning_rate = 1e-2
-  c.train.num_epochs = 2
-  c.train.log_every_steps = 1
-  c.train.progress_bar = False
-  c.train.num_devices = 1
-  for k, v in train_overrides.items():
-    c.train[k] = v
-  return c
+from helpers import loss_config, optim_config, tiny_config
 
 
 def read_losses(workdir: pathlib.Path) -> dict[int, float]:
@@ -52,11 +34,12 @@ def read_losses(workdir: pathlib.Path) -> dict[int, float]:
 def tiny_setup(tmp_path_factory):
   """Dataset, model and a jitted step of the tiny config, shared by the step-level tests."""
   config = tiny_config(tmp_path_factory.mktemp("setup"))
-  dataset = loop.load_data(config)
-  model_cfg = loop.model_config(config, dataset)
+  spec = run_lib.spec_from_config(config)
+  dataset = run_lib.load_data(spec)
+  model_cfg = spec.model_config(dataset.num_items)
   graphdef, params, consts = state_lib.create_model(model_cfg, 0)
   assert not jax.tree.leaves(consts)  # an id-only model has no constants
-  tx = state_lib.make_optimizer(state_lib.OptimConfig(learning_rate=1e-2, warmup_steps=1), 10)
+  tx = state_lib.make_optimizer(optim_config(learning_rate=1e-2, warmup_steps=1), 10)
   batches = pipeline.TrainBatches(dataset.train, batch_size=8, max_len=16, seed=0, pack=True)
   return config, dataset, graphdef, params, tx, batches
 
@@ -64,7 +47,7 @@ def tiny_setup(tmp_path_factory):
 def test_every_parameter_changes_after_one_step(tiny_setup):
   _, _, graphdef, params, tx, batches = tiny_setup
   step_fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
-                                      loss_cfg=steps.LossConfig(kind="full")))
+                                      loss_cfg=loss_config(kind="full")))
   state = state_lib.init_state(params, tx, 0)
   batch = next(iter(batches.epoch(0)))
   new_state, out = step_fn(state, batch, {"consts": {}, "log_q_V": None})
@@ -78,7 +61,7 @@ def test_every_parameter_changes_after_one_step(tiny_setup):
 def test_step_compiles_once_across_batches(tiny_setup):
   _, _, graphdef, params, tx, batches = tiny_setup
   step_fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
-                                      loss_cfg=steps.LossConfig(kind="chunked", chunk_size=32)),
+                                      loss_cfg=loss_config(kind="chunked", chunk_size=32)),
                     donate_argnums=0)
   state = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, 0)  # donated below
   for i, batch in zip(range(4), batches.epoch(1)):
@@ -92,7 +75,7 @@ def test_losses_agree_full_chunked(tiny_setup):
   outs = {}
   for kind in ("full", "chunked"):
     fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
-                                   loss_cfg=steps.LossConfig(kind=kind, chunk_size=24)))
+                                   loss_cfg=loss_config(kind=kind, chunk_size=24)))
     _, out = fn(state_lib.init_state(params, tx, 0), batch, {"consts": {}, "log_q_V": None})
     outs[kind] = float(out["loss"])
   assert outs["full"] == pytest.approx(outs["chunked"], rel=1e-5)
@@ -109,18 +92,18 @@ def test_train_items_only_equals_the_reduced_catalog(tiny_setup, kind):
   mask_V = np.zeros(num_items, bool)
   mask_V[targets[targets > 0]] = True
   mask_V[1::3] = True  # and some non-target items
-  cfg = steps.LossConfig(kind=kind, chunk_size=32, train_items_only=True)
+  cfg = loss_config(kind=kind, chunk_size=32, train_items_only=True)
   key = jax.random.PRNGKey(0)
 
   def loss(p, mask):
     model = nnx.merge(graphdef, p, {})
-    return steps._sequence_loss(model, batch, key, cfg, None, mask)[0]  # pylint: disable=protected-access
+    return steps.sequence_loss(model, batch, key, cfg, None, mask)
 
   got, grads = jax.value_and_grad(loss)(params, jnp.asarray(mask_V))
   # Reference: user states from the model, then a plain softmax over the kept items only.
   model = nnx.merge(graphdef, params, {})
   user = model(batch["inputs_BxL"], batch["mask_BxL"], batch.get("resets_BxL"),
-               dropout_key=key).reshape(-1, params["item_repr"]["embedding"].shape[1])
+               item_table_VxE=model.item_tables()[0], dropout_key=key).reshape(-1, params["item_repr"]["embedding"].shape[1])
   kept = np.flatnonzero(mask_V)
   logits = np.asarray(user) @ np.asarray(model.item_table())[kept].T
   targets_N = np.asarray(batch["targets_BxL"]).reshape(-1)
@@ -178,7 +161,7 @@ def test_train_resume_and_evaluate(tmp_path):
   test = report["splits"]["test"]
   assert test["model"]["overall"]["users"] == 240
   assert set(test["model"]["by_history_length"]) == {"1-2", "3-5", "6-10", ">10"}
-  again = evaluate.evaluate_checkpoint(full_dir, which="best", num_devices=1,
+  again = ranking.evaluate_checkpoint(full_dir, which="best", num_devices=1,
                                        topk_out=str(tmp_path / "top.tsv"), topk=5)
   assert again["splits"]["test"]["model"]["overall"] == test["model"]["overall"]
   rows = (tmp_path / "top.tsv").read_text().splitlines()
@@ -208,12 +191,15 @@ def test_resume_accepts_keys_added_since_at_their_defaults(tmp_path):
   saved = json.loads((run / "config.json").read_text())
   del saved["loss"]["compute_dtype"]  # as if written before the key was added
   (run / "config.json").write_text(json.dumps(saved))
-  loop.train_and_evaluate(tiny_config(tmp_path, stop_after_steps=3), run)
+  defaults = common.base_defaults()  # what train.py passes: configs/base.py, flattened
+  with pytest.raises(ValueError, match="loss.compute_dtype"):
+    loop.train_and_evaluate(tiny_config(tmp_path, stop_after_steps=3), run)  # no defaults given
+  loop.train_and_evaluate(tiny_config(tmp_path, stop_after_steps=3), run, defaults=defaults)
   assert 3 in read_losses(run)
   changed = tiny_config(tmp_path, stop_after_steps=4)
   changed.loss.compute_dtype = "bfloat16"
   with pytest.raises(ValueError, match="loss.compute_dtype"):
-    loop.train_and_evaluate(changed, run)
+    loop.train_and_evaluate(changed, run, defaults=defaults)
 
 
 def test_batch_not_divisible_by_devices_is_an_error():
@@ -227,7 +213,7 @@ def _run_steps(tiny_setup, num_devices, n=3):
   mesh = mesh_lib.make_mesh(num_devices)
   repl, sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
   fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
-                                 loss_cfg=steps.LossConfig(kind="chunked", chunk_size=32)),
+                                 loss_cfg=loss_config(kind="chunked", chunk_size=32)),
                in_shardings=(repl, sh, repl), out_shardings=(repl, repl))
   state = mesh_lib.replicate(state_lib.init_state(params, tx, 0), mesh)
   losses = []
@@ -250,7 +236,7 @@ def test_eight_devices_equal_one(tiny_setup):
 def test_checkpoint_moves_between_device_counts_and_eval_is_identical(tmp_path):
   config = tiny_config(tmp_path, num_devices=8, stop_after_steps=0)
   report8 = loop.train_and_evaluate(config, tmp_path / "run8")
-  one = evaluate.evaluate_checkpoint(tmp_path / "run8", which="best", num_devices=1)
+  one = ranking.evaluate_checkpoint(tmp_path / "run8", which="best", num_devices=1)
   for split in ("valid", "test"):
     assert one["splits"][split]["model"] == report8["splits"][split]["model"]
 
@@ -270,20 +256,20 @@ def test_resume_on_another_device_count(tmp_path):
 
 def test_summarize_reports_mean_and_sample_std():
   def report(ndcg, hr, pop):
-    overall = {k: 0.0 for k in evaluate.SUMMARY_KEYS}
+    overall = {k: 0.0 for k in reports.SUMMARY_KEYS}
     overall.update({"NDCG@10": ndcg, "HR@10": hr})
     return {"workdir": f"run_{ndcg}", "step": 10,
             "splits": {"test": {"model": {"overall": overall},
                                 "popularity": {"overall": {**overall, "NDCG@10": pop}}}}}
 
-  s = evaluate.summarize_reports([report(0.04, 0.07, 0.005), report(0.05, 0.08, 0.005),
+  s = reports.summarize_reports([report(0.04, 0.07, 0.005), report(0.05, 0.08, 0.005),
                                   report(0.06, 0.09, 0.005)])
   assert s["runs"] == 3
   assert s["model"]["NDCG@10"] == pytest.approx((0.05, 0.01))  # sample std (ddof 1)
   assert s["model"]["HR@10"] == pytest.approx((0.08, 0.01))
   assert s["popularity"]["NDCG@10"][0] == pytest.approx(0.005)
-  text = evaluate.format_summary(s)
+  text = reports.format_summary(s)
   assert "**0.0500** +- 0.0100" in text and text.count("| run_") == 3
-  assert evaluate.summarize_reports([report(0.04, 0.07, 0.0)])["model"]["NDCG@10"] == (0.04, 0.0)
+  assert reports.summarize_reports([report(0.04, 0.07, 0.0)])["model"]["NDCG@10"] == (0.04, 0.0)
   with pytest.raises(ValueError, match="no reports"):
-    evaluate.summarize_reports([])
+    reports.summarize_reports([])

@@ -10,7 +10,10 @@ from configs import beauty as beauty_config
 from configs import default as default_config
 from configs import games as games_config
 from configs.spaces import lstm as lstm_space
-from lstmrec_jax.train import loop, tune
+from lstmrec_jax import run as run_lib
+from lstmrec_jax.train import loop
+from lstmrec_jax.tuning import search as tune
+import helpers
 
 SPACE = {
     "model.embed_dropout": ("uniform", 0.0, 0.5),
@@ -30,24 +33,10 @@ TRAIN_SPACE = {
 
 
 def tiny_config(tmp_path: pathlib.Path, **train_overrides):
-  """tests/test_train.py's tiny config with 32-row batches and one epoch: 2 steps a trial."""
-  c = default_config.get_config()
-  c.data.synthetic = {"num_users": 240, "num_items": 80, "seed": 3}
-  c.data.cache_dir = str(tmp_path / "cache")
-  c.input.max_len = 16
-  c.input.batch_size = 32
-  c.input.eval_batch_size = 64
-  c.model.embed_dim = 16
-  c.model.hidden_size = 16
-  c.optim.warmup_steps = 2
-  c.train.num_epochs = 1
-  c.train.log_every_steps = 1
-  c.train.progress_bar = False
-  c.train.num_devices = 1
-  for k, v in train_overrides.items():
-    c.train[k] = v
-  c.lock()  # as train.py / tune.py load it: a key the config lacks cannot be set
-  return c
+  """The shared tiny config with 32-row batches and one epoch (2 steps a trial), locked as
+  tune.py loads it."""
+  return helpers.tiny_config(tmp_path, lock=True, **{"input.batch_size": 32, "num_epochs": 1,
+                                                     **train_overrides})
 
 
 def read_jsonl(path: pathlib.Path) -> list[dict]:
@@ -119,7 +108,7 @@ def test_selection_follows_validation_never_test(tmp_path, monkeypatch):
   """Fake trials whose test metrics rank them in the opposite order to their validation ones."""
   calls = []
 
-  def fake_train_and_evaluate(config, workdir):
+  def fake_train_and_evaluate(config, workdir, defaults=None):
     workdir = pathlib.Path(workdir)
     trial = int(workdir.name.split("_")[1])
     calls.append(trial)

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstmrec_jax import losses, metrics
-from lstmrec_jax import vocab_parallel as vp
+from lstmrec_jax import losses
+from lstmrec_jax.evaluation import metrics
+from lstmrec_jax.train import vocab_parallel as vp
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (virtual) devices")
 
@@ -41,7 +42,7 @@ def test_loss_and_gradients_equal_full_softmax(mesh_shape, v, chunk_size, label_
                                                 with_bias):
   user, table, bias, targets, weights, _ = _problem(v=v)
   bias = bias if with_bias else None
-  mesh = vp.make_mesh(*mesh_shape)
+  mesh = vp.make_data_model_mesh(*mesh_shape)
   argnums = (0, 1, 2) if with_bias else (0, 1)
 
   def make(fn, **kw):
@@ -64,14 +65,14 @@ def test_aux_sums_equal_full_softmax():
   user, table, bias, targets, weights, _ = _problem()
   full = losses.softmax_cross_entropy(user, table, bias, targets, weights)[1]
   got = jax.jit(lambda *a: vp.vocab_parallel_softmax_cross_entropy(
-      *a, mesh=vp.make_mesh(2, 4), chunk_size=16)[1])(user, table, bias, targets, weights)
+      *a, mesh=vp.make_data_model_mesh(2, 4), chunk_size=16)[1])(user, table, bias, targets, weights)
   for key in ("loss_sum", "nll_sum", "weight_sum"):
     np.testing.assert_allclose(got[key], full[key], rtol=1e-6)
 
 
 def test_presharded_table_gradient_stays_sharded():
   """With V a multiple of M and the table laid out row-sharded, its gradient comes back so."""
-  mesh = vp.make_mesh(2, 4)
+  mesh = vp.make_data_model_mesh(2, 4)
   v = vp.padded_num_items(101, 4)
   assert v == 104
   user, table, bias, targets, weights, _ = _problem(v=v)
@@ -88,7 +89,7 @@ def test_presharded_table_gradient_stays_sharded():
 def test_per_device_memory_is_a_shard_of_the_table():
   """At V = 10^6 over 8 shards each device holds V*E/8 of table and O(N x C) of logits."""
   n, v, e, chunk = 2048, 1_000_000, 16, 4096
-  mesh = vp.make_mesh(1, 8)
+  mesh = vp.make_data_model_mesh(1, 8)
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
   args = (f32(n, e), jax.ShapeDtypeStruct((v, e), jnp.float32, sharding=vp.table_sharding(mesh)),
           jax.ShapeDtypeStruct((n,), jnp.int32), f32(n))
@@ -107,13 +108,13 @@ def test_bad_inputs_are_clear_errors():
   user, table, bias, targets, weights, _ = _problem(n=6)
   with pytest.raises(ValueError, match="cannot be split evenly"):
     vp.vocab_parallel_softmax_cross_entropy(user, table, bias, targets, weights,
-                                            mesh=vp.make_mesh(4, 2))
+                                            mesh=vp.make_data_model_mesh(4, 2))
   with pytest.raises(ValueError, match="no 'model' axis"):
     vp.vocab_parallel_softmax_cross_entropy(
         user, table, bias, targets, weights,
         mesh=jax.sharding.Mesh(np.asarray(jax.devices()), ("data",)))
   with pytest.raises(ValueError, match="needs 16 devices"):
-    vp.make_mesh(4, 4)
+    vp.make_data_model_mesh(4, 4)
 
 
 @pytest.mark.parametrize("mesh_shape", MESHES)
@@ -127,7 +128,7 @@ def test_ranks_equal_metrics_target_ranks(mesh_shape, v, chunk_size, with_bias, 
   expected = metrics.target_ranks(user, table, bias, targets, seen, exclude_seen=exclude_seen,
                                   chunk_size=16)
   got = jax.jit(lambda *a: vp.vocab_parallel_target_ranks(
-      *a, mesh=vp.make_mesh(*mesh_shape), exclude_seen=exclude_seen, chunk_size=chunk_size))(
+      *a, mesh=vp.make_data_model_mesh(*mesh_shape), exclude_seen=exclude_seen, chunk_size=chunk_size))(
           user, table, bias, targets, seen)
   np.testing.assert_array_equal(got, expected)
 
@@ -137,7 +138,7 @@ def test_ranks_ties_and_no_seen_items():
   user, table, _, targets, _, _ = _problem(v=101)
   targets = targets.at[:3].set(100)
   zero_table = jnp.zeros_like(table)
-  got = vp.vocab_parallel_target_ranks(user, zero_table, None, targets, mesh=vp.make_mesh(2, 4),
+  got = vp.vocab_parallel_target_ranks(user, zero_table, None, targets, mesh=vp.make_data_model_mesh(2, 4),
                                        chunk_size=8)
   np.testing.assert_array_equal(got, np.full(targets.shape, 99))
   np.testing.assert_array_equal(got, metrics.target_ranks(user, zero_table, None, targets))

@@ -1,4 +1,4 @@
-"""Training and evaluation batches with static shapes (tf.data for training).
+"""Training and evaluation batches with static shapes (tf.data or a numpy thread prefetches).
 
 Shape legend: `B` batch (per process), `L` history length (`max_len`), `S` seen-items width
 (per split), `R` rows of one epoch (users, or packed rows), `N` flattened events, `X` training
@@ -17,32 +17,86 @@ Evaluation (`eval_batches`): one row per user of an `EvalSplit`, the history's l
 items right-padded, the target, and `seen_BxS`, the full history to remove from the ranking.
 The last batch is padded and carries `valid_B`.
 
-TensorFlow is imported here only, and never sees an accelerator: JAX owns them.
+Every batch is computed in numpy; the `backend` only decides what prefetches training batches:
+"tf" (tf.data, TensorFlow from `tf_setup.import_tensorflow`, so it never sees an accelerator),
+"numpy" (a background thread, `prefetch`; TensorFlow is never imported) or "auto" (tf when
+TensorFlow imports, else numpy). Both feed bit-identical batches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+import queue
+import threading
+from typing import TypeVar
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from lstmrec_jax.data.preprocess import EvalSplit
 from lstmrec_jax.data.preprocess import Sequences
 
+BACKENDS = ("tf", "numpy", "auto")
+T = TypeVar("T")
 
-def _hide_accelerators_from_tf() -> None:
-  """Keeps TensorFlow off GPUs / TPUs so it cannot take their memory from JAX."""
-  for kind in ("GPU", "TPU"):
+
+def resolve_backend(backend: str) -> str:
+  """The backend that will prefetch: "auto" becomes "tf" when TensorFlow imports, else "numpy"."""
+  if backend not in BACKENDS:
+    raise ValueError(f"input backend {backend!r} is not one of {BACKENDS}")
+  if backend != "auto":
+    return backend
+  try:
+    from lstmrec_jax.data import tf_setup  # pylint: disable=g-import-not-at-top
+    tf_setup.import_tensorflow()
+  except ImportError:
+    return "numpy"
+  return "tf"
+
+
+def prefetch(items: Iterator[T], size: int) -> Iterator[T]:
+  """Yields `items` in order while a background thread computes up to `size` ahead.
+
+  The worker's exceptions are raised here, at the item where they happened; closing the
+  generator (or abandoning it mid-epoch) stops and joins the worker.
+
+  Example: `list(prefetch(iter(range(3)), 2))` -> [0, 1, 2].
+  """
+  q: queue.Queue = queue.Queue(maxsize=max(int(size), 1))
+  stop = threading.Event()
+
+  def put(entry) -> bool:
+    # A bounded put that gives up once the consumer has gone, so the thread never hangs.
+    while not stop.is_set():
+      try:
+        q.put(entry, timeout=0.05)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def work() -> None:
     try:
-      tf.config.set_visible_devices([], kind)
-    except (RuntimeError, ValueError):
-      # RuntimeError: TF already initialised its devices; ValueError: no such device type.
-      pass
+      for item in items:
+        if not put(("item", item)):
+          return
+      put(("end", None))
+    except BaseException as e:  # pylint: disable=broad-except
+      put(("error", e))
 
-
-_hide_accelerators_from_tf()
+  thread = threading.Thread(target=work, name="lstmrec-prefetch", daemon=True)
+  thread.start()
+  try:
+    while True:
+      kind, value = q.get()
+      if kind == "end":
+        return
+      if kind == "error":
+        raise value
+      yield value
+  finally:
+    stop.set()
+    thread.join()
 
 
 def _check_processes(batch_size: int, process_index: int, process_count: int) -> int:
@@ -104,7 +158,7 @@ class TrainBatches:
 
   def __init__(self, train: Sequences, *, batch_size: int, max_len: int, seed: int,
                pack: bool = False, process_index: int = 0, process_count: int = 1,
-               prefetch: int = 2):
+               prefetch: int = 2, backend: str = "auto"):
     """Lays out every training row once; epochs only permute rows.
 
     Args:
@@ -115,8 +169,11 @@ class TrainBatches:
       pack: several users per row (with resets) instead of one right-padded user per row.
       process_index: this process.
       process_count: processes; each gets `batch_size // process_count` rows of every batch.
-      prefetch: batches tf.data prepares ahead.
+      prefetch: batches prepared ahead.
+      backend: what prefetches: "tf" (tf.data), "numpy" (a thread, no TensorFlow) or "auto"
+        (tf when TensorFlow imports, else numpy); the batches are identical.
     """
+    self.backend = resolve_backend(backend)
     self.batch_size = batch_size
     self.per_process_batch = _check_processes(batch_size, process_index, process_count)
     if max_len < 1:
@@ -169,12 +226,17 @@ class TrainBatches:
     self.real_positions_per_epoch = int(round(
         total * self.steps_per_epoch * batch_size / self.num_rows))
     shape = (self.num_rows, max_len)
-    self._tables = {"inputs_BxL": tf.constant(inputs_RL.reshape(shape)),
-                    "targets_BxL": tf.constant(targets_RL.reshape(shape)),
-                    "resets_BxL": tf.constant(resets_RL.reshape(shape))}
+    self._tables = {"inputs_BxL": inputs_RL.reshape(shape),
+                    "targets_BxL": targets_RL.reshape(shape),
+                    "resets_BxL": resets_RL.reshape(shape)}
+    if self.backend == "tf":
+      from lstmrec_jax.data import tf_setup  # pylint: disable=g-import-not-at-top
+      tf = tf_setup.import_tensorflow()
+      self._tf_tables = {k: tf.constant(v) for k, v in self._tables.items()}
     logging.info("TrainBatches: %d examples in %d rows of %d (pack=%s, padding %.1f%%),"
-                 " %d steps per epoch of %d", self.num_examples, self.num_rows, max_len, pack,
-                 100 * self.padding_fraction, self.steps_per_epoch, batch_size)
+                 " %d steps per epoch of %d, %s prefetch", self.num_examples, self.num_rows,
+                 max_len, pack, 100 * self.padding_fraction, self.steps_per_epoch, batch_size,
+                 self.backend)
 
   def epoch_rows(self, epoch: int) -> np.ndarray:
     """[steps_per_epoch, per_process_batch] row indices this process reads in `epoch`."""
@@ -199,7 +261,12 @@ class TrainBatches:
     if not 0 <= skip_batches <= self.steps_per_epoch:
       raise ValueError(f"skip_batches must be in 0..{self.steps_per_epoch}, got {skip_batches}")
     step_rows = self.epoch_rows(epoch)[skip_batches:]  # [steps left, B]
-    tables = self._tables
+    if self.backend == "numpy":
+      yield from prefetch((self._gather_numpy(idx_B) for idx_B in step_rows), self.prefetch)
+      return
+    from lstmrec_jax.data import tf_setup  # pylint: disable=g-import-not-at-top
+    tf = tf_setup.import_tensorflow()
+    tables = self._tf_tables
 
     def gather(idx_B):
       batch = {name: tf.gather(table, idx_B) for name, table in tables.items()}
@@ -210,6 +277,12 @@ class TrainBatches:
     ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(self.prefetch)
     yield from ds.as_numpy_iterator()
+
+  def _gather_numpy(self, idx_B: np.ndarray) -> dict[str, np.ndarray]:
+    """One batch's rows, in the tf path's keys, dtypes and order."""
+    batch = {name: np.take(table, idx_B, axis=0) for name, table in self._tables.items()}
+    batch["mask_BxL"] = batch["inputs_BxL"] > 0
+    return batch
 
 
 def seen_width(split: EvalSplit) -> int:
@@ -242,7 +315,7 @@ def eval_batches(split: EvalSplit, *, batch_size: int, max_len: int, process_ind
   """Yields this process's evaluation batches of `split`, every user exactly once overall.
 
   Global batch k holds users `k*batch_size ...`; process p takes its slice of it. No shuffling
-  and cheap numpy gathers, so no tf.data here.
+  and cheap numpy gathers, so no tf.data (and no TensorFlow) here, whatever the backend.
 
   Args:
     split: `SequenceDataset.valid` or `.test`.

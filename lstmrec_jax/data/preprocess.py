@@ -26,8 +26,8 @@ from absl import logging
 import numpy as np
 
 from lstmrec_jax.data.errors import DataError
-from lstmrec_jax.data.readers import InteractionLog
-from lstmrec_jax.data.readers import ItemSide
+from lstmrec_jax.data.log import InteractionLog
+from lstmrec_jax.data.log import ItemSide
 
 # Bump when the dataset arrays or their meaning change: old caches then miss instead of lying.
 CACHE_VERSION = 1

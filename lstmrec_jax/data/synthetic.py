@@ -25,8 +25,8 @@ import json
 from absl import logging
 import numpy as np
 
-from lstmrec_jax.data.readers import InteractionLog
-from lstmrec_jax.data.readers import ItemSide
+from lstmrec_jax.data.log import InteractionLog
+from lstmrec_jax.data.log import ItemSide
 
 # Bump when the generator changes, so caches keyed on its arguments miss.
 SYNTHETIC_VERSION = 1

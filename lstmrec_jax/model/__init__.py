@@ -1,15 +1,16 @@
-"""The functional LSTM core and the Flax NNX recommender built on it."""
+"""The Flax NNX recommender: registries of encoders and item representations, the model.
 
-from lstmrec_jax.model.lstm import LSTMState
-from lstmrec_jax.model.lstm import init_lstm_params
-from lstmrec_jax.model.lstm import input_projection
-from lstmrec_jax.model.lstm import lstm_cell
-from lstmrec_jax.model.lstm import lstm_layer
-from lstmrec_jax.model.lstm import lstm_recurrence
-from lstmrec_jax.model.lstm import lstm_reference_loop
-from lstmrec_jax.model.lstm import lstm_stack
-from lstmrec_jax.model.modules import ItemEmbedding
-from lstmrec_jax.model.modules import ModelConfig
+model -> kernels -> lstmrec_jax.core: the functional recurrences live in `lstmrec_jax.core`.
+"""
+
+from lstmrec_jax.model.config import ModelConfig
+from lstmrec_jax.model.registry import ENCODERS
+from lstmrec_jax.model.registry import ITEM_REPRS
+from lstmrec_jax.model.registry import SequenceEncoder
+from lstmrec_jax.model.registry import register_encoder
+from lstmrec_jax.model.registry import register_item_repr
+from lstmrec_jax.model import content  # registers "content", "sum", "gate"
+from lstmrec_jax.model.content import ContentInputs
+from lstmrec_jax.model import encoders  # registers "lstm", "gru", "transformer"
+from lstmrec_jax.model.modules import ItemEmbedding  # registers "id"
 from lstmrec_jax.model.modules import SeqRecModel
-from lstmrec_jax.model.modules import model_config_from_config
-from lstmrec_jax.model.modules import model_config_from_dict

@@ -3,7 +3,7 @@
 Shape legend: V catalog size (including the padding item 0), A attributes per item, T title
 tokens per item, E item embedding size, D title token embedding size, H title LSTM hidden size.
 
-`HybridItemRepr` is a drop-in for `modules.ItemEmbedding` (same `table()` / `lookup(ids)`), built
+`HybridItemRepr` is a drop-in for `modules.ItemEmbedding` (same `table(id_keep_V)`), built
 from padded content arrays that it keeps as `ContentConst` variables: they are not `nnx.Param`,
 so `nnx.split(model, nnx.Param, ...)` puts them in the constants that every step receives
 unchanged, and they are never trained or checkpointed (they are rebuilt from the data).
@@ -14,9 +14,9 @@ unchanged, and they are never trained or checkpointed (they are rebuilt from the
   mode "sum":     item = id + content
   mode "gate":    item = g * id + (1 - g) * content, g = sigmoid(Linear([id, content])) per dim
 
-The whole catalog's table is computed once per model instance and parameter values (a train or
-eval step merges the model once, so once per step) and positions gather rows from it: the
-content towers never run per position.
+The whole catalog's table is computed once per step (`SeqRecModel.item_tables`) and passed
+explicitly to the model call, which gathers the positions' rows from it: the content towers
+never run per position, and nothing is cached between calls.
 
 Cold items. An item with no training interaction never gets a positive gradient on its id
 embedding, only the push-down it receives as a softmax negative, so in "sum" / "gate" its id part
@@ -40,7 +40,6 @@ Parameter compatibility between modes: the id table is `embedding`, exactly as i
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,10 +48,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lstmrec_jax.model import lstm
+from lstmrec_jax import core
+from lstmrec_jax.model.config import COLD_ID_MODES
+from lstmrec_jax.model.registry import register_item_repr
 
-ITEM_MODES = ("id", "content", "sum", "gate")
-COLD_ID_MODES = ("drop", "keep")
+CONTENT_MODES = ("content", "sum", "gate")
 
 
 class ContentConst(nnx.Variable):
@@ -117,7 +117,7 @@ class TitleEncoder(nnx.Module):
     self.tokens_VxT = ContentConst(jnp.asarray(tokens_VxT, jnp.int32))
     self.embedding = nnx.Param(
         _normal(token_dim ** -0.5)(rngs.params(), (vocab_size, token_dim), param_dtype))
-    params = lstm.init_lstm_params(rngs.params(), token_dim, hidden_size, param_dtype)
+    params = core.init_lstm_params(rngs.params(), token_dim, hidden_size, param_dtype)
     self.w_ih = nnx.Param(params["w_ih"])
     self.w_hh = nnx.Param(params["w_hh"])
     self.b = nnx.Param(params["b"])
@@ -133,30 +133,25 @@ class TitleEncoder(nnx.Module):
     x_VxTxD = jnp.where(mask_VxT[..., None], x_VxTxD, 0).astype(x_VxTxD.dtype)
     # Always the XLA recurrence: V is the batch here, of any size, which the Pallas kernels'
     # tiles do not promise to take; this scan runs once per step over T ~ 10 tokens.
-    _, (h_VxH, _) = lstm.lstm_layer(
+    _, (h_VxH, _) = core.lstm_layer(
         {"w_ih": self.w_ih[...], "w_hh": self.w_hh[...], "b": self.b[...]}, x_VxTxD, mask_VxT,
-        compute_dtype=self.compute_dtype, impl="xla")
+        compute_dtype=self.compute_dtype)
     # The masked recurrence carries the state through padding, so h is the state after the last
     # real token; rows with no token would get the projection's bias, hence the where.
     out_VxE = self.proj(h_VxH).astype(jnp.float32)
     return jnp.where(mask_VxT.any(axis=1)[:, None], out_VxE, 0.0)
 
 
-# Per-instance table caches, outside the module so that they never enter an nnx graph (a cached
-# tracer in a graphdef would leak out of its trace).
-_TABLE_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 class HybridItemRepr(nnx.Module):
-  """Item vectors from id embeddings and content; `table() -> VxE`, `lookup(ids) -> ...xE`."""
+  """Item vectors from id embeddings and content: `table(id_keep_V) -> VxE`."""
 
   def __init__(self, num_items: int, embed_dim: int, content: ContentInputs, *, mode: str,
                cold_id: str = "drop", cold_content_grad: bool = True,
                use_attributes: bool = True, use_titles: bool = True,
                title_embed_dim: int = 64, title_hidden_size: int = 64, param_dtype=jnp.float32,
                compute_dtype=jnp.float32, rngs: nnx.Rngs):
-    if mode not in ITEM_MODES[1:]:
-      raise ValueError(f"HybridItemRepr mode must be one of {ITEM_MODES[1:]}, got {mode!r}")
+    if mode not in CONTENT_MODES:
+      raise ValueError(f"HybridItemRepr mode must be one of {CONTENT_MODES}, got {mode!r}")
     if cold_id not in COLD_ID_MODES:
       raise ValueError(f"cold_id must be one of {COLD_ID_MODES}, got {cold_id!r}")
     if np.shape(content.known_V) != (num_items,):
@@ -195,7 +190,11 @@ class HybridItemRepr(nnx.Module):
     parts = [tower() for tower in (self.attributes, self.title) if tower is not None]
     return parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
 
-  def _compute_table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
+  def table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
+    """The V x E item table; compute it once per step and pass it on (`SeqRecModel.item_tables`).
+
+    id_keep_V: bool (V,), items keeping their id part this step (id dropout); None: all.
+    """
     content_VxE = self.content()
     known_V1 = self.known_V[...][:, None]
     if not self.cold_content_grad:
@@ -223,25 +222,28 @@ class HybridItemRepr(nnx.Module):
     # Row 0 is padding: zero, like the inputs' padding positions.
     return table_VxE.at[0].set(0.0).astype(self.param_dtype)
 
-  def table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
-    """The V x E item table (computed once per instance, parameter values and id-dropout mask).
 
-    id_keep_V: bool (V,), items keeping their id part this step (id dropout); None: all.
-    """
-    key = tuple(jax.tree.leaves(nnx.state(self))) + (id_keep_V,)
-    cached = _TABLE_CACHE.get(self)
-    if cached is not None and len(cached[0]) == len(key) and all(
-        a is b for a, b in zip(cached[0], key)):
-      return cached[1]
-    table_VxE = self._compute_table(id_keep_V)
-    _TABLE_CACHE[self] = (key, table_VxE)
-    return table_VxE
 
-  def lookup(self, ids: jax.Array, id_keep_V: jax.Array | None = None) -> jax.Array:
-    """Rows of `table(id_keep_V)` for `ids` (any shape), zeros for the padding id 0."""
-    table_VxE = self.table(id_keep_V)
-    emb = jnp.take(table_VxE, ids, axis=0)
-    return jnp.where((ids > 0)[..., None], emb, 0).astype(emb.dtype)
+def _content_builder(mode: str):
+  """The registered builder of item mode `mode` (a HybridItemRepr)."""
+
+  def build(cfg, *, rngs: nnx.Rngs, item_content: ContentInputs | None = None):
+    if item_content is None:
+      raise ValueError(f"model.item_mode={cfg.item_mode!r} needs item content arrays: build the "
+                       "model with the data's item content (item_content=)")
+    return HybridItemRepr(
+        cfg.num_items, cfg.embed_dim, item_content, mode=mode, cold_id=cfg.cold_id,
+        cold_content_grad=cfg.cold_content_grad, use_attributes=cfg.content_attributes,
+        use_titles=cfg.content_titles, title_embed_dim=cfg.title_embed_dim,
+        title_hidden_size=cfg.title_hidden_size, param_dtype=jnp.dtype(cfg.param_dtype),
+        compute_dtype=jnp.dtype(cfg.compute_dtype), rngs=rngs)
+
+  build.__name__ = f"build_{mode}_items"
+  return build
+
+
+for _mode in CONTENT_MODES:
+  register_item_repr(_mode)(_content_builder(_mode))
 
 
 def load_matching(target: Mapping[str, Any], source: Mapping[str, Any],

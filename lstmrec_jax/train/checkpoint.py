@@ -5,21 +5,141 @@ Two managers under the workdir: `checkpoints/` keeps the latest `keep` states (f
 items: `params` (alone, so evaluation restores only what it needs), `train` (optimizer state, step,
 RNG) and `meta` (JSON: epoch, early-stopping state, validation metrics). Saves are asynchronous;
 `wait()` before reading them back or exiting.
+
+Reliability (docs/reliability.md): a finished step is sealed with the sha256 of every file
+(`lstmrec_checksums.json` in the step folder); a restore verifies it and falls back to the newest
+intact step, moving a broken one aside to `<workdir>/broken/` (never deleting it). Saving a step
+that is already on disk (a run killed between the `best/` and `checkpoints/` saves, resumed to
+the same step) keeps the saved one: under exact resume it is the same state. `best/` keeps the two
+latest improvements, so a broken best still leaves the one before it. `lock_workdir` keeps a
+second process out of a workdir.
 """
 
 from __future__ import annotations
 
-import pathlib
+import hashlib
+import json
+import os
+import time
 from typing import Any
 
+from absl import logging
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from lstmrec_jax.train import mesh as mesh_lib
+from lstmrec_jax import paths
+from lstmrec_jax import mesh as mesh_lib
 from lstmrec_jax.train.state import TrainState
 
 BEST_METRIC = "NDCG@10"
+CHECKSUMS = "lstmrec_checksums.json"
+BEST_KEEP = 2  # a broken best still leaves the improvement before it
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used (missing, broken, non-finite) or a workdir that is busy."""
+
+
+def _step_dir(manager: ocp.CheckpointManager, step: int):
+  return manager.directory / str(step)
+
+
+def _digests(step_dir) -> dict[str, str]:
+  """sha256 of every file under a step folder but the checksum file, by relative path."""
+  out = {}
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir)
+      if rel.startswith(CHECKSUMS):  # the checksum file and its temporary
+        continue
+      h = hashlib.sha256()
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):  # pylint: disable=cell-var-from-loop
+          h.update(block)
+      out[rel] = h.hexdigest()
+  return out
+
+
+def verify_step(step_dir) -> str | None:
+  """None when a sealed step's files match their checksums, else what is wrong (unsealed: None)."""
+  sums_path = os.path.join(step_dir, CHECKSUMS)
+  if not os.path.exists(sums_path):
+    return None  # saved before checksums existed, or killed before sealing: the restore decides
+  try:
+    expected = json.loads(open(sums_path).read())
+  except (OSError, ValueError):
+    return "unreadable checksum file"
+  actual = _digests(step_dir)
+  for rel, digest in expected.items():
+    if rel not in actual:
+      return f"missing file {rel}"
+    if actual[rel] != digest:
+      return f"checksum mismatch in {rel}"
+  return None
+
+
+def _finite(tree) -> bool:
+  """Whether every floating leaf of `tree` is finite (one device reduction, one host read)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not leaves:
+    return True
+  return bool(jax.device_get(_all_finite(leaves)))
+
+
+@jax.jit
+def _all_finite(leaves) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def params_finite(params) -> bool:
+  """Whether every parameter is finite: checked before any save and after any restore."""
+  return _finite(params)
+
+
+def lock_workdir(workdir) -> Any:
+  """Holds an exclusive lock on a local workdir for this process's lifetime; returns the handle.
+
+  A second process gets a CheckpointError naming the holder's pid. The OS drops the lock when
+  the holder dies (kill -9 included), so a stale lock file never blocks a rerun. Bucket paths
+  (gs://) are not locked.
+  """
+  import fcntl  # pylint: disable=g-import-not-at-top
+  if "://" in str(workdir):
+    return None
+  path = os.path.join(str(workdir), "lock")
+  f = open(path, "a+")  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.seek(0)
+    holder = f.read().strip() or "?"
+    f.close()
+    raise CheckpointError(f"{workdir} is in use by process {holder} (another train.py on the "
+                          "same --workdir); wait for it to finish or use another --workdir"
+                          ) from None
+  f.seek(0)
+  f.truncate()
+  f.write(str(os.getpid()))
+  f.flush()
+  return f
+
+
+def check_writable(directory) -> None:
+  """Raises a CheckpointError when `directory` cannot be created or written (before any work)."""
+  if "://" in str(directory):
+    return
+  probe = os.path.join(str(directory), f".write_probe_{os.getpid()}")
+  try:
+    os.makedirs(str(directory), exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise CheckpointError(f"cannot write to {directory} ({e.strerror or e}); use a writable "
+                          "--workdir") from None
 
 
 def _abstract(tree, mesh: Mesh | None):
@@ -31,18 +151,26 @@ def _abstract(tree, mesh: Mesh | None):
 class Checkpointer:
   """The latest and best checkpoints of one workdir."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, async_save: bool = True,
+  def __init__(self, workdir: str | os.PathLike, *, keep: int = 2, async_save: bool = True,
                read_only: bool = False):
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = paths.workdir_path(workdir)  # gs://bucket/run reaches Orbax as a bucket path
     common = dict(enable_async_checkpointing=async_save, read_only=read_only,
                   create=not read_only)
+    # Both managers save the same step; with several processes Orbax's barriers are named by
+    # step, so each manager needs its own prefix or the two saves collide and hang.
+    prefixed = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
     self.latest = ocp.CheckpointManager(
         workdir / "checkpoints", item_names=("params", "train", "meta"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common,
+                                             multiprocessing_options=prefixed("latest")))
+    self.workdir, self.read_only = workdir, read_only
     self.best = ocp.CheckpointManager(
         workdir / "best", item_names=("params", "train", "meta"),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, best_fn=lambda m: m[BEST_METRIC], best_mode="max", **common))
+            max_to_keep=BEST_KEEP, best_fn=lambda m: m[BEST_METRIC], best_mode="max", **common,
+            multiprocessing_options=prefixed("best")))
+    self._saved: dict[str, set[int]] = {"latest": set(), "best": set()}
+    self._broken: set[tuple[str, int]] = set()
 
   @staticmethod
   def _args(state: TrainState, meta: dict[str, Any]):
@@ -50,16 +178,46 @@ class Checkpointer:
     return ocp.args.Composite(params=ocp.args.StandardSave(state.params),
                               train=ocp.args.StandardSave(train), meta=ocp.args.JsonSave(meta))
 
+  def _seal(self) -> None:
+    """Waits for pending saves, then writes the checksums of every finished, unsealed step.
+
+    Steps found unsealed when this process started are left alone (a previous process may have
+    died while writing them): only steps this process saved are sealed.
+    """
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+    if jax.process_index() != 0:
+      return
+    for manager, steps in ((self.latest, self._saved["latest"]), (self.best, self._saved["best"])):
+      for step in sorted(steps):
+        step_dir = _step_dir(manager, step)
+        if step not in manager.all_steps() or os.path.exists(os.path.join(step_dir, CHECKSUMS)):
+          continue
+        digests = json.dumps(_digests(step_dir), sort_keys=True)
+        tmp = os.path.join(step_dir, CHECKSUMS + ".tmp")
+        with open(tmp, "w") as f:
+          f.write(digests)
+        os.replace(tmp, os.path.join(step_dir, CHECKSUMS))  # atomic: sealed or not, never torn
+      steps.clear()
+
+  def _save(self, kind: str, state: TrainState, meta: dict[str, Any], **kwargs) -> None:
+    manager = self.latest if kind == "latest" else self.best
+    self._seal()
+    step = int(jax.device_get(state.step))
+    if step in manager.all_steps():
+      # Saved before: by this run (an eval step that is also the stop step) or by a run killed
+      # between the two saves of this step and resumed exactly to it. Same state: keep it.
+      return
+    manager.save(step, args=self._args(state, meta), force=True, **kwargs)
+    self._saved[kind].add(step)
+
   def save_latest(self, state: TrainState, meta: dict[str, Any]) -> None:
     """Saves the state for resuming (asynchronously)."""
-    step = int(jax.device_get(state.step))
-    self.latest.save(step, args=self._args(state, meta), force=True)
+    self._save("latest", state, meta)
 
   def save_best(self, state: TrainState, meta: dict[str, Any], val_metrics: dict[str, float]):
-    """Offers the state as a best checkpoint; the manager keeps it only if NDCG@10 improved."""
-    step = int(jax.device_get(state.step))
-    self.best.save(step, args=self._args(state, meta),
-                   metrics={BEST_METRIC: float(val_metrics[BEST_METRIC])}, force=True)
+    """Saves an improved state as the best checkpoint (the two latest improvements are kept)."""
+    self._save("best", state, meta, metrics={BEST_METRIC: float(val_metrics[BEST_METRIC])})
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -67,45 +225,106 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self.best.best_step()
 
-  def restore_train_state(self, like: TrainState, mesh: Mesh | None) -> tuple[TrainState, dict]:
-    """Restores the latest checkpoint into the structure of `like`, replicated over `mesh`."""
-    step = self.latest.latest_step()
-    if step is None:
+  def _set_aside(self, manager: ocp.CheckpointManager, step: int, problem: str) -> None:
+    """Moves a broken step to <workdir>/broken/ (never deletes it) with one warning line."""
+    name = "best" if manager is self.best else "checkpoints"
+    src = str(_step_dir(manager, step))
+    dst = os.path.join(str(self.workdir), "broken", f"{name}_{step}_{int(time.time())}")
+    moved = ""
+    if jax.process_index() == 0:
+      try:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.rename(src, dst)
+        moved = f"; moved to {dst}"
+      except OSError as e:
+        moved = f"; left in place ({e.strerror})"
+    logging.warning("checkpoint %s/%d is broken (%s)%s; falling back to the newest intact step",
+                    name, step, problem, moved)
+    self._broken.add((name, step))
+    manager.reload()
+
+  def _candidates(self, manager: ocp.CheckpointManager) -> list[int]:
+    name = "best" if manager is self.best else "checkpoints"
+    steps = [s for s in manager.all_steps() if (name, s) not in self._broken]
+    if manager is self.best and manager.best_step() in steps:
+      first = manager.best_step()
+      return [first] + sorted((s for s in steps if s != first), reverse=True)
+    return sorted(steps, reverse=True)
+
+  def _restore_intact(self, manager: ocp.CheckpointManager, steps, make_args, check):
+    """The first of `steps` that verifies, restores and passes `check`; broken ones set aside."""
+    for step in steps:
+      problem = verify_step(str(_step_dir(manager, step)))
+      if problem is None:
+        try:
+          out = manager.restore(step, args=make_args())
+        except Exception as e:  # pylint: disable=broad-except
+          # Truncated or garbled files surface as TensorStore / JSON / zarr errors of any type.
+          problem = f"unreadable: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+      if problem is None:
+        problem = check(out)
+      if problem is None:
+        return step, out
+      self._set_aside(manager, step, problem)
+    return None, None
+
+  def restore_train_state(self, like: TrainState, mesh: Mesh | None
+                          ) -> tuple[TrainState, dict] | None:
+    """Restores the newest intact checkpoint into the structure of `like` (None when none is)."""
+    if self.latest.latest_step() is None:
       raise FileNotFoundError("no checkpoint to resume from")
     train_like = {"step": like.step, "opt_state": like.opt_state, "rng": like.rng}
-    out = self.latest.restore(step, args=ocp.args.Composite(
+    args = lambda: ocp.args.Composite(
         params=ocp.args.StandardRestore(_abstract(like.params, mesh)),
         train=ocp.args.StandardRestore(_abstract(train_like, mesh)),
-        meta=ocp.args.JsonRestore()))
+        meta=ocp.args.JsonRestore())
+    check = lambda out: None if params_finite(out["params"]) else "non-finite parameters"
+    step, out = self._restore_intact(self.latest, self._candidates(self.latest), args, check)
+    if out is None:
+      return None
     train = out["train"]
     state = TrainState(step=train["step"], params=out["params"], opt_state=train["opt_state"],
                        rng=train["rng"])
     return state, dict(out["meta"])
 
   def restore_params(self, params_like, which: str | int, mesh: Mesh | None):
-    """Restores only the parameters of the 'best', 'latest' or a given step; returns (params, meta, step)."""
+    """Restores only the parameters of the 'best', 'latest' or a given step; returns (params, meta, step).
+
+    'best' and 'latest' fall back to the newest intact step when theirs is broken; a given step
+    does not. Non-finite parameters are refused (a CheckpointError), never evaluated.
+    """
     if which == "best":
-      manager, step = self.best, self.best.best_step()
+      manager, steps = self.best, self._candidates(self.best)
     elif which == "latest":
-      manager, step = self.latest, self.latest.latest_step()
+      manager, steps = self.latest, self._candidates(self.latest)
     else:
       step = int(which)
       manager = self.latest if step in self.latest.all_steps() else self.best
       if step not in manager.all_steps():
         raise FileNotFoundError(
             f"no checkpoint at step {step}; have {sorted(set(self.latest.all_steps()) | set(self.best.all_steps()))}")
-    if step is None:
-      raise FileNotFoundError(f"no {which!r} checkpoint in this workdir")
-    out = manager.restore(step, args=ocp.args.Composite(
+      steps = [step]
+    if not steps:
+      raise FileNotFoundError(f"no {which!r} checkpoint in {self.workdir}")
+    args = lambda: ocp.args.Composite(
         params=ocp.args.StandardRestore(_abstract(params_like, mesh)),
-        meta=ocp.args.JsonRestore()))
+        meta=ocp.args.JsonRestore())
+    step, out = self._restore_intact(manager, steps, args, lambda out: None)
+    if out is None:
+      raise CheckpointError(f"every {which!r} checkpoint of {self.workdir} is broken (moved to "
+                            f"{os.path.join(str(self.workdir), 'broken')}); try --checkpoint "
+                            f"{'latest' if which == 'best' else 'best'}")
+    if not params_finite(out["params"]):
+      raise CheckpointError(f"checkpoint {which} (step {step}) of {self.workdir} has non-finite "
+                            "parameters (NaN or inf): the run diverged; retrain with a lower "
+                            "optim.learning_rate")
     return out["params"], dict(out["meta"]), step
 
   def wait(self) -> None:
-    """Blocks until asynchronous saves are on disk."""
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    """Blocks until asynchronous saves are on disk, and seals them with checksums."""
+    self._seal()
 
   def close(self) -> None:
+    self._seal()
     self.latest.close()
     self.best.close()

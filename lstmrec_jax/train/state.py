@@ -7,7 +7,7 @@ pure function over a plain pytree (`TrainState`), which is also what Orbax saves
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -31,23 +31,34 @@ class TrainState(NamedTuple):
 class OptimConfig:
   """AdamW with linear warm-up, then cosine or constant, and global-norm clipping."""
 
-  learning_rate: float = 1e-3
-  warmup_steps: int = 100
-  schedule: str = "cosine"  # "cosine" | "constant"
-  final_lr_fraction: float = 0.0
-  weight_decay: float = 0.0
-  clip_norm: float = 1.0  # 0 disables clipping
-  b1: float = 0.9
-  b2: float = 0.999
+  learning_rate: float  # peak learning rate, finite and > 0
+  warmup_steps: int  # linear warm-up, in steps, >= 0
+  schedule: str  # "cosine" | "constant" after warm-up
+  final_lr_fraction: float  # cosine end value / peak, in [0, 1]
+  weight_decay: float  # decoupled, on matrices only, >= 0
+  clip_norm: float  # global gradient norm clip, >= 0 (0 = off)
+  b1: float  # Adam first-moment decay, in [0, 1)
+  b2: float  # Adam second-moment decay, in [0, 1)
 
-
-def dataclass_from_mapping(cls, values: Mapping[str, Any]):
-  """Builds a frozen config dataclass; unknown keys are an error, not silently ignored."""
-  names = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(values) - names)
-  if unknown:
-    raise ValueError(f"unknown {cls.__name__} keys: {unknown}; known: {sorted(names)}")
-  return cls(**dict(values))
+  def __post_init__(self):
+    problems = []
+    if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
+      problems.append(f"optim.learning_rate={self.learning_rate} must be finite and > 0")
+    if self.warmup_steps < 0:
+      problems.append(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+    if self.schedule not in ("cosine", "constant"):
+      problems.append(f"optim.schedule={self.schedule!r} must be 'cosine' or 'constant'")
+    if not 0.0 <= self.final_lr_fraction <= 1.0:
+      problems.append(f"optim.final_lr_fraction={self.final_lr_fraction} must be in [0, 1]")
+    for name in ("weight_decay", "clip_norm"):
+      value = getattr(self, name)
+      if not math.isfinite(value) or value < 0:
+        problems.append(f"optim.{name}={value} must be finite and >= 0")
+    for name in ("b1", "b2"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        problems.append(f"optim.{name}={getattr(self, name)} must be in [0, 1)")
+    if problems:
+      raise ValueError("; ".join(problems))
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:

@@ -8,6 +8,11 @@ the target, not removed as already seen, whose score is greater than or equal to
 (ties count against the target, so a constant scorer gets no credit). Rank 0 is a hit at 1. Items
 are visited in chunks of C with a running count, so ranking V = 10^6 never holds a [B x V] matrix.
 The target itself is never removed, even when the user saw it before (a repeat is a real hit).
+
+A non-finite score (NaN or +inf, from a diverged model) compares false with everything, so a
+plain `>=` would rank a NaN target first. Any user whose target or candidate scores are not finite
+gets NONFINITE_RANK instead: worse than every real rank (a miss at every k), and counted by
+`metrics_from_ranks` as `nonfinite_users`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 DEFAULT_KS = (1, 5, 10, 20)
+NONFINITE_RANK = np.iinfo(np.int32).max  # the rank of a user with any non-finite score
 
 
 def _pad_items(table_VxE: jax.Array, bias_V: jax.Array | None, chunk: int):
@@ -54,7 +60,8 @@ def target_ranks(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | 
                  exclude_seen: bool = True, chunk_size: int = 8192) -> jax.Array:
   """0-based rank of each target among all items (see the module docstring); int32 [B].
 
-  Example: scores [pad, 0.1, 0.9, 0.5] with target 3 and nothing seen -> rank 1 (item 2 is ahead).
+  Example: scores [pad, 0.1, 0.9, 0.5] with target 3 and nothing seen -> rank 1 (item 2 is ahead);
+  scores [pad, 0.1, nan, 0.5] -> NONFINITE_RANK.
   """
   user = user_BxE.astype(jnp.float32)
   target_scores_B = jnp.einsum("be,be->b", user, table_VxE[targets_B].astype(jnp.float32))
@@ -63,17 +70,21 @@ def target_ranks(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | 
   chunk = min(chunk_size, table_VxE.shape[0])
   tables, biases = _pad_items(table_VxE, bias_V, chunk)
 
-  def body(count_B, xs):
+  def body(carry, xs):
+    count_B, bad_B = carry
     index, table_CxE, bias_C = xs
     lo = index * chunk
     scores_BxC = _chunk_scores(user, table_CxE, bias_C, lo, seen_BxS, targets_B, exclude_seen)
     ids_C = lo + jnp.arange(chunk)
     ahead = (scores_BxC >= target_scores_B[:, None]) & (ids_C[None, :] != targets_B[:, None])
-    return count_B + ahead.sum(axis=1, dtype=jnp.int32), None
+    # -inf marks padding and removed items; NaN or +inf is a broken score
+    bad_B = bad_B | jnp.any(jnp.isnan(scores_BxC) | (scores_BxC == jnp.inf), axis=1)
+    return (count_B + ahead.sum(axis=1, dtype=jnp.int32), bad_B), None
 
-  count_B, _ = jax.lax.scan(body, jnp.zeros(targets_B.shape, jnp.int32),
-                            (jnp.arange(tables.shape[0]), tables, biases))
-  return count_B
+  (count_B, bad_B), _ = jax.lax.scan(
+      body, (jnp.zeros(targets_B.shape, jnp.int32), ~jnp.isfinite(target_scores_B)),
+      (jnp.arange(tables.shape[0]), tables, biases))
+  return jnp.where(bad_B, NONFINITE_RANK, count_B)
 
 
 def top_k_items(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | None,
@@ -103,7 +114,7 @@ def top_k_items(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | N
 
 
 def metrics_from_ranks(ranks_U: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float | None]:
-  """HR@k, NDCG@k (one relevant item) and MRR from 0-based ranks.
+  """HR@k, NDCG@k (one relevant item) and MRR from 0-based ranks; NONFINITE_RANK is a miss.
 
   Example: ranks [0, 3] -> HR@1 0.5, HR@5 1.0, NDCG@5 (1 + 1/log2(5)) / 2, MRR (1 + 1/4) / 2.
   """
@@ -117,8 +128,11 @@ def metrics_from_ranks(ranks_U: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> d
   for k in ks:
     if k > 1:
       out[f"NDCG@{k}"] = float(np.mean(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)))
-  out["MRR"] = float(np.mean(1.0 / (ranks + 1.0)))
+  out["MRR"] = float(np.mean(np.where(ranks >= NONFINITE_RANK, 0.0, 1.0 / (ranks + 1.0))))
   out["users"] = int(ranks.size)
+  nonfinite = int(np.sum(ranks >= NONFINITE_RANK))
+  if nonfinite:  # reported only when it happens: the keys of a healthy report stay the same
+    out["nonfinite_users"] = nonfinite
   return out
 
 

@@ -16,16 +16,23 @@ Per step t, with carried state (h, c):
   else:       (h, c) unchanged,   out[t] = 0           # padding neither moves nor leaks state
 
 Built on it: `lstm_layer` (one layer; the projection hoisted or inside the scan; the recurrence
-from XLA or a kernel via `kernels.dispatch`), `lstm_stack` (layers with dropout and residuals
-between them), `init_lstm_params`, and `lstm_reference_loop`, the plain-loop test oracle.
+passed in as a callable, None for the XLA scan), `lstm_stack` (layers with dropout and residuals
+between them), `lstm_step` (one step for streaming), `init_lstm_params`, and
+`lstm_reference_loop`, the plain-loop test oracle.
+
+This module imports neither the model nor the kernels: the kernels import it (for `LSTMState`
+and the reference), and the model resolves `lstm_impl` to a recurrence through
+`kernels.dispatch` before calling in here, so there is no import circle.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from lstmrec_jax.core.ops import dropout
 
 
 class LSTMState(NamedTuple):
@@ -33,6 +40,11 @@ class LSTMState(NamedTuple):
 
   h_BxH: jax.Array
   c_BxH: jax.Array
+
+
+# f(xp_BxLxG, w_hh_HxG, mask_BxL, resets_BxL, h0_BxH, c0_BxH, *, compute_dtype)
+#   -> (h_BxLxH, LSTMState): `lstm_recurrence` or a kernel with its signature.
+Recurrence = Callable[..., tuple[jax.Array, LSTMState]]
 
 
 def input_projection(x_BxLxE: jax.Array, w_ih_ExG: jax.Array, b_G: jax.Array,
@@ -136,20 +148,6 @@ def _lstm_recurrence_unhoisted(x_BxLxE: jax.Array, w_ih_ExG: jax.Array, b_G: jax
   return jnp.swapaxes(h_LxBxH, 0, 1), LSTMState(h_T, c_T)
 
 
-def _get_recurrence(impl: str):
-  """The recurrence function for `impl`: lstm_recurrence for "xla", else the kernel dispatcher's."""
-  if impl == "xla":
-    return lstm_recurrence
-  try:
-    # Imported lazily: the kernels package is optional and may pull in Pallas.
-    from kernels import dispatch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        f"LSTM impl {impl!r} needs kernels.dispatch (run from the repository root so that the "
-        f"top-level `kernels` package is importable), or use impl='xla': {e}") from e
-  return dispatch.get_recurrence(impl)
-
-
 def _check_layer_params(params, input_size: int):
   """Validates one layer's parameter shapes; returns (w_ih_ExG, w_hh_HxG, b_G)."""
   missing = {"w_ih", "w_hh", "b"} - set(params)
@@ -170,7 +168,8 @@ def _check_layer_params(params, input_size: int):
 def lstm_layer(params, x_BxLxE: jax.Array, mask_BxL: jax.Array,
                resets_BxL: jax.Array | None = None,
                initial_state: LSTMState | None = None, *, hoist: bool = True,
-               compute_dtype=jnp.float32, impl: str = "xla") -> tuple[jax.Array, LSTMState]:
+               compute_dtype=jnp.float32,
+               recurrence: Recurrence | None = None) -> tuple[jax.Array, LSTMState]:
   """Runs one LSTM layer over a batch of sequences.
 
   Args:
@@ -180,11 +179,11 @@ def lstm_layer(params, x_BxLxE: jax.Array, mask_BxL: jax.Array,
     resets_BxL: True where the state is zeroed before the step; None means no resets.
     initial_state: LSTMState of (B, H) arrays; None means zeros.
     hoist: True computes x @ w_ih for all steps in one matmul before the scan; False computes it
-      inside each step (same math; sometimes faster on XLA:CPU). Only the "xla" impl supports
+      inside each step (same math; sometimes faster on XLA:CPU). Only the XLA scan supports
       False, since the kernels take precomputed projections.
     compute_dtype: dtype of the matmul operands (accumulation, gates and cell state in f32).
-    impl: "xla" for `lstm_recurrence`, otherwise a name understood by
-      `kernels.dispatch.get_recurrence`.
+    recurrence: an `lstm_recurrence`-compatible callable (e.g. from
+      `kernels.dispatch.get_recurrence`); None means `lstm_recurrence`, the XLA scan.
 
   Returns:
     (h_BxLxH in f32, zeros at padded steps; final LSTMState).
@@ -196,29 +195,18 @@ def lstm_layer(params, x_BxLxE: jax.Array, mask_BxL: jax.Array,
     initial_state = LSTMState(jnp.zeros((batch, hidden), jnp.float32),
                               jnp.zeros((batch, hidden), jnp.float32))
   h0_BxH, c0_BxH = initial_state
+  if recurrence is None:
+    recurrence = lstm_recurrence
   if not hoist:
-    if impl not in ("xla", "auto"):  # "auto" means the XLA scan whenever the kernels cannot run
-      raise ValueError(f"hoist=False is only supported by impl='xla', not {impl!r}: kernels "
-                       "take precomputed input projections")
+    if recurrence is not lstm_recurrence:
+      raise ValueError(f"hoist=False is only supported by the XLA scan, not "
+                       f"{getattr(recurrence, '__name__', recurrence)!r}: kernels take "
+                       "precomputed input projections")
     return _lstm_recurrence_unhoisted(x_BxLxE, w_ih_ExG, b_G, w_hh_HxG, mask_BxL, resets_BxL,
                                       h0_BxH, c0_BxH, compute_dtype=compute_dtype)
-  recurrence = _get_recurrence(impl)
   xp_BxLxG = input_projection(x_BxLxE, w_ih_ExG, b_G, compute_dtype)
   return recurrence(xp_BxLxG, w_hh_HxG, mask_BxL, resets_BxL, h0_BxH, c0_BxH,
                     compute_dtype=compute_dtype)
-
-
-def dropout(key: jax.Array | None, x: jax.Array, rate: float) -> jax.Array:
-  """Inverted dropout; the identity when `key` is None or `rate` is 0.
-
-  Example: dropout(None, x, 0.5) is x; dropout(key, ones(4), 0.5) is 0 or 2 per entry.
-  """
-  if key is None or rate == 0.0:
-    return x
-  if not 0.0 <= rate < 1.0:
-    raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
 def lstm_stack(params_list, x_BxLxE: jax.Array, mask_BxL: jax.Array,
@@ -226,7 +214,7 @@ def lstm_stack(params_list, x_BxLxE: jax.Array, mask_BxL: jax.Array,
                initial_states: list[LSTMState] | None = None, *, dropout_rate: float = 0.0,
                dropout_key: jax.Array | None = None, residual: bool = False,
                hoist: bool = True, compute_dtype=jnp.float32,
-               impl: str = "xla") -> tuple[jax.Array, list[LSTMState]]:
+               recurrence: Recurrence | None = None) -> tuple[jax.Array, list[LSTMState]]:
   """Runs several LSTM layers, the output of one feeding the next.
 
   Args:
@@ -240,7 +228,7 @@ def lstm_stack(params_list, x_BxLxE: jax.Array, mask_BxL: jax.Array,
     dropout_key: PRNG key for that dropout; None disables it.
     residual: adds each layer's input to its output where their sizes match (masked, so padded
       steps stay zero).
-    hoist, compute_dtype, impl: as in `lstm_layer`.
+    hoist, compute_dtype, recurrence: as in `lstm_layer`.
 
   Returns:
     (h_BxLxH of the last layer in f32, list of final LSTMStates, one per layer).
@@ -261,7 +249,7 @@ def lstm_stack(params_list, x_BxLxE: jax.Array, mask_BxL: jax.Array,
     if layer > 0:
       x = dropout(keys[layer], x, dropout_rate)
     h_BxLxH, final = lstm_layer(params, x, mask_BxL, resets_BxL, state, hoist=hoist,
-                                compute_dtype=compute_dtype, impl=impl)
+                                compute_dtype=compute_dtype, recurrence=recurrence)
     if residual and x.shape[-1] == h_BxLxH.shape[-1]:
       h_BxLxH = h_BxLxH + jnp.where(mask_BxL[..., None], x.astype(jnp.float32), 0.0)
     x = h_BxLxH
@@ -322,3 +310,36 @@ def lstm_reference_loop(params, x_BxLxE: jax.Array, mask_BxL: jax.Array,
     c = m * c_new + (1.0 - m) * c
     outputs.append(m * h_new)
   return jnp.stack(outputs, axis=1), LSTMState(h, c)
+
+
+def lstm_step(params, x_BxE: jax.Array, mask_B: jax.Array, state: LSTMState, *,
+              compute_dtype=jnp.float32) -> tuple[jax.Array, LSTMState]:
+  """One time step of `lstm_layer` for streaming (serving): O(1) per event; (h_BxH, state).
+
+  Same association as the hoisted scan, (x @ w_ih + b) + h @ w_hh, so repeated steps agree with
+  `lstm_layer` to f32 rounding; masked rows keep their state and output zeros.
+  """
+  w_ih_ExG, w_hh_HxG, b_G = _check_layer_params(params, x_BxE.shape[-1])
+  h, c = state
+  xp_BxG = jnp.dot(x_BxE.astype(compute_dtype), w_ih_ExG.astype(compute_dtype),
+                   preferred_element_type=jnp.float32) + b_G.astype(jnp.float32)
+  gates_BxG = xp_BxG + jnp.dot(h.astype(compute_dtype), w_hh_HxG.astype(compute_dtype),
+                               preferred_element_type=jnp.float32)
+  h_new, c_new = lstm_cell(gates_BxG, c)
+  m = mask_B.astype(bool)[:, None]
+  return jnp.where(m, h_new, 0.0), LSTMState(jnp.where(m, h_new, h), jnp.where(m, c_new, c))
+
+
+def lstm_stack_step(params_list, x_BxE: jax.Array, mask_B: jax.Array,
+                    states: list[LSTMState], *, residual: bool = False,
+                    compute_dtype=jnp.float32) -> tuple[jax.Array, list[LSTMState]]:
+  """One time step of `lstm_stack` without dropout (inference); (h_BxH of the top layer, states)."""
+  x = x_BxE
+  new_states = []
+  for params, state in zip(params_list, states):
+    h_BxH, state = lstm_step(params, x, mask_B, state, compute_dtype=compute_dtype)
+    if residual and x.shape[-1] == h_BxH.shape[-1]:
+      h_BxH = h_BxH + jnp.where(mask_B.astype(bool)[:, None], x.astype(jnp.float32), 0.0)
+    x = h_BxH
+    new_states.append(state)
+  return x, new_states

@@ -29,29 +29,15 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from lstmrec_jax import losses, metrics
-
-DATA_AXIS = "data"
-MODEL_AXIS = "model"
+from lstmrec_jax import losses
+from lstmrec_jax.evaluation import metrics
+from lstmrec_jax.mesh import DATA_AXIS, MODEL_AXIS, make_data_model_mesh  # noqa: F401
 
 # Finite "minus infinity" for masked logits: exp() of it is exactly 0 in f32, and unlike -inf a
 # shard or chunk with no real item gets a finite log-sum-exp, so no inf - inf reaches a gradient.
 _MASKED_LOGIT = -1e30
-
-
-def make_mesh(data: int, model: int, devices=None) -> Mesh:
-  """A `data x model` mesh over the first data*model devices (all of them by default).
-
-  Example: make_mesh(2, 4) on 8 devices -> Mesh {'data': 2, 'model': 4}.
-  """
-  devices = jax.devices() if devices is None else list(devices)
-  if data < 1 or model < 1 or data * model > len(devices):
-    raise ValueError(f"a {data} x {model} mesh needs {data * model} devices; "
-                     f"{len(devices)} are visible")
-  return Mesh(np.asarray(devices[:data * model]).reshape(data, model), (DATA_AXIS, MODEL_AXIS))
 
 
 def padded_num_items(num_items: int, num_shards: int) -> int:

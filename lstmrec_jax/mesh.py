@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+MODEL_AXIS = "model"  # the vocabulary-parallel item table (train/vocab_parallel.py)
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -38,14 +39,15 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_global_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+def check_global_batch_size(global_batch_size: int, mesh: Mesh,
+                            what: str = "global batch size") -> None:
   """Raises a clear error when the batch cannot be split evenly over devices and processes."""
   devices = mesh.devices.size
   if global_batch_size % devices:
-    raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
-                     f"{devices} devices of the mesh; choose a multiple of {devices}")
+    raise ValueError(f"{what}={global_batch_size} is not divisible by the {devices} devices of "
+                     f"the mesh; choose a multiple of {devices}")
   if global_batch_size % jax.process_count():
-    raise ValueError(f"global batch size {global_batch_size} is not divisible by "
+    raise ValueError(f"{what}={global_batch_size} is not divisible by "
                      f"{jax.process_count()} processes")
 
 
@@ -59,3 +61,15 @@ def to_global(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, ja
 def replicate(tree, mesh: Mesh):
   """Places a host pytree on every device of the mesh."""
   return jax.device_put(tree, replicated(mesh))
+
+
+def make_data_model_mesh(data: int, model: int, devices=None) -> Mesh:
+  """A `data x model` mesh over the first data*model devices (all of them by default).
+
+  Example: make_data_model_mesh(2, 4) on 8 devices -> Mesh {'data': 2, 'model': 4}.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  if data < 1 or model < 1 or data * model > len(devices):
+    raise ValueError(f"a {data} x {model} mesh needs {data * model} devices; "
+                     f"{len(devices)} are visible")
+  return Mesh(np.asarray(devices[:data * model]).reshape(data, model), (DATA_AXIS, MODEL_AXIS))

@@ -37,11 +37,10 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
-from lstmrec_jax.model import modules
+from lstmrec_jax import run as run_lib
 from lstmrec_jax.train import loop
-from lstmrec_jax.train import state as state_lib
-from lstmrec_jax.train import steps
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 METRIC = "NDCG@10"  # the selection metric, on the validation split (as early stopping uses)
@@ -217,25 +216,22 @@ def trial_config(base_config: ml_collections.ConfigDict,
 
 
 def _check_trial_config(config: ml_collections.ConfigDict, trial: int) -> None:
-  """Builds the model, loss and optimizer dataclasses so bad values fail before any training."""
+  """Validates the whole trial config (the run spec) so bad values fail before any training."""
   try:
-    # num_items is a placeholder: the catalog size is only known once the data is loaded.
-    modules.model_config_from_dict(config.model.to_dict(), num_items=2)
-    state_lib.dataclass_from_mapping(steps.LossConfig, config.loss.to_dict())
-    state_lib.dataclass_from_mapping(state_lib.OptimConfig, config.optim.to_dict())
+    run_lib.spec_from_config(config)
   except (TypeError, ValueError) as e:
     raise TuneError(f"trial {trial}: {e}") from None
 
 
-def _check_same_trial(workdir: pathlib.Path, config: ml_collections.ConfigDict, trial: int) -> None:
+def _check_same_trial(workdir: epath.Path, config: ml_collections.ConfigDict, trial: int) -> None:
   """Refuses a tune_dir whose trial_<k> was trained with another config (search mixed up)."""
   path = workdir / "config.json"
   if not path.exists():
     return
-  saved = loop.flatten_config(json.loads(path.read_text()))
-  current = loop.flatten_config(json.loads(config.to_json_best_effort()))
+  saved = run_lib.flatten(json.loads(path.read_text()))
+  current = run_lib.flatten(json.loads(config.to_json_best_effort()))
   changed = sorted(k for k in saved.keys() | current.keys()
-                   if saved.get(k) != current.get(k) and k not in loop.RESUMABLE_CHANGES)
+                   if saved.get(k) != current.get(k) and k not in run_lib.RESUMABLE_KEYS)
   if changed:
     raise TuneError(f"{workdir} holds trial {trial} of another search (it differs in "
                     f"{', '.join(changed)}); rerun with the same --config, --space and "
@@ -249,26 +245,27 @@ def _valid_summary(report: Mapping[str, Any]) -> dict[str, Any]:
           "best_step": report.get("step"), "epochs": report.get("epochs_trained")}
 
 
-def _read_json(path: pathlib.Path) -> dict[str, Any] | None:
+def _read_json(path: epath.Path) -> dict[str, Any] | None:
   return json.loads(path.read_text()) if path.exists() else None
 
 
-def _write_text(path: pathlib.Path, text: str) -> None:
+def _write_text(path: epath.Path, text: str) -> None:
   # Replace, not overwrite: a kill mid-write must not leave a half table or a half trial.json.
   if jax.process_index() != 0:
     return
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(text)
-  os.replace(tmp, path)
+  tmp.replace(path)
 
 
-def _write_json(path: pathlib.Path, obj: Any) -> None:
+def _write_json(path: epath.Path, obj: Any) -> None:
   _write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def trial_dir(tune_dir: str | os.PathLike, trial: int) -> pathlib.Path:
-  return pathlib.Path(tune_dir) / f"trial_{trial}"
+def trial_dir(tune_dir: str | os.PathLike, trial: int) -> epath.Path:
+  """trial_<k> of a tune dir, e.g. trial_dir("gs://b/t", 3) -> gs://b/t/trial_3 (scheme kept)."""
+  return epath.Path(tune_dir) / f"trial_{trial}"
 
 
 def collect_results(tune_dir: str | os.PathLike,
@@ -367,7 +364,7 @@ def format_results(rows: list[dict[str, Any]], *, tune_dir: str | os.PathLike, n
 def write_results(tune_dir: str | os.PathLike, rows: list[dict[str, Any]], *, num_trials: int,
                   search_seed: int) -> None:
   """`results.jsonl` (one row per trial, sorted) and `results.md` in `tune_dir`."""
-  tune_dir = pathlib.Path(tune_dir)
+  tune_dir = epath.Path(tune_dir)  # gs://bucket/tune stays a bucket path
   _write_text(tune_dir / "results.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n"
                                                    for r in rows))
   _write_text(tune_dir / "results.md", format_results(rows, tune_dir=tune_dir,
@@ -376,8 +373,8 @@ def write_results(tune_dir: str | os.PathLike, rows: list[dict[str, Any]], *, nu
 
 
 def tune(base_config: ml_collections.ConfigDict, space: Mapping[str, Any],
-         tune_dir: str | os.PathLike, *, num_trials: int, search_seed: int = 0
-         ) -> list[dict[str, Any]]:
+         tune_dir: str | os.PathLike, *, num_trials: int, search_seed: int = 0,
+         defaults: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
   """Runs (or resumes) a random search; returns the results rows, best validation NDCG@10 first.
 
   Trial k trains `base_config` with `sample_params(space, search_seed, k)` set, by
@@ -394,6 +391,7 @@ def tune(base_config: ml_collections.ConfigDict, space: Mapping[str, Any],
     tune_dir: where the trials and the results go.
     num_trials: trials 0 .. num_trials - 1.
     search_seed: seeds the sampling (not training: `config.seed` stays the base config's).
+    defaults: flattened base defaults, for resuming trials saved before a key existed.
 
   Returns:
     `collect_results` rows (validation metrics only).
@@ -402,7 +400,7 @@ def tune(base_config: ml_collections.ConfigDict, space: Mapping[str, Any],
     TuneError: a malformed space, a key the config does not have, a value of the wrong type, or a
       tune_dir that holds trials of a different search.
   """
-  tune_dir = pathlib.Path(tune_dir)
+  tune_dir = epath.Path(tune_dir)  # gs://bucket/tune stays a bucket path
   if num_trials < 1:
     raise TuneError(f"num_trials={num_trials} must be >= 1")
   validate_space(space, base_config)
@@ -436,7 +434,7 @@ def tune(base_config: ml_collections.ConfigDict, space: Mapping[str, Any],
     _write_json(workdir / "trial.json", info)
     start = time.perf_counter()
     try:
-      report = loop.train_and_evaluate(configs[k], workdir)
+      report = loop.train_and_evaluate(configs[k], workdir, defaults=defaults)
     except FloatingPointError as e:
       # A diverging learning rate is an outcome of the search, not a reason to stop it.
       logging.warning("trial_%d diverged: %s", k, e)

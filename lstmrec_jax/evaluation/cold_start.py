@@ -25,7 +25,7 @@ standard `evaluate` path gives such a user a zero state, i.e. all items tied and
 from __future__ import annotations
 
 import functools
-import pathlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,10 +35,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from lstmrec_jax import metrics
-from lstmrec_jax.train import evaluate as eval_lib
-from lstmrec_jax.train import mesh as mesh_lib
-from lstmrec_jax.train import steps
+from lstmrec_jax import mesh as mesh_lib
+from lstmrec_jax import paths
+from lstmrec_jax.evaluation import baselines
+from lstmrec_jax.evaluation import metrics
+from lstmrec_jax.evaluation import ranking
+from lstmrec_jax.evaluation import reports as reports_lib
 
 GROUPS = ("all", "cold", "warm")
 
@@ -72,9 +74,9 @@ def _combined_bias(bias_V: jax.Array | None, extra_V: jax.Array | None) -> jax.A
 def rank_step(params: Any, consts: Any, batch: dict[str, jax.Array], popularity_V: jax.Array,
               extra_bias_V: jax.Array | None, *, graphdef: nnx.GraphDef, exclude_seen: bool,
               chunk_size: int) -> jax.Array:
-  """`steps.eval_step` with the popularity fallback for empty histories and an optional extra
+  """`ranking.eval_step` with the popularity fallback for empty histories and an optional extra
   per-item bias (-inf outside a candidate set restricts the ranking to it)."""
-  user_BxE, table_VxE, bias_V = steps.user_vectors(params, consts, batch, graphdef)
+  user_BxE, table_VxE, bias_V = ranking.user_vectors(params, consts, batch, graphdef)
   user, table = popularity_fallback(user_BxE, batch["mask_BxL"], table_VxE, popularity_V)
   return metrics.target_ranks(user, table, _combined_bias(bias_V, extra_bias_V),
                               batch["targets_B"], batch.get("seen_BxS"),
@@ -84,8 +86,8 @@ def rank_step(params: Any, consts: Any, batch: dict[str, jax.Array], popularity_
 def topk_step(params: Any, consts: Any, batch: dict[str, jax.Array], popularity_V: jax.Array,
               *, graphdef: nnx.GraphDef, k: int, exclude_seen: bool,
               chunk_size: int) -> tuple[jax.Array, jax.Array]:
-  """`steps.topk_step` with the popularity fallback for users with an empty history."""
-  user_BxE, table_VxE, bias_V = steps.user_vectors(params, consts, batch, graphdef)
+  """`ranking.topk_step` with the popularity fallback for users with an empty history."""
+  user_BxE, table_VxE, bias_V = ranking.user_vectors(params, consts, batch, graphdef)
   user, table = popularity_fallback(user_BxE, batch["mask_BxL"], table_VxE, popularity_V)
   return metrics.top_k_items(user, table, bias_V, k, batch.get("seen_BxS"),
                              exclude_seen=exclude_seen, chunk_size=chunk_size)
@@ -93,7 +95,7 @@ def topk_step(params: Any, consts: Any, batch: dict[str, jax.Array], popularity_
 
 def compile_rank_fn(graphdef, mesh: Mesh, popularity_V, extra_bias_V=None, *,
                     exclude_seen: bool = True, chunk_size: int = 8192):
-  """A jitted `rank_step` with the same call signature as `evaluate.compile_rank_fn`'s."""
+  """A jitted `rank_step` with the same call signature as `ranking.compile_rank_fn`'s."""
   repl = mesh_lib.replicated(mesh)
   fn = jax.jit(functools.partial(rank_step, graphdef=graphdef, exclude_seen=exclude_seen,
                                  chunk_size=chunk_size),
@@ -220,32 +222,32 @@ def evaluate_cold_start(graphdef, params, consts, dataset, *, mesh: Mesh, batch_
   rank_cold = compile_rank_fn(graphdef, mesh, counts_V, only_cold_V, exclude_seen=exclude_seen,
                               chunk_size=chunk_size)
   report: dict[str, Any] = {
-      "protocol": eval_lib.PROTOCOL, "exclude_seen": exclude_seen,
+      "protocol": reports_lib.PROTOCOL, "exclude_seen": exclude_seen,
       "num_items": int(dataset.num_items) - 1, "cold_items": int(len(cold)),
       "cold_fraction": dataset.stats.get("cold_fraction"),
       "cold_seed": dataset.stats.get("cold_seed"), "splits": {}}
   metric_fn = functools.partial(metrics.metrics_from_ranks, ks=(1, 5, 10, 20))
   for name in splits:
     split = getattr(dataset, name)
-    model_U = _in_split_order(split, *eval_lib.rank_split(
+    model_U = _in_split_order(split, *ranking.rank_split(
         rank_all, params, consts, split, batch_size=batch_size, max_len=max_len, mesh=mesh))
     cold_U = cold_V[split.targets_U]
     cold_split = type(split)(split.users_U[cold_U], _subset(split.history, cold_U),
                              split.targets_U[cold_U])
     cold_ranks = np.zeros(0, np.int32)
     if len(cold_split):
-      cold_ranks = _in_split_order(cold_split, *eval_lib.rank_split(
+      cold_ranks = _in_split_order(cold_split, *ranking.rank_split(
           rank_cold, params, consts, cold_split, batch_size=batch_size, max_len=max_len,
           mesh=mesh))
-    pop_U = eval_lib.popularity_ranks(counts_V, split, exclude_seen=exclude_seen,
+    pop_U = baselines.popularity_ranks(counts_V, split, exclude_seen=exclude_seen,
                                       chunk_size=chunk_size)
-    cpop_U = eval_lib.popularity_ranks(content_pop_V, split, exclude_seen=exclude_seen,
+    cpop_U = baselines.popularity_ranks(content_pop_V, split, exclude_seen=exclude_seen,
                                        chunk_size=chunk_size)
-    cpop_cold = (eval_lib.popularity_ranks(np.where(cold_V, content_pop_V, -np.inf), cold_split,
+    cpop_cold = (baselines.popularity_ranks(np.where(cold_V, content_pop_V, -np.inf), cold_split,
                                            exclude_seen=exclude_seen, chunk_size=chunk_size)
                  if len(cold_split) else np.zeros(0, np.int32))
     n_cold = _candidates_left(cold_split, cold_V, exclude_seen)
-    lengths_U = eval_lib.history_lengths(split)
+    lengths_U = reports_lib.history_lengths(split)
     report["splits"][name] = {
         "users": int(len(split)), "cold_targets": int(cold_U.sum()),
         "empty_history_users": int((lengths_U == 0).sum()),
@@ -280,9 +282,9 @@ def _subset(seqs, keep_U: np.ndarray):
   return Sequences.from_lengths(lengths, items)
 
 
-def evaluate_workdir(workdir: str | pathlib.Path, *, which: str = "best",
+def evaluate_workdir(workdir: str | os.PathLike, *, which: str = "best",
                      splits: Sequence[str] = ("valid", "test"), exclude_seen: bool = True,
-                     data_path: str | None = None, num_devices: int = 0) -> dict[str, Any]:
+                     spec=None, num_devices: int = 0) -> dict[str, Any]:
   """`evaluate_cold_start` of a checkpoint of a train.py workdir trained on a cold split.
 
   Args:
@@ -290,30 +292,30 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, which: str = "best",
     which: "best", "latest" or a step number.
     splits: splits to report.
     exclude_seen: remove the user's history items from the ranking.
-    data_path: overrides the run's `data.path`.
+    spec: the run spec (e.g. with data.path moved); None reads the workdir's config.json.
     num_devices: devices of the evaluation mesh (0 = all).
 
   Returns:
     The report, with the run's item mode and training length added (also written to
     workdir/cold_start_<which>.json).
   """
-
-  workdir = pathlib.Path(workdir)
-  config = eval_lib.load_workdir_config(workdir)
-  if not (config.get("cold_start") or {}).get("item_fraction", 0.0):
+  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  workdir = paths.workdir_path(workdir)
+  spec = spec if spec is not None else run_lib.spec_from_config(
+      run_lib.read_workdir_config(workdir))
+  if not spec.cold_start.item_fraction:
     raise ValueError(f"{workdir} was not trained on a cold-item split (cold_start.item_fraction "
                      "is 0): its 'cold' items were trained on, so a cold-start report would lie")
-  run = eval_lib.restore_workdir(workdir, which=which, data_path=data_path,
-                                 num_devices=num_devices, config=config)
-  dataset, model_cfg, meta, step, mesh = run.dataset, run.model_cfg, run.meta, run.step, run.mesh
-  report = evaluate_cold_start(run.graphdef, run.params, run.consts, dataset,
-                               mesh=mesh, batch_size=config.input.eval_batch_size,
-                               max_len=config.input.max_len, splits=splits,
-                               exclude_seen=exclude_seen, chunk_size=config.eval.chunk_size)
-  report.update(workdir=str(workdir.absolute()), checkpoint=str(which), step=step,
-                epochs_trained=meta.get("epoch"), item_mode=model_cfg.item_mode,
-                cold_id=model_cfg.cold_id, dataset=dataset.source)
-  eval_lib.write_report(workdir / f"cold_start_{which}.json", report)
+  restored = run_lib.restore_run(workdir, which=which, spec=spec, num_devices=num_devices)
+  run = restored.run
+  report = evaluate_cold_start(run.graphdef, restored.params, run.consts, run.dataset,
+                               mesh=run.mesh, batch_size=spec.input.eval_batch_size,
+                               max_len=spec.input.max_len, splits=splits,
+                               exclude_seen=exclude_seen, chunk_size=spec.eval.chunk_size)
+  report.update(workdir=str(workdir.absolute()), checkpoint=str(which), step=restored.step,
+                epochs_trained=restored.meta.get("epoch"), item_mode=run.model_cfg.item_mode,
+                cold_id=run.model_cfg.cold_id, dataset=run.dataset.source)
+  reports_lib.write_report(workdir / f"cold_start_{which}.json", report)
   return report
 
 

@@ -1,0 +1,1 @@
+"""Entry points behind train.py, eval.py, tune.py, cold_start.py (and the console scripts)."""

@@ -1,0 +1,94 @@
+"""What every entry point shares: where the config files are, base defaults, one-line errors."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import pathlib
+from typing import Any
+
+# Before TensorFlow is imported anywhere: quiet C++ logs. The pipeline hides accelerators from TF.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def define_distributed_flags() -> None:
+  """--distributed and where to find the other processes (flags, else environment variables)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_bool("distributed", False, "Several processes (hosts): call "
+                    "jax.distributed.initialize() before anything touches a device.")
+  flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0 "
+                      "(else $JAX_COORDINATOR_ADDRESS, else the cluster's own detection: TPU "
+                      "pods, Slurm, Open MPI).")
+  flags.DEFINE_integer("num_processes", None, "--distributed: how many processes (else "
+                       "$JAX_NUM_PROCESSES, else detected).")
+  flags.DEFINE_integer("process_id", None, "--distributed: this process, 0..num_processes-1 "
+                       "(else $JAX_PROCESS_ID, else detected).")
+
+
+def initialize_distributed() -> None:
+  """jax.distributed.initialize() from the flags of `define_distributed_flags`, when --distributed.
+
+  With none of the three given (no flag, no environment variable), JAX detects the cluster (TPU
+  VMs of a pod, Slurm, Open MPI). On CPU the processes exchange gradients over gloo (JAX's
+  default CPU collectives).
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  if not f.distributed:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def pick(value, env):
+    return value if value is not None else (int(os.environ[env]) if env in os.environ else None)
+
+  address = f.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  kwargs = {"coordinator_address": address,
+            "num_processes": pick(f.num_processes, "JAX_NUM_PROCESSES"),
+            "process_id": pick(f.process_id, "JAX_PROCESS_ID")}
+  jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def define_config_flag(name: str, default: str, help_text: str) -> None:
+  """config_flags.DEFINE_config_file(lock_config=True), with a bad override as one line.
+
+  config_flags applies `--config.a.b=v` overrides while the flag is defined (at import), so an
+  unknown key raises three chained ml_collections tracebacks there; this names the flag instead.
+  """
+  import sys  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.cli import logs  # pylint: disable=g-import-not-at-top
+  try:
+    config_flags.DEFINE_config_file(name, default, help_text, lock_config=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise SystemExit(logs.config_override_error(sys.argv, e)) from None
+
+
+def configs_dir() -> pathlib.Path:
+  """The `configs/` folder: ./configs when run from the repository, else the installed one."""
+  local = pathlib.Path("configs")
+  if (local / "base.py").is_file():
+    return local
+  spec = importlib.util.find_spec("configs")  # locates the installed folder without importing it
+  if spec is not None and spec.submodule_search_locations:
+    return pathlib.Path(next(iter(spec.submodule_search_locations)))
+  return local
+
+
+def default_config_path(name: str = "default.py") -> str:
+  """The path of a bundled config file, for a flag's default."""
+  return str(configs_dir() / name)
+
+
+@functools.cache
+def base_defaults() -> dict[str, Any]:
+  """configs/base.py's values flattened ("group.key" -> value), for resuming older workdirs."""
+  import json  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  path = configs_dir() / "base.py"
+  if not path.is_file():
+    return {}
+  spec = importlib.util.spec_from_file_location("_lstmrec_base_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return run_lib.flatten(json.loads(module.get_base_config().to_json_best_effort()))

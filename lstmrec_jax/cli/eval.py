@@ -1,0 +1,100 @@
+"""`eval.py` / `lstmrec-eval`: evaluates a checkpoint over all items; prints a table, writes JSON.
+
+  python eval.py --workdir runs/beauty                      # best checkpoint, valid + test
+  python eval.py --workdir runs/beauty --checkpoint latest --topk_out top10.tsv
+  python eval.py --summarize runs/beauty_s0,runs/beauty_s1,runs/beauty_s2   # mean +- std
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import flags
+from etils import epath
+
+from lstmrec_jax.cli import common
+from lstmrec_jax.cli import logs
+
+flags.DEFINE_string("workdir", "runs/default", "A train.py workdir.")
+flags.DEFINE_string("checkpoint", "best", "'best' (validation NDCG@10), 'latest' or a step.")
+flags.DEFINE_list("splits", ["valid", "test"], "Splits to evaluate.")
+flags.DEFINE_bool("keep_seen", False, "Keep the user's already-seen items in the ranking.")
+flags.DEFINE_string("topk_out", None, "Write each test user's top-K next items here (TSV).")
+flags.DEFINE_integer("topk", 10, "K for --topk_out.")
+flags.DEFINE_string("data_path", None, "Override the run's data.path.")
+flags.DEFINE_bool("allow_other_data", False, "Evaluate even when the data differs from what the "
+                  "run trained on (its data.json); otherwise refused, the metrics would be wrong.")
+common.define_distributed_flags()
+flags.DEFINE_list("summarize", None, "Workdirs (e.g. one config, several seeds) whose saved "
+                  "eval_<checkpoint>.json reports are summarized as mean +- std; no evaluation.")
+flags.DEFINE_string("summary_split", "test", "The split --summarize reads.")
+FLAGS = flags.FLAGS
+
+
+def summarize() -> None:
+  from lstmrec_jax.evaluation import reports  # pylint: disable=g-import-not-at-top
+  loaded = []
+  for workdir in FLAGS.summarize:
+    path = epath.Path(workdir) / f"eval_{FLAGS.checkpoint}.json"  # gs:// kept
+    if not path.is_file():
+      raise FileNotFoundError(f"{path}: no report; run python eval.py --workdir {workdir} first")
+    loaded.append(json.loads(path.read_text()))
+  print(reports.format_summary(reports.summarize_reports(loaded, FLAGS.summary_split)))
+
+
+def workdir_spec(workdir: str, data_path: str | None = None):
+  """A workdir's saved config as a RunSpec; keys it predates take base.py's defaults."""
+  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  saved = run_lib.read_workdir_config(workdir)
+  flat = {**common.base_defaults(), **run_lib.flatten(saved)}
+  if data_path:
+    flat["data.path"] = data_path
+  return run_lib.spec_from_config(run_lib.unflatten(flat))
+
+
+SPLITS = ("valid", "test")
+
+
+def check_flags() -> None:
+  """--checkpoint, --splits and the output paths, checked before anything is computed."""
+  from lstmrec_jax.run import ConfigError  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  which = FLAGS.checkpoint
+  if which not in ("best", "latest") and not (which.isdigit() and int(which) >= 0):
+    raise ConfigError(f"--checkpoint={which!r} must be 'best', 'latest' or a step number")
+  bad = [s for s in FLAGS.splits if s not in SPLITS]
+  if bad or not FLAGS.splits:
+    raise ConfigError(f"--splits={','.join(FLAGS.splits)}: each must be one of "
+                      f"{', '.join(SPLITS)} (the training split has no held-out targets)")
+  if FLAGS.topk < 1:
+    raise ConfigError(f"--topk={FLAGS.topk} must be >= 1")
+  # The report is written after minutes of ranking: fail now, not then.
+  if os.path.isdir(FLAGS.workdir):  # a missing workdir is named by the config read instead
+    ckpt_lib.check_writable(FLAGS.workdir)
+  if FLAGS.topk_out:
+    ckpt_lib.check_writable(os.path.dirname(os.path.abspath(FLAGS.topk_out)))
+
+
+def main() -> None:
+  if FLAGS.summarize:
+    summarize()
+    return
+  check_flags()
+  import jax  # pylint: disable=g-import-not-at-top
+  common.initialize_distributed()
+  from lstmrec_jax.evaluation import ranking, reports  # pylint: disable=g-import-not-at-top
+  report = ranking.evaluate_checkpoint(
+      FLAGS.workdir, which=FLAGS.checkpoint, splits=FLAGS.splits,
+      exclude_seen=not FLAGS.keep_seen, topk_out=FLAGS.topk_out, topk=FLAGS.topk,
+      spec=workdir_spec(FLAGS.workdir, FLAGS.data_path),
+      allow_other_data=FLAGS.allow_other_data)
+  if jax.process_index() == 0:
+    print(f"checkpoint {FLAGS.checkpoint} (step {report['step']}) of {FLAGS.workdir}")
+    print(reports.format_table(report))
+    print(f"report: {os.path.join(FLAGS.workdir, f'eval_{FLAGS.checkpoint}.json')}")
+
+
+def run() -> None:
+  """The console script."""
+  logs.run_main(main)

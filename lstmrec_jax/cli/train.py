@@ -1,0 +1,36 @@
+"""`train.py` / `lstmrec-train`: trains (or resumes) a run, then evaluates its best checkpoint.
+
+  python train.py                                   # built-in synthetic default
+  python train.py --config configs/beauty.py --workdir runs/beauty --config.model.hidden_size=128
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from lstmrec_jax.cli import common
+from lstmrec_jax.cli import logs
+
+common.define_config_flag("config", common.default_config_path(), "Config file (configs/*.py).")
+flags.DEFINE_string("workdir", "runs/default", "Checkpoints, logs and the report go here; a "
+                    "workdir with checkpoints is resumed.")
+common.define_distributed_flags()
+FLAGS = flags.FLAGS
+
+
+def main() -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  common.initialize_distributed()
+  from lstmrec_jax.evaluation import reports  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.train import loop  # pylint: disable=g-import-not-at-top
+  report = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, defaults=common.base_defaults())
+  if "splits" in report and jax.process_index() == 0:
+    print(reports.format_table(report))
+    print(f"report: {os.path.join(FLAGS.workdir, 'report.json')}")
+
+
+def run() -> None:
+  """The console script."""
+  logs.run_main(main)

@@ -1,0 +1,1 @@
+"""Full-ranking evaluation: metrics, the eval step, baselines, cold start and reports."""

@@ -1,0 +1,126 @@
+"""ModelConfig: the model's hyper-parameters as a frozen dataclass, with no defaults.
+
+configs/base.py's `model` group is the only source of defaults: `ModelConfig.from_mapping` takes
+that group (all of it) plus the sizes known only from the data, V (`num_items`) and L
+(`max_len`, for positional embeddings). The model never sees the ConfigDict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from lstmrec_jax.model.registry import ENCODERS, ITEM_REPRS
+
+_DTYPES = ("float32", "bfloat16")
+COLD_ID_MODES = ("drop", "keep")
+# Fields filled in from the data, not from the config group.
+DATA_FIELDS = ("num_items", "max_len")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyper-parameters of SeqRecModel; see configs/base.py's `model` group for each key."""
+
+  num_items: int  # V, including the padding item 0; from the data.
+  max_len: int  # L, history length of a row (positional embeddings); from input.max_len.
+  encoder: str
+  embed_dim: int
+  hidden_size: int
+  num_layers: int
+  embed_dropout: float
+  layer_dropout: float
+  output_dropout: float
+  residual: bool
+  layer_norm: bool
+  ffn: bool
+  ffn_dim: int
+  num_heads: int
+  attention_dropout: float
+  item_bias: bool
+  tied_output: bool
+  compute_dtype: str
+  param_dtype: str
+  hoist_input_projection: bool
+  lstm_impl: str
+  item_mode: str
+  cold_id: str
+  cold_content_grad: bool
+  # DropoutNet-style: each training step this share of the items lose their id part (input and
+  # output table alike), so the user state also learns to score items by content alone.
+  id_dropout: float
+  content_attributes: bool
+  content_titles: bool
+  max_attributes: int
+  title_max_tokens: int
+  title_min_count: int
+  title_embed_dim: int
+  title_hidden_size: int
+
+  def __post_init__(self):
+    problems = []
+
+    def bad(key, why):
+      problems.append(f"model.{key}={getattr(self, key)!r} {why}")
+
+    if self.num_items < 2:
+      bad("num_items", "must be >= 2 (padding + one item)")
+    for key in ("max_len", "embed_dim", "hidden_size", "num_layers", "num_heads",
+                "title_max_tokens", "title_min_count", "title_embed_dim", "title_hidden_size"):
+      if getattr(self, key) < 1:
+        bad(key, "must be >= 1")
+    for key in ("ffn_dim", "max_attributes"):
+      if getattr(self, key) < 0:
+        bad(key, "must be >= 0")
+    for key in ("embed_dropout", "layer_dropout", "output_dropout", "attention_dropout",
+                "id_dropout"):
+      if not 0.0 <= getattr(self, key) < 1.0:
+        bad(key, "must be in [0, 1)")
+    for key in ("compute_dtype", "param_dtype"):
+      if getattr(self, key) not in _DTYPES:
+        bad(key, f"must be one of {_DTYPES}")
+    if self.encoder not in ENCODERS:
+      bad("encoder", f"must be a registered encoder: {ENCODERS.names()}")
+    elif self.encoder == "transformer" and self.num_heads >= 1 and self.embed_dim % self.num_heads:
+      bad("num_heads", f"must divide model.embed_dim={self.embed_dim} (transformer)")
+    if not isinstance(self.lstm_impl, str) or not self.lstm_impl:
+      bad("lstm_impl", "must be a non-empty string")
+    elif not self.hoist_input_projection and self.lstm_impl not in ("xla", "auto"):
+      bad("hoist_input_projection", f"False needs model.lstm_impl='xla', not {self.lstm_impl!r}")
+    if self.item_mode not in ITEM_REPRS:
+      bad("item_mode", f"must be one of {ITEM_REPRS.names()}")
+    elif self.id_dropout and self.item_mode not in ("sum", "gate"):
+      bad("id_dropout", f"needs model.item_mode 'sum' or 'gate' (an item with content and an "
+          f"id), not {self.item_mode!r}")
+    if self.cold_id not in COLD_ID_MODES:
+      bad("cold_id", f"must be one of {COLD_ID_MODES}")
+    if problems:
+      raise ValueError("invalid model config: " + "; ".join(problems))
+
+  @classmethod
+  def from_mapping(cls, d: Mapping[str, Any], *, num_items: int, max_len: int) -> ModelConfig:
+    """ModelConfig from the `model` config group (e.g. `config.model.to_dict()`) and the data.
+
+    Args:
+      d: every key of configs/base.py's `model` group, and no other.
+      num_items: V from the data, including the padding item 0.
+      max_len: L, the history length of a row (`input.max_len`).
+
+    Raises:
+      ValueError: naming every unknown and missing `model.<key>`, or any invalid value.
+    """
+    if hasattr(d, "to_dict"):
+      d = d.to_dict()
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in DATA_FIELDS]
+    unknown = sorted(set(d) - set(names))
+    missing = [n for n in names if n not in d]
+    problems = []
+    if unknown:
+      problems.append(f"unknown keys {['model.' + k for k in unknown]}")
+    if missing:
+      problems.append(f"missing keys {['model.' + k for k in missing]} (configs/base.py "
+                      "holds every key's default)")
+    if problems:
+      raise ValueError("model config: " + "; ".join(problems))
+    return cls(num_items=int(num_items), max_len=int(max_len), **{k: d[k] for k in names})

@@ -1,0 +1,435 @@
+"""One run spec and one run builder: where data, model, optimizer and mesh meet.
+
+The ConfigDict of a config file (or a workdir's config.json) is validated once, by
+`spec_from_config`, into a frozen `RunSpec` of per-group dataclasses. None of them has defaults:
+`configs/base.py` is the only source of defaults, and every key must be present. Unknown keys,
+missing keys and bad values of every group are named together in one `ConfigError`.
+
+`build_run(spec)` then loads the data, fills in what only the data knows (the catalog size V),
+builds the model, its step constants, the optimizer and the mesh: the one `Run` that training,
+evaluation, tuning, cold start, serving and the benchmarks start from. `restore_run(workdir)`
+rebuilds a workdir's run and restores a checkpoint's parameters.
+
+The library never imports `configs/`: entry points load config files and pass the ConfigDict in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lstmrec_jax import losses
+from lstmrec_jax import mesh as mesh_lib
+from lstmrec_jax import paths
+from lstmrec_jax import model as model_lib
+from lstmrec_jax.data.config import DataConfig
+from lstmrec_jax.train import state as state_lib
+
+GROUPS = ("data", "input", "model", "loss", "optim", "train", "eval", "cold_start")
+# Keys that may differ between a workdir's saved config and the config that resumes it.
+RESUMABLE_KEYS = ("train.stop_after_steps", "train.progress_bar", "train.num_devices")
+
+
+class ConfigError(ValueError):
+  """A config that cannot run: every bad key of every group, in one message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+  """Batches: history length, rows per step, users per evaluation batch, packing, prefetch."""
+
+  max_len: int  # L: most recent events per example, >= 1
+  batch_size: int  # global rows per training step, >= 1
+  eval_batch_size: int  # users per evaluation batch, >= 1
+  pack: bool  # several histories per row, state reset at boundaries
+  backend: str  # training-batch prefetch: tf | numpy (no TensorFlow) | auto
+
+  def __post_init__(self):
+    _check_positive(self, "input", ("max_len", "batch_size", "eval_batch_size"))
+    if self.backend not in ("tf", "numpy", "auto"):
+      raise ValueError(f"input.backend={self.backend!r} must be tf, numpy or auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Schedule, validation, early stopping, checkpoints and logging of the training loop."""
+
+  num_epochs: int  # passes over the training examples, >= 1
+  eval_every_steps: int  # validation period in steps, >= 0 (0 = once per epoch)
+  patience: int  # validations without improvement before stopping, >= 0 (0 = never)
+  log_every_steps: int  # scalar logging period in steps, >= 1
+  keep_checkpoints: int  # latest checkpoints kept for resuming, >= 1
+  num_devices: int  # devices of the data-parallel mesh, >= 0 (0 = all)
+  stop_after_steps: int  # stop as if killed after this step, >= 0 (0 = off)
+  progress_bar: bool
+  divergence_factor: float  # stop when a loss exceeds this x the running median, >= 1 (0 = off)
+  skip_nonfinite_steps: bool  # drop (and count) a step with a non-finite loss instead of stopping
+
+  def __post_init__(self):
+    _check_positive(self, "train", ("num_epochs", "log_every_steps", "keep_checkpoints"))
+    _check_non_negative(self, "train", ("eval_every_steps", "patience", "num_devices",
+                                        "stop_after_steps"))
+    f = self.divergence_factor
+    if not (f == 0 or (f >= 1 and f < float("inf"))):
+      raise ValueError(f"train.divergence_factor={f} must be 0 (off) or finite and >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Full-ranking evaluation."""
+
+  exclude_seen: bool  # remove the user's history items from the ranking
+  chunk_size: int  # items per ranking chunk, >= 1
+
+  def __post_init__(self):
+    _check_positive(self, "eval", ("chunk_size",))
+
+
+@dataclasses.dataclass(frozen=True)
+class ColdStartConfig:
+  """The cold-item split: a share of items removed from training entirely."""
+
+  item_fraction: float  # in [0, 1)
+  seed: int
+
+  def __post_init__(self):
+    if not 0.0 <= self.item_fraction < 1.0:
+      raise ValueError(f"cold_start.item_fraction={self.item_fraction} must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """A validated config: one frozen dataclass per group (the model's V comes from the data)."""
+
+  seed: int
+  data: DataConfig
+  input: InputConfig
+  model: Mapping[str, Any]  # the validated model group; `model_config(V)` fills the catalog size
+  loss: losses.LossConfig
+  optim: state_lib.OptimConfig
+  train: TrainConfig
+  eval: EvalConfig
+  cold_start: ColdStartConfig
+  config: Mapping[str, Any]  # the nested plain dict this spec was built from (config.json)
+
+  def model_config(self, num_items: int) -> model_lib.ModelConfig:
+    """The model hyper-parameters with the catalog size V (padding item 0 included)."""
+    return model_lib.ModelConfig.from_mapping(dict(self.model), num_items=int(num_items),
+                                              max_len=self.input.max_len)
+
+
+def _check_positive(obj, group: str, names) -> None:
+  bad = [f"{group}.{n}={getattr(obj, n)} must be >= 1" for n in names if getattr(obj, n) < 1]
+  if bad:
+    raise ValueError("; ".join(bad))
+
+
+def _check_non_negative(obj, group: str, names) -> None:
+  bad = [f"{group}.{n}={getattr(obj, n)} must be >= 0" for n in names if getattr(obj, n) < 0]
+  if bad:
+    raise ValueError("; ".join(bad))
+
+
+def plain(value: Any) -> Any:
+  """A ConfigDict / Mapping as nested plain dicts (tuples stay tuples)."""
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return {k: plain(v) for k, v in value.items()}
+  return value
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """Nested mapping -> {"group.key": value}, e.g. {"a": {"b": 1}} -> {"a.b": 1}."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """{"group.key": value} -> nested dicts, e.g. {"a.b": 1} -> {"a": {"b": 1}}."""
+  out: dict[str, Any] = {}
+  for path, value in flat.items():
+    node = out
+    *parents, leaf = path.split(".")
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return out
+
+
+def _coerce(group: str, name: str, value: Any, annotation: Any) -> Any:
+  """`value` checked against a field annotation (int, float, bool, str, tuple, optional)."""
+  hint = annotation
+  optional = False
+  if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = len(args) < len(typing.get_args(hint))
+    hint = args[0] if len(args) == 1 else Any
+  if value is None and optional:
+    return None
+  origin = typing.get_origin(hint) or hint
+  where = f"{group}.{name}={value!r}"
+  if origin is bool:
+    if not isinstance(value, (bool, np.bool_)):
+      raise ValueError(f"{where} must be true or false")
+    return bool(value)
+  if origin is int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+      raise ValueError(f"{where} must be an integer")
+    return int(value)
+  if origin is float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+      raise ValueError(f"{where} must be a number")
+    return float(value)
+  if origin is str:
+    if not isinstance(value, str):
+      raise ValueError(f"{where} must be a string")
+    return value
+  if origin is tuple:
+    if not isinstance(value, (list, tuple)):
+      raise ValueError(f"{where} must be a list")
+    return tuple(value)
+  return value
+
+
+def build_group(cls, group: str, values: Mapping[str, Any]):
+  """A frozen group dataclass from a mapping: unknown, missing and bad keys in one ValueError."""
+  hints = typing.get_type_hints(cls)
+  names = [f.name for f in dataclasses.fields(cls)]
+  problems = [f"unknown key {group}.{k}" for k in sorted(set(values) - set(names))]
+  problems += [f"missing key {group}.{k}" for k in names if k not in values]
+  kwargs = {}
+  for name in names:
+    if name in values:
+      try:
+        kwargs[name] = _coerce(group, name, values[name], hints.get(name, Any))
+      except ValueError as e:
+        problems.append(str(e))
+  if problems:
+    raise ValueError("; ".join(problems))
+  try:
+    return cls(**kwargs)
+  except (TypeError, ValueError) as e:
+    raise ValueError(_prefixed(group, str(e))) from None
+
+
+def _prefixed(group: str, message: str) -> str:
+  """Messages of a group's own validation, named by group where they do not say it already."""
+  return message if f"{group}." in message else f"{group}: {message}"
+
+
+def spec_from_config(config: Any) -> RunSpec:
+  """Validates a whole config (ConfigDict or nested dict) once into a RunSpec.
+
+  Raises:
+    ConfigError: naming every unknown key, missing key and bad value, in one message.
+  """
+  cfg = plain(config)
+  problems = [f"unknown group or key {k!r}" for k in sorted(set(cfg) - {*GROUPS, "seed"})]
+  problems += [f"missing group {g!r}" for g in GROUPS if not isinstance(cfg.get(g), Mapping)]
+  if "seed" not in cfg:
+    problems.append("missing key 'seed'")
+  elif isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int):
+    problems.append(f"seed={cfg['seed']!r} must be an integer")
+  if problems:
+    raise ConfigError("config: " + "; ".join(problems))
+
+  built: dict[str, Any] = {}
+
+  def attempt(name: str, fn) -> None:
+    try:
+      built[name] = fn()
+    except ValueError as e:  # DataError is a ValueError too
+      problems.append(_prefixed(name, str(e)))
+
+  attempt("data", lambda: DataConfig.from_mapping(cfg["data"]))
+  attempt("input", lambda: build_group(InputConfig, "input", cfg["input"]))
+  attempt("loss", lambda: build_group(losses.LossConfig, "loss", cfg["loss"]))
+  attempt("optim", lambda: build_group(state_lib.OptimConfig, "optim", cfg["optim"]))
+  attempt("train", lambda: build_group(TrainConfig, "train", cfg["train"]))
+  attempt("eval", lambda: build_group(EvalConfig, "eval", cfg["eval"]))
+  attempt("cold_start", lambda: build_group(ColdStartConfig, "cold_start", cfg["cold_start"]))
+  max_len = built["input"].max_len if "input" in built else 1
+  # V is known only from the data; 2 (padding + one item) stands in to validate everything else.
+  attempt("model", lambda: model_lib.ModelConfig.from_mapping(cfg["model"], num_items=2,
+                                                              max_len=max_len))
+  if problems:
+    raise ConfigError("config: " + "; ".join(problems))
+  return RunSpec(seed=cfg["seed"], data=built["data"], input=built["input"],
+                 model=types.MappingProxyType(dict(cfg["model"])), loss=built["loss"],
+                 optim=built["optim"], train=built["train"], eval=built["eval"],
+                 cold_start=built["cold_start"], config=types.MappingProxyType(cfg))
+
+
+def with_overrides(spec: RunSpec, **group_values: Mapping[str, Any]) -> RunSpec:
+  """The spec re-validated with some keys changed, e.g. with_overrides(s, data={"path": p})."""
+  cfg = plain(dict(spec.config))
+  for group, values in group_values.items():
+    if group == "seed":
+      cfg["seed"] = values
+    else:
+      cfg[group] = {**cfg[group], **plain(values)}
+  return spec_from_config(cfg)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def load_data(spec: RunSpec):
+  """The dataset of `spec.data` (cached on disk), with the cold-item split when configured."""
+  from lstmrec_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  dataset = data_lib.load_dataset(spec.data)
+  if spec.cold_start.item_fraction:
+    from lstmrec_jax.data import content as content_data  # pylint: disable=g-import-not-at-top
+    dataset = content_data.cold_item_split(dataset, fraction=spec.cold_start.item_fraction,
+                                           seed=spec.cold_start.seed)
+  return dataset
+
+
+def model_inputs(dataset, model_cfg) -> dict[str, Any]:
+  """Arrays from the data that the model is built with (item content); none for id-only items."""
+  if model_cfg.item_mode == "id":
+    return {}
+  from lstmrec_jax.data import content as content_data  # pylint: disable=g-import-not-at-top
+  c = content_data.item_content(
+      dataset, attributes=model_cfg.content_attributes, titles=model_cfg.content_titles,
+      max_attrs=model_cfg.max_attributes, title_min_count=model_cfg.title_min_count,
+      title_max_tokens=model_cfg.title_max_tokens)
+  if not c.has_content:
+    raise ValueError(f"model.item_mode={model_cfg.item_mode!r} needs item content, but "
+                     f"{dataset.source} has no item attributes or titles (or both are off); use "
+                     "model.item_mode='id'")
+  return {"item_content": model_lib.ContentInputs(
+      known_V=c.known_V, attrs_VxA=c.attrs_VxA, num_attrs=c.num_attrs, tokens_VxT=c.tokens_VxT,
+      vocab_size=len(c.vocab) if c.vocab is not None else 2)}
+
+
+@dataclasses.dataclass
+class Run:
+  """A built run: data, model (graph + initial parameters + step constants) and mesh."""
+
+  spec: RunSpec
+  dataset: Any  # data.SequenceDataset
+  model_cfg: Any  # model.ModelConfig
+  graphdef: Any
+  params: Any  # initial parameters (host), a pure dict
+  consts: Any  # the model's non-parameter state, replicated over `mesh`
+  mesh: Any
+
+  def step_aux(self) -> dict[str, Any]:
+    """What the train step reads but never changes: constants, sampling log-q, candidate mask."""
+    aux: dict[str, Any] = {"consts": self.consts, "log_q_V": None}
+    counts_V = jnp.asarray(self.dataset.item_counts_V)
+    trained_V = counts_V > 0
+    if self.spec.loss.train_items_only:
+      aux["item_mask_V"] = mesh_lib.replicate(trained_V, self.mesh)
+    if losses.needs_log_q(self.spec.loss):
+      log_q_V = losses.popularity_log_q(counts_V, self.spec.loss.alpha)
+      if self.spec.loss.train_items_only:
+        log_q_V = jnp.where(trained_V, log_q_V, -jnp.inf)
+        log_q_V = log_q_V - jax.nn.logsumexp(log_q_V)
+      aux["log_q_V"] = mesh_lib.replicate(log_q_V, self.mesh)
+    return aux
+
+  def optimizer(self, total_steps: int) -> optax.GradientTransformation:
+    return state_lib.make_optimizer(self.spec.optim, total_steps)
+
+
+def build_run(spec: RunSpec, *, num_devices: int | None = None, dataset=None) -> Run:
+  """Loads the data (unless given) and builds the model and mesh of `spec`."""
+  dataset = load_data(spec) if dataset is None else dataset
+  model_cfg = spec.model_config(int(dataset.num_items))
+  graphdef, params, consts = state_lib.create_model(model_cfg, spec.seed,
+                                                    **model_inputs(dataset, model_cfg))
+  mesh = mesh_lib.make_mesh(spec.train.num_devices if num_devices is None else num_devices)
+  for what, size in (("input.batch_size", spec.input.batch_size),
+                     ("input.eval_batch_size", spec.input.eval_batch_size)):
+    mesh_lib.check_global_batch_size(size, mesh, what)
+  return Run(spec, dataset, model_cfg, graphdef, params, mesh_lib.replicate(consts, mesh), mesh)
+
+
+def read_workdir_config(workdir: str | os.PathLike) -> dict[str, Any]:
+  """The config a train.py run saved in its workdir (config.json), as a nested dict."""
+  path = paths.workdir_path(workdir) / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: is {workdir} a train.py workdir?")
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
+def data_signature(dataset) -> dict[str, Any]:
+  """What identifies the data a run trained on: sizes and a hash of the splits and item keys."""
+  h = hashlib.sha256()
+  arrays = (dataset.train.offsets_U1, dataset.train.items_N, dataset.valid.users_U,
+            dataset.valid.targets_U, dataset.test.users_U, dataset.test.targets_U)
+  for a in arrays:
+    h.update(np.ascontiguousarray(a).tobytes())
+  h.update("\x00".join(map(str, dataset.item_keys)).encode())
+  return {"num_users": int(dataset.num_users), "num_items": int(dataset.num_items) - 1,
+          "sha256": h.hexdigest()}
+
+
+def check_data_signature(workdir: str | os.PathLike, dataset) -> None:
+  """Refuses data other than what the workdir trained on (its data.json), in one line."""
+  path = paths.workdir_path(workdir) / "data.json"
+  if not path.is_file():
+    return  # trained before data.json existed
+  saved, now = json.loads(path.read_text()), data_signature(dataset)
+  if saved != now:
+    diff = ", ".join(f"{k} {saved.get(k)} -> {now[k]}" for k in ("num_users", "num_items")
+                     if saved.get(k) != now[k]) or "same sizes, different events"
+    raise ConfigError(f"{workdir} was trained on other data than {dataset.source} ({diff}); "
+                      "metrics would be wrong: pass the run's own data, or --allow_other_data "
+                      "to evaluate on this data anyway")
+
+
+@dataclasses.dataclass
+class RestoredRun:
+  """A workdir's run with a checkpoint's parameters restored (replicated over the mesh)."""
+
+  run: Run
+  params: Any
+  meta: dict[str, Any]
+  step: int
+
+
+def restore_run(workdir: str | os.PathLike, *, which: str = "best", spec: RunSpec | None = None,
+                num_devices: int = 0, allow_other_data: bool = False) -> RestoredRun:
+  """Rebuilds a workdir's data and model and restores the 'best', 'latest' or a step's params.
+
+  Args:
+    workdir: a train.py workdir.
+    which: "best" (by validation NDCG@10), "latest" or a step number.
+    spec: the run spec; None reads the workdir's config.json.
+    num_devices: devices of the mesh (0 = all).
+    allow_other_data: evaluate data other than the run's own (checked against its data.json).
+  """
+  from lstmrec_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  spec = spec if spec is not None else spec_from_config(read_workdir_config(workdir))
+  run = build_run(spec, num_devices=num_devices)
+  if not allow_other_data:
+    check_data_signature(workdir, run.dataset)
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  try:
+    params, meta, step = checkpointer.restore_params(run.params, which, run.mesh)
+  finally:
+    checkpointer.close()
+  return RestoredRun(run, params, meta, step)

@@ -1,0 +1,1 @@
+"""Hyper-parameter search: random search over config spaces, each trial a training run."""
