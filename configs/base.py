@@ -38,6 +38,8 @@ def get_base_config() -> ml_collections.ConfigDict:
       "user": "user_id", "item": "item_id", "time": "timestamp", "session": "", "rating": "",
       "title": "", "lists": "",  # lists: attribute/tag column(s), split on list_separator
       "delimiter": "", "list_separator": "|", "header": True})  # delimiter "": by file type
+  # Duplicate events: same user, item and time (without times: a user's item repeated at once).
+  c.data.dedupe = False  # False | True: drop duplicates, keeping the first (counted either way)
   c.data.min_rating = 0.0  # keep events with rating >= this (0 keeps all)
   c.data.min_user_events = 0  # k-core: users with fewer events are dropped (0 = off)
   c.data.min_item_events = 0  # k-core: items with fewer events are dropped (0 = off)
@@ -132,6 +134,34 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.progress_bar = True  # tqdm bar with loss, events/s and ETA
   c.train.divergence_factor = 10.0  # stop when a step's loss > this x the running median; >= 1 (0 = off)
   c.train.skip_nonfinite_steps = False  # drop (and count) steps with a NaN/inf loss instead of stopping
+
+  # Adversarial training (train/adversarial.py): loss + weight * loss at the worst-case
+  # perturbation of the input item embeddings (and optionally the user state), L2 <= eps each.
+  c.adversarial = ml_collections.ConfigDict()
+  c.adversarial.kind = "off"  # off | fgsm (one step) | pgd (`steps` projected steps)
+  c.adversarial.eps = 0.1  # L2 radius per position, x the mean item embedding norm; > 0
+  c.adversarial.weight = 1.0  # weight of the adversarial loss term; >= 0 (0 = off)
+  c.adversarial.steps = 3  # pgd: ascent steps of size 2.5 eps / steps; >= 1
+  c.adversarial.user_state = False  # also perturb the user state (encoder output) by eps
+
+  # Sequence augmentation of the training batches (data/augment.py), each transform applied to
+  # an example with its probability in [0, 1] (0 = off); ratios in (0, 1] of the sequence.
+  c.augment = ml_collections.ConfigDict()
+  c.augment.crop_prob = 0.0  # keep a random window of ratio x the items
+  c.augment.crop_ratio = 0.6
+  c.augment.reorder_prob = 0.0  # shuffle a random window of ratio x the items
+  c.augment.reorder_ratio = 0.2
+  c.augment.substitute_prob = 0.0  # replace ratio x the items by similar items
+  c.augment.substitute_ratio = 0.2
+  c.augment.insert_prob = 0.0  # insert similar items after ratio x the items (length kept)
+  c.augment.insert_ratio = 0.2
+  c.augment.mask_prob = 0.0  # hide ratio x the inputs (skipped, not predicted there)
+  c.augment.mask_ratio = 0.2
+  c.augment.similar_items = 10  # K: substitutes / inserts drawn from each item's K most similar
+  # items (cosine of training-user sets); >= 1
+  c.augment.contrastive_weight = 0.0  # InfoNCE between two augmented views; >= 0 (0 = off)
+  c.augment.temperature = 1.0  # InfoNCE temperature; > 0
+  c.augment.views_only = False  # transforms feed the two views only; next-item loss on clean rows
 
   c.eval = ml_collections.ConfigDict()
   c.eval.exclude_seen = True  # remove the user's history items from the ranking

@@ -87,7 +87,7 @@ def step_backward_call(batch_p: int, hidden_p: int, block_b: int, block_h: int, 
       in_specs=[row, row, row, gate_row, row, tile, tile, tile, gate_tile, tile, flag, flag,
                 w_rows],
       out_specs=(gate_tile, tile, tile),
-      interpret=platform == "interpret",
+      interpret=common.pallas_interpret(platform),
       compiler_params=common.compiler_params(platform, num_warps, num_stages),
       name="lstm_fused_step_backward")
 
@@ -150,6 +150,7 @@ def persistent_backward_call(batch_p: int, length: int, hidden_p: int, block_b: 
       grid=(bp // bb,),
       in_specs=[seq, state, state, gate_seq, seq, flag_seq, flag_seq, weights],
       out_specs=(gate_seq, state, state),
-      interpret=platform == "interpret",
-      compiler_params=common.compiler_params(platform, num_warps, num_stages),
+      interpret=common.pallas_interpret(platform),
+      compiler_params=common.compiler_params(platform, num_warps, num_stages,
+                                             parallel_grid_dims=1),
       name="lstm_persistent_backward")

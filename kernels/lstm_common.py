@@ -21,6 +21,10 @@ NUM_GATES = 4  # i, f, g, o
 
 # Triton's tensor-core dot needs every matmul dimension to be at least 16.
 _GPU_MIN_BLOCK = 16
+# Mosaic TPU tiles the last two dims of a block in (8 sublanes, 128 lanes): a block's
+# second-to-last dim must be a multiple of 8 (or the whole array dim), its last a multiple of 128
+# (or the whole array dim). The persistent kernel's batch tile is such a second-to-last dim.
+_TPU_SUBLANES = 8
 
 
 def round_up(x: int, multiple: int) -> int:
@@ -34,20 +38,23 @@ def next_pow2(x: int) -> int:
 
 
 def resolve_platform(interpret: bool | None, backend: str | None = None) -> str:
-  """Where a kernel runs: 'interpret', 'gpu' (Triton lowering) or 'tpu' (Mosaic TPU lowering).
+  """Where a kernel runs: 'interpret', 'interpret_tpu', 'gpu' (Triton) or 'tpu' (Mosaic TPU).
 
   Args:
     interpret: True forces the Pallas interpreter; None means "exactly when the backend is CPU"
       (Pallas cannot compile for CPU).
     backend: 'cpu', 'gpu' ('cuda', 'rocm') or 'tpu'; None means jax.default_backend(). Naming
-      'gpu' on a CPU host builds the Triton-lowered kernel, e.g. to export it for CUDA.
+      'gpu' on a CPU host builds the Triton-lowered kernel, e.g. to export it for CUDA. With
+      interpret=True, naming 'tpu' selects Pallas's TPU interpret mode ('interpret_tpu'), which
+      simulates the TPU's memory spaces and DMAs on CPU and applies the TPU block rules here.
   """
+  named_tpu = backend == "tpu"
   backend = backend or jax.default_backend()
   backend = {"cuda": "gpu", "rocm": "gpu"}.get(backend, backend)
   if interpret is None:
     interpret = backend == "cpu"
   if interpret:
-    return "interpret"
+    return "interpret_tpu" if named_tpu else "interpret"
   if backend not in ("gpu", "tpu"):
     raise ValueError(
         f"Pallas kernels cannot be compiled for backend {backend!r}; pass interpret=True or use "
@@ -55,13 +62,33 @@ def resolve_platform(interpret: bool | None, backend: str | None = None) -> str:
   return backend
 
 
-def compiler_params(platform: str, num_warps: int | None, num_stages: int | None):
-  """Triton params on GPU; None elsewhere.
+def pallas_interpret(platform: str):
+  """pallas_call's `interpret=`: TPU interpret mode, the generic interpreter, or compiled."""
+  if platform == "interpret_tpu":
+    from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+    # "raise" on an out-of-bounds read and NaN-filled fresh buffers: a block that reads past
+    # its array, or an output block left unwritten, fails the comparison instead of passing.
+    return pltpu.InterpretParams(out_of_bounds_reads="raise", uninitialized_memory="nan")
+  return platform == "interpret"
+
+
+def compiler_params(platform: str, num_warps: int | None, num_stages: int | None,
+                    parallel_grid_dims: int = 0):
+  """Triton params on GPU; Mosaic params on TPU (and in TPU interpret mode); None elsewhere.
 
   On GPU they must be passed explicitly: since jax 0.10 a bare pallas_call lowers to Mosaic GPU,
   and these kernels are written for the portable (Triton) lowering. Triton is deprecated in jax
   0.11 but still present; a Mosaic GPU port is future work.
+
+  On TPU, `parallel_grid_dims` leading grid dims are declared "parallel" (their programs are
+  independent): Mosaic may then split them over the TensorCores of a megacore chip (v4, v5p),
+  and TPU interpret mode visits them in random order, which a hidden dependency would fail.
   """
+  if platform in ("tpu", "interpret_tpu"):
+    if not parallel_grid_dims:
+      return None
+    from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+    return pltpu.CompilerParams(dimension_semantics=("parallel",) * parallel_grid_dims)
   if platform != "gpu":
     return None
   from jax.experimental.pallas import triton as pltriton  # pylint: disable=g-import-not-at-top
@@ -69,16 +96,23 @@ def compiler_params(platform: str, num_warps: int | None, num_stages: int | None
 
 
 def check_block(name: str, value: int, platform: str) -> None:
-  """Block sizes must be positive; on GPU also powers of two >= 16 (Triton tensor sizes, dot)."""
+  """Block sizes must be positive; on GPU also powers of two >= 16 (Triton tensor sizes, dot);
+  on TPU (compiled or TPU-interpreted) batch blocks are multiples of 8 sublanes (Mosaic)."""
   if not isinstance(value, (int, np.integer)) or value < 1:
     raise ValueError(f"{name} must be a positive int, got {value!r}")
   if platform == "gpu" and (value & (value - 1) or value < _GPU_MIN_BLOCK):
     raise ValueError(f"{name}={value}: the Triton lowering needs a power of two >= "
                      f"{_GPU_MIN_BLOCK}")
+  if platform in ("tpu", "interpret_tpu") and name == "block_b" and value % _TPU_SUBLANES:
+    raise ValueError(f"{name}={value}: the Mosaic TPU lowering needs a multiple of "
+                     f"{_TPU_SUBLANES} (sublanes) for the batch block")
 
 
 def min_block(platform: str) -> int:
-  return _GPU_MIN_BLOCK if platform == "gpu" else 1
+  """The smallest batch (and, on GPU, hidden) block the platform's lowering accepts."""
+  if platform == "gpu":
+    return _GPU_MIN_BLOCK
+  return _TPU_SUBLANES if platform in ("tpu", "interpret_tpu") else 1
 
 
 def check_inputs(xp_BxLxG, w_hh_HxG, mask_BxL, resets_BxL, h0_BxH, c0_BxH) -> tuple[int, int, int]:

@@ -138,8 +138,9 @@ def _forward_call(plan: _Plan, save: bool):
   return pl.pallas_call(
       kernel, out_shape=tuple(out_shape), grid=(bp // bb,),
       in_specs=[gate_seq, weights, flag_seq, flag_seq, state, state], out_specs=tuple(out_specs),
-      interpret=plan.platform == "interpret",
-      compiler_params=common.compiler_params(plan.platform, plan.num_warps, plan.num_stages),
+      interpret=common.pallas_interpret(plan.platform),
+      compiler_params=common.compiler_params(plan.platform, plan.num_warps, plan.num_stages,
+                                             parallel_grid_dims=1),
       name="lstm_persistent")
 
 

@@ -123,7 +123,7 @@ def _step_call(plan: _Plan, save_gates: bool):
                              compute_dtype=plan.compute_dtype)
   return pl.pallas_call(
       kernel, out_shape=tuple(out_shape), grid=(bp // bb, hp // bh), in_specs=in_specs,
-      out_specs=tuple(out_specs), interpret=plan.platform == "interpret",
+      out_specs=tuple(out_specs), interpret=common.pallas_interpret(plan.platform),
       compiler_params=common.compiler_params(plan.platform, plan.num_warps, plan.num_stages),
       name="lstm_fused_step")
 

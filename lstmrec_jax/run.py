@@ -33,10 +33,14 @@ from lstmrec_jax import losses
 from lstmrec_jax import mesh as mesh_lib
 from lstmrec_jax import paths
 from lstmrec_jax import model as model_lib
+from lstmrec_jax import plugins
+from lstmrec_jax.data import augment as augment_lib
 from lstmrec_jax.data.config import DataConfig
+from lstmrec_jax.train import adversarial as adversarial_lib
 from lstmrec_jax.train import state as state_lib
 
-GROUPS = ("data", "input", "model", "loss", "optim", "train", "eval", "cold_start")
+GROUPS = ("data", "input", "model", "loss", "optim", "train", "eval", "cold_start",
+          "adversarial", "augment")
 # Keys that may differ between a workdir's saved config and the config that resumes it.
 RESUMABLE_KEYS = ("train.stop_after_steps", "train.progress_bar", "train.num_devices")
 
@@ -121,6 +125,8 @@ class RunSpec:
   train: TrainConfig
   eval: EvalConfig
   cold_start: ColdStartConfig
+  adversarial: adversarial_lib.AdversarialConfig
+  augment: augment_lib.AugmentConfig
   config: Mapping[str, Any]  # the nested plain dict this spec was built from (config.json)
 
   def model_config(self, num_items: int) -> model_lib.ModelConfig:
@@ -265,6 +271,9 @@ def spec_from_config(config: Any) -> RunSpec:
   attempt("train", lambda: build_group(TrainConfig, "train", cfg["train"]))
   attempt("eval", lambda: build_group(EvalConfig, "eval", cfg["eval"]))
   attempt("cold_start", lambda: build_group(ColdStartConfig, "cold_start", cfg["cold_start"]))
+  attempt("adversarial", lambda: build_group(adversarial_lib.AdversarialConfig, "adversarial",
+                                             cfg["adversarial"]))
+  attempt("augment", lambda: build_group(augment_lib.AugmentConfig, "augment", cfg["augment"]))
   max_len = built["input"].max_len if "input" in built else 1
   # V is known only from the data; 2 (padding + one item) stands in to validate everything else.
   attempt("model", lambda: model_lib.ModelConfig.from_mapping(cfg["model"], num_items=2,
@@ -274,7 +283,8 @@ def spec_from_config(config: Any) -> RunSpec:
   return RunSpec(seed=cfg["seed"], data=built["data"], input=built["input"],
                  model=types.MappingProxyType(dict(cfg["model"])), loss=built["loss"],
                  optim=built["optim"], train=built["train"], eval=built["eval"],
-                 cold_start=built["cold_start"], config=types.MappingProxyType(cfg))
+                 cold_start=built["cold_start"], adversarial=built["adversarial"],
+                 augment=built["augment"], config=types.MappingProxyType(cfg))
 
 
 def with_overrides(spec: RunSpec, **group_values: Mapping[str, Any]) -> RunSpec:
@@ -423,6 +433,7 @@ def restore_run(workdir: str | os.PathLike, *, which: str = "best", spec: RunSpe
     allow_other_data: evaluate data other than the run's own (checked against its data.json).
   """
   from lstmrec_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  plugins.load_recorded(workdir)  # the encoders / losses the run was trained with, by name
   spec = spec if spec is not None else spec_from_config(read_workdir_config(workdir))
   run = build_run(spec, num_devices=num_devices)
   if not allow_other_data:

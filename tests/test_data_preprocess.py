@@ -105,6 +105,41 @@ def test_min_rating():
     preprocess.build_dataset(make_log([1, 1, 1], [1, 2, 3]), min_rating=4)
 
 
+def test_duplicates_are_counted_and_dropped_with_dedupe(caplog):
+  # Issue 15, case 9: every event tripled lifted test HR@10 from 0.35 to 0.48 without a word.
+  users, items, times = [1, 1, 1, 1, 2, 2, 2], [5, 6, 7, 8, 5, 7, 9], [1, 2, 3, 4, 1, 2, 3]
+  once = preprocess.build_dataset(make_log(users, items, times))
+  thrice = make_log(np.repeat(users, 3), np.repeat(items, 3), np.repeat(times, 3),
+                    ratings=np.tile([5, 1, 3], 7))
+  with caplog.at_level("INFO"):
+    kept = preprocess.build_dataset(thrice)
+  assert kept.stats["duplicate_events"] == 14 and "dropped_duplicates" not in kept.stats
+  assert "14 duplicate events (same user, item and time) of 21 are kept" in caplog.text
+  # Kept, each test target is a repeat of the history's last item: an easy, inflated hit.
+  assert rows(kept.test.history)[1] == [1, 1, 1, 3, 3, 3, 5, 5] and kept.test.targets_U[1] == 5
+  dropped = preprocess.build_dataset(thrice, dedupe=True)
+  assert dropped.stats["dropped_duplicates"] == 14 and dropped.stats["num_events"] == 7
+  for a, b in ((once.train, dropped.train), (once.test.history, dropped.test.history)):
+    assert rows(a) == rows(b)
+  np.testing.assert_array_equal(once.test.targets_U, dropped.test.targets_U)
+  # The first copy is the one kept (its rating, too): min_rating=4 keeps every first copy.
+  assert preprocess.build_dataset(thrice, dedupe=True, min_rating=4).stats["num_events"] == 7
+
+  # Same user and item at another time is a repeat, not a duplicate.
+  log = make_log([1, 1, 1, 1, 1], [5, 6, 5, 5, 7], [1, 2, 3, 3, 4])
+  assert preprocess.build_dataset(log).stats["duplicate_events"] == 1
+  # Without times: a user's item repeated at once, in file order (other users in between).
+  log = make_log([1, 2, 1, 1, 2, 1, 2, 2], [5, 5, 5, 6, 5, 5, 9, 8])
+  ds = preprocess.build_dataset(log, dedupe=True)
+  assert ds.stats["duplicate_events"] == 2 and rows(ds.test.history) == [[1, 2], [1, 4]]
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    preprocess.build_dataset(make_log([1, 1, 1], [1, 2, 1]))
+  assert "no duplicate events" in caplog.text
+  with pytest.raises(DataError, match="dedupe must be True or False"):
+    preprocess.build_dataset(log, dedupe="yes")
+
+
 def test_temporal_split_definition():
   # 20 events at times 0..19; fractions (0.5, 0.25, 0.25): t_valid = 10, t_test = 15.
   events = [  # (user, item, time)
@@ -168,6 +203,7 @@ def test_cache_roundtrip_and_key(tmp_path, monkeypatch):
   assert preprocess.load_cached(tmp_path / "cache", key) is not None
   assert preprocess.cache_key(fp, preprocess.build_options(min_item_events=2)) != key
   assert preprocess.cache_key(fp, preprocess.build_options(split="temporal")) != key
+  assert preprocess.cache_key(fp, preprocess.build_options(dedupe=True)) != key
   seq.write_text("1 1 2 3 4\n2 2 3 4\n3 3 1 2\n")
   fp2 = seqfile.source_fingerprint(seq, tmp_path / "Beauty_item2attributes.json")
   assert preprocess.cache_key(fp2, options) != key
@@ -190,7 +226,7 @@ def test_load_dataset_takes_config_file_conventions(tmp_path):
                   "1,5,30,a|b\n1,6,10,b\n1,7,20,\n2,5,1,a|b\n2,6,2,b\n2,7,3,\n")
   group = {
       "format": "csv", "path": str(path), "attributes_path": "", "tfds_name": "",
-      "tfds_data_dir": "", "download": False,
+      "tfds_data_dir": "", "download": False, "dedupe": False,
       "columns": {"user": "user_id", "item": "item_id", "time": "timestamp", "session": "",
                   "rating": "", "title": "", "lists": "genres", "delimiter": "",
                   "list_separator": "|", "header": True},

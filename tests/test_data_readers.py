@@ -94,6 +94,28 @@ def test_movielens_20m_csv_with_quoted_commas(tmp_path):
   assert log.item_side.attributes[29] == ["Adventure", "Sci-Fi"]
 
 
+@pytest.mark.parametrize("ratings,line", [
+    ("u.data", "{u}\t{i}\t4\t100\n7\t2\t3\t101\n"),
+    ("ratings.dat", "{u}::{i}::4::100\n7::2::3::101\n"),
+    ("ratings.csv", "userId,movieId,rating,timestamp\n{u},{i},4,100\n7,2,3,101\n")])
+def test_movielens_ids_longer_than_int64_stay_strings(tmp_path, ratings, line):
+  # Issue 15, case 8: a 20-digit id was an OverflowError traceback.
+  user, item = "98765432109876543210", "12345678901234567890"
+  folder = tmp_path / "ml"
+  write(folder / ratings, line.format(u=user, i=item))
+  if ratings == "ratings.dat":
+    write(folder / "users.dat", "")
+    write(folder / "movies.dat", f"{item}::Long (2001)::Drama\n2::Short (1999)::Comedy\n")
+  elif ratings == "ratings.csv":
+    write(folder / "movies.csv", f"movieId,title,genres\n{item},Long (2001),Drama\n")
+  log = movielens.read_movielens(folder)
+  assert log.users.tolist() == [user, "7"] and log.items.tolist() == [item, "2"]
+  np.testing.assert_array_equal(log.timestamps, [100, 101])  # the other columns as before
+  if ratings != "u.data":  # the titles' keys follow the ratings' string ids
+    assert log.item_side.titles[item] == "Long (2001)"
+    assert log.item_side.attributes[item] == ["Drama"]
+
+
 def test_movielens_detects_nothing(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(DataError, match=r"u\.data.*ratings\.dat.*ratings\.csv"):
@@ -163,6 +185,27 @@ def test_tsv_without_header_and_parquet(tmp_path):
   assert log.item_side.attributes == {"a": ["x", "y"], "b": []}
 
 
+def test_table_times_with_zones_and_parquet_rows(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  # Zone offsets pyarrow's cast refuses: parsed one by one, ordered as UTC.
+  log = table.read_table(write(tmp_path / "z.csv", "user,item,time\n1,2,2020-01-01T00:00:00Z\n"
+                               "1,3,2020-01-01T00:00:00+05:00\n1,4,2020-01-01T01:00:00+01:00\n"),
+                         columns={"time": "time"})
+  assert np.argsort(log.timestamps).tolist() == [1, 0, 2]
+  # A Parquet file has rows, not lines: the message says which row (1-based).
+  path = tmp_path / "bad.parquet"
+  pq.write_table(pa.table({"user": [1, 1, 2, 2], "item": [1, 2, 3, 4],
+                           "time": ["100", "101", "1o2", "103"]}), path)
+  with pytest.raises(DataError) as info:
+    table.read_table(path, format="parquet", columns={"time": "time"})
+  assert str(info.value).startswith(f"{path}: row 3: unparseable time '1o2'"), info.value
+  pq.write_table(pa.table({"user": [1, None], "item": [1, 2]}), path)
+  with pytest.raises(DataError, match=r"bad\.parquet: row 2: missing user id"):
+    table.read_table(path, format="parquet")
+
+
 def test_fingerprint_matches_reader_and_tracks_bytes(tmp_path):
   path = write(tmp_path / "p.txt", "1 2\n1 3\n")
   before = pairs.source_fingerprint(path)
@@ -183,6 +226,8 @@ def test_fingerprint_matches_reader_and_tracks_bytes(tmp_path):
 BAD_INPUTS = [
     ("u.data", "1\t2\t3\t4\n1\tx\t3\t5\n", "ml", 2, "non-integer item"),
     ("u.data", "1\t2\t3\t4\n\n1\t2\t3\n", "ml", 3, "expected 4 fields"),
+    ("u.data", "1\t2\t3\t4\n1\t3\t4\t123456789012345678901\n", "ml", 2,
+     "timestamp '123456789012345678901' is beyond the int64 range"),
     ("ratings.dat", "1::2::3::4\n1::abc::5::97\n", "ml", 2, "non-integer item"),
     ("ratings.csv", "userId,movieId,rating,timestamp\n1,2,3,4\n1,2,3\n", "ml", 3,
      "expected 4 fields"),
@@ -201,6 +246,19 @@ BAD_INPUTS = [
      "unparseable time 'yesterday'"),
     ("log.csv", "user,item,rating\n1,2,5\n1,3,4\n1,4,good\n", "csv", 4,
      "non-numeric rating 'good'"),
+    # Issue 15, case 9: one bad time among integers (or ISO dates) turns pyarrow's column into
+    # strings; the message named line 2 and its good value.
+    ("log.csv", "user,item,time\n1,2,100\n1,3,101\n2,2,102\n2,4,103\n3,2,104\n3,5,1o5\n"
+     "3,6,106\n", "csv", 7, "unparseable time '1o5'"),
+    ("log.csv", "user,item,time\n" + "".join(f"1,{i},2020-01-0{i}T00:00:00\n" for i in
+                                           range(1, 6)) + "1,7,2020-13-45T99:00:00\n",
+     "csv", 7, "unparseable time '2020-13-45T99:00:00'"),
+    ("log.csv", "user,item,time\n1,2,100\n1,3,101\n1,4,102\n1,5,\n1,6,104\n", "csv", 5,
+     "missing time"),
+    ("log.csv", "user,item,time\n1,2,100\n1,3,101\n1,4,2024-01-01\n", "csv", 4,
+     "time '2024-01-01' is an ISO-8601 date-time without a zone; most times here are numbers"),
+    ("log.tsv", "user\titem\ttime\n1\t2\t100\n1\t3\t101\n1\t4\tnoon\n", "tsv", 4,
+     "unparseable time 'noon'"),
 ]
 
 
@@ -211,9 +269,9 @@ def _read(kind: str, path: pathlib.Path):
     return seqfile.read_seqfile(path)
   if kind == "pairs":
     return pairs.read_pairs(path)
-  header = path.read_text().split("\n")[0].split(",")
+  header = path.read_text().split("\n")[0].replace("\t", ",").split(",")
   cols = {role: role for role in ("time", "rating") if role in header}
-  return table.read_table(path, columns=cols)
+  return table.read_table(path, format=kind, columns=cols)
 
 
 @pytest.mark.parametrize("name,content,kind,line,problem", BAD_INPUTS)

@@ -6,6 +6,7 @@ Shape legend: B batch, L history length, E embedding size, V catalog size.
 from __future__ import annotations
 
 import functools
+import json
 import pathlib
 import re
 
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import loss_config, model_config
+from helpers import loss_config, model_config, optim_config
 from lstmrec_jax.model import ENCODERS
 from lstmrec_jax.train import state as state_lib
 from lstmrec_jax.train import steps
@@ -61,9 +62,7 @@ def test_example_encoder_registers_and_behaves(mean_pool):
 def test_example_encoder_trains_by_name(mean_pool):
   del mean_pool
   graphdef, params, consts = state_lib.create_model(_cfg(ffn=True, layer_norm=True), 0)
-  optim = state_lib.OptimConfig(learning_rate=1e-2, warmup_steps=1, schedule="constant",
-                                final_lr_fraction=0.0, weight_decay=0.0, clip_norm=1.0, b1=0.9,
-                                b2=0.999)
+  optim = optim_config(learning_rate=1e-2, warmup_steps=1, schedule="constant")
   tx = state_lib.make_optimizer(optim, 10)
   fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
                                  loss_cfg=loss_config(kind="full")))
@@ -79,3 +78,46 @@ def test_example_encoder_trains_by_name(mean_pool):
     losses.append(float(out["loss"]))
   assert np.isfinite(losses).all() and losses[-1] < losses[0]
   assert "proj" in state.params["encoder"]
+
+
+# The tiny synthetic run as command-line overrides of configs/default.py (seconds, not minutes).
+TINY_FLAGS = ["--config.data.synthetic.num_users=120", "--config.data.synthetic.num_items=40",
+              "--config.data.cache_dir=", "--config.input.max_len=12",
+              "--config.input.batch_size=8", "--config.input.eval_batch_size=40",
+              "--config.model.embed_dim=8", "--config.model.hidden_size=8",
+              "--config.train.num_epochs=1", "--config.train.progress_bar=False",
+              "--config.train.num_devices=1"]
+
+
+def test_example_trains_through_train_py_by_name(tmp_path):
+  """Must-show: the doc's encoder trains through train.py by name, eval.py finds it alone."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = DOC.parents[1]
+  block = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)[0]
+  plugin = tmp_path / "mean_pool.py"
+  plugin.write_text(block)
+  workdir = tmp_path / "run"
+  train = subprocess.run(
+      [sys.executable, "train.py", f"--plugins={plugin}", f"--workdir={workdir}",
+       "--config.model.encoder=mean_pool", *TINY_FLAGS],
+      cwd=repo, capture_output=True, text=True, timeout=600)
+  assert train.returncode == 0, train.stderr[-3000:]
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["model"]["encoder"] == "mean_pool"
+  assert json.loads((workdir / "plugins.json").read_text()) == [str(plugin)]
+  # eval.py without --plugins: the workdir's record brings the encoder back.
+  ev = subprocess.run([sys.executable, "eval.py", f"--workdir={workdir}"], cwd=repo,
+                      capture_output=True, text=True, timeout=600)
+  assert ev.returncode == 0, ev.stderr[-3000:]
+  report = json.loads((workdir / "eval_best.json").read_text())
+  trained = json.loads((workdir / "report.json").read_text())
+  assert report["splits"]["test"]["model"] == trained["splits"]["test"]["model"]
+  # Without the plug-in the name is refused at start-up in one line, before any training.
+  bad = subprocess.run(
+      [sys.executable, "train.py", f"--workdir={tmp_path / 'bad'}",
+       "--config.model.encoder=mean_pool", *TINY_FLAGS],
+      cwd=repo, capture_output=True, text=True, timeout=600)
+  assert bad.returncode != 0 and "Traceback" not in bad.stderr
+  assert "model.encoder" in bad.stderr.strip().splitlines()[-1]
+

@@ -319,3 +319,164 @@ def test_padded_units_and_rows_stay_zero():
     assert not np.any(np.asarray(x))
   np.testing.assert_array_equal(
       lstm_common.gate_merge(lstm_common.gate_split(c["xp"], 12, 16), 12), c["xp"])
+
+
+# ---------------------------------------------------------------------------------------------
+# TPU, without a TPU (kernels/README.md, "TPU"): the persistent kernel (what dispatch runs on a
+# TPU for impl='pallas') in Pallas's TPU interpret mode, and compiled for TPU by libtpu ahead of
+# time; 'auto' stays on the XLA scan on a TPU.
+# ---------------------------------------------------------------------------------------------
+
+_TPU_BLOCKS = lstm_persistent.PersistentBlocks(block_b=8)  # one Mosaic sublane tile of rows
+
+
+def _two_tile_case() -> dict[str, jax.Array | None]:
+  """The 'ragged' case twice over (B = 10 -> two 8-row programs, one half padding)."""
+  a, b = _case("ragged", seed=0), _case("ragged", seed=5)
+  return {k: a[k] if k == "w_hh" else jnp.concatenate([a[k], b[k]]) for k in a}
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_persistent_kernel_in_tpu_interpret_mode(dtype):
+  """TPU interpret mode (pltpu.InterpretParams): VMEM/HBM simulated, out-of-bounds reads raise,
+  fresh buffers are NaN, the 'parallel' batch grid runs in random order; forward and gradients
+  equal lstm_recurrence's."""
+  from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+  assert isinstance(lstm_common.pallas_interpret("interpret_tpu"), pltpu.InterpretParams)
+  c = _two_tile_case()
+  cd = DTYPES[dtype]
+  plan = lstm_persistent._make_plan(10, 6, 12, cd, _TPU_BLOCKS, True, "tpu")
+  assert (plan.platform, plan.block_b, plan.batch_p) == ("interpret_tpu", 8, 16)
+  kernel = functools.partial(lstm_persistent.lstm_persistent, blocks=_TPU_BLOCKS, interpret=True,
+                             backend="tpu", compute_dtype=cd)
+  ks = jax.random.split(jax.random.PRNGKey(2), 3)
+  ct_out = jax.random.normal(ks[0], c["xp"].shape[:2] + (c["h0"].shape[1],))
+  ct_h, ct_c = (jax.random.normal(k, c["h0"].shape) for k in ks[1:])
+
+  def loss(fn):
+    def f(xp, w_hh, h0, c0):
+      out, (h_t, c_t) = fn(xp, w_hh, c["mask"], c["resets"], h0, c0)
+      return jnp.sum(out * ct_out) + jnp.sum(h_t * ct_h) + jnp.sum(c_t * ct_c), out
+    return f
+
+  primals = (c["xp"], c["w_hh"], c["h0"], c["c0"])
+  (value, out), grads = jax.jit(jax.value_and_grad(loss(kernel), argnums=(0, 1, 2, 3),
+                                                   has_aux=True))(*primals)
+  (ref_value, ref_out), ref_grads = jax.value_and_grad(
+      loss(functools.partial(lstm_lib.lstm_recurrence, compute_dtype=cd)), argnums=(0, 1, 2, 3),
+      has_aux=True)(*primals)
+  tol = TOL[dtype]
+  _assert_close(out, ref_out, tol, "h for every step")
+  assert not np.any(np.asarray(out)[~np.asarray(c["mask"])])
+  _assert_close(value, ref_value, tol, "loss")
+  for name, g, ref in zip(("dxp", "dw_hh", "dh0", "dc0"), grads, ref_grads):
+    scale = float(jnp.max(jnp.abs(ref))) or 1.0
+    _assert_close(g / scale, ref / scale, tol, name)
+
+
+def test_tpu_block_rules_are_checked_before_lowering():
+  """Mosaic needs batch blocks in multiples of 8 sublanes: refused in TPU interpret mode and
+  compiled for TPU alike, with the reason; the generic interpreter keeps accepting any size."""
+  args = _args(_case("ragged"))
+  for interpret in (True, False):
+    with pytest.raises(ValueError, match="multiple of 8"):
+      lstm_persistent.lstm_persistent(*args, interpret=interpret, backend="tpu",
+                                      blocks=lstm_persistent.PersistentBlocks(block_b=4))
+  # The default block clamps to the problem but never below one sublane tile.
+  plan = lstm_persistent._make_plan(3, 2, 5, jnp.float32, lstm_persistent.PersistentBlocks(),
+                                    None, "tpu")
+  assert (plan.platform, plan.block_b, plan.batch_p, plan.hidden_p) == ("tpu", 8, 8, 8)
+  assert lstm_persistent._make_plan(3, 2, 5, jnp.float32, lstm_persistent.PersistentBlocks(4),
+                                    True, None).platform == "interpret"
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_persistent_kernel_exports_for_tpu(dtype):
+  """Without libtpu: jax.export lowers the kernel, forward and backward, to Mosaic for the 'tpu'
+  platform, which applies Pallas's TPU block-shape and memory-space checks (the (8, 128) rule on
+  every BlockSpec). Mosaic's own compile is test_persistent_kernel_compiles_for_tpu."""
+  batch, length, hidden = 20, 3, 48  # padded to 24 rows and 64 units, 3 programs of 8 rows
+  args = (jnp.zeros((batch, length, 4 * hidden)), jnp.zeros((hidden, 4 * hidden)),
+          jnp.ones((batch, length), bool), jnp.zeros((batch, length), bool),
+          jnp.zeros((batch, hidden)), jnp.zeros((batch, hidden)))
+
+  def loss(*a):
+    out, (h_t, c_t) = lstm_persistent.lstm_persistent(
+        *a, compute_dtype=DTYPES[dtype], interpret=False, backend="tpu", blocks=_TPU_BLOCKS)
+    return jnp.sum(out) + jnp.sum(h_t) + jnp.sum(c_t)
+
+  exported = export.export(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 4, 5))),
+                           platforms=["tpu"])(*args)
+  module = exported.mlir_module()
+  assert module.count("tpu_custom_call") >= 2  # fwd and bwd
+  assert "lstm_persistent" in module and "lstm_persistent_backward" in module
+
+
+_AOT_SCRIPT = r"""
+import sys
+import jax, jax.numpy as jnp
+from jax.experimental import topologies
+from jax.sharding import SingleDeviceSharding
+from kernels import lstm_persistent
+topology, dtype = sys.argv[1], sys.argv[2]
+device = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices[0]
+sds = lambda s, d=jnp.float32: jax.ShapeDtypeStruct(s, d, sharding=SingleDeviceSharding(device))
+B, L, H = 20, 5, 48
+args = (sds((B, L, 4 * H)), sds((H, 4 * H)), sds((B, L), bool), sds((B, L), bool), sds((B, H)),
+        sds((B, H)))
+def loss(*a):
+  out, (h, c) = lstm_persistent.lstm_persistent(
+      *a, compute_dtype=jnp.dtype(dtype), interpret=False, backend="tpu",
+      blocks=lstm_persistent.PersistentBlocks(block_b=8))
+  return jnp.sum(out) + jnp.sum(h) + jnp.sum(c)
+for fn in (loss, jax.grad(loss, argnums=(0, 1, 4, 5))):
+  compiled = jax.jit(fn).trace(*args).lower(lowering_platforms=("tpu",)).compile()
+  assert "tpu_custom_call" in compiled.as_text()
+print("COMPILED_FOR_TPU", topology, dtype)
+"""
+
+
+def _libtpu_dir() -> str | None:
+  """Where libtpu is importable from: $LSTMREC_LIBTPU_DIR (a `pip install --target` folder, so
+  the test process itself never loads it), or this environment."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  folder = os.environ.get("LSTMREC_LIBTPU_DIR")
+  if folder:
+    return folder if os.path.isdir(os.path.join(folder, "libtpu")) else None
+  spec = importlib.util.find_spec("libtpu")
+  return "" if spec is not None else None
+
+
+@pytest.mark.skipif(jax.default_backend() == "tpu", reason="on a TPU the kernels run natively")
+@pytest.mark.parametrize("topology,dtype", [("v5e:2x2", "bfloat16"), ("v4:2x2x1", "float32")])
+def test_persistent_kernel_compiles_for_tpu(topology, dtype):
+  """Deviceless AOT: libtpu's compiler (Mosaic included: layouts, VMEM allocation) compiles the
+  kernel, forward and backward, for a TPU generation this machine does not have."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  folder = _libtpu_dir()
+  if folder is None:
+    pytest.skip("libtpu is not installed; `pip install --no-deps --target DIR libtpu==0.0.42.1` "
+                "and set LSTMREC_LIBTPU_DIR=DIR to run the TPU compile check")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join(p for p in (root, folder, os.environ.get("PYTHONPATH"))
+                                        if p))
+  proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, topology, dtype], env=env, cwd=root,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0 and "COMPILED_FOR_TPU" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_dispatch_auto_is_the_xla_scan_on_tpu(monkeypatch):
+  """On a TPU (simulated: jax reports a 'tpu' backend) 'auto' and default_impl() are the XLA
+  scan until a TPU run says otherwise; an explicit 'pallas' is the persistent kernel there."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  monkeypatch.delenv(dispatch.INTERPRET_ENV, raising=False)
+  assert dispatch.default_impl() == "xla"
+  for hidden in (16, 64, 128, 256):
+    assert dispatch.get_recurrence("auto") is lstm_lib.lstm_recurrence
+    assert dispatch.resolved_impl("auto", hidden) == "xla"
+    assert dispatch.resolved_impl("pallas", hidden) == "pallas_persistent"
+  assert dispatch.get_recurrence("pallas").impl == "pallas"

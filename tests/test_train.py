@@ -150,7 +150,7 @@ def test_train_resume_and_evaluate(tmp_path):
   steps_total = max(read_losses(full_dir))
   stop = steps_total // 2 + 1  # mid-epoch, after the first validation
   out = loop.train_and_evaluate(tiny_config(tmp_path, stop_after_steps=stop), resumed_dir)
-  assert out == {"stopped_at_step": stop}
+  assert out["stopped_at_step"] == stop
   assert (resumed_dir / "checkpoints" / str(stop)).is_dir()
   loop.train_and_evaluate(tiny_config(tmp_path), resumed_dir)  # the same command again
   full, resumed = read_losses(full_dir), read_losses(resumed_dir)
@@ -273,3 +273,40 @@ def test_summarize_reports_mean_and_sample_std():
   assert reports.summarize_reports([report(0.04, 0.07, 0.0)])["model"]["NDCG@10"] == (0.04, 0.0)
   with pytest.raises(ValueError, match="no reports"):
     reports.summarize_reports([])
+
+
+def test_checkpoint_with_pre_registry_parameter_paths_restores_to_the_same_metrics(tmp_path):
+  """Workdirs saved before the encoder registry name the LSTM `lstm_layers`, not `encoder.layers`
+  (model/compat.py): they still resume and evaluate to exactly the same metrics."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.model import compat  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  new_dir, old_dir = tmp_path / "new", tmp_path / "old"
+  loop.train_and_evaluate(tiny_config(tmp_path, stop_after_steps=4), new_dir)
+  want = ranking.evaluate_checkpoint(new_dir, which="latest", num_devices=1)
+  # The same state saved under the old names, as the previous code wrote it.
+  restored = run_lib.restore_run(new_dir, which="latest", num_devices=1)
+  tx = restored.run.optimizer(10)
+  like = state_lib.init_state(restored.run.params, tx, 0)
+  reader = ckpt_lib.Checkpointer(new_dir, read_only=True)
+  state, meta = reader.restore_train_state(like, restored.run.mesh)
+  reader.close()
+  old_dir.mkdir()
+  for name in ("config.json", "data.json"):
+    if (new_dir / name).exists():
+      shutil.copy(new_dir / name, old_dir / name)
+  writer = ckpt_lib.Checkpointer(old_dir)
+  writer.save_latest(state._replace(params=compat.to_legacy(state.params),
+                                    opt_state=compat.to_legacy(state.opt_state)), meta)
+  writer.close()
+  assert "lstm_layers" in (old_dir / "checkpoints" / "4" / "params" / "_METADATA").read_text()
+  got = ranking.evaluate_checkpoint(old_dir, which="latest", num_devices=1)
+  for split in ("valid", "test"):
+    assert got["splits"][split]["model"] == want["splits"][split]["model"]
+  # Both resume (the optimizer state renamed too) and continue with the same losses.
+  loop.train_and_evaluate(tiny_config(tmp_path), new_dir)
+  loop.train_and_evaluate(tiny_config(tmp_path), old_dir)
+  new_losses, old_losses = read_losses(new_dir), read_losses(old_dir)
+  assert min(old_losses) == 5 and max(old_losses) == max(new_losses)
+  for s in old_losses:
+    assert old_losses[s] == pytest.approx(new_losses[s], rel=1e-6), f"step {s}"

@@ -92,3 +92,25 @@ def base_defaults() -> dict[str, Any]:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return run_lib.flatten(json.loads(module.get_base_config().to_json_best_effort()))
+
+
+def define_plugin_flag() -> None:
+  """--plugins: modules or .py files that register encoders, items or losses (docs/extending.md)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_list("plugins", [], "Modules (my_pkg.encoders) or .py files imported before the "
+                    "config is validated, so model.encoder / item_mode / loss.kind can name what "
+                    "they register; train.py records them in the workdir for eval and serving.")
+
+
+def load_plugins(workdir: str | None = None, *, record: bool = False) -> None:
+  """Imports --plugins and the plug-ins recorded in `workdir`; `record` adds --plugins there."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import plugins  # pylint: disable=g-import-not-at-top
+  if workdir is not None:
+    plugins.load_recorded(workdir)
+  loaded = plugins.load(flags.FLAGS.plugins)
+  if record and workdir is not None:
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_index() == 0:
+      plugins.record(workdir, loaded)
+

@@ -20,12 +20,15 @@ flags.DEFINE_string("workdir", "runs/default", "A train.py workdir.")
 flags.DEFINE_string("checkpoint", "best", "'best' (validation NDCG@10), 'latest' or a step.")
 flags.DEFINE_list("splits", ["valid", "test"], "Splits to evaluate.")
 flags.DEFINE_bool("keep_seen", False, "Keep the user's already-seen items in the ranking.")
-flags.DEFINE_string("topk_out", None, "Write each test user's top-K next items here (TSV).")
+flags.DEFINE_string("topk_out", None, "Write every user's next K items here (TSV): from the "
+                    "whole history (train + valid + test), all seen items removed; not the "
+                    "evaluation's input (see ranking.write_topk).")
 flags.DEFINE_integer("topk", 10, "K for --topk_out.")
 flags.DEFINE_string("data_path", None, "Override the run's data.path.")
 flags.DEFINE_bool("allow_other_data", False, "Evaluate even when the data differs from what the "
                   "run trained on (its data.json); otherwise refused, the metrics would be wrong.")
 common.define_distributed_flags()
+common.define_plugin_flag()
 flags.DEFINE_list("summarize", None, "Workdirs (e.g. one config, several seeds) whose saved "
                   "eval_<checkpoint>.json reports are summarized as mean +- std; no evaluation.")
 flags.DEFINE_string("summary_split", "test", "The split --summarize reads.")
@@ -84,6 +87,7 @@ def main() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   common.initialize_distributed()
   from lstmrec_jax.evaluation import ranking, reports  # pylint: disable=g-import-not-at-top
+  common.load_plugins(FLAGS.workdir)
   report = ranking.evaluate_checkpoint(
       FLAGS.workdir, which=FLAGS.checkpoint, splits=FLAGS.splits,
       exclude_seen=not FLAGS.keep_seen, topk_out=FLAGS.topk_out, topk=FLAGS.topk,

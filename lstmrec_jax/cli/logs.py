@@ -31,7 +31,8 @@ def setup() -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
   from lstmrec_jax.data.errors import DataError  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.run import ConfigError  # pylint: disable=g-import-not-at-top
-  errors = [DataError, ConfigError, FileNotFoundError]
+  from lstmrec_jax.plugins import PluginError  # pylint: disable=g-import-not-at-top
+  errors = [DataError, ConfigError, FileNotFoundError, PluginError]
   # Checkpoint and divergence errors once those modules are loaded (importing them costs jax).
   import sys  # pylint: disable=g-import-not-at-top
   for module, name in (("lstmrec_jax.train.checkpoint", "CheckpointError"),

@@ -17,6 +17,7 @@ common.define_config_flag("config", common.default_config_path(), "Config file (
 flags.DEFINE_string("workdir", "runs/default", "Checkpoints, logs and the report go here; a "
                     "workdir with checkpoints is resumed.")
 common.define_distributed_flags()
+common.define_plugin_flag()
 FLAGS = flags.FLAGS
 
 
@@ -25,6 +26,7 @@ def main() -> None:
   common.initialize_distributed()
   from lstmrec_jax.evaluation import reports  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.train import loop  # pylint: disable=g-import-not-at-top
+  common.load_plugins(FLAGS.workdir, record=True)
   report = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, defaults=common.base_defaults())
   if "splits" in report and jax.process_index() == 0:
     print(reports.format_table(report))

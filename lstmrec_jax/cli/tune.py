@@ -28,6 +28,7 @@ flags.DEFINE_integer("num_trials", 20, "Trials 0 .. num_trials - 1; raise it lat
 flags.DEFINE_integer("search_seed", 0, "Seeds the sampling; trial k's values depend only on it, "
                      "k and the space.")
 common.define_distributed_flags()
+common.define_plugin_flag()
 FLAGS = flags.FLAGS
 
 
@@ -35,6 +36,7 @@ def main() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   common.initialize_distributed()
   from lstmrec_jax.tuning import search  # pylint: disable=g-import-not-at-top
+  common.load_plugins()
   search.tune(FLAGS.config, search.load_space(FLAGS.space), FLAGS.tune_dir,
               num_trials=FLAGS.num_trials, search_seed=FLAGS.search_seed,
               defaults=common.base_defaults())

@@ -37,6 +37,7 @@ class DataConfig:
   tfds_data_dir: str | None  # tfds: data folder; None: tfds' default
   download: bool  # movielens: fetch the release when `path` holds none
   columns: Columns  # csv / tsv / parquet
+  dedupe: bool  # drop duplicate events (preprocess.build_dataset); counted either way
   min_rating: float | None  # keep events rated >= this; None keeps all
   min_user_events: int  # k-core on users, >= 0 (<= 1: off)
   min_item_events: int  # k-core on items, >= 0 (<= 1: off)
@@ -83,8 +84,9 @@ class DataConfig:
 
   def build_kwargs(self) -> dict[str, Any]:
     """The keyword arguments of `preprocess.build_dataset` this config sets (no cache_dir)."""
-    return {"min_rating": self.min_rating, "min_user_events": self.min_user_events,
-            "min_item_events": self.min_item_events, "split": self.split,
+    return {"dedupe": self.dedupe, "min_rating": self.min_rating,
+            "min_user_events": self.min_user_events, "min_item_events": self.min_item_events,
+            "split": self.split,
             "temporal_fractions": self.temporal_fractions}
 
 
@@ -190,7 +192,8 @@ def _synthetic(value) -> dict[str, Any]:
 
 _CHECKS = {
     "format": _format, "path": _text, "attributes_path": _attributes_path, "tfds_name": _text,
-    "tfds_data_dir": _text, "download": _bool, "columns": _columns, "min_rating": _min_rating,
+    "tfds_data_dir": _text, "download": _bool, "columns": _columns, "dedupe": _bool,
+    "min_rating": _min_rating,
     "min_user_events": _count, "min_item_events": _count, "split": _split,
     "temporal_fractions": _fractions, "cache_dir": _text, "synthetic": _synthetic,
 }

@@ -3,9 +3,10 @@
 Shape legend: `N` events in the log.
 
 Also the parsing helpers the readers in `formats/` share. Every problem in a file is a
-`DataError` whose message is `<file>:<line>: <problem>` (1-based lines; for Parquet the number
-is the 1-based row; in a CSV with newlines inside quoted fields, a row's reported line counts
-rows, not physical lines). Big numeric files go through pyarrow first and, only when that
+`DataError` whose message is `<file>:<line>: <problem>` (1-based lines, a header line counted;
+a Parquet file, which has no lines, says `<file>: row <n>: <problem>` with the 1-based row; in
+a CSV with newlines inside quoted fields, a row's reported line counts rows, not physical
+lines). Big numeric files go through pyarrow first and, only when that
 fails, through a line-by-line parser whose job is to name the bad line.
 """
 
@@ -134,8 +135,11 @@ def to_float(path, lineno: int, token: str, what: str) -> float:
     raise data_error(path, lineno, f"non-numeric {what} {token!r}") from None
 
 
-# Field kinds for `_parse_fields`: "int", "float", "skip".
+# Field kinds for `parse_fields`: "int", "float", "skip", and "key": an integer id, kept as
+# strings (the whole column, `str(int(token))`) when one is beyond int64, e.g. 20 digits.
 Fields = Sequence[tuple[str, str]]
+
+_INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
 
 
 def parse_fields(path: pathlib.Path, text: str, split: Callable[[str], list[str]],
@@ -148,28 +152,40 @@ def parse_fields(path: pathlib.Path, text: str, split: Callable[[str], list[str]
       raise data_error(path, lineno,
                        f"expected {len(fields)} fields ({layout}), got {len(parts)}: {line[:80]!r}")
     for (name, kind), token in zip(fields, parts):
-      if kind == "int":
-        out[name].append(to_int(path, lineno, token, name))
+      if kind in ("int", "key"):
+        value = to_int(path, lineno, token, name)
+        if kind == "int" and not _INT64_MIN <= value <= _INT64_MAX:
+          raise data_error(path, lineno, f"{name} {token!r} is beyond the int64 range")
+        out[name].append(value)
       elif kind == "float":
         out[name].append(to_float(path, lineno, token, name))
   if not any(out.values()):
     raise data_error(path, 1, "empty file")
-  return {name: np.asarray(values, np.float64 if dict(fields)[name] == "float" else np.int64)
-          for name, values in out.items()}
+  return {name: _column(values, dict(fields)[name]) for name, values in out.items()}
+
+
+def _column(values: list, kind: str) -> np.ndarray:
+  """float64 / int64 values; a "key" column with an id beyond int64 as strings instead."""
+  if kind == "float":
+    return np.asarray(values, np.float64)
+  try:
+    return np.asarray(values, np.int64)
+  except OverflowError:  # only a "key" gets here: "int" values were range-checked per line
+    return np.asarray([str(v) for v in values])
 
 
 def arrow_fields(path: pathlib.Path, delimiter: str, fields: Fields, *,
                   skip_rows: int = 0) -> dict[str, np.ndarray] | None:
   """Fast pyarrow read of a delimited numeric file; None when it does not parse cleanly.
 
-  A None sends the caller to `_parse_fields`, which either names the bad line or (for layouts
+  A None sends the caller to `parse_fields`, which either names the bad line or (for layouts
   pyarrow cannot express, e.g. several spaces between fields) parses the file itself.
   """
   import pyarrow as pa
   import pyarrow.csv as pacsv
 
   names = [name if kind != "skip" else f"_skip{i}" for i, (name, kind) in enumerate(fields)]
-  types = {name: (pa.int64() if kind == "int" else pa.float64())
+  types = {name: (pa.float64() if kind == "float" else pa.int64())
            for name, kind in fields if kind != "skip"}
   try:
     table = pacsv.read_csv(

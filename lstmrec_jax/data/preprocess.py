@@ -106,12 +106,14 @@ class SequenceDataset:
             f" {self.num_attrs - 1} attributes")
 
 
-def build_options(*, min_rating: float | None = None, min_user_events: int = 1,
-                  min_item_events: int = 1, split: str = "loo",
+def build_options(*, dedupe: bool = False, min_rating: float | None = None,
+                  min_user_events: int = 1, min_item_events: int = 1, split: str = "loo",
                   temporal_fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, Any]:
   """Validated, canonical options of `build_dataset` (the part of the cache key they set)."""
   if split not in SPLITS:
     raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+  if not isinstance(dedupe, (bool, np.bool_)):
+    raise DataError(f"dedupe must be True or False, got {dedupe!r}")
   for name, value in (("min_user_events", min_user_events), ("min_item_events", min_item_events)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
       raise DataError(f"{name} must be a non-negative integer, got {value!r}")
@@ -123,18 +125,27 @@ def build_options(*, min_rating: float | None = None, min_user_events: int = 1,
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
       raise DataError("temporal_fractions must be three positive numbers (train, valid, test)"
                       f" summing to 1, got {list(temporal_fractions)}")
-  return {"min_rating": None if min_rating is None else float(min_rating),
+  return {"dedupe": bool(dedupe), "min_rating": None if min_rating is None else float(min_rating),
           "min_user_events": int(min_user_events), "min_item_events": int(min_item_events),
           "split": split, "temporal_fractions": fractions}
 
 
-def build_dataset(log: InteractionLog, *, min_rating: float | None = None,
-                  min_user_events: int = 1, min_item_events: int = 1, split: str = "loo",
+def build_dataset(log: InteractionLog, *, dedupe: bool = False,
+                  min_rating: float | None = None, min_user_events: int = 1,
+                  min_item_events: int = 1, split: str = "loo",
                   temporal_fractions: Sequence[float] = (0.8, 0.1, 0.1),
                   cache_dir: str | os.PathLike[str] | None = None) -> SequenceDataset:
   """Filters, orders and splits an interaction log into a `SequenceDataset`.
 
-  Order of operations: rating threshold, k-core, chronological order, split, dense ids.
+  Order of operations: duplicates, rating threshold, k-core, chronological order, split,
+  dense ids.
+
+  Duplicates: an event is a duplicate when an earlier event in file order has the same user,
+  item and timestamp (ratings aside); in a log without timestamps, when it repeats the item of
+  the same user's previous event in file order (`a a b a` has one: the second `a`). Repeats
+  inflate metrics (a tripled log scores a repeat as the next item), so they are always counted
+  (`stats["duplicate_events"]`, logged) and, with `dedupe`, dropped before any other filter,
+  keeping the first of each group.
 
   Chronological order is a stable sort by timestamp within each user: ties keep file order, and
   without timestamps file order is time order.
@@ -157,6 +168,7 @@ def build_dataset(log: InteractionLog, *, min_rating: float | None = None,
 
   Args:
     log: raw events from a reader.
+    dedupe: drop duplicate events (see above); False keeps them (counted either way).
     min_rating: keep only events rated at least this (needs ratings; None keeps all).
     min_user_events: k-core threshold on events per user (<= 1: no filter).
     min_item_events: k-core threshold on events per item (<= 1: no filter); both thresholds are
@@ -172,7 +184,7 @@ def build_dataset(log: InteractionLog, *, min_rating: float | None = None,
     DataError: bad options, no ratings for `min_rating`, no timestamps for "temporal", or too
       few events for the split.
   """
-  options = build_options(min_rating=min_rating, min_user_events=min_user_events,
+  options = build_options(dedupe=dedupe, min_rating=min_rating, min_user_events=min_user_events,
                           min_item_events=min_item_events, split=split,
                           temporal_fractions=temporal_fractions)
   key = None
@@ -200,11 +212,28 @@ def _build(log: InteractionLog, options: dict[str, Any]) -> SequenceDataset:
   item_raw, item_inv_N = np.unique(log.items, return_inverse=True)
   keep_N = np.ones(n, bool)
 
+  times_raw_N = None if log.timestamps is None else np.asarray(log.timestamps, np.int64)
+  duplicate_N = _duplicates(user_inv_N, item_inv_N, times_raw_N, len(item_raw))
+  stats["duplicate_events"] = int(duplicate_N.sum())
+  what = ("same user, item and time" if times_raw_N is not None else
+          "a user's item repeated at once, file order")
+  if options["dedupe"]:
+    keep_N &= ~duplicate_N
+    stats["dropped_duplicates"] = stats["duplicate_events"]
+    logging.info("%s: dedupe dropped %d duplicate events (%s) of %d", src,
+                 stats["duplicate_events"], what, n)
+  elif stats["duplicate_events"]:
+    logging.warning("%s: %d duplicate events (%s) of %d are kept; dedupe=True (config"
+                    " data.dedupe) drops them", src, stats["duplicate_events"], what, n)
+  else:
+    logging.info("%s: no duplicate events (%s)", src, what)
+
   if options["min_rating"] is not None:
     if log.ratings is None:
       raise DataError(f"{src}: min_rating={options['min_rating']} but this log has no ratings")
+    kept = int(keep_N.sum())
     keep_N &= log.ratings >= options["min_rating"]
-    stats["dropped_by_rating"] = int(n - keep_N.sum())
+    stats["dropped_by_rating"] = int(kept - keep_N.sum())
     logging.info("%s: min_rating %g dropped %d of %d events", src, options["min_rating"],
                  stats["dropped_by_rating"], n)
     if not keep_N.any():
@@ -216,8 +245,8 @@ def _build(log: InteractionLog, options: dict[str, Any]) -> SequenceDataset:
   # Chronological order: stable by time, then stable by user, so ties keep file order.
   rows_N = np.flatnonzero(keep_N)
   users_N, items_N = user_inv_N[rows_N], item_inv_N[rows_N]
-  if log.timestamps is not None:
-    times_N = np.asarray(log.timestamps, np.int64)[rows_N]
+  if times_raw_N is not None:
+    times_N = times_raw_N[rows_N]
     by_time_N = np.argsort(times_N, kind="stable")
     order_N = by_time_N[np.argsort(users_N[by_time_N], kind="stable")]
     times_N = times_N[order_N]
@@ -251,6 +280,28 @@ def _build(log: InteractionLog, options: dict[str, Any]) -> SequenceDataset:
       item_counts_V=item_counts, split=options["split"], source=src, stats=stats)
   logging.info("%s", dataset.summary())
   return dataset
+
+
+def _duplicates(users_N: np.ndarray, items_N: np.ndarray, times_N: np.ndarray | None,
+                num_items: int) -> np.ndarray:
+  """Which events are duplicates of an earlier one (see `build_dataset`); first copies are not.
+
+  Example: users [0, 0, 0, 1], items [5, 5, 6, 5] without times -> [F, T, F, F]; with times
+  [1, 1, 1, 1] the same; with times [1, 2, 1, 1] -> [F, F, F, F].
+  """
+  n = len(users_N)
+  if times_N is None:
+    order_N = np.argsort(users_N, kind="stable")  # each user's events in file order
+    a_N, b_N = users_N[order_N], items_N[order_N]
+    same_N = (a_N[1:] == a_N[:-1]) & (b_N[1:] == b_N[:-1])
+  else:
+    pair_N = users_N.astype(np.int64) * num_items + items_N
+    order_N = np.lexsort((times_N, pair_N))  # stable: equal events keep file order
+    a_N, b_N = pair_N[order_N], times_N[order_N]
+    same_N = (a_N[1:] == a_N[:-1]) & (b_N[1:] == b_N[:-1])
+  duplicate_N = np.zeros(n, bool)
+  duplicate_N[order_N[1:][same_N]] = True
+  return duplicate_N
 
 
 def _k_core(keep_N, user_inv_N, item_inv_N, num_users, num_items, min_user, min_item, src, stats):

@@ -100,6 +100,23 @@ def topk_step(params: Any, consts: Any, batch: dict[str, jax.Array],
                              exclude_seen=exclude_seen, chunk_size=chunk_size)
 
 
+def rank_topk_step(params: Any, consts: Any, batch: dict[str, jax.Array],
+                   popularity_V: jax.Array | None = None, *, graphdef: nnx.GraphDef, k: int,
+                   exclude_seen: bool, chunk_size: int):
+  """`eval_step` and `topk_step` over one user computation: (ranks_B, ids_BxK, scores_BxK).
+
+  The top-K lists feed the beyond-accuracy metrics (`beyond.py`); both are chunked over items.
+  """
+  user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef)
+  user, table, bias = _scoring(user_BxE, table_VxE, bias_V, batch["mask_BxL"], popularity_V)
+  seen = batch.get("seen_BxS")
+  ranks_B = metrics.target_ranks(user, table, bias, batch["targets_B"], seen,
+                                 exclude_seen=exclude_seen, chunk_size=chunk_size)
+  ids_BxK, scores_BxK = metrics.top_k_items(user, table, bias, k, seen,
+                                            exclude_seen=exclude_seen, chunk_size=chunk_size)
+  return ranks_B, ids_BxK, scores_BxK
+
+
 def _gather(x: np.ndarray) -> np.ndarray:
   """Concatenates a per-process host array over processes (identity with one process)."""
   if jax.process_count() == 1:
@@ -138,13 +155,21 @@ def _eval_batches(split, *, batch_size: int, max_len: int):
 
 
 def rank_split(rank_fn: Callable, params: Any, consts: Any, split, *, batch_size: int,
-               max_len: int, mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
-  """Ranks of every user's target in a split; returns (users_U, ranks_U), each user once."""
+               max_len: int, mesh: Mesh, on_lists: Callable | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """Ranks of every user's target in a split; returns (users_U, ranks_U), each user once.
+
+  With a `rank_topk_step` rank_fn, `on_lists(ids_BxK, scores_BxK)` gets each batch's real users'
+  top-K lists (the beyond-accuracy metrics), from the same pass.
+  """
   users, ranks = [], []
   for batch in _eval_batches(split, batch_size=batch_size, max_len=max_len):
     inputs = {k: batch[k] for k in _MODEL_KEYS}
-    ranks_B = np.asarray(rank_fn(params, consts, mesh_lib.to_global(inputs, mesh)))
+    out = rank_fn(params, consts, mesh_lib.to_global(inputs, mesh))
+    ranks_B = np.asarray(out[0] if isinstance(out, tuple) else out)
     valid_B = _gather(batch["valid_B"])
+    if on_lists is not None:
+      on_lists(np.asarray(out[1])[valid_B], np.asarray(out[2])[valid_B])
     users.append(_gather(batch["users_B"])[valid_B])
     ranks.append(ranks_B[valid_B])
   users_U, ranks_U = np.concatenate(users), np.concatenate(ranks)
@@ -155,21 +180,44 @@ def rank_split(rank_fn: Callable, params: Any, consts: Any, split, *, batch_size
 
 def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str], mesh: Mesh,
                     batch_size: int, max_len: int, exclude_seen: bool,
-                    chunk_size: int) -> dict[str, Any]:
-  """Model and popularity metrics for each named split ('valid', 'test')."""
-  rank_fn = compile_rank_fn(graphdef, mesh, exclude_seen=exclude_seen, chunk_size=chunk_size,
-                            popularity_V=dataset.item_counts_V)
+                    chunk_size: int, beyond_k: int = 10) -> dict[str, Any]:
+  """Model and popularity metrics for each named split ('valid', 'test').
+
+  beyond_k: K of the beyond-accuracy metrics (coverage, Gini, ARP, novelty, ILD, ...) of the
+  top-K lists, computed in the ranking pass (`beyond.py`); 0 = accuracy only.
+  """
+  from lstmrec_jax.evaluation import beyond  # pylint: disable=g-import-not-at-top
+  if beyond_k:
+    rank_fn = _jit_over_batch(functools.partial(
+        rank_topk_step, graphdef=graphdef, k=beyond_k, exclude_seen=exclude_seen,
+        chunk_size=chunk_size), mesh, dataset.item_counts_V)
+    extra = dict(k=beyond_k, vectors_VxE=beyond.item_vectors(graphdef, params, consts),
+                 attrs_VxA=beyond.dataset_attributes(dataset))
+  else:
+    rank_fn = compile_rank_fn(graphdef, mesh, exclude_seen=exclude_seen, chunk_size=chunk_size,
+                              popularity_V=dataset.item_counts_V)
   report: dict[str, Any] = {"protocol": reports.PROTOCOL, "exclude_seen": exclude_seen,
                             "num_items": int(dataset.num_items) - 1, "splits": {}}
+  if beyond_k:
+    report["beyond_k"] = beyond_k
   for name in splits:
     split = getattr(dataset, name)
+    acc = beyond.BeyondAccumulator(dataset.item_counts_V, **extra) if beyond_k else None
     users_U, ranks_U = rank_split(rank_fn, params, consts, split, batch_size=batch_size,
-                                  max_len=max_len, mesh=mesh)
+                                  max_len=max_len, mesh=mesh, on_lists=acc and acc.add)
     pop_U = baselines.popularity_ranks(dataset.item_counts_V, split, exclude_seen=exclude_seen,
                                        chunk_size=chunk_size)
     report["splits"][name] = {
         "model": reports.split_report(ranks_U, users_U, split),
         "popularity": reports.split_report(pop_U, np.asarray(split.users_U), split)}
+    if beyond_k:
+      pop_acc = beyond.BeyondAccumulator(dataset.item_counts_V, **extra)
+      for ids_BxK, scores_BxK in beyond.popularity_lists(
+          dataset.item_counts_V, split, k=beyond_k, exclude_seen=exclude_seen,
+          chunk_size=chunk_size):
+        pop_acc.add(ids_BxK, scores_BxK)
+      report["splits"][name]["model"]["beyond"] = acc.result()
+      report["splits"][name]["popularity"]["beyond"] = pop_acc.result()
   return report
 
 

@@ -58,7 +58,9 @@ def format_table(report: dict[str, Any], keys: Sequence[str] = (
       cells = [_cell(row["HR@10"], 9), _cell(row["NDCG@10"], 9), _cell(pop["HR@10"], 11),
                _cell(pop["NDCG@10"], 13)]
       lines.append(f"  {bucket:<8}{row['users']:>7}" + "".join(cells))
-  return "\n".join(lines)
+  from lstmrec_jax.evaluation import beyond  # pylint: disable=g-import-not-at-top
+  extra = beyond.format_beyond(report)  # coverage, Gini, ARP, novelty, ILD, personalization
+  return "\n".join(lines) + (("\n" + extra) if extra else "")
 
 
 SUMMARY_KEYS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")

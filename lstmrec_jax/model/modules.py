@@ -125,7 +125,8 @@ class SeqRecModel(nnx.Module):
 
   def __call__(self, inputs_BxL: jax.Array, mask_BxL: jax.Array,
                resets_BxL: jax.Array | None = None, *, item_table_VxE: jax.Array,
-               dropout_key: jax.Array | None = None) -> jax.Array:
+               dropout_key: jax.Array | None = None,
+               input_delta_BxLxE: jax.Array | None = None) -> jax.Array:
     """Encodes histories into one user state per position.
 
     Args:
@@ -135,6 +136,8 @@ class SeqRecModel(nnx.Module):
       item_table_VxE: the input table from `item_tables()` (computed once per step).
       dropout_key: PRNG key enabling dropout (e.g. `jax.random.fold_in(key, step)`); None for
         evaluation.
+      input_delta_BxLxE: added to the looked-up input item embeddings at real positions (the
+        adversarial perturbation of `train/adversarial.py`, `evaluation/attacks.py`); None: none.
 
     Returns:
       user_BxLxE in f32: the state after each position's item, zeros at padded positions.
@@ -145,6 +148,9 @@ class SeqRecModel(nnx.Module):
     if dropout_key is not None:
       k_embed, k_encoder, k_out = jax.random.split(dropout_key, 3)
     x_BxLxE = self._lookup(item_table_VxE, inputs_BxL, mask_BxL)
+    if input_delta_BxLxE is not None:
+      x_BxLxE = x_BxLxE + jnp.where(mask_BxL[..., None], input_delta_BxLxE, 0).astype(
+          x_BxLxE.dtype)
     x_BxLxE = core.dropout(k_embed, x_BxLxE, cfg.embed_dropout)
     h_BxLxD = self.encoder(x_BxLxE, mask_BxL, resets_BxL, dropout_key=k_encoder)
     return self._head(h_BxLxD, mask_BxL, k_out)

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from lstmrec_jax import paths
+from lstmrec_jax.model import compat
 from lstmrec_jax import mesh as mesh_lib
 from lstmrec_jax.train.state import TrainState
 
@@ -66,7 +67,7 @@ def _digests(step_dir) -> dict[str, str]:
 def verify_step(step_dir) -> str | None:
   """None when a sealed step's files match their checksums, else what is wrong (unsealed: None)."""
   sums_path = os.path.join(step_dir, CHECKSUMS)
-  if not os.path.exists(sums_path):
+  if "://" in str(step_dir) or not os.path.exists(sums_path):
     return None  # saved before checksums existed, or killed before sealing: the restore decides
   try:
     expected = json.loads(open(sums_path).read())
@@ -142,10 +143,25 @@ def check_writable(directory) -> None:
                           "--workdir") from None
 
 
+def _layout(tree, legacy: bool):
+  """The restore target in the step's own layout (see model/compat.py)."""
+  return compat.to_legacy(tree) if legacy else tree
+
+
 def _abstract(tree, mesh: Mesh | None):
   """ShapeDtypeStructs for a restore target, replicated over `mesh` (any device count)."""
   sharding = mesh_lib.replicated(mesh) if mesh is not None else None
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def _is_legacy(step_dir) -> bool:
+  """Whether a step was saved with the parameter paths from before the encoder registry."""
+  path = os.path.join(str(step_dir), "params", "_METADATA")
+  try:
+    with open(path) as f:
+      return compat.MARKER in f.read()
+  except OSError:
+    return False
 
 
 class Checkpointer:
@@ -186,8 +202,8 @@ class Checkpointer:
     """
     self.latest.wait_until_finished()
     self.best.wait_until_finished()
-    if jax.process_index() != 0:
-      return
+    if jax.process_index() != 0 or "://" in str(self.workdir):
+      return  # bucket workdirs (gs://) are not sealed: os.walk cannot read them
     for manager, steps in ((self.latest, self._saved["latest"]), (self.best, self._saved["best"])):
       for step in sorted(steps):
         step_dir = _step_dir(manager, step)
@@ -222,9 +238,6 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
-  def best_step(self) -> int | None:
-    return self.best.best_step()
-
   def _set_aside(self, manager: ocp.CheckpointManager, step: int, problem: str) -> None:
     """Moves a broken step to <workdir>/broken/ (never deletes it) with one warning line."""
     name = "best" if manager is self.best else "checkpoints"
@@ -254,10 +267,15 @@ class Checkpointer:
   def _restore_intact(self, manager: ocp.CheckpointManager, steps, make_args, check):
     """The first of `steps` that verifies, restores and passes `check`; broken ones set aside."""
     for step in steps:
-      problem = verify_step(str(_step_dir(manager, step)))
+      step_dir = _step_dir(manager, step)
+      problem = verify_step(str(step_dir))
       if problem is None:
+        legacy = _is_legacy(step_dir)
         try:
-          out = manager.restore(step, args=make_args())
+          out = manager.restore(step, args=make_args(legacy))
+          if legacy:  # read under the old names: rename back (same arrays)
+            out = {k: compat.from_legacy(v) if k in ("params", "train") else v
+                   for k, v in out.items()}
         except Exception as e:  # pylint: disable=broad-except
           # Truncated or garbled files surface as TensorStore / JSON / zarr errors of any type.
           problem = f"unreadable: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
@@ -274,9 +292,9 @@ class Checkpointer:
     if self.latest.latest_step() is None:
       raise FileNotFoundError("no checkpoint to resume from")
     train_like = {"step": like.step, "opt_state": like.opt_state, "rng": like.rng}
-    args = lambda: ocp.args.Composite(
-        params=ocp.args.StandardRestore(_abstract(like.params, mesh)),
-        train=ocp.args.StandardRestore(_abstract(train_like, mesh)),
+    args = lambda legacy: ocp.args.Composite(
+        params=ocp.args.StandardRestore(_abstract(_layout(like.params, legacy), mesh)),
+        train=ocp.args.StandardRestore(_abstract(_layout(train_like, legacy), mesh)),
         meta=ocp.args.JsonRestore())
     check = lambda out: None if params_finite(out["params"]) else "non-finite parameters"
     step, out = self._restore_intact(self.latest, self._candidates(self.latest), args, check)
@@ -306,8 +324,8 @@ class Checkpointer:
       steps = [step]
     if not steps:
       raise FileNotFoundError(f"no {which!r} checkpoint in {self.workdir}")
-    args = lambda: ocp.args.Composite(
-        params=ocp.args.StandardRestore(_abstract(params_like, mesh)),
+    args = lambda legacy: ocp.args.Composite(
+        params=ocp.args.StandardRestore(_abstract(_layout(params_like, legacy), mesh)),
         meta=ocp.args.JsonRestore())
     step, out = self._restore_intact(manager, steps, args, lambda out: None)
     if out is None:

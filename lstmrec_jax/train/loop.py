@@ -221,9 +221,12 @@ def _train(spec, workdir, defaults, pipeline) -> dict[str, Any]:
   if jax.process_index() == 0 and not signature_path.exists():
     signature_path.write_text(json.dumps(run_lib.data_signature(dataset), indent=2))
 
-  batches = pipeline.TrainBatches(dataset.train, batch_size=inp.batch_size, max_len=inp.max_len,
-                                  seed=spec.seed, pack=inp.pack, backend=inp.backend,
-                                  process_index=jax.process_index(),
+  from lstmrec_jax.data import augment  # pylint: disable=g-import-not-at-top
+  # Plain TrainBatches unless the `augment` group turns a transform on (data/augment.py).
+  batches = augment.train_batches(dataset.train, augment=spec.augment,
+                                  num_items=int(dataset.num_items), batch_size=inp.batch_size,
+                                  max_len=inp.max_len, seed=spec.seed, pack=inp.pack,
+                                  backend=inp.backend, process_index=jax.process_index(),
                                   process_count=jax.process_count())
   steps_per_epoch = batches.steps_per_epoch
   if steps_per_epoch < 1:
@@ -254,7 +257,8 @@ def _train(spec, workdir, defaults, pipeline) -> dict[str, Any]:
     logging.info("training softmax over the %d items with training events (%d left out)",
                  trained, int(dataset.num_items) - 1 - trained)
   repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
-  step_fn = functools.partial(steps.train_step, graphdef=run.graphdef, tx=tx, loss_cfg=spec.loss)
+  step_fn = functools.partial(steps.train_step, graphdef=run.graphdef, tx=tx, loss_cfg=spec.loss,
+                              adv_cfg=spec.adversarial, aug_cfg=spec.augment)
   if tr.skip_nonfinite_steps:
     step_fn = functools.partial(_guarded_step, step_fn=step_fn)
   train_fn = jax.jit(step_fn, in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),

@@ -18,46 +18,85 @@ from flax import nnx
 
 from lstmrec_jax import losses
 from lstmrec_jax.losses import LossConfig
+from lstmrec_jax.train import adversarial
+from lstmrec_jax.train import contrastive
 from lstmrec_jax.train.state import TrainState
 
 
 def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | None,
                   loss_cfg: LossConfig, log_q_V: jax.Array | None,
-                  item_mask_V: jax.Array | None = None) -> jax.Array:
+                  item_mask_V: jax.Array | None = None, *,
+                  adv_cfg: adversarial.AdversarialConfig | None = None,
+                  aug_cfg: Any = None) -> jax.Array:
   """The `loss_cfg.kind` loss at every real position of the batch (a scalar).
 
   item_mask_V (bool, V) restricts the softmax losses to the items where it is True (the targets
   must be among them); None scores every item. Sampled negatives use fold_in(dropout_key, 1).
+  With `adv_cfg` on, adds the adversarial term (`train/adversarial.py`); with
+  `aug_cfg.contrastive_weight > 0` and the batch's `view1_*` / `view2_*` keys (from
+  `data.augment`), the InfoNCE term between the two views (`train/contrastive.py`).
   """
   id_keep_V = model.id_keep_mask(dropout_key)  # None unless model.id_dropout > 0
   input_VxE, output_VxE, bias_V = model.item_tables(id_keep_V)
-  user_BxLxE = model(batch["inputs_BxL"], batch["mask_BxL"], batch.get("resets_BxL"),
-                     item_table_VxE=input_VxE, dropout_key=dropout_key)
-  user_NxE = user_BxLxE.reshape(-1, user_BxLxE.shape[-1])
   targets_N = batch["targets_BxL"].reshape(-1)
   weights_N = (targets_N > 0).astype(jnp.float32)
   neg_key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
-  return losses.get_loss(loss_cfg.kind)(user_NxE, output_VxE, bias_V, targets_N, weights_N,
-                                        cfg=loss_cfg, key=neg_key, log_q_V=log_q_V,
-                                        item_mask_V=item_mask_V)
+  mask_BxL = batch["mask_BxL"]
+
+  def loss_at(input_delta=None, user_delta=None):
+    user_BxLxE = model(batch["inputs_BxL"], mask_BxL, batch.get("resets_BxL"),
+                       item_table_VxE=input_VxE, dropout_key=dropout_key,
+                       input_delta_BxLxE=input_delta)
+    if user_delta is not None:
+      user_BxLxE = user_BxLxE + jnp.where(mask_BxL[..., None], user_delta, 0.0)
+    user_NxE = user_BxLxE.reshape(-1, user_BxLxE.shape[-1])
+    return losses.get_loss(loss_cfg.kind)(user_NxE, output_VxE, bias_V, targets_N, weights_N,
+                                          cfg=loss_cfg, key=neg_key, log_q_V=log_q_V,
+                                          item_mask_V=item_mask_V)
+
+  loss = loss_at()
+  if adv_cfg is not None and adv_cfg.on:
+    b, l = batch["inputs_BxL"].shape
+    shape = (b, l, input_VxE.shape[-1])
+    shapes = (shape, shape) if adv_cfg.user_state else (shape,)
+    eps = adv_cfg.eps * adversarial.embedding_scale(input_VxE)  # relative to the embeddings
+    deltas = adversarial.worst_case(loss_at, shapes, mask_BxL, kind=adv_cfg.kind, eps=eps,
+                                    steps=adv_cfg.steps)
+    loss = loss + adv_cfg.weight * loss_at(*deltas)
+  if aug_cfg is not None and aug_cfg.contrastive_weight > 0 and "view1_inputs_BxL" in batch:
+    views = []
+    for v in (1, 2):
+      key = None if dropout_key is None else jax.random.fold_in(dropout_key, 10 + v)
+      user_BxLxE = model(batch[f"view{v}_inputs_BxL"], batch[f"view{v}_mask_BxL"],
+                         batch[f"view{v}_resets_BxL"], item_table_VxE=input_VxE,
+                         dropout_key=key)
+      last_B = batch[f"view{v}_last_B"]
+      views.append((jnp.take_along_axis(user_BxLxE, jnp.maximum(last_B, 0)[:, None, None],
+                                        axis=1)[:, 0], last_B >= 0))
+    valid_B = views[0][1] & views[1][1]
+    loss = loss + aug_cfg.contrastive_weight * contrastive.info_nce(
+        views[0][0], views[1][0], valid_B, aug_cfg.temperature)
+  return loss
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, Any], *,
                graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-               loss_cfg: LossConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+               loss_cfg: LossConfig, adv_cfg: adversarial.AdversarialConfig | None = None,
+               aug_cfg: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a (global) batch; returns the new state and scalar metrics.
 
   `aux` holds what the step reads but never changes: `consts` (the model's non-parameter state),
   `log_q_V` (sampling log-probabilities, for losses with `losses.needs_log_q(kind)`; else None)
   and optionally `item_mask_V` (the candidates of the training softmax,
-  `LossConfig.train_items_only`).
+  `LossConfig.train_items_only`). `adv_cfg` (the `adversarial` group) and `aug_cfg` (the
+  `augment` group: its contrastive term) add their loss terms when on (`sequence_loss`).
   """
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, aux["consts"])
     return sequence_loss(model, batch, dropout_key, loss_cfg, aux.get("log_q_V"),
-                         aux.get("item_mask_V"))
+                         aux.get("item_mask_V"), adv_cfg=adv_cfg, aug_cfg=aug_cfg)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -31,7 +31,8 @@ _ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "
                   "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
                   "Romance", "Sci-Fi", "Thriller", "War", "Western")
 _NO_GENRES = "(no genres listed)"
-_RATING_FIELDS = (("user", "int"), ("item", "int"), ("rating", "float"), ("timestamp", "int"))
+# "key": ids beyond int64 (e.g. 20 digits) keep that column as strings instead of overflowing.
+_RATING_FIELDS = (("user", "key"), ("item", "key"), ("rating", "float"), ("timestamp", "int"))
 
 
 def movielens_layout(path: PathLike) -> tuple[str, dict[str, pathlib.Path]]:
@@ -73,7 +74,8 @@ def read_movielens(path: PathLike) -> InteractionLog:
     path: the unzipped release folder, e.g. `.../ml-1m` (see `download.py` to fetch one).
 
   Returns:
-    An `InteractionLog` with int64 user and movie ids, unix-second timestamps, float32 ratings,
+    An `InteractionLog` with int64 user and movie ids (a column with an id beyond int64
+      keeps its ids as strings), unix-second timestamps, float32 ratings,
     titles in `item_side.titles` and genre names in `item_side.attributes`. A missing movies
     file is logged and leaves the side data empty.
   """
@@ -102,6 +104,8 @@ def read_movielens(path: PathLike) -> InteractionLog:
     side = _read_movies_dat(items_path, "latin-1" if release == "ml-1m" else "utf-8")
   else:
     side = _read_movies_csv(items_path)
+  if cols["item"].dtype.kind == "U":
+    side = _string_keys(side)  # the ratings' movie ids are strings: match them
   existing = [f for f in files.values() if f.is_file()]
   log = InteractionLog(
       users=cols["user"], items=cols["item"], timestamps=cols["timestamp"], item_side=side,
@@ -110,6 +114,13 @@ def read_movielens(path: PathLike) -> InteractionLog:
       fingerprint=log_lib.fingerprint_files("movielens", existing, {}))
   logging.info("%s: %d ratings, %d movies with titles", log.source, len(log), len(side.titles))
   return log
+
+
+def _string_keys(side: ItemSide) -> ItemSide:
+  """`side` keyed by `str(movie id)`, as the ratings are when an id is beyond int64."""
+  return ItemSide(titles={str(k): v for k, v in side.titles.items()},
+                  attributes={str(k): v for k, v in side.attributes.items()},
+                  attribute_names=side.attribute_names)
 
 
 def _read_ml100k_items(items_path: pathlib.Path, genres_path: pathlib.Path) -> ItemSide:

@@ -18,14 +18,16 @@ def read_pairs(path: PathLike) -> InteractionLog:
   """Reads the one-pair-per-line format: `user item`, lines in time order per user.
 
   Args:
-    path: the text file (e.g. SASRec's `Video.txt`); integer ids separated by whitespace.
+    path: the text file (e.g. SASRec's `Video.txt`); integer ids separated by whitespace
+      (int64 keys; a column with an id beyond int64 keeps its ids as strings).
 
   Returns:
     An `InteractionLog` without timestamps (file order is time order).
   """
   path = pathlib.Path(path)
+  # "key": a column with an id beyond int64 (e.g. 20 digits) is kept as strings.
   cols = log_lib.read_numeric(path, delimiter=" ", split=str.split, layout="user item",
-                              fields=(("user", "int"), ("item", "int")))
+                              fields=(("user", "key"), ("item", "key")))
   log = InteractionLog(users=cols["user"], items=cols["item"], timestamps=None,
                        item_side=ItemSide(), source=str(path),
                        fingerprint=log_lib.fingerprint_files("pairs", [path], {}))

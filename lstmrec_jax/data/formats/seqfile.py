@@ -55,7 +55,7 @@ def read_seqfile(path: PathLike, attributes_path: PathLike | None = None) -> Int
     attributes_path = pathlib.Path(attributes_path)
     side = _read_item2attributes(attributes_path)
     files.append(attributes_path)
-  log = InteractionLog(users=np.asarray(users, np.int64), items=np.asarray(items, np.int64),
+  log = InteractionLog(users=_ids(users), items=_ids(items),
                        timestamps=None, item_side=side, source=str(path),
                        fingerprint=log_lib.fingerprint_files("seqfile", files, {}))
   logging.info("%s: %d users, %d events", path, len(first_line), len(log))
@@ -113,6 +113,14 @@ def attributes_file(path: pathlib.Path, setting: PathLike | bool | None, *,
       logging.info("%s: using item attributes from %s", path, beside.name)
     return beside
   return None
+
+
+def _ids(values: list[int]) -> np.ndarray:
+  """int64 ids, or strings when one is longer than int64 (ids of any length are kept exactly)."""
+  try:
+    return np.asarray(values, np.int64)
+  except OverflowError:
+    return np.asarray([str(v) for v in values])
 
 
 def source_fingerprint(path: PathLike, attributes_path: PathLike | None = None) -> str:

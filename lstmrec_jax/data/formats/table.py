@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import collections
 import dataclasses
 import datetime
+import functools
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -38,8 +40,8 @@ def read_table(path: PathLike, *, format: str = "csv",  # pylint: disable=redefi
     format: "csv", "tsv" or "parquet".
     columns: a `Columns` or a dict of its fields. Ids that are all canonical integers become
       int64 keys, others stay strings. Times may be integers, floats (scaled to microseconds
-      unless all integral), dates, timestamps or ISO-8601 strings; without a time column file
-      order is time order.
+      unless all integral), dates, timestamps or ISO-8601 strings (zone offsets: as UTC);
+      without a time column file order is time order.
 
   Returns:
     An `InteractionLog`; titles and list columns of each item come from its first row.
@@ -56,28 +58,28 @@ def read_table(path: PathLike, *, format: str = "csv",  # pylint: disable=redefi
   if path.stat().st_size == 0:
     raise data_error(path, 1, "empty file")
   if format == "parquet":
-    table, line_of = _read_parquet(path, cols)
+    table, error_at = _read_parquet(path, cols)
   else:
-    table, line_of = _read_csv(path, cols, "\t" if format == "tsv" else cols.delimiter)
+    table, error_at = _read_csv(path, cols, "\t" if format == "tsv" else cols.delimiter)
   if table.num_rows == 0:
     raise data_error(path, 2 if cols.header and format != "parquet" else 1, "no rows")
   names = {role: _column_name(col, cols, format) for role, col in cols.used().items()}
   get = lambda role: table[names[role]]
 
-  items = _key_column(path, get("item"), "item", line_of)
+  items = _key_column(get("item"), "item", error_at)
   seq_keys = None
   if cols.user is not None:
-    seq_keys = _key_column(path, get("user"), "user", line_of)
+    seq_keys = _key_column(get("user"), "user", error_at)
   if cols.session is not None:
-    sessions = _key_column(path, get("session"), "session", line_of).astype(str)
+    sessions = _key_column(get("session"), "session", error_at).astype(str)
     seq_keys = sessions if seq_keys is None else np.char.add(
         np.char.add(seq_keys.astype(str), ":"), sessions)
   timestamps = None
   if cols.time is not None:
-    timestamps = _time_column(path, get("time"), line_of)
+    timestamps = _time_column(path, get("time"), error_at)
   ratings = None
   if cols.rating is not None:
-    ratings = _numeric_column(path, get("rating"), "rating", line_of).astype(np.float32)
+    ratings = _numeric_column(path, get("rating"), "rating", error_at).astype(np.float32)
 
   side = ItemSide()
   if cols.title is not None or cols.lists:
@@ -154,8 +156,8 @@ def _read_csv(path: pathlib.Path, cols: Columns, delimiter: str):
     # Outside the except block, so the DataError carries no pyarrow traceback.
     _locate_csv_error(path, delimiter, len(names), cols)
     raise data_error(path, None, f"cannot parse: {failure}")
-  offset = 2 if cols.header else 1
-  return table, lambda row: int(row) + offset
+  offset = 2 if cols.header else 1  # 1-based, counting the header line
+  return table, lambda row, problem: data_error(path, int(row) + offset, problem)
 
 
 def _first_row(path: pathlib.Path, delimiter: str) -> list[str]:
@@ -216,7 +218,12 @@ def _read_parquet(path: pathlib.Path, cols: Columns):
     table = pq.read_table(path, columns=sorted({str(c) for c in cols.used().values()}))
   except (pa.ArrowException, OSError) as e:
     raise data_error(path, None, f"cannot read: {str(e).splitlines()[0]}") from None
-  return table, lambda row: int(row) + 1
+  return table, functools.partial(_parquet_error, path)
+
+
+def _parquet_error(path: pathlib.Path, row: int, problem: str) -> DataError:
+  """`<file>: row <n>: <problem>` with the 1-based row: a Parquet file has no lines."""
+  return DataError(f"{path}: row {int(row) + 1}: {problem}", file=str(path), line=int(row) + 1)
 
 
 def _first_bad(mask: np.ndarray) -> int | None:
@@ -224,7 +231,7 @@ def _first_bad(mask: np.ndarray) -> int | None:
   return int(bad[0]) if bad.size else None
 
 
-def _key_column(path, column, role: str, line_of) -> np.ndarray:
+def _key_column(column, role: str, error_at) -> np.ndarray:
   """Raw keys of a user / item / session column: int64 where possible, else str."""
   import pyarrow as pa
   import pyarrow.compute as pc
@@ -235,7 +242,7 @@ def _key_column(path, column, role: str, line_of) -> np.ndarray:
     row = _first_bad(pc.equal(pc.utf8_trim_whitespace(column), "").to_numpy(
         zero_copy_only=False))
   if row is not None:
-    raise data_error(path, line_of(row), f"missing {role} id")
+    raise error_at(row, f"missing {role} id")
   if pa.types.is_integer(column.type):
     return column.to_numpy().astype(np.int64)
   if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
@@ -249,13 +256,13 @@ def _key_column(path, column, role: str, line_of) -> np.ndarray:
   return np.asarray(column.to_numpy(zero_copy_only=False), dtype=str)
 
 
-def _numeric_column(path, column, role: str, line_of) -> np.ndarray:
+def _numeric_column(path, column, role: str, error_at) -> np.ndarray:
   import pyarrow as pa
 
   column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
   row = _first_bad(column.is_null().to_numpy(zero_copy_only=False))
   if row is not None:
-    raise data_error(path, line_of(row), f"missing {role}")
+    raise error_at(row, f"missing {role}")
   try:
     return column.cast(pa.float64()).to_numpy()
   except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -264,11 +271,11 @@ def _numeric_column(path, column, role: str, line_of) -> np.ndarray:
       try:
         float(v)
       except (TypeError, ValueError):
-        raise data_error(path, line_of(row), f"non-numeric {role} {v!r}") from None
+        raise error_at(row, f"non-numeric {role} {v!r}") from None
     raise data_error(path, None, f"{role} column of type {column.type} is not numeric") from None
 
 
-def _time_column(path, column, line_of) -> np.ndarray:
+def _time_column(path, column, error_at) -> np.ndarray:
   """int64 times; only their order matters (ties keep file order)."""
   import pyarrow as pa
   import pyarrow.compute as pc
@@ -276,7 +283,7 @@ def _time_column(path, column, line_of) -> np.ndarray:
   column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
   row = _first_bad(column.is_null().to_numpy(zero_copy_only=False))
   if row is not None:
-    raise data_error(path, line_of(row), "missing time")
+    raise error_at(row, "missing time")
   t = column.type
   if pa.types.is_integer(t):
     return column.cast(pa.int64()).to_numpy()
@@ -286,23 +293,77 @@ def _time_column(path, column, line_of) -> np.ndarray:
   if pa.types.is_floating(t):
     values = column.to_numpy()
     if not np.all(np.isfinite(values)):
-      raise data_error(path, line_of(_first_bad(~np.isfinite(values))), "non-finite time")
+      raise error_at(_first_bad(~np.isfinite(values)), "non-finite time")
     if np.all(values == np.round(values)):
       return values.astype(np.int64)
     return np.round(values * 1e6).astype(np.int64)  # fractional seconds -> microseconds
   if pa.types.is_string(t) or pa.types.is_large_string(t):
-    try:
-      return pc.cast(pc.utf8_trim_whitespace(column), pa.timestamp("us")).cast(
-          pa.int64()).to_numpy()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-      for row, v in enumerate(column.to_pylist()):
-        try:
-          datetime.datetime.fromisoformat(v.strip())
-        except ValueError:
-          raise data_error(path, line_of(row), f"unparseable time {v!r} (expected an integer,"
-                           " a number or an ISO-8601 date-time)") from None
-      raise data_error(path, None, "time column: mixed time zones or formats") from None
+    # One bad value turns the whole column into strings when pyarrow infers its type: try
+    # each kind of time on all of it before looking for the value that breaks it.
+    column = pc.utf8_trim_whitespace(column)
+    for kind in (pa.timestamp("us"), pa.int64(), pa.float64()):
+      try:
+        parsed = column.cast(kind)
+      except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        continue
+      return _time_column(path, parsed, error_at)
+    return _python_times(path, column.to_pylist(), error_at)
   raise data_error(path, None, f"time column of type {t} is not a time")
+
+
+def _time_kind(value: str) -> str:
+  """"number", "naive" / "aware" (ISO-8601 without / with a zone), "missing" or "bad"."""
+  if not value:
+    return "missing"
+  try:
+    float(value)
+    return "number"
+  except ValueError:
+    pass
+  try:
+    return "aware" if datetime.datetime.fromisoformat(value).tzinfo else "naive"
+  except ValueError:
+    return "bad"
+
+
+_KIND_NAMES = {"number": ("a number", "numbers"),
+               "naive": ("an ISO-8601 date-time without a zone", "ISO-8601 without a zone"),
+               "aware": ("an ISO-8601 date-time with a zone", "ISO-8601 with a zone")}
+
+
+def _python_times(path, values: list[str], error_at) -> np.ndarray:
+  """Times pyarrow could not cast as one kind: the odd value's row, or parsed one by one.
+
+  The column's kind is that of most values (ties: the earliest); the first value of another kind
+  is the error, e.g. ["100", "1o5", "102"] names "1o5" and not "100". All ISO-8601 with zones
+  (which pyarrow's cast refuses) become UTC microseconds; naive ones are taken as UTC.
+  """
+  kinds = [_time_kind(v) for v in values]
+  counts = collections.Counter(k for k in kinds if k in _KIND_NAMES)
+  if not counts:
+    raise error_at(0, "missing time" if kinds[0] == "missing" else f"unparseable time"
+                   f" {values[0]!r} (expected an integer, a number or an ISO-8601 date-time)")
+  kind = counts.most_common(1)[0][0]  # ties keep first-seen order
+  for row, (k, v) in enumerate(zip(kinds, values)):
+    if k == kind:
+      continue
+    if k == "missing":
+      raise error_at(row, "missing time")
+    if k == "bad":
+      raise error_at(row, f"unparseable time {v!r} (expected an integer, a number or an ISO-8601"
+                     f" date-time; most times here are {_KIND_NAMES[kind][1]})")
+    raise error_at(row, f"time {v!r} is {_KIND_NAMES[k][0]}; most times here are"
+                   f" {_KIND_NAMES[kind][1]}")
+  if kind == "number":
+    import pyarrow as pa
+    return _time_column(path, pa.array([float(v) for v in values]), error_at)
+  epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+  one_us = datetime.timedelta(microseconds=1)
+  times = []
+  for v in values:
+    t = datetime.datetime.fromisoformat(v)
+    times.append((t if t.tzinfo else t.replace(tzinfo=datetime.timezone.utc)) - epoch)
+  return np.asarray([t // one_us for t in times], np.int64)
 
 
 def _split_list(value, sep: str) -> list[str]:

@@ -1,0 +1,45 @@
+"""`export.py` / `lstmrec-export`: writes a self-contained serving bundle from a workdir.
+
+  python export.py --workdir runs/default --out bundles/default
+  python serve.py --bundle bundles/default
+
+The bundle (lstmrec_jax/serving/bundle.py) holds the parameters, model config, raw-id vocabulary,
+popularity counts, item content and metadata, and observe / top_k serialized with jax.export;
+loading it never reads the training data.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from lstmrec_jax.cli import common
+from lstmrec_jax.cli import logs
+
+flags.DEFINE_string("workdir", "runs/default", "A train.py workdir.")
+flags.DEFINE_string("out", None, "The bundle folder to write.", required=True)
+flags.DEFINE_string("checkpoint", "best", "'best' (validation NDCG@10), 'latest' or a step.")
+flags.DEFINE_string("data_path", None, "Override the run's data.path (read once, here only).")
+flags.DEFINE_integer("export_k", 10, "K of the jax.export'ed top_k.")
+FLAGS = flags.FLAGS
+
+
+def workdir_spec(workdir: str, data_path: str | None = None):
+  """A workdir's saved config as a RunSpec; keys it predates take base.py's defaults."""
+  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  flat = {**common.base_defaults(), **run_lib.flatten(run_lib.read_workdir_config(workdir))}
+  if data_path:
+    flat["data.path"] = data_path
+  return run_lib.spec_from_config(run_lib.unflatten(flat))
+
+
+def main() -> None:
+  from lstmrec_jax.serving import bundle  # pylint: disable=g-import-not-at-top
+  spec = workdir_spec(FLAGS.workdir, FLAGS.data_path)
+  b = bundle.from_workdir(FLAGS.workdir, which=FLAGS.checkpoint, spec=spec)
+  out = bundle.save(b, FLAGS.out, export_k=FLAGS.export_k)
+  print(f"bundle: {out} ({b.num_items - 1} items, step {b.meta['source'].get('step')})")
+
+
+def run() -> None:
+  """The console script."""
+  logs.run_main(main)

@@ -1,0 +1,194 @@
+"""The pure functions serving is made of: observe one event, encode a history, rank the catalog.
+
+Shape legend: B users, L history length, E item embedding size, V catalog size (row 0 padding),
+S flat serving-state size, X excluded items per user, A allowed items per user, K top-k,
+F = E + 2 (the fallback table's width: `ranking.fallback_table`).
+
+A user's serving state is ONE flat f32 vector `state_S` = [encoder state, user_E, count]:
+  - a streaming encoder (LSTM: h and c of every layer; GRU: h of every layer) carries its
+    recurrent state, so `observe` is one cell step per layer: O(1) in the history length;
+  - the transformer has no O(1) step: its "encoder state" is the window of its last `max_len`
+    item ids (as f32, exact below 2^24), and `observe` re-encodes that window (O(max_len));
+  - user_E is the user vector after the last known event (what `top_k` scores with), count the
+    number of known events seen (0: popularity fallback, the same path as `ranking.eval_step`).
+One flat vector per user is what the state stores keep (bytes in Redis, a row in memory) and what
+the `jax.export`ed functions take, so nothing outside this module knows the encoder's pytree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lstmrec_jax.evaluation import metrics
+from lstmrec_jax.evaluation import ranking
+
+CHUNK = 32768  # items per ranking chunk: V = 10^6 never holds a B x V matrix
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+  """Where the parts of the flat serving state lie."""
+
+  encoder_shapes: tuple[tuple[int, ...], ...]  # per leaf, without the batch axis
+  encoder_treedef: Any  # None for the transformer's id window
+  embed_dim: int  # E
+  window: int  # ids kept by a non-streaming encoder (its max_len); 0 when streaming
+
+  @property
+  def encoder_size(self) -> int:
+    return sum(math.prod(s) for s in self.encoder_shapes) if self.window == 0 else self.window
+
+  @property
+  def size(self) -> int:
+    """S = encoder state + E + 1."""
+    return self.encoder_size + self.embed_dim + 1
+
+
+def layout_of(model) -> StateLayout:
+  """The flat state layout of an NNX SeqRecModel."""
+  e = model.cfg.embed_dim
+  if not model.streams:
+    return StateLayout((), None, e, model.cfg.max_len)
+  leaves, treedef = jax.tree.flatten(jax.eval_shape(lambda: model.initial_state(1)))
+  return StateLayout(tuple(tuple(x.shape[1:]) for x in leaves), treedef, e, 0)
+
+
+def _unpack(layout: StateLayout, state_BxS: jax.Array):
+  """(encoder state pytree or id window, user_BxE, count_B)."""
+  b = state_BxS.shape[0]
+  n = layout.encoder_size
+  enc, user_BxE, count_B = state_BxS[:, :n], state_BxS[:, n:n + layout.embed_dim], state_BxS[:, -1]
+  if layout.window:
+    return enc.astype(jnp.int32), user_BxE, count_B
+  leaves, at = [], 0
+  for shape in layout.encoder_shapes:
+    size = math.prod(shape)
+    leaves.append(enc[:, at:at + size].reshape((b, *shape)))
+    at += size
+  return jax.tree.unflatten(layout.encoder_treedef, leaves), user_BxE, count_B
+
+
+def _pack(layout: StateLayout, enc, user_BxE, count_B) -> jax.Array:
+  b = user_BxE.shape[0]
+  if layout.window:
+    parts = [enc.astype(jnp.float32)]
+  else:
+    parts = [x.reshape(b, -1).astype(jnp.float32) for x in jax.tree.leaves(enc)]
+  return jnp.concatenate([*parts, user_BxE.astype(jnp.float32),
+                          count_B.astype(jnp.float32)[:, None]], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tables:
+  """What every call reads and never changes, computed once at load (a pytree of arrays)."""
+
+  params: Any
+  consts: Any
+  input_VxE: jax.Array  # the encoder's lookup table (hybrid items: content part included)
+  fallback_VxF: jax.Array  # output table + bias + log popularity (`ranking.fallback_table`)
+
+
+jax.tree_util.register_dataclass(Tables, data_fields=["params", "consts", "input_VxE",
+                                                      "fallback_VxF"], meta_fields=[])
+
+
+def make_tables(graphdef, params, consts, popularity_V) -> Tables:
+  """Tables from a model's parameters and the training counts."""
+
+  @jax.jit
+  def build(params, consts, popularity_V):
+    model = nnx.merge(graphdef, params, consts)
+    input_VxE, output_VxE, bias_V = model.item_tables()
+    return input_VxE, ranking.fallback_table(output_VxE, bias_V, popularity_V)
+
+  input_VxE, fallback_VxF = build(params, consts, jnp.asarray(popularity_V, jnp.float32))
+  return Tables(params, consts, input_VxE, fallback_VxF)
+
+
+def initial_state(layout: StateLayout, batch: int) -> np.ndarray:
+  """Flat states of `batch` users with no history (zeros: empty window, zero state, count 0)."""
+  return np.zeros((batch, layout.size), np.float32)
+
+
+def observe(graphdef, layout: StateLayout, tables: Tables, state_BxS: jax.Array,
+            item_ids_B: jax.Array) -> jax.Array:
+  """One event per user (id 0: none, the row is unchanged): the new flat states."""
+  model = nnx.merge(graphdef, tables.params, tables.consts)
+  enc, user_BxE, count_B = _unpack(layout, state_BxS)
+  known_B = item_ids_B > 0
+  if layout.window:
+    # No O(1) step: shift the id into the window and re-encode it (right-aligned, newest last).
+    shifted = jnp.concatenate([enc[:, 1:], item_ids_B[:, None]], axis=1)
+    enc = jnp.where(known_B[:, None], shifted, enc)
+    new_user_BxE = _encode_window(model, tables, enc)
+  else:
+    enc, new_user_BxE = model.step(enc, item_ids_B, item_table_VxE=tables.input_VxE)
+  # A row without an event keeps its user vector (the model outputs zeros at masked steps).
+  user_BxE = jnp.where(known_B[:, None], new_user_BxE, user_BxE)
+  return _pack(layout, enc, user_BxE, count_B + known_B)
+
+
+def _encode_window(model, tables: Tables, window_BxW: jax.Array) -> jax.Array:
+  """The transformer's user vector from a right-aligned id window (0 = empty slot)."""
+  # Left-align so positions count from the first real event, as in training.
+  mask_BxW = window_BxW > 0
+  order = jnp.argsort(~mask_BxW, axis=1, stable=True)
+  items = jnp.take_along_axis(window_BxW, order, axis=1)
+  mask = items > 0
+  user_BxWxE = model(items, mask, item_table_VxE=tables.input_VxE)
+  return ranking.last_state(user_BxWxE, mask)
+
+
+def observe_sequence(graphdef, layout: StateLayout, tables: Tables, state_BxS: jax.Array,
+                     items_BxL: jax.Array) -> jax.Array:
+  """`observe` for each column of items_BxL in turn (0 skips): the streaming path over a history."""
+  step = functools.partial(observe, graphdef, layout, tables)
+  state_BxS, _ = jax.lax.scan(lambda s, ids_B: (step(s, ids_B), None), state_BxS, items_BxL.T)
+  return state_BxS
+
+
+def encode(graphdef, layout: StateLayout, tables: Tables, items_BxL: jax.Array):
+  """(user_BxE, count_B) of left-aligned histories (0-padded) by one full pass of the model.
+
+  The training / evaluation path (`model.__call__`), not the streaming one: tests hold the two
+  equal. Unknown ids must already be removed (0 only as right padding).
+  """
+  del layout
+  model = nnx.merge(graphdef, tables.params, tables.consts)
+  mask_BxL = items_BxL > 0
+  user_BxLxE = model(items_BxL, mask_BxL, item_table_VxE=tables.input_VxE)
+  return ranking.last_state(user_BxLxE, mask_BxL), mask_BxL.sum(axis=1)
+
+
+def user_of(layout: StateLayout, state_BxS: jax.Array):
+  """(user_BxE, count_B) of flat states."""
+  n = layout.encoder_size
+  return state_BxS[:, n:n + layout.embed_dim], state_BxS[:, -1]
+
+
+def rank(tables: Tables, user_BxE: jax.Array, count_B: jax.Array, exclude_BxX: jax.Array, *,
+         k: int) -> tuple[jax.Array, jax.Array]:
+  """Top-k (ids_BxK, scores_BxK) over the catalog without the excluded ids (0 = none).
+
+  Users with count 0 get the popularity fallback (`ranking.fallback_user`, as `eval_step`).
+  """
+  user_BxF = ranking.fallback_user(user_BxE, count_B > 0)
+  return metrics.top_k_items(user_BxF, tables.fallback_VxF, None, k, exclude_BxX,
+                             exclude_seen=True, chunk_size=CHUNK)
+
+
+def score_items(tables: Tables, user_BxE: jax.Array, count_B: jax.Array,
+                items_BxA: jax.Array) -> jax.Array:
+  """Scores of given items only (an allow list), f32; -inf at padding id 0."""
+  user_BxF = ranking.fallback_user(user_BxE, count_B > 0)
+  rows_BxAxF = jnp.take(tables.fallback_VxF, items_BxA, axis=0)
+  scores_BxA = jnp.einsum("bf,baf->ba", user_BxF, rows_BxAxF)
+  return jnp.where(items_BxA > 0, scores_BxA, -jnp.inf)

@@ -1,0 +1,478 @@
+"""The HTTP JSON service of serve.py: an ASGI app (FastAPI on uvicorn) over one Recommender.
+
+  POST /recommend  {"history": [raw ids]} or {"user_id": u}, plus k, exclude_seen, exclude, allow
+                   -> {"items": [raw ids], "scores": [...], "unknown": n, "fallback": bool}
+  POST /events     {"user_id": u, "item": raw id} or {"user_id": u, "items": [raw ids]}
+                   -> {"user_id": u, "events": n stored, "unknown": n skipped}
+  GET  /healthz    -> {"ok": true, "users": n, ...}
+  GET  /metadata   -> the model (encoder, sizes, source, data fingerprint), the server's limits,
+                      the batcher's counters and the number of XLA compiles so far
+
+Concurrent requests are micro-batched: the first waits at most `max_wait_ms` for others, up to
+`max_batch`, and the whole batch is one jitted call per kind of work (events, encoding, ranking)
+in one worker thread (JAX calls never interleave). Every dimension is padded to a bucket (powers
+of `growth` from a floor up to the configured maximum) and `warm_up` compiles every bucket at
+start-up, so no request compiles (`/metadata` counts the compiles: a test holds it flat).
+
+Why FastAPI + uvicorn: a well-kept ASGI stack whose pydantic models reject unknown fields and
+wrong types for us (each turned into a one-line 4xx here), with an event loop that the batcher's
+futures live on; nothing about it is specific to this model.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the request models from the handlers'
+# annotations at runtime, and they are classes local to create_app.
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from lstmrec_jax.serving import functions as fns
+from lstmrec_jax.serving import recommender as rec_lib
+from lstmrec_jax.serving import store as store_lib
+
+RawId = int | str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+  """Limits and batching of the service."""
+
+  max_batch: int = 64  # requests per jitted call, >= 1
+  max_wait_ms: float = 2.0  # the longest a request waits for others to batch with, >= 0
+  max_k: int = 100  # largest k a request may ask (capped at the catalog size)
+  max_history: int = 1024  # longest history a request may send (and events kept to exclude)
+  max_exclude: int = 256  # longest `exclude` list
+  max_allow: int = 1024  # longest `allow` list
+  max_events: int = 256  # events in one POST /events
+  growth: int = 4  # bucket sizes grow by this factor: fewer compiles, more padding
+
+
+class RequestError(Exception):
+  """A bad request: HTTP status and a one-line message."""
+
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status = status
+
+
+# Compiles happen in the XLA backend; counting them process-wide is what "no recompiles" means.
+_COMPILES = [0]
+
+
+def _count_compiles(event: str, *args, **kwargs) -> None:
+  del args, kwargs
+  if event == "/jax/core/compile/backend_compile_duration":
+    _COMPILES[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+
+
+def compile_count() -> int:
+  """XLA compiles in this process so far."""
+  return _COMPILES[0]
+
+
+def _buckets(lo: int, hi: int, growth: int) -> list[int]:
+  """lo, lo * growth, ... up to the first >= hi, e.g. _buckets(16, 100, 4) == [16, 64, 256]."""
+  out = [lo]
+  while out[-1] < hi:
+    out.append(out[-1] * growth)
+  return out
+
+
+class Service:
+  """The model, the store and the batched work behind the endpoints (no HTTP here)."""
+
+  def __init__(self, recommender: rec_lib.Recommender, store: store_lib.StateStore,
+               config: ServerConfig = ServerConfig()):
+    self.rec = recommender
+    self.store = store
+    self.cfg = config
+    self.k = min(config.max_k, recommender.num_items - 1)
+    g = config.growth
+    self.batch_buckets = _buckets(1, config.max_batch, g)
+    self.len_buckets = _buckets(16, config.max_history, g)
+    self.exclude_buckets = _buckets(16, config.max_history + config.max_exclude, g)
+    self.allow_buckets = _buckets(16, config.max_allow, g)
+    self.event_buckets = _buckets(16, config.max_events, g)
+    self.stats = {"requests": 0, "batches": 0, "largest_batch": 0}
+
+  # ------------------------------------------------------------------ shapes
+
+  @staticmethod
+  def _pick(buckets: list[int], n: int) -> int:
+    return next(b for b in buckets if b >= n)
+
+  def _pad_rows(self, rows: list[list[int]], buckets: list[int], batch: int) -> np.ndarray:
+    out = np.zeros((batch, self._pick(buckets, max((len(r) for r in rows), default=1))),
+                   np.int32)
+    for i, r in enumerate(rows):
+      out[i, :len(r)] = r
+    return out
+
+  def _chunks(self, n: int):
+    """Row ranges of at most max_batch, each padded to a batch bucket by the caller."""
+    for lo in range(0, n, self.cfg.max_batch):
+      yield lo, min(n, lo + self.cfg.max_batch)
+
+  # ------------------------------------------------------------------ jitted work, bucketed
+
+  def encode(self, histories: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    users, counts = [], []
+    for lo, hi in self._chunks(len(histories)):
+      rows = [self.rec._window(h) for h in histories[lo:hi]]  # pylint: disable=protected-access
+      b = self._pick(self.batch_buckets, hi - lo)
+      user_BxE, count_B = self.rec._encode(self.rec.tables,  # pylint: disable=protected-access
+                                           self._pad_rows(rows, self.len_buckets, b))
+      users.append(np.asarray(user_BxE)[:hi - lo])
+      counts.append(np.asarray(count_B)[:hi - lo])
+    return np.concatenate(users), np.concatenate(counts)
+
+  def observe(self, vectors_BxS: np.ndarray, events: list[list[int]]) -> np.ndarray:
+    out = []
+    for lo, hi in self._chunks(len(events)):
+      b = self._pick(self.batch_buckets, hi - lo)
+      states = np.zeros((b, self.rec.layout.size), np.float32)
+      states[:hi - lo] = vectors_BxS[lo:hi]
+      rows = events[lo:hi]
+      if max(len(r) for r in rows) == 1:
+        ids_B = np.zeros(b, np.int32)
+        ids_B[:hi - lo] = [r[0] for r in rows]
+        new = self.rec._observe(self.rec.tables, states, ids_B)  # pylint: disable=protected-access
+      else:
+        new = self.rec._observe_seq(  # pylint: disable=protected-access
+            self.rec.tables, states, self._pad_rows(rows, self.event_buckets, b))
+      out.append(np.asarray(new)[:hi - lo])
+    return np.concatenate(out)
+
+  def rank(self, user_BxE, count_B, exclude: list[list[int]]):
+    ids, scores = [], []
+    for lo, hi in self._chunks(len(exclude)):
+      b = self._pick(self.batch_buckets, hi - lo)
+      users = np.zeros((b, user_BxE.shape[1]), np.float32)
+      users[:hi - lo] = user_BxE[lo:hi]
+      counts = np.zeros(b, np.float32)
+      counts[:hi - lo] = count_B[lo:hi]
+      i, s = self.rec._rank(self.rec.tables, users, counts,  # pylint: disable=protected-access
+                            self._pad_rows(exclude[lo:hi], self.exclude_buckets, b), k=self.k)
+      ids.append(np.asarray(i)[:hi - lo])
+      scores.append(np.asarray(s)[:hi - lo])
+    return np.concatenate(ids), np.concatenate(scores)
+
+  def score_allowed(self, user_BxE, count_B, allowed: list[list[int]]) -> list[np.ndarray]:
+    out = []
+    for lo, hi in self._chunks(len(allowed)):
+      b = self._pick(self.batch_buckets, hi - lo)
+      users = np.zeros((b, user_BxE.shape[1]), np.float32)
+      users[:hi - lo] = user_BxE[lo:hi]
+      counts = np.zeros(b, np.float32)
+      counts[:hi - lo] = count_B[lo:hi]
+      s = self.rec._score_items(  # pylint: disable=protected-access
+          self.rec.tables, users, counts, self._pad_rows(allowed[lo:hi], self.allow_buckets, b))
+      out.extend(np.asarray(s)[:hi - lo])
+    return out
+
+  def warm_up(self) -> int:
+    """Compiles every bucket the requests can reach; returns the compiles it took."""
+    before = compile_count()
+    e = self.rec.layout.embed_dim
+    for b in self.batch_buckets:
+      for n in self.len_buckets:
+        self.rec._encode(self.rec.tables,  # pylint: disable=protected-access
+                         np.zeros((b, n), np.int32))
+      states = np.zeros((b, self.rec.layout.size), np.float32)
+      self.rec._observe(self.rec.tables, states,  # pylint: disable=protected-access
+                        np.zeros(b, np.int32))
+      for n in self.event_buckets:
+        self.rec._observe_seq(self.rec.tables, states,  # pylint: disable=protected-access
+                              np.zeros((b, n), np.int32))
+      users, counts = np.zeros((b, e), np.float32), np.zeros(b, np.float32)
+      for n in self.exclude_buckets:
+        self.rec._rank(self.rec.tables, users, counts,  # pylint: disable=protected-access
+                       np.zeros((b, n), np.int32), k=self.k)
+      for n in self.allow_buckets:
+        self.rec._score_items(self.rec.tables, users,  # pylint: disable=protected-access
+                              counts, np.zeros((b, n), np.int32))
+    return compile_count() - before
+
+  # ------------------------------------------------------------------ one batch of requests
+
+  def run_batch(self, jobs: list[dict[str, Any]]) -> list[Any]:
+    """Events first (in arrival order per user), then recommendations; one result per job."""
+    self.stats["batches"] += 1
+    self.stats["requests"] += len(jobs)
+    self.stats["largest_batch"] = max(self.stats["largest_batch"], len(jobs))
+    results: list[Any] = [None] * len(jobs)
+    events = [i for i, j in enumerate(jobs) if j["kind"] == "events"]
+    user_ids = {jobs[i]["user_id"] for i in events}
+    user_ids |= {j["user_id"] for j in jobs if j["kind"] == "recommend" and j.get("user_id")}
+    stored = self.store.get_many(user_ids)
+    if events:
+      self._apply_events(jobs, events, stored, results)
+    recs = [i for i, j in enumerate(jobs) if j["kind"] == "recommend"]
+    if recs:
+      self._recommend(jobs, recs, stored, results)
+    return results
+
+  def _apply_events(self, jobs, events, stored, results) -> None:
+    changed: dict[str, store_lib.StoredUser] = {}
+    pending = list(events)
+    while pending:  # rounds: a user with two event requests in one batch gets them in order
+      taken, later, seen_users = [], [], set()
+      for i in pending:
+        (later if jobs[i]["user_id"] in seen_users else taken).append(i)
+        seen_users.add(jobs[i]["user_id"])
+      vectors = []
+      for i in taken:
+        user = changed.get(jobs[i]["user_id"]) or stored.get(jobs[i]["user_id"])
+        vectors.append(user.vector_S if user is not None
+                       else fns.initial_state(self.rec.layout, 1)[0])
+      new = self.observe(np.stack(vectors), [jobs[i]["items"] or [0] for i in taken])
+      for i, vector in zip(taken, new):
+        uid = jobs[i]["user_id"]
+        old = changed.get(uid) or stored.get(uid)
+        seen = np.concatenate([old.seen if old is not None else np.zeros(0, np.int32),
+                               np.asarray(jobs[i]["items"], np.int32)])[-self.cfg.max_history:]
+        changed[uid] = store_lib.StoredUser(vector, seen)
+        results[i] = {"user_id": uid, "events": int(vector[-1]), "unknown": jobs[i]["unknown"]}
+      pending = later
+    self.store.put_many(changed)
+    stored.update(changed)
+
+  def _recommend(self, jobs, recs, stored, results) -> None:
+    by_history = [i for i in recs if jobs[i].get("history") is not None]
+    users = np.zeros((len(jobs), self.rec.layout.embed_dim), np.float32)
+    counts = np.zeros(len(jobs), np.float32)
+    seen: dict[int, list[int]] = {}
+    if by_history:
+      u, c = self.encode([jobs[i]["history"] for i in by_history])
+      users[by_history], counts[by_history] = u, c
+      seen.update({i: jobs[i]["history"] for i in by_history})
+    ok = list(by_history)
+    for i in recs:
+      if jobs[i].get("history") is not None:
+        continue
+      user = stored.get(jobs[i]["user_id"])
+      if user is None:
+        results[i] = RequestError(404, f"unknown user_id {jobs[i]['user_id']!r}: no events "
+                                       "stored (POST /events first, or send a history)")
+        continue
+      u, c = fns.user_of(self.rec.layout, user.vector_S[None])
+      users[i], counts[i] = np.asarray(u)[0], np.asarray(c)[0]
+      seen[i] = user.seen.tolist()
+      ok.append(i)
+    drop = {i: sorted((set(seen[i]) if jobs[i]["exclude_seen"] else set())
+                      | set(jobs[i]["exclude"])) for i in ok}
+    full = [i for i in ok if jobs[i]["allow"] is None]
+    if full:
+      ids, scores = self.rank(users[full], counts[full], [drop[i] for i in full])
+      for i, row_ids, row_scores in zip(full, ids, scores):
+        results[i] = self._answer(jobs[i], row_ids, row_scores, counts[i])
+    restricted = [i for i in ok if jobs[i]["allow"] is not None]
+    if restricted:
+      allowed = [[a for a in jobs[i]["allow"] if a not in set(drop[i])] for i in restricted]
+      scores = self.score_allowed(users[restricted], counts[restricted], allowed)
+      for i, ids, row_scores in zip(restricted, allowed, scores):
+        order = np.argsort(-row_scores[:len(ids)], kind="stable")
+        results[i] = self._answer(jobs[i], np.asarray(ids, np.int64)[order],
+                                  row_scores[order], counts[i])
+
+  def _answer(self, job, ids, scores, count) -> dict[str, Any]:
+    keys = self.rec.item_keys
+    items, out_scores = [], []
+    for i, s in zip(ids, scores):
+      if len(items) == job["k"]:
+        break
+      if int(i) > 0 and np.isfinite(s):  # -inf: fewer than k items left after exclusions
+        items.append(keys[int(i)])
+        out_scores.append(float(s))
+    return {"items": items, "scores": out_scores, "unknown": job["unknown"],
+            "fallback": bool(count == 0)}
+
+
+class Batcher:
+  """Collects concurrent jobs into batches for `Service.run_batch` on one worker thread."""
+
+  def __init__(self, service: Service):
+    self.service = service
+    self.max_batch = service.cfg.max_batch
+    self.max_wait_s = service.cfg.max_wait_ms / 1000.0
+    self._queue: asyncio.Queue | None = None
+    self._task: asyncio.Task | None = None
+    self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jax-worker")
+
+  async def start(self) -> None:
+    self._queue = asyncio.Queue()
+    self._task = asyncio.create_task(self._loop())
+
+  async def stop(self) -> None:
+    if self._task is not None:
+      self._task.cancel()
+    self._executor.shutdown(wait=True)
+
+  async def submit(self, job: dict[str, Any]) -> Any:
+    future = asyncio.get_running_loop().create_future()
+    await self._queue.put((job, future))
+    result = await future
+    if isinstance(result, Exception):
+      raise result
+    return result
+
+  async def _loop(self) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+      batch = [await self._queue.get()]
+      deadline = loop.time() + self.max_wait_s
+      while len(batch) < self.max_batch:
+        try:
+          batch.append(self._queue.get_nowait())
+          continue
+        except asyncio.QueueEmpty:
+          pass
+        left = deadline - loop.time()
+        if left <= 0:
+          break
+        try:
+          batch.append(await asyncio.wait_for(self._queue.get(), left))
+        except asyncio.TimeoutError:
+          break
+      jobs = [job for job, _ in batch]
+      try:
+        results = await loop.run_in_executor(self._executor, self.service.run_batch, jobs)
+      except Exception as e:  # pylint: disable=broad-except
+        # One broken batch answers 500 to its own requests; the server keeps serving.
+        logging.exception("batch of %d failed", len(jobs))
+        results = [RequestError(500, f"internal error: {type(e).__name__}: {e}")] * len(jobs)
+      for (_, future), result in zip(batch, results):
+        if not future.done():
+          future.set_result(result)
+
+
+def create_app(service: Service, *, warm_up: bool = True):
+  """The FastAPI app over `service` (the batcher starts with the app, the store closes with it)."""
+  import fastapi  # pylint: disable=g-import-not-at-top
+  import pydantic  # pylint: disable=g-import-not-at-top
+  from fastapi import responses  # pylint: disable=g-import-not-at-top
+  import contextlib  # pylint: disable=g-import-not-at-top
+
+  strict = pydantic.ConfigDict(extra="forbid", strict=True)
+
+  class RecommendBody(pydantic.BaseModel):
+    model_config = strict
+    history: list[RawId] | None = None
+    user_id: RawId | None = None
+    k: int = 10
+    exclude_seen: bool = True
+    exclude: list[RawId] = []
+    allow: list[RawId] | None = None
+
+  class EventsBody(pydantic.BaseModel):
+    model_config = strict
+    user_id: RawId
+    item: RawId | None = None
+    items: list[RawId] | None = None
+
+  batcher = Batcher(service)
+  cfg, rec = service.cfg, service.rec
+  started = time.time()
+
+  @contextlib.asynccontextmanager
+  async def lifespan(app):
+    del app
+    if warm_up:
+      t = time.time()
+      n = await asyncio.get_running_loop().run_in_executor(None, service.warm_up)
+      logging.info("warm-up: %d compiles in %.1fs", n, time.time() - t)
+    await batcher.start()
+    try:
+      yield
+    finally:
+      await batcher.stop()
+      service.store.close()
+      logging.info("state store closed (%s)", type(service.store).__name__)
+
+  app = fastapi.FastAPI(title="lstmrec_jax", lifespan=lifespan, docs_url=None, redoc_url=None,
+                        openapi_url=None)
+
+  def error(status: int, message: str):
+    return responses.JSONResponse({"error": message}, status_code=status)
+
+  @app.exception_handler(RequestError)
+  async def _request_error(request, e: RequestError):
+    del request
+    return error(e.status, str(e))
+
+  @app.exception_handler(fastapi.exceptions.RequestValidationError)
+  async def _validation_error(request, e):
+    del request
+    first = e.errors()[0] if e.errors() else {}
+    if first.get("type") == "json_invalid":
+      return error(400, f"malformed JSON: {first.get('ctx', {}).get('error', 'cannot parse')}")
+    where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
+    kind = first.get("type", "")
+    if kind == "extra_forbidden":
+      return error(422, f"unknown field {where!r}")
+    if kind == "missing":
+      return error(422, f"missing field {where!r}")
+    msg = first.get("msg", "invalid").splitlines()[0]
+    return error(422, f"{where}: {msg}")
+
+  @app.exception_handler(Exception)
+  async def _internal(request, e):
+    del request
+    logging.exception("unhandled error")
+    return error(500, f"internal error: {type(e).__name__}")
+
+  def dense(raw: list[RawId], what: str, limit: int) -> tuple[list[int], int]:
+    if len(raw) > limit:
+      raise RequestError(413, f"{what} has {len(raw)} items; the limit is {limit}")
+    return rec.dense(raw)
+
+  @app.post("/recommend")
+  async def recommend(body: RecommendBody):
+    if (body.history is None) == (body.user_id is None):
+      raise RequestError(422, "give exactly one of 'history' and 'user_id'")
+    if not 1 <= body.k <= service.k:
+      raise RequestError(422, f"k={body.k} must be in [1, {service.k}] (the catalog has "
+                              f"{rec.num_items - 1} items; the server's --max_k is {cfg.max_k})")
+    job = {"kind": "recommend", "k": body.k, "exclude_seen": body.exclude_seen,
+           "user_id": None if body.user_id is None else str(body.user_id), "history": None,
+           "unknown": 0, "allow": None,
+           "exclude": dense(body.exclude, "exclude", cfg.max_exclude)[0]}
+    if body.history is not None:
+      job["history"], job["unknown"] = dense(body.history, "history", cfg.max_history)
+    if body.allow is not None:
+      job["allow"] = list(dict.fromkeys(dense(body.allow, "allow", cfg.max_allow)[0]))
+    return await batcher.submit(job)
+
+  @app.post("/events")
+  async def events(body: EventsBody):
+    if (body.item is None) == (body.items is None):
+      raise RequestError(422, "give exactly one of 'item' and 'items'")
+    raw = [body.item] if body.item is not None else body.items
+    if not raw:
+      raise RequestError(422, "'items' is empty")
+    ids, unknown = dense(raw, "items", cfg.max_events)
+    return await batcher.submit({"kind": "events", "user_id": str(body.user_id), "items": ids,
+                                 "unknown": unknown})
+
+  @app.get("/healthz")
+  async def healthz():
+    return {"ok": True, "uptime_s": round(time.time() - started, 1)}
+
+  @app.get("/metadata")
+  async def metadata():
+    return {"model": rec.metadata(), "server": dataclasses.asdict(cfg),
+            "store": type(service.store).__name__, "batches": dict(service.stats),
+            "compiles": compile_count(),
+            "buckets": {"batch": service.batch_buckets, "history": service.len_buckets,
+                        "exclude": service.exclude_buckets, "allow": service.allow_buckets,
+                        "events": service.event_buckets}}
+
+  return app
