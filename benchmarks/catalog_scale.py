@@ -79,7 +79,7 @@ def run_variant(name: str, args) -> dict[str, Any]:
     v = args.num_items
     model_cfg = model_config(v)
     graphdef, params, consts = state_lib.create_model(model_cfg, args.seed)
-    tx = state_lib.make_optimizer(run_lib.build_group(state_lib.OptimConfig, "optim", base.group("optim")), total_steps=1000)
+    tx = state_lib.make_optimizer(run_lib.build_group(state_lib.OptimConfig, "optim", base.group("optim", warmup_steps=100)), total_steps=1000)
     loss_cfg = losses.LossConfig.from_mapping(base.group(
         "loss", kind=kind, chunk_size=args.chunk_size, num_negatives=args.num_negatives))
     counts_V = np.bincount(_zipf_ids(rng, v, 10 * v), minlength=v)

@@ -145,6 +145,7 @@ class JaxVariant(Variant):
     config.model.update(self.model_kwargs)
     config.loss.update(self.loss_kwargs)
     config.train.num_devices = 1
+    config.optim.warmup_steps = 100  # steps: this benchmark has no epochs
     run = run_lib.build_run(run_lib.spec_from_config(config), dataset=self.dataset)
     tx = run.optimizer(total_steps=10_000)
     loss_cfg = run.spec.loss

@@ -18,4 +18,5 @@ def get_config():
   c.model.embed_dropout = 0.1
   c.model.output_dropout = 0.1
   c.optim.learning_rate = 3e-3
+  c.optim.warmup_steps = 100  # the measured runs' warm-up (before optim.warmup_epochs existed)
   return c

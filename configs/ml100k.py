@@ -17,6 +17,7 @@ def get_config():
   c.model.hidden_size = 64
   c.model.embed_dropout = 0.2
   c.model.output_dropout = 0.2
+  c.optim.warmup_steps = 100  # the measured runs' warm-up (before optim.warmup_epochs existed)
   c.train.num_epochs = 100
   c.train.patience = 10
   return c

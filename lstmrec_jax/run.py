@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lstmrec_jax import auto as auto_lib
 from lstmrec_jax import losses
 from lstmrec_jax import mesh as mesh_lib
 from lstmrec_jax import paths
@@ -70,7 +71,8 @@ class TrainConfig:
   """Schedule, validation, early stopping, checkpoints and logging of the training loop."""
 
   num_epochs: int  # passes over the training examples, >= 1
-  eval_every_steps: int  # validation period in steps, >= 0 (0 = once per epoch)
+  eval_every_epochs: float  # validation period in epochs of the run's data, finite and > 0
+  eval_every_steps: int  # override of eval_every_epochs, in steps, >= 0 (0 = use epochs)
   patience: int  # validations without improvement before stopping, >= 0 (0 = never)
   log_every_steps: int  # scalar logging period in steps, >= 1
   keep_checkpoints: int  # latest checkpoints kept for resuming, >= 1
@@ -84,6 +86,8 @@ class TrainConfig:
     _check_positive(self, "train", ("num_epochs", "log_every_steps", "keep_checkpoints"))
     _check_non_negative(self, "train", ("eval_every_steps", "patience", "num_devices",
                                         "stop_after_steps"))
+    if not (0 < self.eval_every_epochs < float("inf")):
+      raise ValueError(f"train.eval_every_epochs={self.eval_every_epochs} must be finite and > 0")
     f = self.divergence_factor
     if not (f == 0 or (f >= 1 and f < float("inf"))):
       raise ValueError(f"train.divergence_factor={f} must be 0 (off) or finite and >= 1")
@@ -94,10 +98,15 @@ class EvalConfig:
   """Full-ranking evaluation."""
 
   exclude_seen: bool  # remove the user's history items from the ranking
+  # A target already in the user's history: "miss" (the published protocol) | "rankable" (kept
+  # in the ranking while the rest of the history is removed); no effect when exclude_seen is off
+  seen_targets: str
   chunk_size: int  # items per ranking chunk, >= 1
 
   def __post_init__(self):
     _check_positive(self, "eval", ("chunk_size",))
+    if self.seen_targets not in ("miss", "rankable"):
+      raise ValueError(f"eval.seen_targets={self.seen_targets!r} must be 'miss' or 'rankable'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +136,7 @@ class RunSpec:
   cold_start: ColdStartConfig
   adversarial: adversarial_lib.AdversarialConfig
   augment: augment_lib.AugmentConfig
+  auto: tuple[str, ...]  # "group.key"s that build_run sets from the data (auto.AUTO_KEYS)
   config: Mapping[str, Any]  # the nested plain dict this spec was built from (config.json)
 
   def model_config(self, num_items: int) -> model_lib.ModelConfig:
@@ -247,12 +257,23 @@ def spec_from_config(config: Any) -> RunSpec:
     ConfigError: naming every unknown key, missing key and bad value, in one message.
   """
   cfg = plain(config)
-  problems = [f"unknown group or key {k!r}" for k in sorted(set(cfg) - {*GROUPS, "seed"})]
+  problems = [f"unknown group or key {k!r}"
+              for k in sorted(set(cfg) - {*GROUPS, "seed", "auto"})]
   problems += [f"missing group {g!r}" for g in GROUPS if not isinstance(cfg.get(g), Mapping)]
   if "seed" not in cfg:
     problems.append("missing key 'seed'")
   elif isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int):
     problems.append(f"seed={cfg['seed']!r} must be an integer")
+  if "auto" not in cfg:
+    problems.append("missing key 'auto'")
+  elif not isinstance(cfg["auto"], (list, tuple)) or not all(
+      isinstance(k, str) for k in cfg["auto"]):
+    problems.append(f"auto={cfg['auto']!r} must be a list of 'group.key' names")
+  else:
+    bad = [k for k in cfg["auto"] if k not in auto_lib.AUTO_KEYS]
+    if bad:
+      problems.append(f"auto: {bad} cannot be set from the data; these can: "
+                      f"{', '.join(auto_lib.AUTO_KEYS)}")
   if problems:
     raise ConfigError("config: " + "; ".join(problems))
 
@@ -284,15 +305,16 @@ def spec_from_config(config: Any) -> RunSpec:
                  model=types.MappingProxyType(dict(cfg["model"])), loss=built["loss"],
                  optim=built["optim"], train=built["train"], eval=built["eval"],
                  cold_start=built["cold_start"], adversarial=built["adversarial"],
-                 augment=built["augment"], config=types.MappingProxyType(cfg))
+                 augment=built["augment"], auto=tuple(cfg["auto"]),
+                 config=types.MappingProxyType(cfg))
 
 
 def with_overrides(spec: RunSpec, **group_values: Mapping[str, Any]) -> RunSpec:
   """The spec re-validated with some keys changed, e.g. with_overrides(s, data={"path": p})."""
   cfg = plain(dict(spec.config))
   for group, values in group_values.items():
-    if group == "seed":
-      cfg["seed"] = values
+    if group in ("seed", "auto"):
+      cfg[group] = values
     else:
       cfg[group] = {**cfg[group], **plain(values)}
   return spec_from_config(cfg)
@@ -357,13 +379,35 @@ class Run:
       aux["log_q_V"] = mesh_lib.replicate(log_q_V, self.mesh)
     return aux
 
-  def optimizer(self, total_steps: int) -> optax.GradientTransformation:
-    return state_lib.make_optimizer(self.spec.optim, total_steps)
+  def optimizer(self, total_steps: int, steps_per_epoch: int | None = None
+                ) -> optax.GradientTransformation:
+    return state_lib.make_optimizer(self.spec.optim, total_steps, steps_per_epoch)
+
+
+def resolve_auto(spec: RunSpec, dataset) -> RunSpec:
+  """`spec` with its `auto` keys set from the dataset's statistics (`auto.py`), re-validated.
+
+  Example: auto ("model.embed_dim",) on a dataset with item attributes -> model.embed_dim 256.
+  """
+  if not spec.auto:
+    return spec
+  values = auto_lib.auto_values(auto_lib.dataset_stats(dataset), max_len=spec.input.max_len)
+  return with_overrides(spec, **unflatten({k: values[k] for k in spec.auto}))
+
+
+def auto_resolved(spec: RunSpec) -> dict[str, Any]:
+  """{"group.key": value} of the keys a resolved spec took from the data (for logs, reports)."""
+  flat = flatten(dict(spec.config))
+  return {k: flat[k] for k in spec.auto}
 
 
 def build_run(spec: RunSpec, *, num_devices: int | None = None, dataset=None) -> Run:
-  """Loads the data (unless given) and builds the model and mesh of `spec`."""
+  """Loads the data (unless given), sets `spec.auto`'s keys from it, builds the model and mesh.
+
+  The returned `Run.spec` is the resolved spec: use it, not the one passed in.
+  """
   dataset = load_data(spec) if dataset is None else dataset
+  spec = resolve_auto(spec, dataset)
   model_cfg = spec.model_config(int(dataset.num_items))
   graphdef, params, consts = state_lib.create_model(model_cfg, spec.seed,
                                                     **model_inputs(dataset, model_cfg))

@@ -117,7 +117,8 @@ def test_transformer_rejects_histories_longer_than_max_len():
 def test_trains_through_the_step_and_every_parameter_moves(name):
   cfg = _cfg(name, embed_dropout=0.1, output_dropout=0.1)
   graphdef, params, consts = state_lib.create_model(cfg, 0)
-  optim = state_lib.OptimConfig(learning_rate=1e-2, warmup_steps=1, schedule="constant",
+  optim = state_lib.OptimConfig(learning_rate=1e-2, warmup_epochs=0.0, warmup_steps=1,
+                                schedule="constant",
                                 final_lr_fraction=0.0, weight_decay=0.0, clip_norm=1.0, b1=0.9,
                                 b2=0.999)
   tx = state_lib.make_optimizer(optim, 10)

@@ -20,6 +20,7 @@ ALLOWED = {
     "lstmrec_jax.losses": ("lstmrec_jax.losses",),
     "lstmrec_jax.mesh": ("lstmrec_jax.mesh",),
     "lstmrec_jax.evaluation.metrics": ("lstmrec_jax.evaluation.metrics",),
+    "lstmrec_jax.auto": ("lstmrec_jax.auto",),
 }
 
 

@@ -119,3 +119,120 @@ def test_top_k_matches_argsort(chunk):
 def test_empty_bucket_is_none_not_nan():
   m = metrics.metrics_from_ranks(np.array([], np.int64))
   assert m["users"] == 0 and m["HR@10"] is None and m["NDCG@10"] is None
+
+
+# ------------------------------------------------------ eval.seen_targets: repeated test targets
+
+
+def _hand_split():
+  """Two users: A saw items 1 and 3 and its target is 3 again (a repeat); B saw 1, target 4."""
+  from lstmrec_jax.data import preprocess
+  return preprocess.EvalSplit(np.array([0, 1], np.int32),
+                              preprocess.Sequences.from_lists([[1, 3], [1]]),
+                              np.array([3, 4], np.int32))
+
+
+def _hand_ranks(exclude_seen=True):
+  # scores [pad, 0.9, 0.8, 0.5, 0.4, 0.1]: A's target 3 (0.5) has item 2 ahead once its seen item
+  # 1 is removed -> rank 1; B's target 4 (0.4) has items 2 and 3 ahead -> rank 2. Nothing removed:
+  # item 1 is ahead as well -> ranks 2 and 3.
+  table = jnp.array([[0.0], [0.9], [0.8], [0.5], [0.4], [0.1]])
+  seen = jnp.array([[1, 3], [1, 0]])
+  return np.asarray(metrics.target_ranks(jnp.ones((2, 1)), table, None, jnp.array([3, 4]), seen,
+                                         exclude_seen=exclude_seen))
+
+
+def test_repeated_target_exact_ranks_under_both_protocols():
+  from lstmrec_jax.evaluation import reports
+  split = _hand_split()
+  ranks = _hand_ranks()
+  np.testing.assert_array_equal(ranks, [1, 2])
+  np.testing.assert_array_equal(reports.repeated_targets(split), [True, False])
+  np.testing.assert_array_equal(metrics.apply_seen_targets(ranks, [True, False], "rankable"),
+                                [1, 2])
+  np.testing.assert_array_equal(metrics.apply_seen_targets(ranks, [True, False], "miss"),
+                                [metrics.SEEN_TARGET_RANK, 2])
+  users = np.array([1, 0])  # any order: matched to the split by user
+  miss = reports.split_report(ranks[::-1], users, split, seen_targets="miss", ks=(1, 5))
+  rankable = reports.split_report(ranks[::-1], users, split, seen_targets="rankable", ks=(1, 5))
+  m, r = miss["overall"], rankable["overall"]
+  assert (m["HR@1"], m["HR@5"]) == (0.0, 0.5)  # A is a miss at every k
+  assert m["NDCG@5"] == pytest.approx(0.5 / math.log2(4))
+  assert m["MRR"] == pytest.approx(0.5 / 3)  # the miss adds 0 to MRR
+  assert "nonfinite_users" not in m  # a repeat is not a broken score
+  assert (r["HR@1"], r["HR@5"]) == (0.0, 1.0)
+  assert r["NDCG@5"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / 2)
+  assert r["MRR"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+  # Both numbers in either report, and the count of repeated targets.
+  for rep in (miss, rankable):
+    assert rep["repeated_targets"] == 1
+    assert rep["by_seen_targets"] == {"miss": m, "rankable": r}
+  # A non-finite rank stays non-finite under "miss".
+  np.testing.assert_array_equal(
+      metrics.apply_seen_targets(np.array([metrics.NONFINITE_RANK]), [True], "miss"),
+      [metrics.NONFINITE_RANK])
+  with pytest.raises(ValueError, match="seen_targets"):
+    metrics.apply_seen_targets(ranks, [True, False], "drop")
+
+
+def test_keep_seen_ranks_everything_and_makes_every_target_rankable():
+  from lstmrec_jax.evaluation import reports
+  np.testing.assert_array_equal(_hand_ranks(exclude_seen=False), [2, 3])
+  assert reports.effective_seen_targets(False, "miss") == "rankable"
+  assert reports.effective_seen_targets(True, "miss") == "miss"
+  assert "kept in the ranking" in reports.protocol(False, "rankable")
+  assert "counts as a miss" in reports.protocol(True, "miss")
+
+
+def test_no_repeats_means_the_same_numbers_under_both_protocols():
+  # Beauty and Games have no repeated targets: their numbers do not depend on the choice.
+  from lstmrec_jax.data import preprocess
+  from lstmrec_jax.evaluation import reports
+  split = preprocess.EvalSplit(np.arange(3, dtype=np.int32),
+                               preprocess.Sequences.from_lists([[1, 2], [2], []]),
+                               np.array([3, 1, 2], np.int32))
+  ranks, users = np.array([0, 4, 7]), np.arange(3)
+  miss = reports.split_report(ranks, users, split, seen_targets="miss")
+  rankable = reports.split_report(ranks, users, split, seen_targets="rankable")
+  assert miss == rankable
+  assert miss["repeated_targets"] == 0 and "by_seen_targets" not in miss
+
+
+def test_evaluate_params_reports_both_protocols_where_targets_repeat(tmp_path):
+  import dataclasses
+  from helpers import tiny_config
+  from lstmrec_jax import run as run_lib
+  from lstmrec_jax.data import preprocess
+  from lstmrec_jax.evaluation import ranking, reports
+  run = run_lib.build_run(run_lib.spec_from_config(tiny_config(tmp_path)))
+  valid = run.dataset.valid
+  assert not reports.repeated_targets(valid).any()  # synthetic data: no repeats
+  common = dict(splits=("valid",), mesh=run.mesh, batch_size=64, max_len=16, exclude_seen=True,
+                chunk_size=32, beyond_k=0)
+  args = (run.graphdef, run.params, run.consts)
+  plain = {s: ranking.evaluate_params(*args, run.dataset, seen_targets=s, **common)
+           for s in ("miss", "rankable")}
+  assert (plain["miss"]["splits"]["valid"]["model"]["overall"]
+          == plain["rankable"]["splits"]["valid"]["model"]["overall"])
+  # The first 10 users' targets become their last history item: repeats.
+  targets = valid.targets_U.copy()
+  lengths = np.diff(valid.history.offsets_U1)
+  chosen = np.flatnonzero(lengths > 0)[:10]
+  targets[chosen] = valid.history.items_N[valid.history.offsets_U1[chosen + 1] - 1]
+  repeats = dataclasses.replace(run.dataset, valid=preprocess.EvalSplit(
+      valid.users_U, valid.history, targets))
+  got = {s: ranking.evaluate_params(*args, repeats, seen_targets=s, **common)
+         for s in ("miss", "rankable")}
+  for s, rep in got.items():
+    assert rep["seen_targets"] == s and rep["protocol"] == reports.protocol(True, s)
+    model = rep["splits"]["valid"]["model"]
+    assert model["repeated_targets"] == 10
+    assert model["overall"] == model["by_seen_targets"][s]
+  miss = got["miss"]["splits"]["valid"]["model"]
+  assert miss["by_seen_targets"] == got["rankable"]["splits"]["valid"]["model"]["by_seen_targets"]
+  assert miss["overall"]["HR@20"] <= miss["by_seen_targets"]["rankable"]["HR@20"]
+  table = reports.format_table(got["miss"])
+  assert "model, repeat-aware" in table and "10 of" in table
+  kept = ranking.evaluate_params(*args, repeats, seen_targets="miss",
+                                 **{**common, "exclude_seen": False})
+  assert kept["seen_targets"] == "rankable" and not kept["exclude_seen"]

@@ -33,7 +33,7 @@ def _train_step_memory(num_items: int, batch: int = 32, length: int = 50, embed:
   cfg = model_config(num_items, embed_dim=embed, hidden_size=embed)
   abstract_model = nnx.eval_shape(lambda: modules.SeqRecModel(cfg, rngs=nnx.Rngs(params=0)))
   graphdef, params, consts = nnx.split(abstract_model, nnx.Param, ...)
-  tx = state_lib.make_optimizer(optim_config(), total_steps=100)
+  tx = state_lib.make_optimizer(optim_config(warmup_steps=100), total_steps=100)
   state = jax.eval_shape(lambda p: state_lib.init_state(p, tx, 0), params.to_pure_dict())
   ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
   flags = jax.ShapeDtypeStruct((batch, length), jnp.bool_)

@@ -2,6 +2,7 @@
 
   python eval.py --workdir runs/beauty                      # best checkpoint, valid + test
   python eval.py --workdir runs/beauty --checkpoint latest --topk_out top10.tsv
+  python eval.py --workdir runs/checkins --seen_targets rankable   # repeats stay rankable
   python eval.py --summarize runs/beauty_s0,runs/beauty_s1,runs/beauty_s2   # mean +- std
 """
 
@@ -20,6 +21,9 @@ flags.DEFINE_string("workdir", "runs/default", "A train.py workdir.")
 flags.DEFINE_string("checkpoint", "best", "'best' (validation NDCG@10), 'latest' or a step.")
 flags.DEFINE_list("splits", ["valid", "test"], "Splits to evaluate.")
 flags.DEFINE_bool("keep_seen", False, "Keep the user's already-seen items in the ranking.")
+flags.DEFINE_enum("seen_targets", None, ["miss", "rankable"], "A target already in the user's "
+                  "history: 'miss' (the published protocol) or 'rankable'; default: the run's "
+                  "eval.seen_targets. Where repeats exist the report holds both.")
 flags.DEFINE_string("topk_out", None, "Write every user's next K items here (TSV): from the "
                     "whole history (train + valid + test), all seen items removed; not the "
                     "evaluation's input (see ranking.write_topk).")
@@ -92,9 +96,12 @@ def main() -> None:
       FLAGS.workdir, which=FLAGS.checkpoint, splits=FLAGS.splits,
       exclude_seen=not FLAGS.keep_seen, topk_out=FLAGS.topk_out, topk=FLAGS.topk,
       spec=workdir_spec(FLAGS.workdir, FLAGS.data_path),
-      allow_other_data=FLAGS.allow_other_data)
+      allow_other_data=FLAGS.allow_other_data, seen_targets=FLAGS.seen_targets)
   if jax.process_index() == 0:
     print(f"checkpoint {FLAGS.checkpoint} (step {report['step']}) of {FLAGS.workdir}")
+    print(f"protocol: seen_targets={report['seen_targets']}"
+          f"{'' if report['exclude_seen'] else ' (--keep_seen: nothing removed)'}; "
+          f"{report['protocol']}")
     print(reports.format_table(report))
     print(f"report: {os.path.join(FLAGS.workdir, f'eval_{FLAGS.checkpoint}.json')}")
 

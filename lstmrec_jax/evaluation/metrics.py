@@ -7,12 +7,18 @@ The rank of a target is the number of catalog items that outrank it: real items 
 the target, not removed as already seen, whose score is greater than or equal to the target's
 (ties count against the target, so a constant scorer gets no credit). Rank 0 is a hit at 1. Items
 are visited in chunks of C with a running count, so ranking V = 10^6 never holds a [B x V] matrix.
-The target itself is never removed, even when the user saw it before (a repeat is a real hit).
+The target itself is never removed here, even when the user saw it before (see below).
 
 A non-finite score (NaN or +inf, from a diverged model) compares false with everything, so a
 plain `>=` would rank a NaN target first. Any user whose target or candidate scores are not finite
 gets NONFINITE_RANK instead: worse than every real rank (a miss at every k), and counted by
 `metrics_from_ranks` as `nonfinite_users`.
+
+A target the user has already interacted with (it is in the history: a repeat) is kept rankable
+here. The protocol choice `eval.seen_targets` is applied to the ranks afterwards
+(`apply_seen_targets`): "miss" (the published protocol: the history, target included, is removed,
+so a repeated target can never be hit) gives such a user SEEN_TARGET_RANK; "rankable" keeps the
+rank computed here. One ranking pass gives both numbers.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ import numpy as np
 
 DEFAULT_KS = (1, 5, 10, 20)
 NONFINITE_RANK = np.iinfo(np.int32).max  # the rank of a user with any non-finite score
+# A repeated target under seen_targets="miss": a miss at every k, MRR 0, not counted as non-finite.
+SEEN_TARGET_RANK = NONFINITE_RANK - 1
+SEEN_TARGETS = ("miss", "rankable")  # eval.seen_targets
 
 
 def _pad_items(table_VxE: jax.Array, bias_V: jax.Array | None, chunk: int):
@@ -128,12 +137,41 @@ def metrics_from_ranks(ranks_U: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> d
   for k in ks:
     if k > 1:
       out[f"NDCG@{k}"] = float(np.mean(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)))
-  out["MRR"] = float(np.mean(np.where(ranks >= NONFINITE_RANK, 0.0, 1.0 / (ranks + 1.0))))
+  out["MRR"] = float(np.mean(np.where(ranks >= SEEN_TARGET_RANK, 0.0, 1.0 / (ranks + 1.0))))
   out["users"] = int(ranks.size)
   nonfinite = int(np.sum(ranks >= NONFINITE_RANK))
   if nonfinite:  # reported only when it happens: the keys of a healthy report stay the same
     out["nonfinite_users"] = nonfinite
   return out
+
+
+def repeated_targets(history_offsets_U1: np.ndarray, history_items_N: np.ndarray,
+                     targets_U: np.ndarray) -> np.ndarray:
+  """bool [U]: whether each user's target occurs in the user's history (a repeat).
+
+  Example: histories [[1, 2], [3]] (offsets [0, 2, 3], items [1, 2, 3]), targets [2, 4]
+  -> [True, False].
+  """
+  offsets = np.asarray(history_offsets_U1, np.int64)
+  owner_N = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+  hit_N = np.asarray(history_items_N) == np.asarray(targets_U)[owner_N]
+  return np.bincount(owner_N[hit_N], minlength=len(offsets) - 1) > 0
+
+
+def apply_seen_targets(ranks_U: np.ndarray, repeated_U: np.ndarray, seen_targets: str
+                       ) -> np.ndarray:
+  """Ranks under an `eval.seen_targets` protocol: "miss" turns repeated targets into misses.
+
+  A non-finite rank stays non-finite (the model is broken whatever the protocol).
+  Example: ranks [0, 3], repeated [True, False], "miss" -> [SEEN_TARGET_RANK, 3].
+  """
+  if seen_targets not in SEEN_TARGETS:
+    raise ValueError(f"seen_targets={seen_targets!r} must be one of {', '.join(SEEN_TARGETS)}")
+  ranks = np.asarray(ranks_U)
+  if seen_targets == "rankable":
+    return ranks
+  miss = np.asarray(repeated_U, bool) & (ranks < NONFINITE_RANK)
+  return np.where(miss, np.asarray(SEEN_TARGET_RANK, ranks.dtype), ranks)
 
 
 HISTORY_BUCKETS = ((1, 2), (3, 5), (6, 10), (11, None))

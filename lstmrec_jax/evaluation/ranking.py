@@ -180,8 +180,13 @@ def rank_split(rank_fn: Callable, params: Any, consts: Any, split, *, batch_size
 
 def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str], mesh: Mesh,
                     batch_size: int, max_len: int, exclude_seen: bool,
-                    chunk_size: int, beyond_k: int = 10) -> dict[str, Any]:
+                    chunk_size: int, seen_targets: str = "miss",
+                    beyond_k: int = 10) -> dict[str, Any]:
   """Model and popularity metrics for each named split ('valid', 'test').
+
+  seen_targets: `eval.seen_targets`, "miss" (a target already in the history counts as a miss:
+  the published protocol) or "rankable"; with exclude_seen False every target is rankable. Where a
+  split has repeated targets its report holds both (`reports.split_report`).
 
   beyond_k: K of the beyond-accuracy metrics (coverage, Gini, ARP, novelty, ILD, ...) of the
   top-K lists, computed in the ranking pass (`beyond.py`); 0 = accuracy only.
@@ -196,7 +201,9 @@ def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str],
   else:
     rank_fn = compile_rank_fn(graphdef, mesh, exclude_seen=exclude_seen, chunk_size=chunk_size,
                               popularity_V=dataset.item_counts_V)
-  report: dict[str, Any] = {"protocol": reports.PROTOCOL, "exclude_seen": exclude_seen,
+  seen_targets = reports.effective_seen_targets(exclude_seen, seen_targets)
+  report: dict[str, Any] = {"protocol": reports.protocol(exclude_seen, seen_targets),
+                            "exclude_seen": exclude_seen, "seen_targets": seen_targets,
                             "num_items": int(dataset.num_items) - 1, "splits": {}}
   if beyond_k:
     report["beyond_k"] = beyond_k
@@ -208,8 +215,9 @@ def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str],
     pop_U = baselines.popularity_ranks(dataset.item_counts_V, split, exclude_seen=exclude_seen,
                                        chunk_size=chunk_size)
     report["splits"][name] = {
-        "model": reports.split_report(ranks_U, users_U, split),
-        "popularity": reports.split_report(pop_U, np.asarray(split.users_U), split)}
+        "model": reports.split_report(ranks_U, users_U, split, seen_targets=seen_targets),
+        "popularity": reports.split_report(pop_U, np.asarray(split.users_U), split,
+                                           seen_targets=seen_targets)}
     if beyond_k:
       pop_acc = beyond.BeyondAccumulator(dataset.item_counts_V, **extra)
       for ids_BxK, scores_BxK in beyond.popularity_lists(
@@ -270,7 +278,8 @@ def write_topk(path: str | os.PathLike, graphdef, params, consts, dataset, *, k:
 def evaluate_checkpoint(workdir: str | os.PathLike, *, which: str = "best",
                         splits: Sequence[str] = ("valid", "test"), exclude_seen: bool = True,
                         topk_out: str | None = None, topk: int = 10, spec=None,
-                        num_devices: int = 0, allow_other_data: bool = False) -> dict[str, Any]:
+                        num_devices: int = 0, allow_other_data: bool = False,
+                        seen_targets: str | None = None) -> dict[str, Any]:
   """Evaluates a checkpoint of a training workdir.
 
   Args:
@@ -284,6 +293,8 @@ def evaluate_checkpoint(workdir: str | os.PathLike, *, which: str = "best",
     spec: the run spec (e.g. with data.path moved); None reads the workdir's config.json.
     num_devices: devices of the evaluation mesh (0 = all).
     allow_other_data: evaluate data other than the run's own (else refused: see run.restore_run).
+    seen_targets: "miss" | "rankable" (see `evaluate_params`); None = the run's
+      `eval.seen_targets`.
 
   Returns:
     The report (also written to workdir/eval_<which>.json).
@@ -295,7 +306,8 @@ def evaluate_checkpoint(workdir: str | os.PathLike, *, which: str = "best",
   run, params = restored.run, restored.params
   inp, ev = run.spec.input, run.spec.eval
   common = dict(mesh=run.mesh, batch_size=inp.eval_batch_size, max_len=inp.max_len,
-                exclude_seen=exclude_seen, chunk_size=ev.chunk_size)
+                exclude_seen=exclude_seen, chunk_size=ev.chunk_size,
+                seen_targets=ev.seen_targets if seen_targets is None else seen_targets)
   report = evaluate_params(run.graphdef, params, run.consts, run.dataset, splits=splits,
                            **common)
   report.update(checkpoint=str(which), step=restored.step, workdir=str(workdir),

@@ -21,6 +21,28 @@ from lstmrec_jax.evaluation import metrics
 PROTOCOL = ("leave-one-out next-item; ranking over all items (padding excluded); the user's "
             "history items removed from the ranking except the target itself; ties count "
             "against the target")
+# How format_table labels the other protocol's row where a split has repeated targets.
+OTHER_LABEL = {"miss": "repeat-aware", "rankable": "repeats=miss"}
+_RANKING = "leave-one-out next-item; ranking over all items (padding excluded); "
+_TIES = "; ties count against the target"
+
+
+def protocol(exclude_seen: bool, seen_targets: str) -> str:
+  """The report's protocol line for `eval.exclude_seen` and the effective `eval.seen_targets`."""
+  if not exclude_seen:
+    return _RANKING + "the user's history items kept in the ranking" + _TIES
+  if seen_targets == "miss":
+    return (_RANKING + "the user's history items removed from the ranking; a target already in "
+            "the history counts as a miss (the published protocol)" + _TIES)
+  return PROTOCOL + " (repeat-aware: a target already in the history stays rankable)"
+
+
+def effective_seen_targets(exclude_seen: bool, seen_targets: str) -> str:
+  """`seen_targets` in force: with nothing removed (exclude_seen False) every target is rankable."""
+  if seen_targets not in metrics.SEEN_TARGETS:
+    raise ValueError(f"seen_targets={seen_targets!r} must be one of "
+                     f"{', '.join(metrics.SEEN_TARGETS)}")
+  return seen_targets if exclude_seen else "rankable"
 
 
 def history_lengths(split) -> np.ndarray:
@@ -28,13 +50,42 @@ def history_lengths(split) -> np.ndarray:
   return np.diff(split.history.offsets_U1)
 
 
-def split_report(ranks_U: np.ndarray, users_U: np.ndarray, split, *,
-                 ks: Sequence[int] = metrics.DEFAULT_KS) -> dict[str, Any]:
-  """Overall metrics and the history-length breakdown for one split."""
+def repeated_targets(split) -> np.ndarray:
+  """bool [U], in the split's order: the user's target is already in the user's history."""
+  return metrics.repeated_targets(split.history.offsets_U1, split.history.items_N,
+                                  split.targets_U)
+
+
+def protocol_ranks(ranks_U: np.ndarray, users_U: np.ndarray, split,
+                   seen_targets: str) -> np.ndarray:
+  """`ranks_U` (of `users_U`, from `target_ranks`) under `seen_targets` ("miss" | "rankable")."""
   position = {int(u): i for i, u in enumerate(split.users_U)}
-  lengths = history_lengths(split)[[position[int(u)] for u in users_U]]
-  return {"overall": metrics.metrics_from_ranks(ranks_U, ks),
-          "by_history_length": metrics.metrics_by_history_length(ranks_U, lengths)}
+  repeated_U = repeated_targets(split)[[position[int(u)] for u in users_U]]
+  return metrics.apply_seen_targets(ranks_U, repeated_U, seen_targets)
+
+
+def split_report(ranks_U: np.ndarray, users_U: np.ndarray, split, *, seen_targets: str,
+                 ks: Sequence[int] = metrics.DEFAULT_KS) -> dict[str, Any]:
+  """Overall metrics and the history-length breakdown for one split, under `seen_targets`.
+
+  `ranks_U` keep repeated targets rankable (`metrics.target_ranks`); `seen_targets` = "miss"
+  turns them into misses. `repeated_targets` counts them; where there are any, `by_seen_targets`
+  holds the overall metrics under both protocols (the other one is not comparable with
+  published numbers when it is "rankable", but repeat consumption is real: both are kept).
+  """
+  position = {int(u): i for i, u in enumerate(split.users_U)}
+  rows = [position[int(u)] for u in users_U]
+  lengths = history_lengths(split)[rows]
+  repeated_U = repeated_targets(split)[rows]
+  ranks = metrics.apply_seen_targets(ranks_U, repeated_U, seen_targets)
+  out = {"overall": metrics.metrics_from_ranks(ranks, ks),
+         "by_history_length": metrics.metrics_by_history_length(ranks, lengths),
+         "repeated_targets": int(repeated_U.sum())}
+  if repeated_U.any():
+    out["by_seen_targets"] = {
+        name: metrics.metrics_from_ranks(metrics.apply_seen_targets(ranks_U, repeated_U, name), ks)
+        for name in metrics.SEEN_TARGETS}
+  return out
 
 
 def _cell(value: float | None, width: int) -> str:
@@ -44,11 +95,25 @@ def _cell(value: float | None, width: int) -> str:
 def format_table(report: dict[str, Any], keys: Sequence[str] = (
     "HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")) -> str:
   """A plain-text table of model vs popularity per split, then the history-length breakdown."""
-  lines = [f"{'split':<8}{'scorer':<12}" + "".join(f"{k:>9}" for k in keys)]
+  seen_targets = report.get("seen_targets", "rankable")  # reports from before the key: rankable
+  other = [s for s in metrics.SEEN_TARGETS if s != seen_targets][0]
+  lines = [f"{'split':<8}{'scorer':<26}" + "".join(f"{k:>9}" for k in keys)]
+  notes = []
   for split_name, split_rep in report["splits"].items():
     for scorer in ("model", "popularity"):
       row = split_rep[scorer]["overall"]
-      lines.append(f"{split_name:<8}{scorer:<12}" + "".join(f"{row[k]:>9.4f}" for k in keys))
+      lines.append(f"{split_name:<8}{scorer:<26}" + "".join(_cell(row[k], 9) for k in keys))
+      both = split_rep[scorer].get("by_seen_targets")
+      if both:  # repeated targets in this split: the other protocol's numbers too
+        label = f"{scorer}, {OTHER_LABEL[seen_targets]}"
+        lines.append(f"{split_name:<8}{label:<26}"
+                     + "".join(_cell(both[other][k], 9) for k in keys))
+    n = split_rep["model"].get("repeated_targets", 0)
+    if n:
+      notes.append(f"{split_name}: {n} of {split_rep['model']['overall']['users']} targets repeat "
+                   f"an item of the user's history; rows under seen_targets={seen_targets}, "
+                   f"'{OTHER_LABEL[seen_targets]}' rows under seen_targets={other}")
+  lines.extend(notes)
   for split_name, split_rep in report["splits"].items():
     lines.append(f"\n{split_name}: by history length (events before the target)")
     lines.append(f"  {'bucket':<8}{'users':>7}{'HR@10':>9}{'NDCG@10':>9}"

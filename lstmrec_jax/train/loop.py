@@ -185,6 +185,14 @@ def _guarded_step(state, batch, aux, *, step_fn):
   return new, {**out, "skipped": ~ok}
 
 
+def eval_period(tr: run_lib.TrainConfig, steps_per_epoch: int) -> int:
+  """Steps between validations: `eval_every_steps` when set, else `eval_every_epochs` of the data.
+
+  Example: eval_every_epochs 2.0, eval_every_steps 0, 113 steps an epoch -> 226.
+  """
+  return tr.eval_every_steps or max(1, int(round(tr.eval_every_epochs * steps_per_epoch)))
+
+
 def train_and_evaluate(config, workdir: str | os.PathLike, *,
                        defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`, then evaluates its best checkpoint.
@@ -216,6 +224,10 @@ def _train(spec, workdir, defaults, pipeline) -> dict[str, Any]:
   """`train_and_evaluate` once the workdir is known writable and locked."""
   check_saved_config(workdir, spec.config, defaults)
   run = run_lib.build_run(spec)
+  spec = run.spec  # with the `auto` keys set from the data
+  if spec.auto:
+    logging.info("set from the data (auto): %s", ", ".join(
+        f"{k}={v}" for k, v in run_lib.auto_resolved(spec).items()))
   dataset, mesh, inp, tr = run.dataset, run.mesh, spec.input, spec.train
   signature_path = workdir / "data.json"
   if jax.process_index() == 0 and not signature_path.exists():
@@ -233,8 +245,8 @@ def _train(spec, workdir, defaults, pipeline) -> dict[str, Any]:
     raise ValueError(f"fewer training examples ({batches.num_examples}) than one batch "
                      f"({inp.batch_size}); lower input.batch_size")
   total_steps = tr.num_epochs * steps_per_epoch
-  eval_every = tr.eval_every_steps or steps_per_epoch
-  tx = run.optimizer(total_steps)
+  eval_every = eval_period(tr, steps_per_epoch)
+  tx = run.optimizer(total_steps, steps_per_epoch)
   state = mesh_lib.replicate(state_lib.init_state(run.params, tx, spec.seed), mesh)
   num_params = sum(x.size for x in jax.tree.leaves(run.params))
   logging.info("%s: %d users, %d items, %d training examples, %d steps/epoch, %d params, "
@@ -266,11 +278,15 @@ def _train(spec, workdir, defaults, pipeline) -> dict[str, Any]:
   rank_fn = ranking.compile_rank_fn(run.graphdef, mesh, exclude_seen=spec.eval.exclude_seen,
                                     chunk_size=spec.eval.chunk_size)
 
+  seen_targets = reports.effective_seen_targets(spec.eval.exclude_seen, spec.eval.seen_targets)
+
   def validate() -> dict[str, float]:
-    _, ranks_U = ranking.rank_split(rank_fn, state.params, run.consts, dataset.valid,
-                                    batch_size=inp.eval_batch_size, max_len=inp.max_len,
-                                    mesh=mesh)
-    return metrics.metrics_from_ranks(ranks_U)
+    users_U, ranks_U = ranking.rank_split(rank_fn, state.params, run.consts, dataset.valid,
+                                          batch_size=inp.eval_batch_size, max_len=inp.max_len,
+                                          mesh=mesh)
+    # The checkpoint is chosen under the protocol the report states (eval.seen_targets).
+    return metrics.metrics_from_ranks(
+        reports.protocol_ranks(ranks_U, users_U, dataset.valid, seen_targets))
 
   guard = _LossGuard(tr.divergence_factor, tr.skip_nonfinite_steps)
 
@@ -376,9 +392,12 @@ def _train(spec, workdir, defaults, pipeline) -> dict[str, Any]:
                                    splits=("valid", "test"), mesh=mesh,
                                    batch_size=inp.eval_batch_size, max_len=inp.max_len,
                                    exclude_seen=spec.eval.exclude_seen,
-                                   chunk_size=spec.eval.chunk_size)
+                                   chunk_size=spec.eval.chunk_size,
+                                   seen_targets=spec.eval.seen_targets)
   report.update(checkpoint="best", step=best_step, workdir=str(workdir),
                 epochs_trained=step / steps_per_epoch, dataset=spec.data.format)
+  if spec.auto:
+    report["auto"] = run_lib.auto_resolved(spec)
   reports.write_report(workdir / "report.json", report)
   checkpointer.close()
   return report

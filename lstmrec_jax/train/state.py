@@ -32,7 +32,8 @@ class OptimConfig:
   """AdamW with linear warm-up, then cosine or constant, and global-norm clipping."""
 
   learning_rate: float  # peak learning rate, finite and > 0
-  warmup_steps: int  # linear warm-up, in steps, >= 0
+  warmup_epochs: float  # linear warm-up, in epochs of the run's data, finite and >= 0
+  warmup_steps: int | None  # override of warmup_epochs, in steps, >= 0 (None = use epochs)
   schedule: str  # "cosine" | "constant" after warm-up
   final_lr_fraction: float  # cosine end value / peak, in [0, 1]
   weight_decay: float  # decoupled, on matrices only, >= 0
@@ -44,8 +45,10 @@ class OptimConfig:
     problems = []
     if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
       problems.append(f"optim.learning_rate={self.learning_rate} must be finite and > 0")
-    if self.warmup_steps < 0:
-      problems.append(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+    if not math.isfinite(self.warmup_epochs) or self.warmup_epochs < 0:
+      problems.append(f"optim.warmup_epochs={self.warmup_epochs} must be finite and >= 0")
+    if self.warmup_steps is not None and self.warmup_steps < 0:
+      problems.append(f"optim.warmup_steps={self.warmup_steps} must be >= 0 (or None)")
     if self.schedule not in ("cosine", "constant"):
       problems.append(f"optim.schedule={self.schedule!r} must be 'cosine' or 'constant'")
     if not 0.0 <= self.final_lr_fraction <= 1.0:
@@ -61,9 +64,26 @@ class OptimConfig:
       raise ValueError("; ".join(problems))
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-  """optax AdamW with warm-up + decay; decay only on matrices (not biases or norms)."""
-  warmup = max(min(cfg.warmup_steps, total_steps - 1), 1)
+def warmup_steps(cfg: OptimConfig, steps_per_epoch: int | None) -> int:
+  """The warm-up in steps: `warmup_steps` when set, else `warmup_epochs` x steps per epoch.
+
+  Example: warmup_epochs 1.25, warmup_steps None, 80 steps an epoch -> 100.
+  """
+  if cfg.warmup_steps is not None:
+    return cfg.warmup_steps
+  if steps_per_epoch is None:
+    raise ValueError("optim.warmup_epochs needs the steps per epoch (or set optim.warmup_steps)")
+  return int(round(cfg.warmup_epochs * steps_per_epoch))
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int, steps_per_epoch: int | None = None
+                   ) -> optax.GradientTransformation:
+  """optax AdamW with warm-up + decay; decay only on matrices (not biases or norms).
+
+  The cosine decay spans `total_steps` (the run's epochs x steps per epoch): both the warm-up
+  (`warmup_epochs`) and the decay are in epochs of the data, unless `warmup_steps` overrides.
+  """
+  warmup = max(min(warmup_steps(cfg, steps_per_epoch), total_steps - 1), 1)
   # The first step already moves the parameters: warm-up starts at peak / warmup, not at 0.
   first_lr = cfg.learning_rate / warmup
   if cfg.schedule == "cosine":
