@@ -148,8 +148,15 @@ def test_exported_functions_run_without_the_project(tmp_path):
   histories = [list(rec.item_keys[3:12]), list(rec.item_keys[30:33]), []]
   want = [rec.recommend(h, k=10).items for h in histories]
   ids = [[rec.item_id(x) for x in h] for h in histories]
+  # Only the folder that holds jax and numpy (and their own dependencies) is on the path: `-S`
+  # skips site's .pth hooks, so a `pip install -e .` of this project (as .ci/run does) cannot
+  # make it importable there.
+  import jax  # pylint: disable=g-import-not-at-top
+  site_dir = os.path.dirname(os.path.dirname(jax.__file__))
   script = textwrap.dedent(f"""
-      import importlib.util, json, sys
+      import sys
+      sys.path.append({site_dir!r})
+      import importlib.util, json
       import jax, numpy as np
       assert importlib.util.find_spec("lstmrec_jax") is None, "the project is importable"
       d = {str(out)!r}
@@ -169,8 +176,8 @@ def test_exported_functions_run_without_the_project(tmp_path):
       print(json.dumps([[keys[int(i)] for i in row] for row in np.asarray(top)]))
   """)
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-  # -I: no PYTHONPATH, no user site, no script or working folder on the path.
-  proc = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env,
+  # -I: no PYTHONPATH, no user site, no script or working folder on the path; -S: no site.
+  proc = subprocess.run([sys.executable, "-I", "-S", "-c", script], cwd=tmp_path, env=env,
                         capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   import json  # pylint: disable=g-import-not-at-top
