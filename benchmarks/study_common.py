@@ -69,9 +69,6 @@ def tiny_config(cache_dir: str):
 
 
 def workdir_spec(workdir):
-  """A workdir's saved config as a RunSpec; keys (and groups) it predates take base.py's
-  defaults, as eval.py does: workdirs trained before a key existed still restore."""
-  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  """A workdir's saved config as a RunSpec with base.py's defaults for keys it predates."""
   from lstmrec_jax.cli import common  # pylint: disable=g-import-not-at-top
-  flat = {**common.base_defaults(), **run_lib.flatten(run_lib.read_workdir_config(workdir))}
-  return run_lib.spec_from_config(run_lib.unflatten(flat))
+  return common.workdir_spec(workdir)

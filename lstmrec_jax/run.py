@@ -167,13 +167,13 @@ def plain(value: Any) -> Any:
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """Nested mapping -> {"group.key": value}, e.g. {"a": {"b": 1}} -> {"a.b": 1}."""
+  """Nested mapping -> {"group.key": value}, e.g. {"a": {"b": 1}, "c": {}} -> {"a.b": 1, "c": {}}."""
   out = {}
   for k, v in d.items():
-    if isinstance(v, Mapping):
+    if isinstance(v, Mapping) and v:
       out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
+    else:  # an empty group (e.g. data.synthetic = {}) stays a key, or unflatten would lose it
+      out[f"{prefix}{k}"] = dict(v) if isinstance(v, Mapping) else v
   return out
 
 

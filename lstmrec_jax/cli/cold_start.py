@@ -15,7 +15,8 @@ import os
 
 from absl import flags
 
-from lstmrec_jax.cli import eval as eval_cli
+from lstmrec_jax.cli import common
+from lstmrec_jax.cli import eval as eval_cli  # its --checkpoint, --splits, --data_path flags
 from lstmrec_jax.cli import logs
 
 flags.DEFINE_list("workdirs", None, "train.py workdirs trained with cold_start.item_fraction > 0.",
@@ -29,7 +30,7 @@ def main() -> None:
   reports = {}
   for workdir in FLAGS.workdirs:
     rep = cold_start.evaluate_workdir(workdir, which=FLAGS.checkpoint, splits=FLAGS.splits,
-                                      spec=eval_cli.workdir_spec(workdir, FLAGS.data_path))
+                                      spec=common.workdir_spec(workdir, FLAGS.data_path))
     name = f"{os.path.basename(os.path.normpath(workdir))} ({rep['item_mode']})"
     reports[name] = rep
   first = next(iter(reports.values()))

@@ -114,3 +114,12 @@ def load_plugins(workdir: str | None = None, *, record: bool = False) -> None:
     if jax.process_index() == 0:
       plugins.record(workdir, loaded)
 
+
+def workdir_spec(workdir: str, data_path: str | None = None):
+  """A workdir's saved config as a RunSpec; keys it predates take base.py's defaults."""
+  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  flat = {**base_defaults(), **run_lib.flatten(run_lib.read_workdir_config(workdir))}
+  if data_path:
+    flat["data.path"] = data_path
+  return run_lib.spec_from_config(run_lib.unflatten(flat))
+

@@ -50,16 +50,6 @@ def summarize() -> None:
   print(reports.format_summary(reports.summarize_reports(loaded, FLAGS.summary_split)))
 
 
-def workdir_spec(workdir: str, data_path: str | None = None):
-  """A workdir's saved config as a RunSpec; keys it predates take base.py's defaults."""
-  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
-  saved = run_lib.read_workdir_config(workdir)
-  flat = {**common.base_defaults(), **run_lib.flatten(saved)}
-  if data_path:
-    flat["data.path"] = data_path
-  return run_lib.spec_from_config(run_lib.unflatten(flat))
-
-
 SPLITS = ("valid", "test")
 
 
@@ -95,7 +85,7 @@ def main() -> None:
   report = ranking.evaluate_checkpoint(
       FLAGS.workdir, which=FLAGS.checkpoint, splits=FLAGS.splits,
       exclude_seen=not FLAGS.keep_seen, topk_out=FLAGS.topk_out, topk=FLAGS.topk,
-      spec=workdir_spec(FLAGS.workdir, FLAGS.data_path),
+      spec=common.workdir_spec(FLAGS.workdir, FLAGS.data_path),
       allow_other_data=FLAGS.allow_other_data, seen_targets=FLAGS.seen_targets)
   if jax.process_index() == 0:
     print(f"checkpoint {FLAGS.checkpoint} (step {report['step']}) of {FLAGS.workdir}")

@@ -23,18 +23,9 @@ flags.DEFINE_integer("export_k", 10, "K of the jax.export'ed top_k.")
 FLAGS = flags.FLAGS
 
 
-def workdir_spec(workdir: str, data_path: str | None = None):
-  """A workdir's saved config as a RunSpec; keys it predates take base.py's defaults."""
-  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
-  flat = {**common.base_defaults(), **run_lib.flatten(run_lib.read_workdir_config(workdir))}
-  if data_path:
-    flat["data.path"] = data_path
-  return run_lib.spec_from_config(run_lib.unflatten(flat))
-
-
 def main() -> None:
   from lstmrec_jax.serving import bundle  # pylint: disable=g-import-not-at-top
-  spec = workdir_spec(FLAGS.workdir, FLAGS.data_path)
+  spec = common.workdir_spec(FLAGS.workdir, FLAGS.data_path)
   b = bundle.from_workdir(FLAGS.workdir, which=FLAGS.checkpoint, spec=spec)
   out = bundle.save(b, FLAGS.out, export_k=FLAGS.export_k)
   print(f"bundle: {out} ({b.num_items - 1} items, step {b.meta['source'].get('step')})")

@@ -48,7 +48,7 @@ def main() -> None:
     rec = recommender.Recommender.load(FLAGS.bundle)
   else:
     rec = recommender.Recommender.load(FLAGS.workdir, which=FLAGS.checkpoint,
-                                       spec=_workdir_spec(FLAGS.workdir))
+                                       spec=common.workdir_spec(FLAGS.workdir))
   if FLAGS.store == "memory":
     path = (os.path.join(source, "serving_states.npz") if FLAGS.state_file is None
             else FLAGS.state_file)
@@ -65,13 +65,6 @@ def main() -> None:
   logging.info("serving %s on http://%s:%d", source, FLAGS.host, FLAGS.port)
   # uvicorn turns SIGTERM / SIGINT into a graceful shutdown: the app's lifespan closes the store.
   uvicorn.run(app, host=FLAGS.host, port=FLAGS.port, log_level="warning", access_log=False)
-
-
-def _workdir_spec(workdir: str):
-  """A workdir's saved config as a RunSpec; keys it predates take base.py's defaults."""
-  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
-  flat = {**common.base_defaults(), **run_lib.flatten(run_lib.read_workdir_config(workdir))}
-  return run_lib.spec_from_config(run_lib.unflatten(flat))
 
 
 def run() -> None:

@@ -1,0 +1,41 @@
+"""The run spec: validation in one error, and a saved config read back whole."""
+
+import json
+
+import pytest
+
+from configs import beauty as beauty_config
+from lstmrec_jax import run as run_lib
+from lstmrec_jax.cli import common
+
+
+def test_flatten_round_trip_keeps_empty_groups():
+  nested = {"a": {"b": 1, "c": {}}, "d": 2}
+  assert run_lib.flatten(nested) == {"a.b": 1, "a.c": {}, "d": 2}
+  assert run_lib.unflatten(run_lib.flatten(nested)) == nested
+
+
+def test_saved_beauty_config_reads_back_with_defaults_for_missing_keys(tmp_path):
+  """A real recipe's config.json (its data.synthetic group is empty), minus a key added later,
+  becomes the same spec again (eval.py, export.py and serve.py read workdirs this way)."""
+  config = json.loads(beauty_config.get_config().to_json_best_effort())
+  assert config["data"]["synthetic"] == {}
+  del config["eval"]["seen_targets"]  # as if saved before the key existed
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  spec = common.workdir_spec(str(tmp_path))
+  assert spec.model["embed_dim"] == 256 and spec.eval.seen_targets == "miss"
+  assert spec.data.path.endswith("Beauty.txt")
+
+
+def test_every_problem_named_in_one_error():
+  config = json.loads(beauty_config.get_config().to_json_best_effort())
+  config["model"]["hidden_sise"] = 3
+  config["optim"]["learning_rate"] = -1.0
+  config["train"]["patience"] = -1
+  del config["loss"]["kind"]
+  with pytest.raises(run_lib.ConfigError) as e:
+    run_lib.spec_from_config(config)
+  message = str(e.value)
+  for part in ("model.hidden_sise", "optim.learning_rate", "train.patience", "loss.kind"):
+    assert part in message, (part, message)
+  assert "\n" not in message
