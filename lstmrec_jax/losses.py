@@ -30,6 +30,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from lstmrec_jax import config_keys
+
 
 def _flatten(user_NxE, targets_N, weights_N):
   """Flattens leading dims; returns (user_NxE, targets_N, weights_N zeroed where target is 0)."""
@@ -612,16 +614,9 @@ class LossConfig:
     if hasattr(d, "to_dict"):
       d = d.to_dict()
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(names))
-    missing = [n for n in names if n not in d]
-    problems = []
-    if unknown:
-      problems.append(f"unknown keys {['loss.' + k for k in unknown]}")
-    if missing:
-      problems.append(f"missing keys {['loss.' + k for k in missing]} (configs/base.py holds "
-                      "every key's default)")
-    if problems:
-      raise ValueError("loss config: " + "; ".join(problems))
+    problems = config_keys.key_problems("loss", names, d)
+    if problems:  # configs/base.py holds every key's default
+      raise ValueError("; ".join(problems))
     return cls(**{k: d[k] for k in names})
 
 

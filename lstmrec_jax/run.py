@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from lstmrec_jax import auto as auto_lib
+from lstmrec_jax import config_keys
 from lstmrec_jax import losses
 from lstmrec_jax import mesh as mesh_lib
 from lstmrec_jax import paths
@@ -228,8 +229,7 @@ def build_group(cls, group: str, values: Mapping[str, Any]):
   """A frozen group dataclass from a mapping: unknown, missing and bad keys in one ValueError."""
   hints = typing.get_type_hints(cls)
   names = [f.name for f in dataclasses.fields(cls)]
-  problems = [f"unknown key {group}.{k}" for k in sorted(set(values) - set(names))]
-  problems += [f"missing key {group}.{k}" for k in names if k not in values]
+  problems = config_keys.key_problems(group, names, values)
   kwargs = {}
   for name in names:
     if name in values:

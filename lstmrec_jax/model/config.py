@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from lstmrec_jax import config_keys
 from lstmrec_jax.model.registry import ENCODERS, ITEM_REPRS
 
 _DTYPES = ("float32", "bfloat16")
@@ -113,14 +114,7 @@ class ModelConfig:
     if hasattr(d, "to_dict"):
       d = d.to_dict()
     names = [f.name for f in dataclasses.fields(cls) if f.name not in DATA_FIELDS]
-    unknown = sorted(set(d) - set(names))
-    missing = [n for n in names if n not in d]
-    problems = []
-    if unknown:
-      problems.append(f"unknown keys {['model.' + k for k in unknown]}")
-    if missing:
-      problems.append(f"missing keys {['model.' + k for k in missing]} (configs/base.py "
-                      "holds every key's default)")
-    if problems:
-      raise ValueError("model config: " + "; ".join(problems))
+    problems = config_keys.key_problems("model", names, d)
+    if problems:  # configs/base.py holds every key's default
+      raise ValueError("; ".join(problems))
     return cls(num_items=int(num_items), max_len=int(max_len), **{k: d[k] for k in names})

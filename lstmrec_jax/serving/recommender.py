@@ -69,6 +69,19 @@ def bucket(n: int, lo: int = 1) -> int:
   return 1 << (n - 1).bit_length()
 
 
+def _bucketed(user_BxE, count_B, lists: Sequence[Sequence[int]]):
+  """Users, counts and per-row id lists zero-padded to bucketed shapes (no recompiles)."""
+  b = len(user_BxE)
+  ids_BxW = np.zeros((bucket(b), bucket(max((len(x) for x in lists), default=1), 8)), np.int32)
+  for row, x in enumerate(lists):
+    ids_BxW[row, :len(x)] = x
+  users = np.zeros((bucket(b), user_BxE.shape[1]), np.float32)
+  users[:b] = user_BxE
+  counts = np.zeros(bucket(b), np.float32)
+  counts[:b] = count_B
+  return users, counts, ids_BxW
+
+
 class Recommender:
   """Recommendations and streaming user states of one model (see the module docstring)."""
 
@@ -226,28 +239,14 @@ class Recommender:
                ) -> tuple[np.ndarray, np.ndarray]:
     """(ids_BxK, scores_BxK) over the catalog without each row's excluded dense ids."""
     b = len(user_BxE)
-    width = bucket(max((len(x) for x in exclude), default=1), 8)
-    exclude_BxX = np.zeros((bucket(b), width), np.int32)
-    for row, x in enumerate(exclude):
-      exclude_BxX[row, :len(x)] = x
-    users = np.zeros((bucket(b), user_BxE.shape[1]), np.float32)
-    users[:b] = user_BxE
-    counts = np.zeros(bucket(b), np.float32)
-    counts[:b] = count_B
+    users, counts, exclude_BxX = _bucketed(user_BxE, count_B, exclude)
     ids_BxK, scores_BxK = self._rank(self.tables, users, counts, exclude_BxX, k=k)
     return np.asarray(ids_BxK)[:b], np.asarray(scores_BxK)[:b]
 
   def score_allowed(self, user_BxE, count_B, allowed: Sequence[Sequence[int]]) -> np.ndarray:
     """Scores of each row's allowed dense ids (-inf past a row's own list)."""
     b = len(user_BxE)
-    width = bucket(max((len(x) for x in allowed), default=1), 8)
-    items_BxA = np.zeros((bucket(b), width), np.int32)
-    for row, x in enumerate(allowed):
-      items_BxA[row, :len(x)] = x
-    users = np.zeros((bucket(b), user_BxE.shape[1]), np.float32)
-    users[:b] = user_BxE
-    counts = np.zeros(bucket(b), np.float32)
-    counts[:b] = count_B
+    users, counts, items_BxA = _bucketed(user_BxE, count_B, allowed)
     return np.asarray(self._score_items(self.tables, users, counts, items_BxA))[:b]
 
   def _finish(self, user_BxE, count_B, k, seen, exclude, allow, unknown) -> list[Recommendations]:
