@@ -13,10 +13,14 @@ excluded), p50 / p99 over --iters calls, and events/s; beside it, re-encoding th
 per request (`encode` + `top_k`) at history lengths 10 / 50 / 200 / 1,000. The per-event column
 stays flat in L (O(1)); re-encoding grows with L (O(L)).
 
-Part 2 (--load_test): starts serve.py on 127.0.0.1, then --clients concurrent clients send
---requests POST /recommend (histories drawn at random) and --events POST /events, bounded by
---max_seconds; reports requests/s and p50 / p99 latency, checks every /recommend answer against
-the Python API (same items) and that no request was dropped (every one answered 200).
+Part 2 (--load_test): starts serve.py on 127.0.0.1 (pinned to --server_cpus) and drives it from
+this process (pinned to --client_cpus) with benchmarks/loadgen.py: (1) --users users' whole
+histories (from --histories, e.g. the Beauty file) as single POST /events, in order per user;
+(2) POST /recommend by stored user_id and (3) by history, closed loop at --clients in flight
+(the most the server answers); (4-5) the same at an open-loop --rate (latency from each
+request's due time) and (6) fresh users' events at --event_rate. Every answer is checked: 200,
+each user's event count, and every /recommend top-k against the Python API
+(`Recommender.recommend_batch` on the same history). Bounded by --max_seconds a phase.
 
 Results: benchmarks/results/serving_<name>_<date>.{json,md} with the machine, command and date.
 """
@@ -40,6 +44,10 @@ from typing import Any
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The serving configuration (serve.py --xla_multi_thread=false): set before JAX starts a backend.
+if "--xla_multi_thread" not in sys.argv:
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_cpu_multi_thread_eigen=false").strip()
 sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
@@ -129,87 +137,134 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-async def _load(url: str, rec: Recommender, args) -> dict[str, Any]:
-  import httpx  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(1)
-  keys = rec.item_keys
-  histories = [[keys[int(i)] for i in rng.integers(1, rec.num_items, int(n))]
-               for n in rng.integers(1, 50, 256)]
-  expected = [rec.recommend(h, k=10).items for h in histories]
-  deadline = time.perf_counter() + args.max_seconds
-  results: dict[str, list] = {"recommend": [], "events": []}
-  failures: list[str] = []
-  queue: asyncio.Queue = asyncio.Queue()
-  for i in range(args.requests):
-    queue.put_nowait(("recommend", i))
-  for i in range(args.events):
-    queue.put_nowait(("events", i))
-  limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+def read_histories(path: str, users: int, seed: int = 0) -> list[list[str]]:
+  """`users` whole histories (raw ids, oldest first) drawn from a seqfile ("user item item ...")."""
+  lines = [line.split()[1:] for line in pathlib.Path(path).read_text().splitlines()
+           if len(line.split()) > 1]
+  rng = np.random.default_rng(seed)
+  return [lines[i] for i in rng.choice(len(lines), min(users, len(lines)), replace=False)]
 
-  async def client(http):
-    while time.perf_counter() < deadline:
-      try:
-        kind, i = queue.get_nowait()
-      except asyncio.QueueEmpty:
-        return
-      t = time.perf_counter()
-      if kind == "recommend":
-        j = i % len(histories)
-        r = await http.post(f"{url}/recommend", json={"history": histories[j], "k": 10})
-        ok = r.status_code == 200 and r.json()["items"] == expected[j]
-      else:
-        r = await http.post(f"{url}/events", json={"user_id": f"u{i % 1000}",
-                                                   "item": keys[1 + i % (rec.num_items - 1)]})
-        ok = r.status_code == 200
-      results[kind].append(time.perf_counter() - t)
-      if not ok:
-        failures.append(f"{kind} {i}: {r.status_code} {r.text[:200]}")
 
-  async with httpx.AsyncClient(limits=limits, timeout=30) as http:
-    start = time.perf_counter()
-    # Recommend requests first, then events: each phase's rate is measured alone.
-    await asyncio.gather(*(client(http) for _ in range(args.clients)))
-    wall = time.perf_counter() - start
-  report = {"clients": args.clients, "wall_s": wall, "failures": failures[:10],
-            "answered_wrong_or_failed": len(failures),
-            "not_sent_time_bound": queue.qsize()}
-  for kind, lat in results.items():
-    if lat:
-      lat_arr = np.asarray(lat)
-      report[kind] = {"requests": len(lat), "p50_ms": float(np.percentile(lat_arr, 50) * 1e3),
-                      "p99_ms": float(np.percentile(lat_arr, 99) * 1e3)}
-  return report
+def _cpu_seconds(pid: int) -> float:
+  fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _check(result, expected) -> dict[str, int]:
+  """Answers against the Python API's items: equal, or different only where scores tie."""
+  wrong, ties = 0, 0
+  for body, want in zip(result["bodies"], expected):
+    if body is None:
+      continue
+    got = json.loads(body)
+    if got.get("items") == want.items:
+      continue
+    mine = dict(want)
+    if len(got.get("items", ())) == len(want) and all(
+        abs(mine.get(i, np.inf) - s) <= 1e-4 * max(1.0, abs(s))
+        for i, s in zip(got["items"], got["scores"])):
+      ties += 1  # the same top-k up to the order of scores equal at 1e-4
+    else:
+      wrong += 1
+  return {"differs_from_python_api": wrong, "differs_only_in_tied_order": ties}
 
 
 def load_test(bundle_dir: str, rec: Recommender, args) -> dict[str, Any]:
-  """serve.py on loopback under --clients concurrent clients; every answer checked."""
+  """serve.py on loopback: events, recommend by stored user, recommend by history; every answer
+  checked (module docstring, Part 2)."""
+  import httpx  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import loadgen  # pylint: disable=g-import-not-at-top
+
+  if args.histories:
+    histories = read_histories(args.histories, args.users)
+  else:
+    rng = np.random.default_rng(1)
+    keys = rec.item_keys
+    histories = [[keys[int(i)] for i in rng.integers(1, rec.num_items, int(n))]
+                 for n in rng.integers(1, 50, args.users)]
+  lengths = np.array([len(h) for h in histories])
+  expected = []
+  for lo in range(0, len(histories), 256):
+    expected += rec.recommend_batch(histories[lo:lo + 256], k=args.k)
+  users = [f"user{j}" for j in range(len(histories))]
+
   port = _free_port()
-  cmd = [sys.executable, str(REPO / "serve.py"), f"--bundle={bundle_dir}", f"--port={port}",
-         "--state_file=", f"--max_batch={args.server_max_batch}",
-         f"--max_wait_ms={args.server_max_wait_ms}", "--max_history=1024"]
+  pin = lambda cpus: ["taskset", "-c", cpus] if cpus else []  # noqa: E731
+  cmd = [*pin(args.server_cpus), sys.executable, str(REPO / "serve.py"),
+         f"--bundle={bundle_dir}", f"--port={port}", "--state_file=",
+         f"--xla_multi_thread={args.xla_multi_thread}",
+         f"--max_batch={args.server_max_batch}", f"--max_wait_ms={args.server_max_wait_ms}",
+         "--max_history=1024"]
   proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)})
+  if args.client_cpus:
+    os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
   url = f"http://127.0.0.1:{port}"
+  out: dict[str, Any] = {"command": " ".join(cmd), "client_cpus": args.client_cpus or "any",
+                         "users": len(histories), "k": args.k,
+                         "history_length": {"mean": float(lengths.mean()),
+                                            "p50": float(np.median(lengths)),
+                                            "max": int(lengths.max())},
+                         "histories": args.histories or "synthetic, 1-49 random items"}
   try:
-    import httpx  # pylint: disable=g-import-not-at-top
     for _ in range(1200):
+      if proc.poll() is not None:
+        raise RuntimeError(f"serve.py exited with {proc.returncode}")
       try:
         if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
           break
       except httpx.HTTPError:
         time.sleep(0.5)
-    rec_args = argparse.Namespace(**{**vars(args), "events": 0})
-    ev_args = argparse.Namespace(**{**vars(args), "requests": 0})
-    recs = asyncio.run(_load(url, rec, rec_args))
-    events = asyncio.run(_load(url, rec, ev_args))
+    pid = proc.pid  # taskset execs serve.py in its own process
+    out["compiles_at_start"] = httpx.get(f"{url}/metadata").json()["compiles"]
+
+    def phase(name, requests, *, lanes, lane_of=None, rate=None, expect=None):
+      cpu0 = _cpu_seconds(pid)
+      result = loadgen.drive(port, requests, lanes, lane_of=lane_of, rate=rate,
+                             max_seconds=args.max_seconds)
+      part = {**loadgen.summary(result), "lanes": lanes, "rate": rate,
+              "server_cpu_ms_per_request": round(
+                  (_cpu_seconds(pid) - cpu0) * 1e3 / max(1, np.isfinite(
+                      result["latency_s"]).sum()), 3)}
+      if expect is not None:
+        part.update(_check(result, expect))
+      out[name] = part
+      print(name, part, flush=True)
+      return result
+
+    # 1. Every sampled user's whole history as single events, in order (a user keeps one lane).
+    order = [(u, item) for u, h in enumerate(histories) for item in h]
+    ev = phase("events", [loadgen.post("/events", {"user_id": users[u], "item": item})
+                          for u, item in order],
+               lanes=args.clients, lane_of=[u % args.clients for u, _ in order])
+    last_count = {users[u]: json.loads(b)["events"] for (u, _), b in zip(order, ev["bodies"])
+                  if b is not None}
+    out["events"]["users_with_wrong_event_count"] = sum(
+        last_count.get(users[u]) != len(h) for u, h in enumerate(histories))
+    n = args.requests
+    pick = [j % len(histories) for j in range(n)]
+    by_user = [loadgen.post("/recommend", {"user_id": users[j], "k": args.k}) for j in pick]
+    by_history = [loadgen.post("/recommend", {"history": histories[j], "k": args.k})
+                  for j in pick]
+    want = [expected[j] for j in pick]
+    # 2-3. Closed loop: the most the server answers at --clients requests in flight.
+    phase("recommend_user_closed", by_user, lanes=args.clients, expect=want)
+    phase("recommend_history_closed", by_history, lanes=args.clients, expect=want)
+    # 4-6. Open loop at the target rates: latency from each request's due time.
+    phase("recommend_user_open", by_user, lanes=args.open_lanes, rate=args.rate, expect=want)
+    phase("recommend_history_open", by_history, lanes=args.open_lanes, rate=args.rate,
+          expect=want)
+    fresh = [(u, item) for u, h in enumerate(histories) for item in h]
+    phase("events_open", [loadgen.post("/events", {"user_id": "open-" + users[u], "item": item})
+                          for u, item in fresh],
+          lanes=args.open_lanes, lane_of=[u % args.open_lanes for u, _ in fresh],
+          rate=args.event_rate)
     meta = httpx.get(f"{url}/metadata").json()
   finally:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
-  out = {"command": " ".join(cmd[1:]), "recommend": recs, "events": events,
-         "server_batches": meta["batches"], "compiles_after_load": meta["compiles"]}
-  for name, part in (("recommend", recs), ("events", events)):
-    if name in part:
-      part[name]["per_s"] = part[name]["requests"] / part["wall_s"]
+  out["server_batches"] = meta["batches"]
+  out["compiles_during_load"] = meta["compiles"] - out["compiles_at_start"]
   return out
 
 
@@ -220,22 +275,36 @@ def markdown(result: dict[str, Any]) -> str:
            "## Per request: one new event (observe + top_k) vs re-encoding the history", "",
            "| batch, history L | per event p50 / p99 ms | events/s | re-encode p50 / p99 ms | "
            "requests/s |", "|---|---|---|---|---|"]
-  for key, ev in result["micro"]["per_event"].items():
+  for key, ev in result.get("micro", {}).get("per_event", {}).items():
     re = result["micro"]["re_encode"][key]
     lines.append(f"| {key} | {ev['p50_ms']:.2f} / {ev['p99_ms']:.2f} | {ev['per_s']:.0f} | "
                  f"{re['p50_ms']:.2f} / {re['p99_ms']:.2f} | {re['per_s']:.0f} |")
   if "load_test" in result:
     lt = result["load_test"]
-    lines += ["", "## serve.py load test (loopback)", "", f"`{lt['command']}`", ""]
-    for name in ("recommend", "events"):
-      part = lt[name]
-      if name in part:
-        p = part[name]
-        lines.append(f"- {name}: {p['requests']} requests, {part['clients']} clients, "
-                     f"{p['per_s']:.0f}/s, p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms; "
-                     f"wrong or failed: {part['answered_wrong_or_failed']}, not sent (time "
-                     f"bound): {part['not_sent_time_bound']}")
-    lines.append(f"- server batches: {lt['server_batches']}")
+    lines += ["", "## serve.py load test (loopback)", "", f"Server: `{lt['command']}`; client "
+              f"(benchmarks/loadgen.py) on CPUs {lt['client_cpus']}. {lt['users']} users' "
+              f"histories from {lt['histories']} (length mean {lt['history_length']['mean']:.1f}, "
+              f"median {lt['history_length']['p50']:.0f}, max {lt['history_length']['max']}), "
+              f"k = {lt['k']}. Closed loop: `lanes` requests in flight, latency send -> answer. "
+              "Open loop: requests due at a fixed rate, latency from the due time.", "",
+              "| phase | lanes | target /s | answered | per s | p50 ms | p99 ms | max ms | "
+              "server CPU ms/req | not 200 | not sent | differs from API (tied order) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in ("events", "events_open", "recommend_user_closed", "recommend_user_open",
+                 "recommend_history_closed", "recommend_history_open"):
+      if name not in lt:
+        continue
+      q = lt[name]
+      check = (f"{q['differs_from_python_api']} ({q['differs_only_in_tied_order']})"
+               if "differs_from_python_api" in q else
+               f"event counts wrong: {q['users_with_wrong_event_count']}"
+               if "users_with_wrong_event_count" in q else "")
+      lines.append(f"| {name} | {q['lanes']} | {q['rate'] or 'as fast as answered'} | "
+                   f"{q['requests']} | {q['per_s']:.0f} | {q['p50_ms']:.1f} | {q['p99_ms']:.1f} "
+                   f"| {q['max_ms']:.1f} | {q['server_cpu_ms_per_request']:.3f} | "
+                   f"{q['not_200']} | {q['not_sent_time_bound']} | {check} |")
+    lines += ["", f"- server batches: {lt['server_batches']}; XLA compiles during the load: "
+              f"{lt['compiles_during_load']}"]
   return "\n".join(lines) + "\n"
 
 
@@ -250,12 +319,21 @@ def main() -> None:
   p.add_argument("--iters", type=int, default=200)
   p.add_argument("--k", type=int, default=10)
   p.add_argument("--load_test", action="store_true")
-  p.add_argument("--clients", type=int, default=32)
-  p.add_argument("--requests", type=int, default=5000)
-  p.add_argument("--events", type=int, default=10000)
+  p.add_argument("--histories", help="load test: a seqfile (user item item ...) whose users' "
+                 "whole histories are replayed (e.g. the Beauty file); default: random")
+  p.add_argument("--users", type=int, default=2000, help="load test: users drawn")
+  p.add_argument("--clients", type=int, default=32, help="closed loop: requests in flight")
+  p.add_argument("--open_lanes", type=int, default=128, help="open loop: connections")
+  p.add_argument("--rate", type=float, default=1000.0, help="open loop: /recommend per s")
+  p.add_argument("--event_rate", type=float, default=5000.0, help="open loop: /events per s")
+  p.add_argument("--requests", type=int, default=10000, help="per /recommend phase")
   p.add_argument("--max_seconds", type=float, default=60.0, help="bound of each load phase")
+  p.add_argument("--server_cpus", default="0", help="taskset list for serve.py ('' = any)")
+  p.add_argument("--client_cpus", default="1", help="CPUs of this (client) process ('' = any)")
+  p.add_argument("--xla_multi_thread", action="store_true", help="as serve.py's flag")
+  p.add_argument("--skip_micro", action="store_true", help="only the load test")
   p.add_argument("--server_max_batch", type=int, default=64)
-  p.add_argument("--server_max_wait_ms", type=float, default=2.0)
+  p.add_argument("--server_max_wait_ms", type=float, default=0.5)
   p.add_argument("--name", default="run")
   p.add_argument("--out", default=None, help="results path stem")
   args = p.parse_args()
@@ -277,7 +355,10 @@ def main() -> None:
             "model": {k: v for k, v in rec.metadata().items()
                       if k in ("encoder", "num_layers", "embed_dim", "hidden_size", "num_items",
                                "state_size")}}
-  result["micro"] = micro(rec, args.batch, args.iters, args.k)
+  if not args.skip_micro:
+    if args.server_cpus:  # the in-process part measures the server's own work, on its CPUs
+      os.sched_setaffinity(0, {int(c) for c in args.server_cpus.split(",")})
+    result["micro"] = micro(rec, args.batch, args.iters, args.k)
   if args.load_test:
     result["load_test"] = load_test(bundle_dir, rec, args)
   out = args.out or str(REPO / "benchmarks" / "results" /

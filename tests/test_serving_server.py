@@ -41,7 +41,7 @@ def rec(bundle_dir):
 
 
 def _client(rec, store=None):
-  from fastapi.testclient import TestClient  # pylint: disable=g-import-not-at-top
+  from starlette.testclient import TestClient  # pylint: disable=g-import-not-at-top
   service = server_lib.Service(rec, store if store is not None else store_lib.MemoryStore(),
                               SMALL)
   return TestClient(server_lib.create_app(service))
@@ -102,6 +102,12 @@ def test_bad_requests_get_one_line_4xx_and_the_server_keeps_serving(rec):
                  {"user_id": "u", "items": [1] * 17}):
       r = client.post("/events", json=body)
       assert 400 <= r.status_code < 500 and "\n" not in r.json()["error"], (body, r.text)
+    for method, path, status in (("GET", "/recommend", 405), ("POST", "/nope", 404),
+                                 ("POST", "/healthz", 405)):
+      r = client.request(method, path)
+      assert r.status_code == status and "\n" not in r.json()["error"], (method, path, r.text)
+    r = client.post("/events", content=b'{"user_id": "u", "items": [' + b"1," * 600_000 + b"1]}")
+    assert r.status_code == 413 and "limit" in r.json()["error"], r.text
     assert client.post("/recommend", json={"history": rec.item_keys[1:3]}).status_code == 200
 
 

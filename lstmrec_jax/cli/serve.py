@@ -29,16 +29,23 @@ flags.DEFINE_string("state_file", None, "memory store: its .npz file (default: "
 flags.DEFINE_float("persist_interval_s", 30.0, "memory store: seconds between saves (0: only "
                    "at shutdown).")
 flags.DEFINE_integer("max_batch", 64, "Requests batched into one jitted call.")
-flags.DEFINE_float("max_wait_ms", 2.0, "Longest a request waits for others to batch with.")
+flags.DEFINE_float("max_wait_ms", 0.5, "While the worker is idle, the longest a request waits for "
+                   "others to batch with (while it is busy, requests batch by themselves).")
 flags.DEFINE_integer("max_k", 100, "Largest k a request may ask.")
 flags.DEFINE_integer("max_history", 1024, "Longest history a request may send.")
 flags.DEFINE_integer("max_events", 256, "Most events in one POST /events.")
 flags.DEFINE_integer("bucket_growth", 4, "Shape buckets grow by this factor.")
+flags.DEFINE_bool("xla_multi_thread", False, "CPU: let XLA split each call over a thread pool. "
+                  "Off by default: a micro-batch is too small to gain from it, and the pool's "
+                  "wake-ups took CPU from the HTTP event loop (benchmarks/serving.py).")
 FLAGS = flags.FLAGS
 
 
 def main() -> None:
   import os  # pylint: disable=g-import-not-at-top
+  if not FLAGS.xla_multi_thread:  # read when the first JAX backend starts, which is below
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_cpu_multi_thread_eigen=false").strip()
   import uvicorn  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.serving import recommender, server, store  # pylint: disable=g-import-not-at-top
   if bool(FLAGS.bundle) == bool(FLAGS.workdir):
@@ -64,7 +71,8 @@ def main() -> None:
   app = server.create_app(server.Service(rec, states, config))
   logging.info("serving %s on http://%s:%d", source, FLAGS.host, FLAGS.port)
   # uvicorn turns SIGTERM / SIGINT into a graceful shutdown: the app's lifespan closes the store.
-  uvicorn.run(app, host=FLAGS.host, port=FLAGS.port, log_level="warning", access_log=False)
+  uvicorn.run(app, host=FLAGS.host, port=FLAGS.port, log_level="warning", access_log=False,
+              loop="uvloop", http="httptools", backlog=4096)
 
 
 def run() -> None:
