@@ -133,6 +133,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.num_epochs = 30  # passes over the training examples
   c.train.eval_every_epochs = 1.0  # validation period, in epochs of the run's data; > 0
   c.train.eval_every_steps = 0  # override of eval_every_epochs, in steps (0 = use epochs)
+  c.train.valid_users = 0  # validations during training rank a seeded sample of this many users (0 = all); the final report ranks all
   c.train.patience = 5  # stop after this many validations without a better NDCG@10 (0 = never)
   c.train.log_every_steps = 20  # scalars to metrics.jsonl / TensorBoard, in steps
   c.train.keep_checkpoints = 2  # latest checkpoints kept for resuming (the best is kept apart)

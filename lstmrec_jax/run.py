@@ -74,6 +74,7 @@ class TrainConfig:
   num_epochs: int  # passes over the training examples, >= 1
   eval_every_epochs: float  # validation period in epochs of the run's data, finite and > 0
   eval_every_steps: int  # override of eval_every_epochs, in steps, >= 0 (0 = use epochs)
+  valid_users: int  # validation during training on a seeded sample of this many users, >= 0 (0 = all)
   patience: int  # validations without improvement before stopping, >= 0 (0 = never)
   log_every_steps: int  # scalar logging period in steps, >= 1
   keep_checkpoints: int  # latest checkpoints kept for resuming, >= 1
@@ -86,7 +87,7 @@ class TrainConfig:
   def __post_init__(self):
     _check_positive(self, "train", ("num_epochs", "log_every_steps", "keep_checkpoints"))
     _check_non_negative(self, "train", ("eval_every_steps", "patience", "num_devices",
-                                        "stop_after_steps"))
+                                        "stop_after_steps", "valid_users"))
     if not (0 < self.eval_every_epochs < float("inf")):
       raise ValueError(f"train.eval_every_epochs={self.eval_every_epochs} must be finite and > 0")
     f = self.divergence_factor

@@ -309,3 +309,17 @@ def test_shared_games_and_movielens(shared_data, caplog):
   ml_temporal = data.load_dataset(data_config(
       format="movielens", path=str(shared_data / "ml-100k"), split="temporal"))
   assert len(ml_temporal.test) > 0 and ml_temporal.stats["t_valid"] < ml_temporal.stats["t_test"]
+
+
+def test_eval_split_sample_keeps_each_users_history_and_target():
+  histories = [[1, 2], [3], [4, 5, 6], [], [7, 8]]
+  split = preprocess.EvalSplit(np.array([10, 11, 12, 13, 14], np.int32),
+                               preprocess.Sequences.from_lists(histories),
+                               np.array([20, 21, 22, 23, 24], np.int32))
+  part = split.sample(3, seed=0)
+  assert len(part) == 3 and list(part.users_U) == sorted(part.users_U)
+  for k, user in enumerate(part.users_U):
+    row = int(user) - 10
+    assert part.history[k].tolist() == histories[row] and part.targets_U[k] == 20 + row
+  assert split.sample(3, seed=0).users_U.tolist() == part.users_U.tolist()  # seeded
+  assert len(split.sample(0, seed=0)) == 0

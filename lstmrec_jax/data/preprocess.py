@@ -77,6 +77,15 @@ class EvalSplit:
   def __len__(self) -> int:
     return len(self.users_U)
 
+  def sample(self, n: int, seed: int) -> EvalSplit:
+    """`n` of its users (a seeded draw, kept in their order) with their histories and targets."""
+    keep = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+    lengths = self.history.lengths_U[keep]
+    items = (np.concatenate([self.history[int(i)] for i in keep]) if n else
+             np.zeros(0, np.int32))
+    return EvalSplit(self.users_U[keep], Sequences.from_lengths(lengths, items),
+                     self.targets_U[keep])
+
 
 @dataclasses.dataclass(eq=False)
 class SequenceDataset:

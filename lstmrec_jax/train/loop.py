@@ -279,14 +279,19 @@ def _train(spec, workdir, defaults, pipeline) -> dict[str, Any]:
                                     chunk_size=spec.eval.chunk_size)
 
   seen_targets = reports.effective_seen_targets(spec.eval.exclude_seen, spec.eval.seen_targets)
+  valid_split = dataset.valid
+  if 0 < tr.valid_users < len(dataset.valid):
+    valid_split = dataset.valid.sample(tr.valid_users, spec.seed)
+    logging.info("validation during training: %d of the %d validation users (train.valid_users;"
+                 " the final report ranks all)", len(valid_split), len(dataset.valid))
 
   def validate() -> dict[str, float]:
-    users_U, ranks_U = ranking.rank_split(rank_fn, state.params, run.consts, dataset.valid,
+    users_U, ranks_U = ranking.rank_split(rank_fn, state.params, run.consts, valid_split,
                                           batch_size=inp.eval_batch_size, max_len=inp.max_len,
                                           mesh=mesh)
     # The checkpoint is chosen under the protocol the report states (eval.seen_targets).
     return metrics.metrics_from_ranks(
-        reports.protocol_ranks(ranks_U, users_U, dataset.valid, seen_targets))
+        reports.protocol_ranks(ranks_U, users_U, valid_split, seen_targets))
 
   guard = _LossGuard(tr.divergence_factor, tr.skip_nonfinite_steps)
 
