@@ -28,7 +28,6 @@ Results: benchmarks/results/serving_<name>_<date>.{json,md} with the machine, co
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
 import os
@@ -254,10 +253,10 @@ def load_test(bundle_dir: str, rec: Recommender, args) -> dict[str, Any]:
     phase("recommend_user_open", by_user, lanes=args.open_lanes, rate=args.rate, expect=want)
     phase("recommend_history_open", by_history, lanes=args.open_lanes, rate=args.rate,
           expect=want)
-    fresh = [(u, item) for u, h in enumerate(histories) for item in h]
+    # 6. The same events again for fresh users, due at --event_rate.
     phase("events_open", [loadgen.post("/events", {"user_id": "open-" + users[u], "item": item})
-                          for u, item in fresh],
-          lanes=args.open_lanes, lane_of=[u % args.open_lanes for u, _ in fresh],
+                          for u, item in order],
+          lanes=args.open_lanes, lane_of=[u % args.open_lanes for u, _ in order],
           rate=args.event_rate)
     meta = httpx.get(f"{url}/metadata").json()
   finally:

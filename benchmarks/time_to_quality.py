@@ -39,14 +39,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def validations(workdir: pathlib.Path) -> list[dict[str, Any]]:
-  """(step, unix time, epoch, valid NDCG@10) of every validation in a run's metrics.jsonl."""
-  out = []
-  for line in (workdir / "metrics.jsonl").read_text().splitlines():
-    row = json.loads(line)
-    if "valid/NDCG@10" in row:
-      out.append({"step": row["step"], "time": row["time"], "epoch": row.get("valid/epoch"),
-                  "valid_ndcg10": row["valid/NDCG@10"]})
-  return out
+  """(step, unix time, epoch, valid NDCG@10) of every validation in a run's metrics.jsonl.
+
+  The epoch comes from the training rows' step / epoch (NaN when no row logged an epoch)."""
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  steps_per_epoch = next((r["step"] / r["epoch"] for r in rows if r.get("epoch")), None)
+  return [{"step": r["step"], "time": r["time"], "valid_ndcg10": r["valid/NDCG@10"],
+           "epoch": r["step"] / steps_per_epoch if steps_per_epoch else float("nan")}
+          for r in rows if "valid/NDCG@10" in r]
 
 
 def curve(points: list[dict[str, Any]], started: float) -> list[dict[str, Any]]:
@@ -55,7 +55,7 @@ def curve(points: list[dict[str, Any]], started: float) -> list[dict[str, Any]]:
   for p in points:
     if best is None or p["valid_ndcg10"] > best["valid_ndcg10"]:
       best = p
-    rows.append({"wall_s": round(p["time"] - started, 1), "step": p["step"],
+    rows.append({"wall_s": round(p["time"] - started, 1), "step": p["step"], "epoch": p["epoch"],
                  "valid_ndcg10": p["valid_ndcg10"], "chosen_step": best["step"],
                  "chosen_valid_ndcg10": best["valid_ndcg10"]})
   return rows
@@ -167,19 +167,11 @@ def main() -> None:
   run_wall = time.time() - started
   if proc.returncode != 0:
     raise SystemExit(f"train.py exited with {proc.returncode}: {' '.join(cmd)}")
-  points = validations(workdir)
-  epochs_of = {}
-  for line in (workdir / "metrics.jsonl").read_text().splitlines():
-    row = json.loads(line)
-    if "epoch" in row:
-      epochs_of[row["step"]] = row["epoch"]
-  rows = curve(points, started)
+  rows = curve(validations(workdir), started)
   tests = test_metrics(workdir, sorted({r["chosen_step"] for r in rows}))
-  steps_per_epoch = next((s / e for s, e in epochs_of.items() if e), None)
   for r in rows:
     r["test_ndcg10"] = tests[r["chosen_step"]]["NDCG@10"]
     r["test_hr10"] = tests[r["chosen_step"]]["HR@10"]
-    r["epoch"] = r["step"] / steps_per_epoch if steps_per_epoch else float("nan")
   first = next((r for r in rows if r["test_ndcg10"] >= args.floor), None)
   result = {"name": args.name, "config": args.config, "overrides": extra,
             "date": datetime.datetime.now().isoformat(timespec="seconds"),

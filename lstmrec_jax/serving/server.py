@@ -1,4 +1,4 @@
-"""The HTTP JSON service of serve.py: an ASGI app (Starlette + msgspec on uvicorn) over one Recommender.
+"""The HTTP JSON service of serve.py: a plain ASGI app (msgspec, on uvicorn) over one Recommender.
 
   POST /recommend  {"history": [raw ids]} or {"user_id": u}, plus k, exclude_seen, exclude, allow
                    -> {"items": [raw ids], "scores": [...], "unknown": n, "fallback": bool}
@@ -16,7 +16,7 @@ Every dimension is padded to a bucket (batch and list sizes: powers of `growth`;
 lengths: powers of two from 8) and `warm_up` compiles every bucket at start-up, so no request
 compiles (`/metadata` counts the compiles: a test holds it flat).
 
-Why Starlette + msgspec on uvicorn: see `create_app`.
+Why a plain ASGI app with msgspec on uvicorn: see `create_app`.
 """
 
 import asyncio
@@ -168,9 +168,8 @@ class Service:
     for length, members in self._length_groups([len(r) for r in rows]):
       for lo, hi in self._chunks(len(members)):
         part = members[lo:hi]
-        items = np.zeros((self._pick(self.batch_buckets, len(part)), length), np.int32)
-        for row, i in enumerate(part):
-          items[row, :len(rows[i])] = rows[i]
+        items = self._pad_rows([rows[i] for i in part], [length],
+                               self._pick(self.batch_buckets, len(part)))
         user_BxE, count_B = self.rec._encode(self.rec.tables, items)  # pylint: disable=protected-access
         users[part] = np.asarray(user_BxE)[:len(part)]
         counts[part] = np.asarray(count_B)[:len(part)]
