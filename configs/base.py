@@ -77,6 +77,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.attention_dropout = 0.0  # transformer: on the attention weights, in [0, 1)
   c.model.item_bias = False  # a learned per-item score bias
   c.model.tied_output = True  # score with the input item table (else a separate table)
+  # Split the item tables (and their optimizer state) row-wise over this many devices: a
+  # data x model mesh with the vocabulary-parallel softmax (train/vocab_parallel.py); the
+  # devices in use must be a multiple of it. 1 = plain data parallelism.
+  c.model.vocab_shards = 1
   c.model.compute_dtype = "float32"  # float32 | bfloat16 (matmul operands; cell state stays f32)
   c.model.param_dtype = "float32"  # float32 | bfloat16 (parameter storage)
   c.model.hoist_input_projection = True  # lstm: one input matmul for all steps, outside the scan

@@ -17,8 +17,12 @@ DATA_AXIS = "data"
 MODEL_AXIS = "model"  # the vocabulary-parallel item table (train/vocab_parallel.py)
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh over the first `num_devices` global devices (all when None or 0)."""
+def make_mesh(num_devices: int | None = None, model: int = 1) -> Mesh:
+  """A mesh over the first `num_devices` global devices (all when None or 0).
+
+  model == 1: 1-D, `data` only. model > 1: `data x model` with `model` devices per group (the
+  vocabulary-parallel item table, `model.vocab_shards`); the device count must be a multiple.
+  """
   devices = jax.devices()
   if num_devices:
     if num_devices > len(devices):
@@ -26,6 +30,11 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     if jax.process_count() > 1 and num_devices != len(devices):
       raise ValueError("with several processes the mesh must span every device")
     devices = devices[:num_devices]
+  if model > 1:
+    if len(devices) % model:
+      raise ValueError(f"model.vocab_shards={model} needs a multiple of {model} devices; "
+                       f"{len(devices)} in use (train.num_devices)")
+    return make_data_model_mesh(len(devices) // model, model, devices)
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
@@ -42,10 +51,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def check_global_batch_size(global_batch_size: int, mesh: Mesh,
                             what: str = "global batch size") -> None:
   """Raises a clear error when the batch cannot be split evenly over devices and processes."""
-  devices = mesh.devices.size
+  devices = mesh.shape[DATA_AXIS]  # a `model` axis holds copies of the batch, not slices
   if global_batch_size % devices:
     raise ValueError(f"{what}={global_batch_size} is not divisible by the {devices} devices of "
-                     f"the mesh; choose a multiple of {devices}")
+                     f"the mesh's data axis; choose a multiple of {devices}")
   if global_batch_size % jax.process_count():
     raise ValueError(f"{what}={global_batch_size} is not divisible by "
                      f"{jax.process_count()} processes")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import types
 import typing
@@ -412,7 +413,14 @@ def build_run(spec: RunSpec, *, num_devices: int | None = None, dataset=None) ->
   model_cfg = spec.model_config(int(dataset.num_items))
   graphdef, params, consts = state_lib.create_model(model_cfg, spec.seed,
                                                     **model_inputs(dataset, model_cfg))
-  mesh = mesh_lib.make_mesh(spec.train.num_devices if num_devices is None else num_devices)
+  num_devices = spec.train.num_devices if num_devices is None else num_devices
+  shards = model_cfg.vocab_shards
+  if shards > 1 and (num_devices or len(jax.devices())) % shards:
+    # Evaluation / serving elsewhere: the split tables restore whole on every device.
+    logging.warning("model.vocab_shards=%d but %d devices: the item tables are replicated",
+                    shards, num_devices or len(jax.devices()))
+    shards = 1
+  mesh = mesh_lib.make_mesh(num_devices, model=shards)
   for what, size in (("input.batch_size", spec.input.batch_size),
                      ("input.eval_batch_size", spec.input.eval_batch_size)):
     mesh_lib.check_global_batch_size(size, mesh, what)

@@ -101,3 +101,53 @@ def test_two_processes_train_like_one_and_write_one_checkpoint(tmp_path):
   assert overall_eval["users"] == NUM_USERS
   for k in ("HR@10", "NDCG@10", "MRR"):
     np.testing.assert_allclose(overall_eval[k], overall_2[k], rtol=1e-5, err_msg=k)
+
+
+SPACE = '''"""Two trials that differ in dropout (tests/test_distributed.py)."""
+
+
+def get_space():
+  return {"model.embed_dropout": ("uniform", 0.0, 0.5)}
+'''
+
+
+@pytest.mark.slow
+def test_tune_two_processes_finds_what_one_finds(tmp_path):
+  """tune.py --distributed: the trials train in lock-step on 2 processes, process 0 writes."""
+  space = tmp_path / "space.py"
+  space.write_text(SPACE)
+  common = ["tune.py", *TINY, "--space", str(space), "--num_trials=2"]
+  one, two = tmp_path / "one", tmp_path / "two"
+  out_one = _check(subprocess.Popen(
+      [sys.executable, *common, "--tune_dir", str(one)], cwd=REPO, env=_env(2),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), "the one-process search")
+  address = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen(
+      [sys.executable, *common, "--tune_dir", str(two), "--distributed", "--coordinator_address",
+       address, "--num_processes=2", f"--process_id={p}"],
+      cwd=REPO, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for p in range(2)]
+  try:
+    outs = [_check(proc, f"process {p}") for p, proc in enumerate(procs)]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  # Only process 0 prints (and writes) the results table.
+  assert "results:" in outs[0] and "results:" not in outs[1] and "results:" in out_one
+
+  def rows(tune_dir):
+    return [json.loads(line) for line in (tune_dir / "results.jsonl").read_text().splitlines()]
+
+  rows_1, rows_2 = rows(one), rows(two)
+  assert [r["trial"] for r in rows_2] == [r["trial"] for r in rows_1] and len(rows_1) == 2
+  assert {r["status"] for r in rows_2} == {"done"}
+  for r1, r2 in zip(rows_1, rows_2):
+    assert r2["params"] == r1["params"]
+    np.testing.assert_allclose(r2["valid_NDCG@10"], r1["valid_NDCG@10"], rtol=1e-4)
+  for trial in (0, 1):
+    losses_1, losses_2 = _losses(one / f"trial_{trial}"), _losses(two / f"trial_{trial}")
+    assert sorted(losses_2) == sorted(losses_1) and len(losses_1) > 2
+    np.testing.assert_allclose([losses_2[s] for s in sorted(losses_2)],
+                               [losses_1[s] for s in sorted(losses_1)], rtol=2e-5)
+    assert not list((two / f"trial_{trial}").glob("*.tmp"))

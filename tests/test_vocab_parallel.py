@@ -142,3 +142,79 @@ def test_ranks_ties_and_no_seen_items():
                                        chunk_size=8)
   np.testing.assert_array_equal(got, np.full(targets.shape, 99))
   np.testing.assert_array_equal(got, metrics.target_ranks(user, zero_table, None, targets))
+
+
+# --- the trainer with model.vocab_shards (a data x model mesh) -----------------------------------
+
+def _jsonl_losses(workdir) -> dict[int, float]:
+  import json  # pylint: disable=g-import-not-at-top
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.mark.parametrize("kind", ["chunked", "full"])
+def test_trainer_2x4_equals_8x1(tmp_path, kind):
+  """train_and_evaluate with the item tables split 4 ways = the same run data-parallel on 8.
+
+  V = 81 (80 items + padding) is no multiple of 4: the tables carry 3 zero rows, which must stay
+  zero and never change a loss, a rank or a metric. Untied output table + item bias: every
+  table parameter (and its Adam moments) is split.
+  """
+  from helpers import tiny_config  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.train import steps  # pylint: disable=g-import-not-at-top
+
+  common = {"num_devices": 8, "model.item_bias": True, "model.tied_output": False,
+            "num_epochs": 3, "loss.kind": kind, "loss.chunk_size": 16,
+            "loss.label_smoothing": 0.1}
+  reports, params = {}, {}
+  for shards in (1, 4):
+    workdir = tmp_path / f"shards{shards}"
+    config = tiny_config(tmp_path / f"cache{shards}", **common,
+                         **{"model.vocab_shards": shards})
+    reports[shards] = loop.train_and_evaluate(config, workdir)
+    restored = run_lib.restore_run(workdir, which="latest")
+    params[shards] = jax.device_get(restored.params)
+    run = restored.run
+    if shards > 1:
+      assert dict(run.mesh.shape) == {"data": 2, "model": 4}
+      assert steps.uses_vocab_parallel(run.mesh, run.spec.loss)
+      assert run.model_cfg.num_items == 81 and run.model_cfg.table_rows == 84
+      # The step's state layout: the tables and their two Adam moments are split, nothing else.
+      from lstmrec_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+      state = state_lib.init_state(run.params, run.optimizer(10, 5), 0)
+      shardings = vp.state_shardings(state, run.mesh, run.model_cfg.table_rows)
+      split = [jax.tree_util.keystr(path) for path, sh in
+               jax.tree_util.tree_leaves_with_path(shardings) if sh.spec == vp.P("model")]
+      assert len(split) == 9, split  # 3 tables x (parameter, mu, nu)
+      placed = jax.device_put(state, shardings)
+      table = placed.params["item_repr"]["embedding"]
+      assert {s.data.shape for s in table.addressable_shards} == {(21, 16)}  # 84 / 4 rows each
+  one, split_losses = _jsonl_losses(tmp_path / "shards1"), _jsonl_losses(tmp_path / "shards4")
+  assert one.keys() == split_losses.keys() and len(one) == 24
+  for step in one:
+    np.testing.assert_allclose(split_losses[step], one[step], rtol=2e-5, err_msg=f"step {step}")
+  for name in ("embedding",):
+    full, padded = params[1]["item_repr"][name], params[4]["item_repr"][name]
+    assert padded.shape == (84, 16) and full.shape == (81, 16)
+    np.testing.assert_allclose(padded[:81], full, atol=2e-5)
+    assert not padded[81:].any()  # the padding rows never move
+  np.testing.assert_allclose(params[4]["output_embedding"][:81], params[1]["output_embedding"],
+                             atol=2e-5)
+  np.testing.assert_allclose(params[4]["bias"][:81], params[1]["bias"], atol=2e-5)
+  assert not params[4]["output_embedding"][81:].any() and not params[4]["bias"][81:].any()
+  for split_name in ("valid", "test"):
+    a = reports[1]["splits"][split_name]["model"]["overall"]
+    b = reports[4]["splits"][split_name]["model"]["overall"]
+    for key in ("NDCG@10", "HR@10", "MRR"):
+      assert b[key] == pytest.approx(a[key], abs=1e-6), (split_name, key)
+
+
+def test_vocab_shards_needs_a_multiple_of_the_devices(tmp_path):
+  from helpers import tiny_config  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path, **{"num_devices": 6, "model.vocab_shards": 4,
+                                    "input.batch_size": 6, "input.eval_batch_size": 6})
+  with pytest.raises(ValueError, match=r"model.vocab_shards=4 needs a multiple of 4 devices"):
+    loop.train_and_evaluate(config, tmp_path / "run")

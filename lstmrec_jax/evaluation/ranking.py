@@ -125,12 +125,16 @@ def _gather(x: np.ndarray) -> np.ndarray:
 
 
 def _jit_over_batch(fn, mesh: Mesh, popularity_V=None) -> Callable:
-  """`fn(params, consts, batch[, popularity_V])` jitted with the batch sharded over `data`."""
+  """`fn(params, consts, batch[, popularity_V])` jitted with the batch sharded over `data`.
+
+  The parameters are taken as they are placed: replicated, or with the item tables split over
+  the mesh's `model` axis (`model.vocab_shards`, train/vocab_parallel.py).
+  """
   repl = mesh_lib.replicated(mesh)
   if popularity_V is None:
-    return jax.jit(fn, in_shardings=(repl, repl, mesh_lib.batch_sharding(mesh)),
+    return jax.jit(fn, in_shardings=(None, repl, mesh_lib.batch_sharding(mesh)),
                    out_shardings=repl)
-  jitted = jax.jit(fn, in_shardings=(repl, repl, mesh_lib.batch_sharding(mesh), repl),
+  jitted = jax.jit(fn, in_shardings=(None, repl, mesh_lib.batch_sharding(mesh), repl),
                    out_shardings=repl)
   pop_V = mesh_lib.replicate(jnp.asarray(popularity_V, jnp.float32), mesh)
   return lambda params, consts, batch: jitted(params, consts, batch, pop_V)

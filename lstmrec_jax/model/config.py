@@ -58,6 +58,20 @@ class ModelConfig:
   title_min_count: int
   title_embed_dim: int
   title_hidden_size: int
+  # Devices the item tables are split over (the `model` axis of a data x model mesh, the
+  # vocabulary-parallel softmax of train/vocab_parallel.py); the tables get zero rows up to a
+  # multiple of it (`table_rows`). 1 = every table whole on every device.
+  vocab_shards: int
+
+  @property
+  def table_rows(self) -> int:
+    """Rows of the item parameter tables: V rounded up to a multiple of `vocab_shards`.
+
+    Rows V..table_rows-1 are zero padding: never an input, a class or a ranked item
+    (the model's `item_tables` hands out the first V rows unless asked for the padded ones).
+    Example: num_items 101, vocab_shards 4 -> 104.
+    """
+    return -(-self.num_items // self.vocab_shards) * self.vocab_shards
 
   def __post_init__(self):
     problems = []
@@ -67,7 +81,7 @@ class ModelConfig:
 
     if self.num_items < 2:
       bad("num_items", "must be >= 2 (padding + one item)")
-    for key in ("max_len", "embed_dim", "hidden_size", "num_layers", "num_heads",
+    for key in ("max_len", "embed_dim", "hidden_size", "num_layers", "num_heads", "vocab_shards",
                 "title_max_tokens", "title_min_count", "title_embed_dim", "title_hidden_size"):
       if getattr(self, key) < 1:
         bad(key, "must be >= 1")

@@ -51,6 +51,7 @@ from flax import nnx
 from lstmrec_jax import core
 from lstmrec_jax.model.config import COLD_ID_MODES
 from lstmrec_jax.model.registry import register_item_repr
+from lstmrec_jax.model.tables import pad_rows, table_param
 
 CONTENT_MODES = ("content", "sum", "gate")
 
@@ -149,7 +150,7 @@ class HybridItemRepr(nnx.Module):
                cold_id: str = "drop", cold_content_grad: bool = True,
                use_attributes: bool = True, use_titles: bool = True,
                title_embed_dim: int = 64, title_hidden_size: int = 64, param_dtype=jnp.float32,
-               compute_dtype=jnp.float32, rngs: nnx.Rngs):
+               compute_dtype=jnp.float32, rngs: nnx.Rngs, rows: int | None = None):
     if mode not in CONTENT_MODES:
       raise ValueError(f"HybridItemRepr mode must be one of {CONTENT_MODES}, got {mode!r}")
     if cold_id not in COLD_ID_MODES:
@@ -164,10 +165,11 @@ class HybridItemRepr(nnx.Module):
                        "available (or both are switched off)")
     self.mode, self.cold_id, self.cold_content_grad = mode, cold_id, cold_content_grad
     self.param_dtype = jnp.dtype(param_dtype)
+    self.num_items, self.rows = num_items, rows or num_items
     if mode != "content":
       # Same name, shape and init as ItemEmbedding.embedding: id-only parameters load here.
-      self.embedding = nnx.Param(
-          _normal(embed_dim ** -0.5)(rngs.params(), (num_items, embed_dim), param_dtype))
+      self.embedding = nnx.Param(table_param(rngs.params(), num_items, self.rows, embed_dim,
+                                             param_dtype))
     else:
       self.embedding = None
     self.known_V = ContentConst(jnp.asarray(content.known_V, bool))
@@ -195,8 +197,14 @@ class HybridItemRepr(nnx.Module):
 
     id_keep_V: bool (V,), items keeping their id part this step (id dropout); None: all.
     """
-    content_VxE = self.content()
-    known_V1 = self.known_V[...][:, None]
+    return self.padded_table(id_keep_V)[:self.num_items]
+
+  def padded_table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
+    """`table` with the zero rows up to the id table's rows (ModelConfig.table_rows)."""
+    content_VxE = pad_rows(self.content(), self.rows)
+    known_V1 = pad_rows(self.known_V[...], self.rows, False)[:, None]
+    if id_keep_V is not None:
+      id_keep_V = pad_rows(id_keep_V, self.rows, False)
     if not self.cold_content_grad:
       # An item with no training event only ever appears as a softmax negative: its row must not
       # teach the towers to recognise (and bury) exactly the items that are new.
@@ -236,7 +244,7 @@ def _content_builder(mode: str):
         cold_content_grad=cfg.cold_content_grad, use_attributes=cfg.content_attributes,
         use_titles=cfg.content_titles, title_embed_dim=cfg.title_embed_dim,
         title_hidden_size=cfg.title_hidden_size, param_dtype=jnp.dtype(cfg.param_dtype),
-        compute_dtype=jnp.dtype(cfg.compute_dtype), rngs=rngs)
+        compute_dtype=jnp.dtype(cfg.compute_dtype), rngs=rngs, rows=cfg.table_rows)
 
   build.__name__ = f"build_{mode}_items"
   return build

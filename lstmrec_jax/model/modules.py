@@ -27,25 +27,34 @@ from lstmrec_jax.model import content as content_lib
 from lstmrec_jax.model import encoders  # pylint: disable=unused-import  (registers encoders)
 from lstmrec_jax.model.config import ModelConfig
 from lstmrec_jax.model.registry import ENCODERS, ITEM_REPRS, register_item_repr
+from lstmrec_jax.model.tables import pad_rows, table_param
 
 
 class ItemEmbedding(nnx.Module):
   """Item representation from ids alone (`item_mode="id"`): one V x E table; row 0 is padding.
 
   An item representation needs `table(id_keep_V=None) -> VxE` only; SeqRecModel gathers rows.
+  It may also offer `padded_table(id_keep_V=None)`, its table with the zero rows up to
+  `ModelConfig.table_rows` (what the vocabulary-parallel softmax splits over devices).
   """
 
-  def __init__(self, num_items: int, embed_dim: int, *, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, num_items: int, embed_dim: int, *, param_dtype, rngs: nnx.Rngs,
+               rows: int | None = None):
     # std 1/sqrt(E) gives unit-norm embeddings: O(1) LSTM inputs and dot-product scores.
-    init = jax.nn.initializers.normal(stddev=embed_dim ** -0.5)
-    self.embedding = nnx.Param(init(rngs.params(), (num_items, embed_dim), param_dtype))
+    self.num_items = num_items
+    self.embedding = nnx.Param(table_param(rngs.params(), num_items, rows or num_items,
+                                           embed_dim, param_dtype))
 
   # id_keep_V: HybridItemRepr's id-dropout mask; an id-only item has nothing to fall back to,
   # so ModelConfig refuses id_dropout here and the mask is always None.
-  def table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
-    """The V x E item table."""
+  def padded_table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
+    """The item table with its zero padding rows (table_rows x E)."""
     del id_keep_V
     return self.embedding[...]
+
+  def table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
+    """The V x E item table."""
+    return self.padded_table(id_keep_V)[:self.num_items]
 
 
 @register_item_repr("id")
@@ -53,7 +62,7 @@ def _id_items(cfg: ModelConfig, *, rngs: nnx.Rngs, item_content=None) -> ItemEmb
   """The id-only item table (item content, if any, is not used)."""
   del item_content
   return ItemEmbedding(cfg.num_items, cfg.embed_dim, param_dtype=jnp.dtype(cfg.param_dtype),
-                       rngs=rngs)
+                       rngs=rngs, rows=cfg.table_rows)
 
 
 class SeqRecModel(nnx.Module):
@@ -83,9 +92,9 @@ class SeqRecModel(nnx.Module):
     if cfg.tied_output:
       self.output_embedding = None
     else:
-      init = jax.nn.initializers.normal(stddev=e ** -0.5)
-      self.output_embedding = nnx.Param(init(rngs.params(), (cfg.num_items, e), param_dtype))
-    self.bias = (nnx.Param(jnp.zeros((cfg.num_items,), param_dtype)) if cfg.item_bias else None)
+      self.output_embedding = nnx.Param(
+          table_param(rngs.params(), cfg.num_items, cfg.table_rows, e, param_dtype))
+    self.bias = (nnx.Param(jnp.zeros((cfg.table_rows,), param_dtype)) if cfg.item_bias else None)
 
   def id_keep_mask(self, dropout_key: jax.Array | None) -> jax.Array | None:
     """bool (V,): items that keep their id part this step; None without id dropout or key."""
@@ -94,15 +103,24 @@ class SeqRecModel(nnx.Module):
     key = jax.random.fold_in(dropout_key, 0x1D)  # a stream apart from the activation dropouts
     return jax.random.bernoulli(key, 1.0 - self.cfg.id_dropout, (self.cfg.num_items,))
 
-  def item_tables(self, id_keep_V: jax.Array | None = None
+  def item_tables(self, id_keep_V: jax.Array | None = None, *, padded: bool = False
                   ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """(input_VxE, output_VxE, bias_V or None): compute once per step, pass the input table on.
 
     id_keep_V: the step's id-dropout mask (`id_keep_mask`), None for none; it reaches the input
     and (when tied) the output table alike.
+    padded: hand out `cfg.table_rows` rows (the zero rows past V included, as the parameters
+    hold them: what the vocabulary-parallel softmax splits over devices) instead of V.
     """
+    if padded:
+      rows = self.cfg.table_rows
+      padded_table = getattr(self.item_repr, "padded_table", None)
+      input_VxE = (padded_table(id_keep_V) if padded_table is not None
+                   else pad_rows(self.item_repr.table(id_keep_V), rows))
+      output_VxE = input_VxE if self.output_embedding is None else self.output_embedding[...]
+      return input_VxE, output_VxE, None if self.bias is None else self.bias[...]
     input_VxE = self.item_repr.table(id_keep_V)
-    output_VxE = input_VxE if self.output_embedding is None else self.output_embedding[...]
+    output_VxE = input_VxE if self.output_embedding is None else self.item_table()
     return input_VxE, output_VxE, self.item_bias()
 
   def _lookup(self, item_table_VxE: jax.Array, ids: jax.Array, mask: jax.Array) -> jax.Array:
@@ -176,11 +194,11 @@ class SeqRecModel(nnx.Module):
     """The V x E output item table (scoring); a step needing both tables uses `item_tables`."""
     if self.output_embedding is None:
       return self.item_repr.table(id_keep_V)
-    return self.output_embedding[...]
+    return self.output_embedding[:self.cfg.num_items]
 
   def item_bias(self) -> jax.Array | None:
     """The per-item score bias (V,), or None without one."""
-    return None if self.bias is None else self.bias[...]
+    return None if self.bias is None else self.bias[:self.cfg.num_items]
 
   def score(self, user_NxE: jax.Array) -> jax.Array:
     """Logits of every item for each user state (any leading shape), f32; padding item 0 is -inf."""

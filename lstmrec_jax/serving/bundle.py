@@ -181,7 +181,9 @@ def load(path: str | os.PathLike) -> Bundle:
   item_keys = json.loads((path / "items.json").read_text())
   rest = {k: meta[k] for k in ("source", "dataset", "exported", "created", "jax_version")
           if k in meta}
-  return Bundle(model=meta["model"], num_items=meta["num_items"], max_len=meta["max_len"],
+  # Bundles written before model.vocab_shards existed hold unsplit tables.
+  model = {"vocab_shards": 1, **meta["model"]}
+  return Bundle(model=model, num_items=meta["num_items"], max_len=meta["max_len"],
                 seed=meta["seed"], params=params, item_keys=item_keys,
                 popularity_V=popularity_V, content=content, meta=rest)
 

@@ -27,7 +27,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from lstmrec_jax import paths
 from lstmrec_jax.model import compat
@@ -149,9 +149,20 @@ def _layout(tree, legacy: bool):
 
 
 def _abstract(tree, mesh: Mesh | None):
-  """ShapeDtypeStructs for a restore target, replicated over `mesh` (any device count)."""
-  sharding = mesh_lib.replicated(mesh) if mesh is not None else None
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+  """ShapeDtypeStructs for a restore target on `mesh` (any device count).
+
+  A leaf already placed on `mesh` keeps its sharding (the vocabulary-parallel item tables
+  restore split over `model`); anything else is replicated.
+  """
+  repl = mesh_lib.replicated(mesh) if mesh is not None else None
+
+  def one(x):
+    sharding = getattr(x, "sharding", None)
+    if not (mesh is not None and isinstance(sharding, NamedSharding) and sharding.mesh == mesh):
+      sharding = repl
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+  return jax.tree.map(one, tree)
 
 
 def _is_legacy(step_dir) -> bool:

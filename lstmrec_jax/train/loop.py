@@ -28,6 +28,7 @@ from lstmrec_jax.evaluation import reports
 from lstmrec_jax.train import checkpoint as ckpt_lib
 from lstmrec_jax.train import state as state_lib
 from lstmrec_jax.train import steps
+from lstmrec_jax.train import vocab_parallel
 
 
 def check_saved_config(workdir: epath.Path, config: Mapping[str, Any],
@@ -247,7 +248,19 @@ def _train(spec, workdir, defaults, pipeline) -> dict[str, Any]:
   total_steps = tr.num_epochs * steps_per_epoch
   eval_every = eval_period(tr, steps_per_epoch)
   tx = run.optimizer(total_steps, steps_per_epoch)
-  state = mesh_lib.replicate(state_lib.init_state(run.params, tx, spec.seed), mesh)
+  split_tables = vocab_parallel.MODEL_AXIS in mesh.axis_names
+  if run.model_cfg.vocab_shards > 1 and not split_tables:
+    raise ValueError(f"model.vocab_shards={run.model_cfg.vocab_shards} needs a multiple of "
+                     f"{run.model_cfg.vocab_shards} devices; {mesh.devices.size} in use")
+  # Replicated, but for the item tables and their moments with model.vocab_shards > 1.
+  state = state_lib.init_state(run.params, tx, spec.seed)
+  state_sh = vocab_parallel.state_shardings(state, mesh, run.model_cfg.table_rows)
+  state = jax.device_put(state, state_sh)
+  if split_tables:
+    logging.info("item tables (%d rows) split over %d devices (mesh %s); softmax %s",
+                 run.model_cfg.table_rows, mesh.shape[vocab_parallel.MODEL_AXIS],
+                 dict(mesh.shape), "vocabulary-parallel" if steps.uses_vocab_parallel(
+                     mesh, spec.loss) else f"{spec.loss.kind!r} through XLA's partitioner")
   num_params = sum(x.size for x in jax.tree.leaves(run.params))
   logging.info("%s: %d users, %d items, %d training examples, %d steps/epoch, %d params, "
                "%d devices", spec.data.format, dataset.num_users, dataset.num_items - 1,
@@ -270,11 +283,12 @@ def _train(spec, workdir, defaults, pipeline) -> dict[str, Any]:
                  trained, int(dataset.num_items) - 1 - trained)
   repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
   step_fn = functools.partial(steps.train_step, graphdef=run.graphdef, tx=tx, loss_cfg=spec.loss,
-                              adv_cfg=spec.adversarial, aug_cfg=spec.augment)
+                              adv_cfg=spec.adversarial, aug_cfg=spec.augment,
+                              mesh=mesh if split_tables else None)
   if tr.skip_nonfinite_steps:
     step_fn = functools.partial(_guarded_step, step_fn=step_fn)
-  train_fn = jax.jit(step_fn, in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
-                     donate_argnums=0)
+  train_fn = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, repl),
+                     out_shardings=(state_sh, repl), donate_argnums=0)
   rank_fn = ranking.compile_rank_fn(run.graphdef, mesh, exclude_seen=spec.eval.exclude_seen,
                                     chunk_size=spec.eval.chunk_size)
 

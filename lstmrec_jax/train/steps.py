@@ -5,6 +5,12 @@ Shape legend: B batch, L history length, E item embedding size, V catalog size, 
 
 Each step merges the model once, computes the item tables once (`SeqRecModel.item_tables`: the
 content towers, if any, run once per step) and passes them explicitly to the model and the loss.
+
+With `model.vocab_shards` > 1 the step runs on a data x model mesh: the item tables (with their
+zero padding rows, `ModelConfig.table_rows`) and their optimizer moments are split row-wise over
+`model` (`vocab_parallel.state_shardings`), and the softmax losses ("full", "chunked") become
+`vocab_parallel.vocab_parallel_softmax_cross_entropy`, same value and gradients. The sampled
+losses gather their few rows from the split table through XLA's partitioner.
 """
 
 from __future__ import annotations
@@ -18,26 +24,41 @@ from flax import nnx
 
 from lstmrec_jax import losses
 from lstmrec_jax.losses import LossConfig
+from lstmrec_jax.model import tables as model_tables
 from lstmrec_jax.train import adversarial
 from lstmrec_jax.train import contrastive
+from lstmrec_jax.train import vocab_parallel
 from lstmrec_jax.train.state import TrainState
+
+# Losses that vocab_parallel_softmax_cross_entropy computes exactly (the full softmax).
+VOCAB_PARALLEL_LOSSES = ("full", "chunked")
+
+
+def uses_vocab_parallel(mesh, loss_cfg: LossConfig) -> bool:
+  """Whether the step on `mesh` computes `loss_cfg` with the item table split over `model`."""
+  return (mesh is not None and vocab_parallel.MODEL_AXIS in mesh.axis_names
+          and mesh.shape[vocab_parallel.MODEL_AXIS] > 1
+          and loss_cfg.kind in VOCAB_PARALLEL_LOSSES)
 
 
 def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | None,
                   loss_cfg: LossConfig, log_q_V: jax.Array | None,
                   item_mask_V: jax.Array | None = None, *,
                   adv_cfg: adversarial.AdversarialConfig | None = None,
-                  aug_cfg: Any = None) -> jax.Array:
+                  aug_cfg: Any = None, mesh=None) -> jax.Array:
   """The `loss_cfg.kind` loss at every real position of the batch (a scalar).
 
   item_mask_V (bool, V) restricts the softmax losses to the items where it is True (the targets
   must be among them); None scores every item. Sampled negatives use fold_in(dropout_key, 1).
   With `adv_cfg` on, adds the adversarial term (`train/adversarial.py`); with
   `aug_cfg.contrastive_weight > 0` and the batch's `view1_*` / `view2_*` keys (from
-  `data.augment`), the InfoNCE term between the two views (`train/contrastive.py`).
+  `data.augment`), the InfoNCE term between the two views (`train/contrastive.py`). `mesh`:
+  the step's mesh; one with a `model` axis makes the softmax vocabulary-parallel.
   """
   id_keep_V = model.id_keep_mask(dropout_key)  # None unless model.id_dropout > 0
-  input_VxE, output_VxE, bias_V = model.item_tables(id_keep_V)
+  split = uses_vocab_parallel(mesh, loss_cfg)
+  # Split: the tables as the parameters hold them (padding rows included, sharded by row).
+  input_VxE, output_VxE, bias_V = model.item_tables(id_keep_V, padded=split)
   targets_N = batch["targets_BxL"].reshape(-1)
   weights_N = (targets_N > 0).astype(jnp.float32)
   neg_key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
@@ -50,6 +71,13 @@ def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | N
     if user_delta is not None:
       user_BxLxE = user_BxLxE + jnp.where(mask_BxL[..., None], user_delta, 0.0)
     user_NxE = user_BxLxE.reshape(-1, user_BxLxE.shape[-1])
+    if split:
+      rows = output_VxE.shape[0]
+      mask_V = None if item_mask_V is None else model_tables.pad_rows(item_mask_V, rows, False)
+      return vocab_parallel.vocab_parallel_softmax_cross_entropy(
+          user_NxE, output_VxE, losses.candidate_bias(bias_V, mask_V), targets_N, weights_N,
+          mesh=mesh, chunk_size=loss_cfg.chunk_size, label_smoothing=loss_cfg.label_smoothing,
+          num_items=model.cfg.num_items)[0]
     return losses.get_loss(loss_cfg.kind)(user_NxE, output_VxE, bias_V, targets_N, weights_N,
                                           cfg=loss_cfg, key=neg_key, log_q_V=log_q_V,
                                           item_mask_V=item_mask_V)
@@ -59,7 +87,8 @@ def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | N
     b, l = batch["inputs_BxL"].shape
     shape = (b, l, input_VxE.shape[-1])
     shapes = (shape, shape) if adv_cfg.user_state else (shape,)
-    eps = adv_cfg.eps * adversarial.embedding_scale(input_VxE)  # relative to the embeddings
+    # relative to the embeddings (the real rows: padding rows would shrink the mean norm)
+    eps = adv_cfg.eps * adversarial.embedding_scale(input_VxE[:model.cfg.num_items])
     deltas = adversarial.worst_case(loss_at, shapes, mask_BxL, kind=adv_cfg.kind, eps=eps,
                                     steps=adv_cfg.steps)
     loss = loss + adv_cfg.weight * loss_at(*deltas)
@@ -82,7 +111,7 @@ def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | N
 def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, Any], *,
                graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                loss_cfg: LossConfig, adv_cfg: adversarial.AdversarialConfig | None = None,
-               aug_cfg: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               aug_cfg: Any = None, mesh=None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a (global) batch; returns the new state and scalar metrics.
 
   `aux` holds what the step reads but never changes: `consts` (the model's non-parameter state),
@@ -90,13 +119,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, An
   and optionally `item_mask_V` (the candidates of the training softmax,
   `LossConfig.train_items_only`). `adv_cfg` (the `adversarial` group) and `aug_cfg` (the
   `augment` group: its contrastive term) add their loss terms when on (`sequence_loss`).
+  `mesh`: the step's mesh (a `model` axis makes the softmax vocabulary-parallel).
   """
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, aux["consts"])
     return sequence_loss(model, batch, dropout_key, loss_cfg, aux.get("log_q_V"),
-                         aux.get("item_mask_V"), adv_cfg=adv_cfg, aug_cfg=aug_cfg)
+                         aux.get("item_mask_V"), adv_cfg=adv_cfg, aug_cfg=aug_cfg, mesh=mesh)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

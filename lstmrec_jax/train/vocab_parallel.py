@@ -112,7 +112,8 @@ def _local_lse(user_NxE, rows_WxE, bias_W, lo, num_items, chunk_size):
 def vocab_parallel_softmax_cross_entropy(
     user_NxE: jax.Array, item_table_VxE: jax.Array, item_bias_V: jax.Array | None,
     targets_N: jax.Array, weights_N: jax.Array, *, mesh: Mesh, model_axis: str = MODEL_AXIS,
-    chunk_size: int = 8192, label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+    chunk_size: int = 8192, label_smoothing: float = 0.0,
+    num_items: int | None = None) -> tuple[jax.Array, dict]:
   """`losses.softmax_cross_entropy` with the item table split over the `model` mesh axis.
 
   Args:
@@ -128,6 +129,9 @@ def vocab_parallel_softmax_cross_entropy(
     model_axis: the mesh axis the table rows are split over.
     chunk_size: items per local chunk (bounds each device's logits at N/D x C).
     label_smoothing: eps of the uniform mass spread over the real items 1..V-1.
+    num_items: V when the table already carries padding rows past it (the model's
+      `item_tables(padded=True)`, `ModelConfig.table_rows`): those rows are never a class.
+      None: every row of the table is an item.
 
   Returns:
     (weighted mean loss, aux dict with loss_sum, nll_sum, weight_sum), replicated; as in
@@ -136,13 +140,17 @@ def vocab_parallel_softmax_cross_entropy(
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
   num_shards, batch_axes = _axes(mesh, model_axis)
-  num_items = item_table_VxE.shape[0]
+  num_items = item_table_VxE.shape[0] if num_items is None else num_items
+  if item_bias_V is not None and item_bias_V.shape[0] != item_table_VxE.shape[0]:
+    raise ValueError(f"item_bias_V has {item_bias_V.shape[0]} rows, the table "
+                     f"{item_table_VxE.shape[0]}")
   # Flattened, checked, and weights zeroed where the target is the padding item 0.
   user_NxE, targets_N, weights_N = losses._flatten(user_NxE, targets_N, weights_N)
   _check_batch(targets_N.shape[0], mesh, batch_axes, "positions")
   width = padded_num_items(num_items, num_shards) // num_shards
   has_bias = item_bias_V is not None
-  bias_V = item_bias_V if has_bias else jnp.zeros((num_items,), jnp.float32)
+  bias_V = item_bias_V if has_bias else jnp.zeros((item_table_VxE.shape[0],), jnp.float32)
+  width = max(width, -(-item_table_VxE.shape[0] // num_shards))
   table_VxE, bias_V = _pad_rows(item_table_VxE, bias_V, width * num_shards, 0.0)
   data_spec = P(batch_axes) if batch_axes else P()
 
@@ -187,6 +195,38 @@ def vocab_parallel_softmax_cross_entropy(
       in_specs=(data_spec, P(model_axis), P(model_axis), data_spec, data_spec),
       out_specs=(P(), P()))
   return fn(user_NxE, table_VxE, bias_V, targets_N, weights_N)
+
+
+# The item parameters with one row per item (model/modules.py, model/content.py), by their path
+# of dict keys in the parameter tree; optimizer moments mirror these paths.
+TABLE_PARAM_PATHS = (("item_repr", "embedding"), ("output_embedding",), ("bias",))
+
+
+def _dict_keys(path) -> tuple[str, ...]:
+  return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def state_shardings(tree, mesh: Mesh, table_rows: int, model_axis: str = MODEL_AXIS):
+  """NamedShardings for a parameter or train-state tree: item tables split over `model`.
+
+  A leaf is split row-wise when its dict-key path is one of `TABLE_PARAM_PATHS` (the parameter
+  itself, or an optimizer moment of it: optax nests moments in tuples, not dicts) and its first
+  axis has `table_rows` rows;
+  everything else (the encoder, step counters, the rng) is replicated. On a mesh without
+  `model_axis` every leaf is replicated.
+  """
+  repl = NamedSharding(mesh, P())
+  if model_axis not in mesh.axis_names:
+    return jax.tree.map(lambda _: repl, tree)
+  split = table_sharding(mesh, model_axis)
+
+  def pick(path, leaf):
+    keys = _dict_keys(path)
+    is_table = keys in TABLE_PARAM_PATHS
+    shape = getattr(leaf, "shape", ())
+    return split if is_table and len(shape) >= 1 and shape[0] == table_rows else repl
+
+  return jax.tree_util.tree_map_with_path(pick, tree)
 
 
 def vocab_parallel_target_ranks(
