@@ -48,12 +48,27 @@ LEVERS = {
 KEYS = ("NDCG@10", "HR@10")
 
 
+def _finished_report(config, workdir: pathlib.Path) -> dict | None:
+  """The report of a finished run of exactly `config` in `workdir` (None: train or resume)."""
+  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  report, saved = workdir / "report.json", workdir / "config.json"
+  if not (report.is_file() and saved.is_file()):
+    return None
+  if json.loads(saved.read_text()) != json.loads(json.dumps(run_lib.plain(config))):
+    return None  # another config: train_and_evaluate refuses it with the differing keys
+  return json.loads(report.read_text())
+
+
 def run_lever(config, workdir: pathlib.Path) -> dict:
   from configs import base  # pylint: disable=g-import-not-at-top
   from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.train import loop  # pylint: disable=g-import-not-at-top
   defaults = run_lib.flatten(run_lib.plain(base.get_base_config()))
-  report = loop.train_and_evaluate(config, workdir, defaults=defaults)
+  # A finished (lever, seed) is read, not evaluated again: a rerun that adds levers or seeds
+  # costs only the new runs.
+  report = _finished_report(config, workdir)
+  if report is None:
+    report = loop.train_and_evaluate(config, workdir, defaults=defaults)
   return {split: {k: report["splits"][split]["model"]["overall"][k] for k in KEYS}
           for split in ("valid", "test")}
 

@@ -49,3 +49,10 @@ def test_augment_sweep(tmp_path):
   assert set(res) == {"baseline", "substitute", "mask+contrastive"}
   text = (tmp_path / "aug.md").read_text()
   assert "| substitute |" in text and "| mask+contrastive |" in text
+  # A rerun that adds a lever reads the finished runs instead of evaluating them again.
+  report = tmp_path / "a" / "baseline_s0" / "report.json"
+  mtime = report.stat().st_mtime_ns
+  again = augment_sweep.main(["--tiny", "--out_dir", str(tmp_path / "a"), "--results",
+                              str(tmp_path / "aug2"), "--levers", "baseline,crop", "--seeds", "0"])
+  assert report.stat().st_mtime_ns == mtime
+  assert again["baseline"]["runs"] == res["baseline"]["runs"] and set(again) == {"baseline", "crop"}
