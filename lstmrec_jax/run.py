@@ -414,11 +414,11 @@ def build_run(spec: RunSpec, *, num_devices: int | None = None, dataset=None) ->
   graphdef, params, consts = state_lib.create_model(model_cfg, spec.seed,
                                                     **model_inputs(dataset, model_cfg))
   num_devices = spec.train.num_devices if num_devices is None else num_devices
-  shards = model_cfg.vocab_shards
-  if shards > 1 and (num_devices or len(jax.devices())) % shards:
+  shards, in_use = model_cfg.vocab_shards, num_devices or len(jax.devices())
+  if shards > 1 and in_use % shards:
     # Evaluation / serving elsewhere: the split tables restore whole on every device.
     logging.warning("model.vocab_shards=%d but %d devices: the item tables are replicated",
-                    shards, num_devices or len(jax.devices()))
+                    shards, in_use)
     shards = 1
   mesh = mesh_lib.make_mesh(num_devices, model=shards)
   for what, size in (("input.batch_size", spec.input.batch_size),

@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from lstmrec_jax import losses
 from lstmrec_jax.evaluation import metrics
 from lstmrec_jax.mesh import DATA_AXIS, MODEL_AXIS, make_data_model_mesh  # noqa: F401
+from lstmrec_jax.model.tables import pad_rows
 
 # Finite "minus infinity" for masked logits: exp() of it is exactly 0 in f32, and unlike -inf a
 # shard or chunk with no real item gets a finite log-sum-exp, so no inf - inf reaches a gradient.
@@ -70,11 +71,7 @@ def _check_batch(rows: int, mesh: Mesh, batch_axes: tuple[str, ...], what: str) 
 
 def _pad_rows(table_VxE, bias_V, rows: int, bias_fill: float):
   """Pads the item axis to `rows`; padded bias entries get `bias_fill`."""
-  pad = rows - table_VxE.shape[0]
-  if pad == 0:
-    return table_VxE, bias_V
-  return (jnp.pad(table_VxE, ((0, pad), (0, 0))),
-          jnp.pad(bias_V, (0, pad), constant_values=bias_fill))
+  return pad_rows(table_VxE, rows), pad_rows(bias_V, rows, bias_fill)
 
 
 def _local_lse(user_NxE, rows_WxE, bias_W, lo, num_items, chunk_size):
@@ -147,10 +144,10 @@ def vocab_parallel_softmax_cross_entropy(
   # Flattened, checked, and weights zeroed where the target is the padding item 0.
   user_NxE, targets_N, weights_N = losses._flatten(user_NxE, targets_N, weights_N)
   _check_batch(targets_N.shape[0], mesh, batch_axes, "positions")
-  width = padded_num_items(num_items, num_shards) // num_shards
+  # Rows per shard cover the whole table (its own padding rows past num_items included).
+  width = padded_num_items(item_table_VxE.shape[0], num_shards) // num_shards
   has_bias = item_bias_V is not None
   bias_V = item_bias_V if has_bias else jnp.zeros((item_table_VxE.shape[0],), jnp.float32)
-  width = max(width, -(-item_table_VxE.shape[0] // num_shards))
   table_VxE, bias_V = _pad_rows(item_table_VxE, bias_V, width * num_shards, 0.0)
   data_spec = P(batch_axes) if batch_axes else P()
 
@@ -211,9 +208,8 @@ def state_shardings(tree, mesh: Mesh, table_rows: int, model_axis: str = MODEL_A
 
   A leaf is split row-wise when its dict-key path is one of `TABLE_PARAM_PATHS` (the parameter
   itself, or an optimizer moment of it: optax nests moments in tuples, not dicts) and its first
-  axis has `table_rows` rows;
-  everything else (the encoder, step counters, the rng) is replicated. On a mesh without
-  `model_axis` every leaf is replicated.
+  axis has `table_rows` rows; everything else (the encoder, step counters, the rng) is
+  replicated. On a mesh without `model_axis` every leaf is replicated.
   """
   repl = NamedSharding(mesh, P())
   if model_axis not in mesh.axis_names:
