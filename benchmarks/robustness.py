@@ -70,8 +70,13 @@ def _with_data(config, info: dict):
 
 
 def study(config, out_dir: str, *, adv=DEFAULT_ADV, eps_list=(0.0, 0.02, 0.05, 0.1, 0.2, 0.5),
-          noise_list=(0.1, 0.2, 0.3), poison_list=(0.005, 0.01, 0.02), seed: int = 0) -> dict:
-  """Runs the study; returns {"attacks": {"perturbation": ..., "noise": ..., "poisoning": ...}}."""
+          noise_list=(0.1, 0.2, 0.3), poison_list=(0.005, 0.01, 0.02), seed: int = 0,
+          adv_name: str = "adversarial") -> dict:
+  """Runs the study; returns {"attacks": {"perturbation": ..., "noise": ..., "poisoning": ...}}.
+
+  The adversarial variant trains in OUT_DIR/<adv_name>: another setting under another name
+  shares the standard variant's (finished) runs instead of training them again.
+  """
   eps_list = tuple(sorted({0.0, *eps_list}))  # eps 0: the clean reference of every table
   out = pathlib.Path(out_dir)
   (out / "data").mkdir(parents=True, exist_ok=True)
@@ -96,7 +101,8 @@ def study(config, out_dir: str, *, adv=DEFAULT_ADV, eps_list=(0.0, 0.02, 0.05, 0
   for variant, overrides in (("standard", ()), ("adversarial", adv)):
     cfg = _with_data(config, clean)
     study_common.apply_overrides(cfg, overrides)
-    workdir = out / variant / "clean"
+    run_dir = out / (adv_name if variant == "adversarial" else variant)
+    workdir = run_dir / "clean"
     _train(cfg, workdir)
     restored = run_lib.restore_run(workdir, spec=study_common.workdir_spec(workdir))
     run, params = restored.run, restored.params
@@ -124,7 +130,7 @@ def study(config, out_dir: str, *, adv=DEFAULT_ADV, eps_list=(0.0, 0.02, 0.05, 0
     for f, info in poisoned.items():
       pcfg = _with_data(config, info)
       study_common.apply_overrides(pcfg, overrides)
-      pdir = out / variant / f"poison_{f:g}"
+      pdir = run_dir / f"poison_{f:g}"
       _train(pcfg, pdir)
       pr = run_lib.restore_run(pdir, spec=study_common.workdir_spec(pdir))
       pds = pr.run.dataset
@@ -184,6 +190,9 @@ def main(argv=None) -> dict:
   ap.add_argument("--adv", action="append", default=None,
                   help=f"the adversarial variant's overrides (default {' '.join(DEFAULT_ADV)})")
   ap.add_argument("--out_dir", required=True)
+  ap.add_argument("--adv_name", default="adversarial",
+                  help="the adversarial variant's folder under --out_dir: a new name for a new "
+                       "--adv setting reuses the standard variant's runs")
   ap.add_argument("--results", default="benchmarks/results/robustness")
   ap.add_argument("--eps", default="0,0.02,0.05,0.1,0.2,0.5",
                   help="attack (a) radii, x the mean item embedding norm")
@@ -200,7 +209,7 @@ def main(argv=None) -> dict:
   floats = lambda s: tuple(float(x) for x in s.split(",") if x)
   result = study(config, args.out_dir, adv=tuple(args.adv or DEFAULT_ADV),
                  eps_list=floats(args.eps), noise_list=floats(args.noise),
-                 poison_list=floats(args.poison), seed=args.seed)
+                 poison_list=floats(args.poison), seed=args.seed, adv_name=args.adv_name)
   text = markdown(result)
   os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
   pathlib.Path(args.results + ".md").write_text(text)

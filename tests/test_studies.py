@@ -27,6 +27,19 @@ def test_robustness_then_diversity_sweep(tmp_path):
   # the poisoned runs push the target to the real users
   assert std["poisoning"]["0.05"]["target_HR@10"] > std["poisoning"]["0"]["target_HR@10"]
 
+  # A second adversarial setting under its own name reuses the finished standard run.
+  ckpts = tmp_path / "r" / "standard" / "clean" / "checkpoints"
+  before = sorted(p.name for p in ckpts.iterdir())
+  res2 = robustness.main(["--tiny", "--out_dir", str(tmp_path / "r"), "--results",
+                          str(tmp_path / "rob2"), "--eps", "0,0.5", "--noise", "0.3",
+                          "--poison", "", "--adv_name", "adv_small", "--adv",
+                          "adversarial.kind=fgsm", "--adv", "adversarial.eps=0.02"])
+  assert sorted(p.name for p in ckpts.iterdir()) == before  # not trained again
+  assert res2["variants"]["standard"]["perturbation"] == std["perturbation"]
+  assert (tmp_path / "r" / "adv_small" / "clean" / "report.json").is_file()
+  assert res2["adversarial"] == ["adversarial.kind=fgsm", "adversarial.eps=0.02"]
+  assert res2["variants"]["adversarial"]["perturbation"] != adv["perturbation"]
+
   workdir = tmp_path / "r" / "standard" / "clean"
   out = diversity_sweep.main(["--workdir", str(workdir), "--lambdas", "1,0.5,0", "--out",
                               str(tmp_path / "div")])
