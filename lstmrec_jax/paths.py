@@ -20,3 +20,15 @@ def workdir_path(path: str | os.PathLike) -> epath.Path:
   """An epath.Path: a URI (gs://, s3://) unchanged, a local path made absolute."""
   p = epath.Path(path)
   return p if is_uri(path) else p.absolute()
+
+
+def replace_text(path: epath.Path, text: str) -> None:
+  """Writes `text` to `path` through a sibling temporary file and a rename.
+
+  A reader (another process of the run, or a rerun after a kill) sees the old file or the whole
+  new one, never half of it.
+  """
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)

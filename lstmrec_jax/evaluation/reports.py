@@ -174,5 +174,5 @@ def format_summary(summary: dict[str, Any]) -> str:
 def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:
   """JSON report, written by process 0 only."""
   if jax.process_index() == 0:
-    paths.workdir_path(path).write_text(json.dumps(report, indent=2, sort_keys=True))
+    paths.replace_text(paths.workdir_path(path), json.dumps(report, indent=2, sort_keys=True))
     logging.info("wrote %s", path)

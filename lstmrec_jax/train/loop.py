@@ -51,8 +51,7 @@ def check_saved_config(workdir: epath.Path, config: Mapping[str, Any],
           f"{workdir} holds a run with a different config ({', '.join(changed)}); use another "
           "--workdir or the same config to resume")
   elif jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(current, indent=2, sort_keys=True))
+    paths.replace_text(path, json.dumps(current, indent=2, sort_keys=True))
 
 
 class _Logger:
@@ -232,7 +231,7 @@ def _train(spec, workdir, defaults, pipeline) -> dict[str, Any]:
   dataset, mesh, inp, tr = run.dataset, run.mesh, spec.input, spec.train
   signature_path = workdir / "data.json"
   if jax.process_index() == 0 and not signature_path.exists():
-    signature_path.write_text(json.dumps(run_lib.data_signature(dataset), indent=2))
+    paths.replace_text(signature_path, json.dumps(run_lib.data_signature(dataset), indent=2))
 
   from lstmrec_jax.data import augment  # pylint: disable=g-import-not-at-top
   # Plain TrainBatches unless the `augment` group turns a transform on (data/augment.py).

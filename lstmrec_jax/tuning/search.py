@@ -40,6 +40,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from lstmrec_jax import paths
 from lstmrec_jax import run as run_lib
 from lstmrec_jax.train import loop
 
@@ -252,12 +253,8 @@ def _read_json(path: epath.Path) -> dict[str, Any] | None:
 
 def _write_text(path: epath.Path, text: str) -> None:
   # Replace, not overwrite: a kill mid-write must not leave a half table or a half trial.json.
-  if jax.process_index() != 0:
-    return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(path)
+  if jax.process_index() == 0:
+    paths.replace_text(path, text)
 
 
 def _write_json(path: epath.Path, obj: Any) -> None:
