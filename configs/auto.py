@@ -11,11 +11,11 @@ this file) and set it: a key left in `c.auto` takes the data's value whatever it
 What is set from the data (`c.auto` below; lstmrec_jax/auto.py states each rule with the
 measured runs of docs/results.md behind it, R1-R7):
   R1 item_mode: id + attribute bag ("sum") when the items carry attributes, else id.
-  R2 E = H: 256 with attributes, 128 without.
-  R3 dropout on the input embeddings and the user state: 0.5 at E = 256, 0.3 at E = 128.
+  R2 E = H = 256.
+  R3 dropout 0.5 on the input embeddings and the user state.
   R4 layer norm on the user state, AdamW weight decay 0.1, peak learning rate 2e-3.
   R5 32 packed rows a step, halved (down to 8) while an epoch would have < 60 steps.
-  R6 a cosine schedule over 16 epochs at E = 256, 20 at E = 128.
+  R6 a cosine schedule over 16 epochs with attributes, 20 without.
   R7 validation every 2 epochs (patience 4 validations), warm-up 1 epoch.
 Every schedule is in epochs of the run's data: no step count here fits only one file.
 On Beauty the rules give the Beauty recipe (configs/beauty.py) and on Games the Games recipe,

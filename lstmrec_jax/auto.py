@@ -14,24 +14,26 @@ The rules are read off the measured runs of docs/results.md, the only evidence t
 
   R1 item_mode: "sum" (id + attribute bag) when items carry attributes, else "id".
      Beauty validation NDCG@10 at epoch 12: id 0.0328, sum 0.0511 (v2 vs v5).
-  R2 width E = H: 256 with attributes, 128 without. Beauty (sum): 256 0.0774 vs 128 0.0728
-     (v19 vs v13); Games (id): 128 0.0698 vs 64 0.0646; 256 on id-only items was not measured.
-  R3 dropout (input embeddings and user state): 0.5 at E = 256, 0.3 at E = 128. At E = 256,
-     0.3 peaked at epoch 6 then overfit (v18, 0.0728) and 0.5 reached 0.0774 (v19); at E = 128,
-     0.2 and 0.4 were both worse than 0.3 (v16, v17: 0.0694 vs 0.0728).
+  R2 width E = H: 256. Beauty (sum): 256 0.0774 vs 128 0.0728 (v19 vs v13); Games (id): 256
+     0.0764 vs 128 0.0698 vs 64 0.0646 (seed 0; 2026-12-03, the Games recipe since).
+  R3 dropout (input embeddings and user state): 0.5. At E = 256, 0.3 peaked at epoch 6 then
+     overfit (v18, 0.0728) and 0.5 reached 0.0774 (v19); at E = 128, 0.2 and 0.4 were both
+     worse than 0.3 (v16, v17: 0.0694 vs 0.0728), so 0.5 goes with the width.
   R4 layer norm on the user state, weight decay 0.1, peak lr 2e-3: both recipes (norm: 0.0636
      -> 0.0728, v13; no decay: below at every validation point, v14).
   R5 rows a step: 32, halved (down to 8) while an epoch would have fewer than 60 steps. The
      recipes ran 80-113 steps an epoch at 32 rows; 256 rows (10 steps an epoch) and 64 rows
      (~40) learned far too slowly (v0, v1). Steps an epoch are estimated as training targets /
      (rows x max_len) (packed rows are nearly full): Beauty 82, Games 121 at 32 rows.
-  R6 epochs of the cosine schedule: 16 at E = 256 (Beauty peaked at 14 of 16), 20 at E = 128
-     (Games at 14 of 20; a 16-epoch schedule at E = 128 peaked at 12 on Beauty, v13).
+  R6 epochs of the cosine schedule: 16 with attributes (Beauty peaked at 14 of 16; 24 epochs
+     were no better, valid 0.0767 vs 0.0774, 2026-12-03), 20 without (Games at E = 256 peaked
+     at 16 of 20; id-only tables see each item only through its own events).
   R7 validation every 2 epochs, patience 4 validations, warm-up 1 epoch: both recipes (their 100
      warm-up steps are 1.25 and 0.88 epochs).
 
 Not measured, so not ruled on: datasets much smaller or sparser than these two (the rules keep
-the Games model for id-only items whatever the size), titles (with `content_titles` on, R1's
+the Games model for id-only items whatever the size; 16 epochs on id-only items and 20 with
+attributes were not measured), titles (with `content_titles` on, R1's
 "sum" also reads them when the data has titles), `max_len` (stays the config's).
 """
 
@@ -88,15 +90,14 @@ def rows_per_step(train_targets: int, max_len: int) -> int:
 
 def auto_values(stats: DatasetStats, *, max_len: int) -> dict[str, Any]:
   """Every AUTO_KEYS value for a dataset (module docstring: R1-R7), as {"group.key": value}."""
-  wide = stats.has_attributes  # R2
-  width = 256 if wide else 128
-  dropout = 0.5 if wide else 0.3  # R3
+  width = 256  # R2
+  dropout = 0.5  # R3
   return {
       "model.item_mode": "sum" if stats.has_attributes else "id",  # R1
       "model.embed_dim": width, "model.hidden_size": width,
       "model.embed_dropout": dropout, "model.output_dropout": dropout,
       "model.layer_norm": True, "optim.learning_rate": 2e-3, "optim.weight_decay": 0.1,  # R4
       "input.batch_size": rows_per_step(stats.train_targets, max_len),  # R5
-      "train.num_epochs": 16 if wide else 20,  # R6
+      "train.num_epochs": 16 if stats.has_attributes else 20,  # R6
       "train.eval_every_epochs": 2.0, "train.patience": 4, "optim.warmup_epochs": 1.0,  # R7
   }
