@@ -21,9 +21,11 @@ Every schedule is in epochs of the run's data: no step count here fits only one 
 On Beauty the rules give the Beauty recipe (configs/beauty.py) and on Games the Games recipe,
 except the warm-up (1 epoch = 80 / 113 steps instead of their 100 steps).
 
-Hardware and time: as the recipes, ~15 (Beauty) and ~21 (Games) min on one CPU core.
+Hardware and time: as the recipes, ~15-21 (Beauty) and ~65 (Games) min on one CPU core.
 Reached (seed 0, docs/results.md "One recipe for any dataset"): test NDCG@10 0.0600 on Beauty
-and 0.0569 on Games, above the official GRU4Rec's 0.0463 and 0.0506.
+and, under the rules before 2026-12-03 (E = H = 128 on id-only items), 0.0569 on Games; both
+above the official GRU4Rec's 0.0463 and 0.0506. The current rules give the Games recipe but for
+the warm-up; that recipe's 3 seeds are in docs/results.md.
 """
 
 from configs import base
