@@ -261,16 +261,6 @@ def _write_json(path: epath.Path, obj: Any) -> None:
   _write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def _sync(name: str) -> None:
-  """Every process waits here until process 0's files for a trial are written (multi-process).
-
-  Only process 0 writes trial.json and report.json; without the barrier another process can read
-  the search's files before they exist and log or return a different table.
-  """
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
-
-
 def trial_dir(tune_dir: str | os.PathLike, trial: int) -> epath.Path:
   """trial_<k> of a tune dir, e.g. trial_dir("gs://b/t", 3) -> gs://b/t/trial_3 (scheme kept)."""
   return epath.Path(tune_dir) / f"trial_{trial}"
@@ -421,6 +411,10 @@ def tune(base_config: ml_collections.ConfigDict, space: Mapping[str, Any],
                                        "space": repr(dict(space))})
 
   def publish() -> list[dict[str, Any]]:
+    # Only process 0 writes trial.json and report.json: with several processes, every one waits
+    # here until those are written, so none reads the table before its files exist.
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("tune publish")
     rows = collect_results(tune_dir, trials)
     write_results(tune_dir, rows, num_trials=num_trials, search_seed=search_seed)
     return rows
@@ -448,7 +442,6 @@ def tune(base_config: ml_collections.ConfigDict, space: Mapping[str, Any],
       logging.warning("trial_%d diverged: %s", k, e)
       info.update(status="diverged", error=str(e), wall_s=time.perf_counter() - start)
       _write_json(workdir / "trial.json", info)
-      _sync(f"tune trial {k} diverged")
       publish()
       continue
     # Only the time of the run that finished the trial: a killed run's time is not recorded.
@@ -456,14 +449,12 @@ def tune(base_config: ml_collections.ConfigDict, space: Mapping[str, Any],
     if "splits" not in report:  # train.stop_after_steps: stopped as if killed; so do we
       info["status"] = "interrupted"
       _write_json(workdir / "trial.json", info)
-      _sync(f"tune trial {k} interrupted")
-      publish()
+      rows = publish()
       logging.info("trial_%d stopped at step %s (train.stop_after_steps); rerun to resume",
                    k, report.get("stopped_at_step"))
-      return collect_results(tune_dir, trials)
+      return rows
     info["status"] = "done"
     _write_json(workdir / "trial.json", info)
-    _sync(f"tune trial {k} done")
     rows = publish()
     row = next(r for r in rows if r["trial"] == k)
     logging.info("trial_%d: valid %s %.4f; best so far: trial_%d (%.4f)", k, METRIC,
