@@ -50,20 +50,21 @@ KEYS = ("NDCG@10", "HR@10")
 
 def _finished_report(config, workdir: pathlib.Path) -> dict | None:
   """The report of a finished run of exactly `config` in `workdir` (None: train or resume)."""
-  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import config_keys  # pylint: disable=g-import-not-at-top
   report, saved = workdir / "report.json", workdir / "config.json"
   if not (report.is_file() and saved.is_file()):
     return None
-  if json.loads(saved.read_text()) != json.loads(json.dumps(run_lib.plain(config))):
+  if json.loads(saved.read_text()) != json.loads(json.dumps(config_keys.plain(config))):
     return None  # another config: train_and_evaluate refuses it with the differing keys
   return json.loads(report.read_text())
 
 
 def run_lever(config, workdir: pathlib.Path) -> dict:
-  from configs import base  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import config_keys  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.configs import base  # pylint: disable=g-import-not-at-top
   from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.train import loop  # pylint: disable=g-import-not-at-top
-  defaults = run_lib.flatten(run_lib.plain(base.get_base_config()))
+  defaults = run_lib.flatten(config_keys.plain(base.get_base_config()))
   # A finished (lever, seed) is read, not evaluated again: a rerun that adds levers or seeds
   # costs only the new runs.
   report = _finished_report(config, workdir)

@@ -59,12 +59,14 @@ def run_variant(name: str, args) -> dict[str, Any]:
   """Runs one variant in this process; returns its row."""
   import jax
   import jax.numpy as jnp
-  from configs import base
   from lstmrec_jax import losses
+  from lstmrec_jax import model as model_lib
+  from lstmrec_jax import config_keys
+  from lstmrec_jax import optim
   from lstmrec_jax import run as run_lib
-  from lstmrec_jax.evaluation import ranking
+  from lstmrec_jax.configs import base
   from lstmrec_jax.model import modules
-  from lstmrec_jax.train import state as state_lib
+  from lstmrec_jax.scoring import steps as scoring
   from lstmrec_jax.train import steps as steps_lib
 
   def model_config(v):
@@ -78,8 +80,10 @@ def run_variant(name: str, args) -> dict[str, Any]:
     kind = name.removeprefix("train_")
     v = args.num_items
     model_cfg = model_config(v)
-    graphdef, params, consts = state_lib.create_model(model_cfg, args.seed)
-    tx = state_lib.make_optimizer(run_lib.build_group(state_lib.OptimConfig, "optim", base.group("optim", warmup_steps=100)), total_steps=1000)
+    graphdef, params, consts = model_lib.create_model(model_cfg, args.seed)
+    optim_cfg = config_keys.build_group(optim.OptimConfig, "optim",
+                                        base.group("optim", warmup_steps=100))
+    tx = optim.make_optimizer(optim_cfg, total_steps=1000)
     loss_cfg = losses.LossConfig.from_mapping(base.group(
         "loss", kind=kind, chunk_size=args.chunk_size, num_negatives=args.num_negatives))
     counts_V = np.bincount(_zipf_ids(rng, v, 10 * v), minlength=v)
@@ -91,7 +95,7 @@ def run_variant(name: str, args) -> dict[str, Any]:
     batches = [{"inputs_BxL": _zipf_ids(rng, v, (b, l)), "targets_BxL": _zipf_ids(rng, v, (b, l)),
                 "mask_BxL": np.ones((b, l), bool), "resets_BxL": np.zeros((b, l), bool)}
                for _ in range(2)]
-    state = state_lib.init_state(params, tx, args.seed)
+    state = optim.init_state(params, tx, args.seed)
     t0 = time.perf_counter()
     compiled = fn.lower(state, batches[0], aux).compile()
     row.update(compile_s=round(time.perf_counter() - t0, 2), **_memory(compiled))
@@ -116,8 +120,8 @@ def run_variant(name: str, args) -> dict[str, Any]:
   elif name.startswith("eval_V"):
     v = int(float(name.removeprefix("eval_V")))
     model_cfg = model_config(v)
-    graphdef, params, consts = state_lib.create_model(model_cfg, args.seed)
-    fn = jax.jit(functools.partial(ranking.eval_step, graphdef=graphdef, exclude_seen=True,
+    graphdef, params, consts = model_lib.create_model(model_cfg, args.seed)
+    fn = jax.jit(functools.partial(scoring.eval_step, graphdef=graphdef, exclude_seen=True,
                                    chunk_size=args.eval_chunk_size))
     b, l = args.eval_batch_size, args.max_len
     batches = []

@@ -31,11 +31,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lstmrec_jax import run as run_lib  # noqa: E402
+from lstmrec_jax import workdir as workdir_lib  # noqa: E402
 from lstmrec_jax.data import pipeline  # noqa: E402
 from lstmrec_jax.evaluation import beyond  # noqa: E402
-from lstmrec_jax.evaluation import ranking  # noqa: E402
 from lstmrec_jax.evaluation import rerank  # noqa: E402
+from lstmrec_jax.scoring import steps as scoring  # noqa: E402
 
 LAMBDAS = (1.0, 0.9, 0.8, 0.7, 0.5, 0.3, 0.1, 0.0)
 
@@ -44,12 +44,12 @@ def sweep(workdir, *, split: str = "test", pool: int = 100, k: int = 10,
           lambdas=LAMBDAS, methods=("mmr", "dpp"), which: str = "best",
           max_users: int = 0) -> dict:
   """The sweep's rows: one per (method, lambda), with accuracy and beyond-accuracy metrics."""
-  restored = run_lib.restore_run(workdir, which=which, spec=study_common.workdir_spec(workdir))
+  restored = workdir_lib.restore_run(workdir, which=which, spec=study_common.workdir_spec(workdir))
   run, params = restored.run, restored.params
   ds, inp, ev = run.dataset, run.spec.input, run.spec.eval
   the_split = getattr(ds, split)
   pool = min(pool, int(ds.num_items) - 1)
-  topk = jax.jit(functools.partial(ranking.rank_topk_step, graphdef=run.graphdef, k=pool,
+  topk = jax.jit(functools.partial(scoring.rank_topk_step, graphdef=run.graphdef, k=pool,
                                    exclude_seen=ev.exclude_seen, chunk_size=ev.chunk_size))
   table = beyond.item_vectors(run.graphdef, params, run.consts)
   pop_V = jnp.asarray(ds.item_counts_V, jnp.float32)

@@ -2,7 +2,7 @@
 
 Each variant is a config file of the encoder comparison (docs/results.md, "Encoders side by
 side"): the real trainer's jitted step (`run.build_run` + `train.steps.train_step`) on the
-config's own batches, and the real evaluation step (`evaluation.ranking.eval_step`) on validation
+config's own batches, and the real evaluation step (`scoring.steps.eval_step`) on validation
 batches. Variants are interleaved in rounds, so a change in the machine's load hits all alike;
 reported: median real training events/s over rounds and evaluation users/s.
 
@@ -50,10 +50,10 @@ class Encoder:
 
   def __init__(self, name, config, dataset, steps, eval_batches):
     import jax  # pylint: disable=g-import-not-at-top
+    from lstmrec_jax import optim  # pylint: disable=g-import-not-at-top
     from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
     from lstmrec_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-    from lstmrec_jax.evaluation import ranking  # pylint: disable=g-import-not-at-top
-    from lstmrec_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+    from lstmrec_jax.scoring import steps as scoring  # pylint: disable=g-import-not-at-top
     from lstmrec_jax.train import steps as steps_lib  # pylint: disable=g-import-not-at-top
     self.name = name
     spec = run_lib.spec_from_config(config)
@@ -66,7 +66,7 @@ class Encoder:
     self.step = jax.jit(functools.partial(steps_lib.train_step, graphdef=run.graphdef, tx=tx,
                                           loss_cfg=spec.loss), donate_argnums=0)
     self.aux = run.step_aux()
-    self.state = state_lib.init_state(run.params, tx, 0)
+    self.state = optim.init_state(run.params, tx, 0)
     self.state, out = self.step(self.state, self.batches[0], self.aux)  # compile + warm up
     jax.block_until_ready(out)
     keys = ("inputs_BxL", "mask_BxL", "targets_B", "seen_BxS")
@@ -74,7 +74,7 @@ class Encoder:
         range(eval_batches), pipeline.eval_batches(dataset.valid,
                                                    batch_size=spec.input.eval_batch_size,
                                                    max_len=spec.input.max_len))]
-    self.eval_fn = jax.jit(functools.partial(ranking.eval_step, graphdef=run.graphdef,
+    self.eval_fn = jax.jit(functools.partial(scoring.eval_step, graphdef=run.graphdef,
                                              exclude_seen=True, chunk_size=spec.eval.chunk_size))
     self.consts = run.consts
     jax.block_until_ready(self.eval_fn(self.state.params, self.consts, self.eval_inputs[0]))

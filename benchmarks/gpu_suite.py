@@ -67,9 +67,9 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from kernels import dispatch  # pylint: disable=g-import-not-at-top
-from kernels import lstm_persistent  # pylint: disable=g-import-not-at-top
-from kernels import lstm_step  # pylint: disable=g-import-not-at-top
+from lstmrec_jax.kernels import dispatch  # pylint: disable=g-import-not-at-top
+from lstmrec_jax.kernels import lstm_persistent  # pylint: disable=g-import-not-at-top
+from lstmrec_jax.kernels import lstm_step  # pylint: disable=g-import-not-at-top
 from lstmrec_jax.core import lstm as lstm_lib  # pylint: disable=g-import-not-at-top
 
 LAYER_VARIANTS = ("xla", "pallas_step", "pallas_persistent", "flax_nnx", "cudnn_jax",
@@ -375,64 +375,68 @@ BUILDERS: dict[str, Callable[..., Runner]] = {
 
 
 def build_train_step(impl: str, dtype: str, settings, batch_size: int | None = None):
-  """Returns (step_fn, state, make_batch, check_fn, info) for SeqRecModel + softmax CE.
+  """Returns (step_fn, state, make_batch, check_fn, info): the step train.py runs.
 
-  Raises Unavailable when lstmrec_jax.model.modules or lstmrec_jax.losses is missing.
+  The run is built by `run.build_run` from configs/base.py's defaults with the suite's shape
+  (a synthetic catalog of V items, E = H, B rows of L events) and the variant's `lstm_impl` and
+  matmul dtype; the step is `train.steps.compile_train_step` of that run (loss, optimizer,
+  dropout keys and shardings as in training). `step_fn(state, batch, key)` ignores `key`: the
+  step folds its dropout key from the state. `check_fn(batch)` is the loss at the initial
+  parameters without dropout.
+
+  Raises Unavailable when the library cannot be imported here.
   """
   try:
     from flax import nnx  # pylint: disable=g-import-not-at-top
-    from lstmrec_jax import losses  # pylint: disable=g-import-not-at-top
-    from lstmrec_jax.model import modules  # pylint: disable=g-import-not-at-top
+    from lstmrec_jax import optim  # pylint: disable=g-import-not-at-top
+    from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+    from lstmrec_jax.configs import base  # pylint: disable=g-import-not-at-top  (no ml_collections)
+    from lstmrec_jax.train import steps  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise Unavailable(f"model/loss modules not importable: {e}") from e
+    raise Unavailable(f"the library is not importable: {e}") from e
   v, e_dim, b, l = settings.step_shape
   b = batch_size or b
-  from configs import base  # pylint: disable=g-import-not-at-top  (no ml_collections needed)
-  cfg = modules.ModelConfig.from_mapping(
-      base.group("model", embed_dim=e_dim, hidden_size=e_dim, lstm_impl=impl,
-                 compute_dtype={"f32": "float32", "bf16": "bfloat16"}[dtype]),
-      num_items=v, max_len=l)
-  model = modules.SeqRecModel(cfg, rngs=nnx.Rngs(0))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  try:
-    import optax  # pylint: disable=g-import-not-at-top
-    opt = optax.adam(1e-3)
-    opt_name = "optax.adam"
-  except ImportError:
-    opt = None
-    opt_name = "sgd"
+  matmul = {"f32": "float32", "bf16": "bfloat16"}[dtype]
+  config = {g: base.group(g) for g in run_lib.GROUPS}
+  config.update(seed=0, auto=())
+  config["data"].update(format="synthetic", cache_dir="",
+                        synthetic={"num_users": 400, "num_items": v - 1, "seed": 0,
+                                   "min_length": 20})
+  config["input"].update(max_len=l, batch_size=b, eval_batch_size=b, backend="numpy")
+  config["model"].update(embed_dim=e_dim, hidden_size=e_dim, lstm_impl=impl,
+                         compute_dtype=matmul)
+  config["loss"].update(compute_dtype=matmul)
+  config["train"].update(num_devices=1)
+  run = run_lib.build_run(run_lib.spec_from_config(config), num_devices=1)
+  num_items = int(run.dataset.num_items)
+  tx = run.optimizer(10_000, 100)
+  train_fn, state_sh = steps.compile_train_step(run, tx)
+  state = jax.device_put(optim.init_state(run.params, tx, 0), state_sh)
+  aux = run.step_aux()
 
-  def loss_fn(p, batch, key):
-    m = nnx.merge(graphdef, p, rest)
-    input_VxE, output_VxE, bias_V = m.item_tables()
-    user = m(batch["inputs"], batch["mask"], None, item_table_VxE=input_VxE, dropout_key=key)
-    loss, _ = losses.softmax_cross_entropy(user, output_VxE, bias_V, batch["targets"],
-                                           batch["mask"].astype(jnp.float32))
-    return loss
-
-  def train_step(state, batch, key):
-    p, opt_state = state
-    loss, grads = jax.value_and_grad(loss_fn)(p, batch, key)
-    if opt is None:
-      p = jax.tree.map(lambda a, g: a - 1e-2 * g, p, grads)
-    else:
-      updates, opt_state = opt.update(grads, opt_state, p)
-      p = optax.apply_updates(p, updates)
-    return (p, opt_state), loss
+  def step(state, batch, key):
+    del key  # dropout keys are fold_in(state.rng, step), as in training
+    new, out = train_fn(state, batch, aux)
+    return new, out["loss"]
 
   def make_batch(seed):
     k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-    return {"inputs": jax.random.randint(k1, (b, l), 1, v), "targets":
-            jax.random.randint(k2, (b, l), 1, v), "mask": jnp.ones((b, l), bool)}
+    return {"inputs_BxL": jax.random.randint(k1, (b, l), 1, num_items),
+            "targets_BxL": jax.random.randint(k2, (b, l), 1, num_items),
+            "mask_BxL": jnp.ones((b, l), bool), "resets_BxL": jnp.zeros((b, l), bool)}
 
-  opt_state = opt.init(params) if opt is not None else ()
-  step = jax.jit(train_step, donate_argnums=0)
-  check = jax.jit(loss_fn)  # the first step's loss at the initial parameters
-  info = {"V": v, "E": e_dim, "H": e_dim, "B": b, "L": l, "optimizer": opt_name,
-          "resolved_impl": dispatch.resolved_impl(impl, e_dim),
-          "dropout": [cfg.embed_dropout, cfg.output_dropout]}
-  return step, (params, opt_state), make_batch, lambda batch: check(params, batch,
-                                                                    jax.random.PRNGKey(7)), info
+  params = run.params
+
+  @jax.jit
+  def check(batch):
+    model = nnx.merge(run.graphdef, params, aux["consts"])
+    return steps.sequence_loss(model, batch, None, run.spec.loss, aux.get("log_q_V"))
+
+  info = {"V": num_items, "E": e_dim, "H": e_dim, "B": b, "L": l,
+          "optimizer": "the run's (optax AdamW, optim group defaults)", "step": "train.py's",
+          "loss": run.spec.loss.kind, "resolved_impl": dispatch.resolved_impl(impl, e_dim),
+          "dropout": [run.model_cfg.embed_dropout, run.model_cfg.output_dropout]}
+  return step, state, make_batch, check, info
 
 
 # ---------------------------------------------------------------------------------------------

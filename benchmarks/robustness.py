@@ -42,7 +42,9 @@ import study_common  # noqa: E402  (puts the repository root on sys.path)
 
 import numpy as np  # noqa: E402
 
+from lstmrec_jax import config_keys
 from lstmrec_jax import run as run_lib  # noqa: E402
+from lstmrec_jax import workdir as workdir_lib  # noqa: E402
 from lstmrec_jax.evaluation import attacks  # noqa: E402
 from lstmrec_jax.evaluation import metrics  # noqa: E402
 from lstmrec_jax.evaluation import ranking  # noqa: E402
@@ -52,8 +54,8 @@ DEFAULT_ADV = ("adversarial.kind=fgsm", "adversarial.eps=0.1", "adversarial.weig
 
 def _train(config, workdir: pathlib.Path) -> None:
   from lstmrec_jax.train import loop  # pylint: disable=g-import-not-at-top
-  from configs import base  # pylint: disable=g-import-not-at-top
-  defaults = run_lib.flatten(run_lib.plain(base.get_base_config()))
+  from lstmrec_jax.configs import base  # pylint: disable=g-import-not-at-top
+  defaults = run_lib.flatten(config_keys.plain(base.get_base_config()))
   loop.train_and_evaluate(config, workdir, defaults=defaults)
 
 
@@ -104,7 +106,7 @@ def study(config, out_dir: str, *, adv=DEFAULT_ADV, eps_list=(0.0, 0.02, 0.05, 0
     run_dir = out / (adv_name if variant == "adversarial" else variant)
     workdir = run_dir / "clean"
     _train(cfg, workdir)
-    restored = run_lib.restore_run(workdir, spec=study_common.workdir_spec(workdir))
+    restored = workdir_lib.restore_run(workdir, spec=study_common.workdir_spec(workdir))
     run, params = restored.run, restored.params
     ds, inp, ev = run.dataset, run.spec.input, run.spec.eval
     tgt = int(np.flatnonzero(ds.item_keys.astype(str) == str(target_key))[0])
@@ -132,7 +134,7 @@ def study(config, out_dir: str, *, adv=DEFAULT_ADV, eps_list=(0.0, 0.02, 0.05, 0
       study_common.apply_overrides(pcfg, overrides)
       pdir = run_dir / f"poison_{f:g}"
       _train(pcfg, pdir)
-      pr = run_lib.restore_run(pdir, spec=study_common.workdir_spec(pdir))
+      pr = workdir_lib.restore_run(pdir, spec=study_common.workdir_spec(pdir))
       pds = pr.run.dataset
       ptgt = int(np.flatnonzero(pds.item_keys.astype(str) == str(target_key))[0])
       real = attacks.real_users_split(pds, pds.test, info["fake_user_keys"])

@@ -68,8 +68,8 @@ def synthetic_bundle(num_items: int, embed_dim: int, hidden: int, layers: int,
                      seed: int = 0) -> bundle_lib.Bundle:
   """A random-parameter LSTM bundle over a catalog of `num_items` (cost, not quality)."""
   sys.path.insert(0, str(REPO))
-  from configs import base  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.configs import base  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import model as model_lib  # noqa: E402
   model = base.get_base_config().model.to_dict()
   model.update(embed_dim=embed_dim, hidden_size=hidden, num_layers=layers, item_mode="id",
                encoder="lstm")
@@ -77,7 +77,7 @@ def synthetic_bundle(num_items: int, embed_dim: int, hidden: int, layers: int,
                         item_keys=[None, *range(1, num_items + 1)],
                         popularity_V=np.zeros(num_items + 1, np.int64), content=None,
                         meta={"source": {"synthetic": True}})
-  _, params, _ = state_lib.create_model(b.model_config(), seed)
+  _, params, _ = model_lib.create_model(b.model_config(), seed)
   b.params = bundle_lib._flat(params)  # pylint: disable=protected-access
   rng = np.random.default_rng(seed)
   b.popularity_V = np.concatenate([[0], rng.zipf(1.3, num_items).clip(max=10 ** 6)])

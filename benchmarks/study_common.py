@@ -49,7 +49,7 @@ def load_config(path: str, overrides=()):
 def tiny_config(cache_dir: str):
   """configs/default.py shrunk to seconds (240 synthetic users, E = H = 16, 2 epochs), for the
   drivers' own end-to-end tests; the same shrink as tests/helpers.tiny_config."""
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.configs import default  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   c.data.synthetic = {"num_users": 240, "num_items": 80, "seed": 3}
   c.data.cache_dir = cache_dir

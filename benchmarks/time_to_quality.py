@@ -64,10 +64,10 @@ def curve(points: list[dict[str, Any]], started: float) -> list[dict[str, Any]]:
 def test_metrics(workdir: pathlib.Path, steps: list[int]) -> dict[int, dict[str, float]]:
   """Test NDCG@10 / HR@10 of each step's checkpoint (the data loaded once)."""
   sys.path.insert(0, str(REPO))
-  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.evaluation import ranking  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  restored = run_lib.restore_run(workdir, which=str(steps[0]))
+  restored = workdir_lib.restore_run(workdir, which=str(steps[0]))
   run, spec = restored.run, restored.run.spec
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   out = {}

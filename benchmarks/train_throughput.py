@@ -135,10 +135,10 @@ class JaxVariant(Variant):
     self.losses_module = losses_module
 
   def prepare(self):
-    from configs import base
+    from lstmrec_jax.configs import base
     from lstmrec_jax import losses
     from lstmrec_jax import run as run_lib
-    from lstmrec_jax.train import state as state_lib
+    from lstmrec_jax import optim
     from lstmrec_jax.train import steps as steps_lib
     config = base.get_base_config()
     config.seed = self.seed
@@ -153,7 +153,7 @@ class JaxVariant(Variant):
                                         loss_cfg=loss_cfg), donate_argnums=0)
     self.aux = {"consts": run.consts,
                 "log_q_V": self.log_q_V if losses.needs_log_q(loss_cfg) else None}
-    self.state = state_lib.init_state(run.params, tx, self.seed)
+    self.state = optim.init_state(run.params, tx, self.seed)
     self.device_batches = [jax.device_put(b) for b in self.batches]
     self.events = [int(b["mask_BxL"].sum()) for b in self.batches]
     t0 = time.perf_counter()
@@ -451,7 +451,7 @@ def main(argv=None) -> dict[str, Any]:
 
   from lstmrec_jax import data as data_lib
   load_before = load_average()
-  from configs import base
+  from lstmrec_jax.configs import base
   dataset = data_lib.load_dataset(data_lib.DataConfig.from_mapping(base.group(
       "data", format="seqfile", path=args.data, attributes_path=False,
       cache_dir=args.cache_dir or "")))

@@ -28,7 +28,7 @@ above the official GRU4Rec's 0.0463 and 0.0506. The current rules give the Games
 the warm-up; that recipe's 3 seeds are in docs/results.md.
 """
 
-from configs import base
+from lstmrec_jax.configs import base
 
 
 def get_config():

@@ -78,7 +78,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.item_bias = False  # a learned per-item score bias
   c.model.tied_output = True  # score with the input item table (else a separate table)
   # Split the item tables (and their optimizer state) row-wise over this many devices: a
-  # data x model mesh with the vocabulary-parallel softmax (train/vocab_parallel.py); the
+  # data x model mesh with the vocabulary-parallel softmax (losses/vocab_parallel.py); the
   # devices in use must be a multiple of it. 1 = plain data parallelism.
   c.model.vocab_shards = 1
   c.model.compute_dtype = "float32"  # float32 | bfloat16 (matmul operands; cell state stays f32)
@@ -147,7 +147,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.divergence_factor = 10.0  # stop when a step's loss > this x the running median; >= 1 (0 = off)
   c.train.skip_nonfinite_steps = False  # drop (and count) steps with a NaN/inf loss instead of stopping
 
-  # Adversarial training (train/adversarial.py): loss + weight * loss at the worst-case
+  # Adversarial training (losses/adversarial.py): loss + weight * loss at the worst-case
   # perturbation of the input item embeddings (and optionally the user state), L2 <= eps each.
   c.adversarial = ml_collections.ConfigDict()
   c.adversarial.kind = "off"  # off | fgsm (one step) | pgd (`steps` projected steps)

@@ -7,7 +7,7 @@ Seeds: --config.seed=1 etc.; mean +- std: python eval.py --summarize runs/b_s0,r
 Measured results (3 seeds), wall times and the ablations behind each choice: docs/results.md.
 """
 
-from configs import base
+from lstmrec_jax.configs import base
 
 
 def get_config():

@@ -11,8 +11,8 @@ The file has no titles: the content is the item2attributes sets (637 attributes,
 2 shared CPU cores: minutes per epoch; docs/results.md says how long the reported runs trained.
 """
 
-from configs import base
-from configs import beauty
+from lstmrec_jax.configs import base
+from lstmrec_jax.configs import beauty
 
 
 def get_config(arg: str | None = None):

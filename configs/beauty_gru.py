@@ -8,7 +8,7 @@ NDCG@10 0.0791 at epoch 14, test HR@10 0.0999 / NDCG@10 0.0608 (the LSTM recipe'
 side").
 """
 
-from configs import beauty
+from lstmrec_jax.configs import beauty
 
 
 def get_config():

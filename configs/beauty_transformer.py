@@ -10,7 +10,7 @@ the published SASRec-CE (0.0568, ~200 epochs). It needs its own schedule. The co
 search behind it: docs/results.md ("Encoders side by side").
 """
 
-from configs import beauty
+from lstmrec_jax.configs import beauty
 
 
 def get_config():

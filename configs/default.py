@@ -4,7 +4,7 @@ Run: `python train.py` (this config is the default). 2 CPU cores: about 2 minute
 Reached (2 CPU cores, see README results table): test NDCG@10 well above the popularity baseline.
 """
 
-from configs import base
+from lstmrec_jax.configs import base
 
 
 def get_config():

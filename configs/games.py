@@ -6,7 +6,7 @@ Data: ../shared/data/amazon-games/Video.txt (override with --config.data.path=..
 Hardware, wall time and reached metrics: see docs/results.md.
 """
 
-from configs import base
+from lstmrec_jax.configs import base
 
 
 def get_config():

@@ -4,7 +4,7 @@ Run: python train.py --config configs/ml100k.py --workdir runs/ml100k
 Data: ../shared/data/ml-100k (or --config.data.download=True to fetch the official release).
 """
 
-from configs import base
+from lstmrec_jax.configs import base
 
 
 def get_config():

@@ -13,8 +13,8 @@ To put new items into the full-catalog top 10 (at a cost on warm items; docs/res
 2 shared CPU cores: a few minutes per run. Numbers: docs/results.md, "Item content and cold start".
 """
 
-from configs import base
-from configs import ml100k
+from lstmrec_jax.configs import base
+from lstmrec_jax.configs import ml100k
 
 
 def get_config(arg: str | None = None):

@@ -5,7 +5,7 @@ Needs the TFDS data prepared in ~/tensorflow_datasets (TFDS downloads it when th
 reachable); the raw release also works: --config.data.format=movielens --config.data.path=ml-1m.
 """
 
-from configs import base
+from lstmrec_jax.configs import base
 
 
 def get_config():

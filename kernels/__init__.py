@@ -6,7 +6,8 @@
   lstm_common.py      shared checks, padded layouts, backend choice and cell math
   dispatch.py         get_recurrence(impl) / default_impl(): XLA scan or a kernel
 
-Imports go one way: model -> kernels -> lstmrec_jax.core (the reference recurrence and
-`LSTMState`); nothing is imported here, so the model can import `kernels.dispatch` lazily and
-run without Pallas when every layer uses the XLA scan.
+The folder sits at the repository's top (the project's layout) and is the package
+`lstmrec_jax.kernels` (`lstmrec_jax/kernels` links here; the wheel installs it there): it claims
+no top-level import name. Imports go one way: model -> kernels -> lstmrec_jax.core (the
+reference recurrence and `LSTMState`).
 """

@@ -32,9 +32,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from kernels import lstm_common as common
-from kernels import lstm_persistent
-from kernels import lstm_step
+from lstmrec_jax.kernels import lstm_common as common
+from lstmrec_jax.kernels import lstm_persistent
+from lstmrec_jax.kernels import lstm_step
 from lstmrec_jax.core import lstm as lstm_lib
 
 IMPLS = ("xla", "auto", "pallas", "pallas_step", "pallas_persistent")

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from kernels import lstm_common as common
+from lstmrec_jax.kernels import lstm_common as common
 
 _F32 = jnp.float32
 _NG = common.NUM_GATES

@@ -58,7 +58,7 @@ def resolve_platform(interpret: bool | None, backend: str | None = None) -> str:
   if backend not in ("gpu", "tpu"):
     raise ValueError(
         f"Pallas kernels cannot be compiled for backend {backend!r}; pass interpret=True or use "
-        "impl='xla' (kernels.dispatch.get_recurrence does this for you)")
+        "impl='xla' (lstmrec_jax.kernels.dispatch.get_recurrence does this for you)")
   return backend
 
 

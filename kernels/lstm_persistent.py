@@ -29,8 +29,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 import numpy as np
 
-from kernels import lstm_backward
-from kernels import lstm_common as common
+from lstmrec_jax.kernels import lstm_backward
+from lstmrec_jax.kernels import lstm_common as common
 from lstmrec_jax.core import lstm as lstm_lib
 
 _F32 = jnp.float32

@@ -1,4 +1,5 @@
-"""The device mesh of data-parallel training: one `data` axis over every device of every host.
+"""The device mesh of data-parallel training: one `data` axis over every device of every host, and
+the shardings of item tables split over a `model` axis (`model.vocab_shards`).
 
 Parameters and optimizer state are replicated; each batch is split along its leading axis over the
 `data` axis. `jax.jit` with these shardings is the data-parallel ("pmap-sharded") step: the loss is
@@ -7,14 +8,16 @@ a mean over the global batch, so XLA's partitioner inserts the all-reduce of gra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
-MODEL_AXIS = "model"  # the vocabulary-parallel item table (train/vocab_parallel.py)
+MODEL_AXIS = "model"  # the vocabulary-parallel item tables (`model.vocab_shards`)
 
 
 def make_mesh(num_devices: int | None = None, model: int = 1) -> Mesh:
@@ -82,3 +85,76 @@ def make_data_model_mesh(data: int, model: int, devices=None) -> Mesh:
     raise ValueError(f"a {data} x {model} mesh needs {data * model} devices; "
                      f"{len(devices)} are visible")
   return Mesh(np.asarray(devices[:data * model]).reshape(data, model), (DATA_AXIS, MODEL_AXIS))
+
+
+# ----------------------------------------------------------------------------- split item tables
+# `model.vocab_shards` > 1: the item tables (and their optimizer moments) split row-wise over
+# `model`; the vocabulary-parallel softmax (losses/vocab_parallel.py) and ranking
+# (scoring/vocab_parallel.py) compute over these shards.
+
+
+def pad_rows(x: jax.Array, rows: int, fill=0) -> jax.Array:
+  """Pads the leading (item) axis of `x` to `rows` with `fill` (e.g. a table to `padded_num_items`)."""
+  pad = rows - x.shape[0]
+  if pad == 0:
+    return x
+  return jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1), constant_values=fill)
+
+
+def padded_num_items(num_items: int, num_shards: int) -> int:
+  """Rows of the padded table: the smallest multiple of `num_shards` >= `num_items`.
+
+  Example: padded_num_items(101, 4) == 104 (3 padding rows, 26 per shard).
+  """
+  return -(-num_items // num_shards) * num_shards
+
+
+def table_sharding(mesh: Mesh, model_axis: str = MODEL_AXIS) -> NamedSharding:
+  """Sharding of a V x E table (or a V bias): rows split over `model`, copies over other axes."""
+  return NamedSharding(mesh, P(model_axis))
+
+
+def split_axes(mesh: Mesh, model_axis: str) -> tuple[int, tuple[str, ...]]:
+  """(shards along `model_axis`, the other mesh axes, which split the batch)."""
+  if model_axis not in mesh.axis_names:
+    raise ValueError(f"mesh axes {mesh.axis_names} have no {model_axis!r} axis")
+  batch_axes = tuple(a for a in mesh.axis_names if a != model_axis)
+  return mesh.shape[model_axis], batch_axes
+
+
+def check_split_batch(rows: int, mesh: Mesh, batch_axes: tuple[str, ...], what: str) -> None:
+  split = math.prod(mesh.shape[a] for a in batch_axes)
+  if rows % split:
+    raise ValueError(f"{rows} {what} cannot be split evenly over the {split} devices of mesh "
+                     f"axes {batch_axes}; use a multiple of {split}")
+
+
+# The item parameters with one row per item (model/modules.py, model/content.py), by their path
+# of dict keys in the parameter tree; optimizer moments mirror these paths.
+TABLE_PARAM_PATHS = (("item_repr", "embedding"), ("output_embedding",), ("bias",))
+
+
+def _dict_keys(path) -> tuple[str, ...]:
+  return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def state_shardings(tree, mesh: Mesh, table_rows: int, model_axis: str = MODEL_AXIS):
+  """NamedShardings for a parameter or train-state tree: item tables split over `model`.
+
+  A leaf is split row-wise when its dict-key path is one of `TABLE_PARAM_PATHS` (the parameter
+  itself, or an optimizer moment of it: optax nests moments in tuples, not dicts) and its first
+  axis has `table_rows` rows; everything else (the encoder, step counters, the rng) is
+  replicated. On a mesh without `model_axis` every leaf is replicated.
+  """
+  repl = NamedSharding(mesh, P())
+  if model_axis not in mesh.axis_names:
+    return jax.tree.map(lambda _: repl, tree)
+  split = table_sharding(mesh, model_axis)
+
+  def pick(path, leaf):
+    keys = _dict_keys(path)
+    is_table = keys in TABLE_PARAM_PATHS
+    shape = getattr(leaf, "shape", ())
+    return split if is_table and len(shape) >= 1 and shape[0] == table_rows else repl
+
+  return jax.tree_util.tree_map_with_path(pick, tree)

@@ -3,7 +3,7 @@
 A research variant lives in its own module (see docs/extending.md) whose import registers it.
 `train.py --plugins my_encoders` (a module on the path) or `--plugins path/to/file.py` imports it
 before the config is validated, and records it in the workdir (`plugins.json`), so evaluation,
-serving and resuming load it again by themselves: `restore_run` calls `load_recorded`.
+serving and resuming load it again by themselves: `workdir.restore_run` calls `load_recorded`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ from collections.abc import Sequence
 
 from etils import epath
 
+from lstmrec_jax.errors import PluginError
+
 RECORD = "plugins.json"
-
-
-class PluginError(ImportError):
-  """A plug-in that cannot be imported: the message names it."""
 
 
 def _import_file(path: str) -> None:

@@ -7,8 +7,8 @@ missing keys and bad values of every group are named together in one `ConfigErro
 
 `build_run(spec)` then loads the data, fills in what only the data knows (the catalog size V),
 builds the model, its step constants, the optimizer and the mesh: the one `Run` that training,
-evaluation, tuning, cold start, serving and the benchmarks start from. `restore_run(workdir)`
-rebuilds a workdir's run and restores a checkpoint's parameters.
+evaluation, tuning, cold start, serving and the benchmarks start from. A workdir's run with a
+checkpoint restored is one floor up (`workdir.restore_run`).
 
 The library never imports `configs/`: entry points load config files and pass the ConfigDict in.
 """
@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import types
-import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,24 +31,22 @@ import optax
 
 from lstmrec_jax import auto as auto_lib
 from lstmrec_jax import config_keys
+from lstmrec_jax import data as data_lib
 from lstmrec_jax import losses
 from lstmrec_jax import mesh as mesh_lib
-from lstmrec_jax import paths
 from lstmrec_jax import model as model_lib
-from lstmrec_jax import plugins
+from lstmrec_jax import optim
+from lstmrec_jax import paths
 from lstmrec_jax.data import augment as augment_lib
+from lstmrec_jax.data import content as content_data
 from lstmrec_jax.data.config import DataConfig
-from lstmrec_jax.train import adversarial as adversarial_lib
-from lstmrec_jax.train import state as state_lib
+from lstmrec_jax.errors import ConfigError
+from lstmrec_jax.losses import adversarial as adversarial_lib
 
 GROUPS = ("data", "input", "model", "loss", "optim", "train", "eval", "cold_start",
           "adversarial", "augment")
 # Keys that may differ between a workdir's saved config and the config that resumes it.
 RESUMABLE_KEYS = ("train.stop_after_steps", "train.progress_bar", "train.num_devices")
-
-
-class ConfigError(ValueError):
-  """A config that cannot run: every bad key of every group, in one message."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +57,11 @@ class InputConfig:
   batch_size: int  # global rows per training step, >= 1
   eval_batch_size: int  # users per evaluation batch, >= 1
   pack: bool  # several histories per row, state reset at boundaries
-  backend: str  # training-batch prefetch: tf | numpy (no TensorFlow) | auto
+  # training-batch prefetch: tf | numpy (no TensorFlow) | auto
+  backend: str = config_keys.key(choices=("tf", "numpy", "auto"))
 
   def __post_init__(self):
     _check_positive(self, "input", ("max_len", "batch_size", "eval_batch_size"))
-    if self.backend not in ("tf", "numpy", "auto"):
-      raise ValueError(f"input.backend={self.backend!r} must be tf, numpy or auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,13 +99,11 @@ class EvalConfig:
   exclude_seen: bool  # remove the user's history items from the ranking
   # A target already in the user's history: "miss" (the published protocol) | "rankable" (kept
   # in the ranking while the rest of the history is removed); no effect when exclude_seen is off
-  seen_targets: str
+  seen_targets: str = config_keys.key(choices=config_keys.SEEN_TARGETS)
   chunk_size: int  # items per ranking chunk, >= 1
 
   def __post_init__(self):
     _check_positive(self, "eval", ("chunk_size",))
-    if self.seen_targets not in ("miss", "rankable"):
-      raise ValueError(f"eval.seen_targets={self.seen_targets!r} must be 'miss' or 'rankable'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,9 +125,9 @@ class RunSpec:
   seed: int
   data: DataConfig
   input: InputConfig
-  model: Mapping[str, Any]  # the validated model group; `model_config(V)` fills the catalog size
+  model: model_lib.ModelConfig  # the model group (num_items None: `model_config(V)` fills it)
   loss: losses.LossConfig
-  optim: state_lib.OptimConfig
+  optim: optim.OptimConfig
   train: TrainConfig
   eval: EvalConfig
   cold_start: ColdStartConfig
@@ -144,8 +138,7 @@ class RunSpec:
 
   def model_config(self, num_items: int) -> model_lib.ModelConfig:
     """The model hyper-parameters with the catalog size V (padding item 0 included)."""
-    return model_lib.ModelConfig.from_mapping(dict(self.model), num_items=int(num_items),
-                                              max_len=self.input.max_len)
+    return dataclasses.replace(self.model, num_items=int(num_items))
 
 
 def _check_positive(obj, group: str, names) -> None:
@@ -158,15 +151,6 @@ def _check_non_negative(obj, group: str, names) -> None:
   bad = [f"{group}.{n}={getattr(obj, n)} must be >= 0" for n in names if getattr(obj, n) < 0]
   if bad:
     raise ValueError("; ".join(bad))
-
-
-def plain(value: Any) -> Any:
-  """A ConfigDict / Mapping as nested plain dicts (tuples stay tuples)."""
-  if hasattr(value, "to_dict"):
-    value = value.to_dict()
-  if isinstance(value, Mapping):
-    return {k: plain(v) for k, v in value.items()}
-  return value
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -192,64 +176,11 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
-def _coerce(group: str, name: str, value: Any, annotation: Any) -> Any:
-  """`value` checked against a field annotation (int, float, bool, str, tuple, optional)."""
-  hint = annotation
-  optional = False
-  if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = len(args) < len(typing.get_args(hint))
-    hint = args[0] if len(args) == 1 else Any
-  if value is None and optional:
-    return None
-  origin = typing.get_origin(hint) or hint
-  where = f"{group}.{name}={value!r}"
-  if origin is bool:
-    if not isinstance(value, (bool, np.bool_)):
-      raise ValueError(f"{where} must be true or false")
-    return bool(value)
-  if origin is int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-      raise ValueError(f"{where} must be an integer")
-    return int(value)
-  if origin is float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-      raise ValueError(f"{where} must be a number")
-    return float(value)
-  if origin is str:
-    if not isinstance(value, str):
-      raise ValueError(f"{where} must be a string")
-    return value
-  if origin is tuple:
-    if not isinstance(value, (list, tuple)):
-      raise ValueError(f"{where} must be a list")
-    return tuple(value)
-  return value
-
-
-def build_group(cls, group: str, values: Mapping[str, Any]):
-  """A frozen group dataclass from a mapping: unknown, missing and bad keys in one ValueError."""
-  hints = typing.get_type_hints(cls)
-  names = [f.name for f in dataclasses.fields(cls)]
-  problems = config_keys.key_problems(group, names, values)
-  kwargs = {}
-  for name in names:
-    if name in values:
-      try:
-        kwargs[name] = _coerce(group, name, values[name], hints.get(name, Any))
-      except ValueError as e:
-        problems.append(str(e))
-  if problems:
-    raise ValueError("; ".join(problems))
-  try:
-    return cls(**kwargs)
-  except (TypeError, ValueError) as e:
-    raise ValueError(_prefixed(group, str(e))) from None
-
-
-def _prefixed(group: str, message: str) -> str:
-  """Messages of a group's own validation, named by group where they do not say it already."""
-  return message if f"{group}." in message else f"{group}: {message}"
+# Every group but `model` (which takes sizes from the data too), by its name in the config.
+GROUP_CLASSES = {"data": DataConfig, "input": InputConfig, "loss": losses.LossConfig,
+                 "optim": optim.OptimConfig, "train": TrainConfig, "eval": EvalConfig,
+                 "cold_start": ColdStartConfig, "adversarial": adversarial_lib.AdversarialConfig,
+                 "augment": augment_lib.AugmentConfig}
 
 
 def spec_from_config(config: Any) -> RunSpec:
@@ -258,7 +189,7 @@ def spec_from_config(config: Any) -> RunSpec:
   Raises:
     ConfigError: naming every unknown key, missing key and bad value, in one message.
   """
-  cfg = plain(config)
+  cfg = config_keys.plain(config)
   problems = [f"unknown group or key {k!r}"
               for k in sorted(set(cfg) - {*GROUPS, "seed", "auto"})]
   problems += [f"missing group {g!r}" for g in GROUPS if not isinstance(cfg.get(g), Mapping)]
@@ -284,27 +215,19 @@ def spec_from_config(config: Any) -> RunSpec:
   def attempt(name: str, fn) -> None:
     try:
       built[name] = fn()
-    except ValueError as e:  # DataError is a ValueError too
-      problems.append(_prefixed(name, str(e)))
+    except ValueError as e:  # ConfigError and DataError are ValueErrors: one message for all
+      problems.append(str(e))
 
-  attempt("data", lambda: DataConfig.from_mapping(cfg["data"]))
-  attempt("input", lambda: build_group(InputConfig, "input", cfg["input"]))
-  attempt("loss", lambda: build_group(losses.LossConfig, "loss", cfg["loss"]))
-  attempt("optim", lambda: build_group(state_lib.OptimConfig, "optim", cfg["optim"]))
-  attempt("train", lambda: build_group(TrainConfig, "train", cfg["train"]))
-  attempt("eval", lambda: build_group(EvalConfig, "eval", cfg["eval"]))
-  attempt("cold_start", lambda: build_group(ColdStartConfig, "cold_start", cfg["cold_start"]))
-  attempt("adversarial", lambda: build_group(adversarial_lib.AdversarialConfig, "adversarial",
-                                             cfg["adversarial"]))
-  attempt("augment", lambda: build_group(augment_lib.AugmentConfig, "augment", cfg["augment"]))
+  for name, cls in GROUP_CLASSES.items():
+    attempt(name, lambda cls=cls, name=name: config_keys.build_group(cls, name, cfg[name]))
   max_len = built["input"].max_len if "input" in built else 1
-  # V is known only from the data; 2 (padding + one item) stands in to validate everything else.
-  attempt("model", lambda: model_lib.ModelConfig.from_mapping(cfg["model"], num_items=2,
-                                                              max_len=max_len))
+  # V is known only from the data (build_run fills it in).
+  attempt("model", lambda: config_keys.build_group(model_lib.ModelConfig, "model", cfg["model"],
+                                                   num_items=None, max_len=max_len))
   if problems:
     raise ConfigError("config: " + "; ".join(problems))
   return RunSpec(seed=cfg["seed"], data=built["data"], input=built["input"],
-                 model=types.MappingProxyType(dict(cfg["model"])), loss=built["loss"],
+                 model=built["model"], loss=built["loss"],
                  optim=built["optim"], train=built["train"], eval=built["eval"],
                  cold_start=built["cold_start"], adversarial=built["adversarial"],
                  augment=built["augment"], auto=tuple(cfg["auto"]),
@@ -313,12 +236,12 @@ def spec_from_config(config: Any) -> RunSpec:
 
 def with_overrides(spec: RunSpec, **group_values: Mapping[str, Any]) -> RunSpec:
   """The spec re-validated with some keys changed, e.g. with_overrides(s, data={"path": p})."""
-  cfg = plain(dict(spec.config))
+  cfg = config_keys.plain(dict(spec.config))
   for group, values in group_values.items():
     if group in ("seed", "auto"):
       cfg[group] = values
     else:
-      cfg[group] = {**cfg[group], **plain(values)}
+      cfg[group] = {**cfg[group], **config_keys.plain(values)}
   return spec_from_config(cfg)
 
 
@@ -327,10 +250,8 @@ def with_overrides(spec: RunSpec, **group_values: Mapping[str, Any]) -> RunSpec:
 
 def load_data(spec: RunSpec):
   """The dataset of `spec.data` (cached on disk), with the cold-item split when configured."""
-  from lstmrec_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   dataset = data_lib.load_dataset(spec.data)
   if spec.cold_start.item_fraction:
-    from lstmrec_jax.data import content as content_data  # pylint: disable=g-import-not-at-top
     dataset = content_data.cold_item_split(dataset, fraction=spec.cold_start.item_fraction,
                                            seed=spec.cold_start.seed)
   return dataset
@@ -340,7 +261,6 @@ def model_inputs(dataset, model_cfg) -> dict[str, Any]:
   """Arrays from the data that the model is built with (item content); none for id-only items."""
   if model_cfg.item_mode == "id":
     return {}
-  from lstmrec_jax.data import content as content_data  # pylint: disable=g-import-not-at-top
   c = content_data.item_content(
       dataset, attributes=model_cfg.content_attributes, titles=model_cfg.content_titles,
       max_attrs=model_cfg.max_attributes, title_min_count=model_cfg.title_min_count,
@@ -383,7 +303,7 @@ class Run:
 
   def optimizer(self, total_steps: int, steps_per_epoch: int | None = None
                 ) -> optax.GradientTransformation:
-    return state_lib.make_optimizer(self.spec.optim, total_steps, steps_per_epoch)
+    return optim.make_optimizer(self.spec.optim, total_steps, steps_per_epoch)
 
 
 def resolve_auto(spec: RunSpec, dataset) -> RunSpec:
@@ -411,7 +331,7 @@ def build_run(spec: RunSpec, *, num_devices: int | None = None, dataset=None) ->
   dataset = load_data(spec) if dataset is None else dataset
   spec = resolve_auto(spec, dataset)
   model_cfg = spec.model_config(int(dataset.num_items))
-  graphdef, params, consts = state_lib.create_model(model_cfg, spec.seed,
+  graphdef, params, consts = model_lib.create_model(model_cfg, spec.seed,
                                                     **model_inputs(dataset, model_cfg))
   num_devices = spec.train.num_devices if num_devices is None else num_devices
   shards, in_use = model_cfg.vocab_shards, num_devices or len(jax.devices())
@@ -462,38 +382,3 @@ def check_data_signature(workdir: str | os.PathLike, dataset) -> None:
     raise ConfigError(f"{workdir} was trained on other data than {dataset.source} ({diff}); "
                       "metrics would be wrong: pass the run's own data, or --allow_other_data "
                       "to evaluate on this data anyway")
-
-
-@dataclasses.dataclass
-class RestoredRun:
-  """A workdir's run with a checkpoint's parameters restored (replicated over the mesh)."""
-
-  run: Run
-  params: Any
-  meta: dict[str, Any]
-  step: int
-
-
-def restore_run(workdir: str | os.PathLike, *, which: str = "best", spec: RunSpec | None = None,
-                num_devices: int = 0, allow_other_data: bool = False) -> RestoredRun:
-  """Rebuilds a workdir's data and model and restores the 'best', 'latest' or a step's params.
-
-  Args:
-    workdir: a train.py workdir.
-    which: "best" (by validation NDCG@10), "latest" or a step number.
-    spec: the run spec; None reads the workdir's config.json.
-    num_devices: devices of the mesh (0 = all).
-    allow_other_data: evaluate data other than the run's own (checked against its data.json).
-  """
-  from lstmrec_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  plugins.load_recorded(workdir)  # the encoders / losses the run was trained with, by name
-  spec = spec if spec is not None else spec_from_config(read_workdir_config(workdir))
-  run = build_run(spec, num_devices=num_devices)
-  if not allow_other_data:
-    check_data_signature(workdir, run.dataset)
-  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
-  try:
-    params, meta, step = checkpointer.restore_params(run.params, which, run.mesh)
-  finally:
-    checkpointer.close()
-  return RestoredRun(run, params, meta, step)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from configs import base as base_config
+from lstmrec_jax import config_keys
+from lstmrec_jax.configs import base as base_config
 from lstmrec_jax.data.config import DataConfig
 
 
@@ -26,7 +27,7 @@ def model_config(num_items: int = 40, max_len: int = 8, **overrides):
 
   Example: `model_config(embed_dim=8, hidden_size=8, encoder="gru")`.
   """
-  from configs import base  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.configs import base  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.model import ModelConfig  # pylint: disable=g-import-not-at-top
 
   group = base.get_base_config().model.to_dict()
@@ -39,7 +40,7 @@ def model_config(num_items: int = 40, max_len: int = 8, **overrides):
 
 def loss_config(**overrides):
   """configs/base.py's loss group with `overrides`, validated; e.g. `loss_config(kind="full")`."""
-  from configs import base  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.configs import base  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.losses import LossConfig  # pylint: disable=g-import-not-at-top
 
   group = base.get_base_config().loss.to_dict()
@@ -87,7 +88,7 @@ def tiny_config(tmp_path, *, lock: bool = False, **overrides):
   `tiny_config(p, **{"model.item_mode": "sum", "input.batch_size": 32})`. `lock=True` locks the
   config as train.py / tune.py load it (a key the config lacks cannot be set).
   """
-  from configs import default as default_config  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.configs import default as default_config  # pylint: disable=g-import-not-at-top
 
   c = default_config.get_config()
   c.data.synthetic = {"num_users": 240, "num_items": 80, "seed": 3}
@@ -115,8 +116,8 @@ def tiny_config(tmp_path, *, lock: bool = False, **overrides):
 
 def optim_config(**overrides):
   """configs/base.py's optim group with `overrides`, validated."""
-  from configs import base  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.configs import base  # pylint: disable=g-import-not-at-top
   from lstmrec_jax import run  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.train import state  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import optim  # pylint: disable=g-import-not-at-top
 
-  return run.build_group(state.OptimConfig, "optim", base.group("optim", **overrides))
+  return config_keys.build_group(optim.OptimConfig, "optim", base.group("optim", **overrides))

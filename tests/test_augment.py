@@ -8,16 +8,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
+from lstmrec_jax import config_keys
+from lstmrec_jax.configs import base
 from lstmrec_jax import run as run_lib
 from lstmrec_jax.data import augment
 from lstmrec_jax.data import pipeline
 from lstmrec_jax.data.preprocess import Sequences
-from lstmrec_jax.train import contrastive
+from lstmrec_jax.losses import contrastive
 
 
 def aug_config(**overrides) -> augment.AugmentConfig:
-  return run_lib.build_group(augment.AugmentConfig, "augment", base.group("augment", **overrides))
+  return config_keys.build_group(augment.AugmentConfig, "augment", base.group("augment", **overrides))
 
 
 SEQ = np.arange(10, 20)

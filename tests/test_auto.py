@@ -4,8 +4,10 @@ in epochs (validation period, warm-up) derived from the run's data."""
 import numpy as np
 import pytest
 
+from lstmrec_jax import config_keys
 from lstmrec_jax import auto as auto_lib
 from lstmrec_jax import run as run_lib
+from lstmrec_jax import errors
 
 # docs/results.md / ../shared/data/README.md: the two measured datasets (training targets at
 # max_len 50 estimated from users and events: events - 3 x users).
@@ -16,7 +18,7 @@ GAMES = auto_lib.DatasetStats(users=30_901, items=23_698, events=286_900, mean_l
 
 
 def _auto_config(tmp_path, num_users, num_items):
-  from configs import auto as auto_config
+  from lstmrec_jax.configs import auto as auto_config
   c = auto_config.get_config()
   c.data.synthetic = {"num_users": num_users, "num_items": num_items, "seed": 3}
   c.data.cache_dir = str(tmp_path / "cache")
@@ -26,11 +28,11 @@ def _auto_config(tmp_path, num_users, num_items):
 
 
 def test_rules_give_the_measured_recipes_on_beauty_and_games():
-  from configs import beauty, games
+  from lstmrec_jax.configs import beauty, games
   for stats, recipe in ((BEAUTY, beauty.get_config()), (GAMES, games.get_config())):
     values = auto_lib.auto_values(stats, max_len=50)
     assert set(values) == set(auto_lib.AUTO_KEYS)
-    flat = run_lib.flatten(run_lib.plain(recipe))
+    flat = run_lib.flatten(config_keys.plain(recipe))
     for key, value in values.items():
       if key == "optim.warmup_epochs":  # the recipes pin 100 steps (1.25 / 0.88 epochs)
         continue
@@ -73,28 +75,28 @@ def test_auto_resolves_deterministically_from_data_of_two_sizes(tmp_path):
 def test_unknown_auto_key_is_a_config_error(tmp_path):
   c = _auto_config(tmp_path, 240, 80)
   c.auto = ("model.embed_dim", "input.max_len")
-  with pytest.raises(run_lib.ConfigError, match="input.max_len"):
+  with pytest.raises(errors.ConfigError, match="input.max_len"):
     run_lib.spec_from_config(c)
 
 
 def test_schedules_in_epochs():
   from helpers import optim_config
   from lstmrec_jax.train import loop
-  from lstmrec_jax.train import state as state_lib
-  from configs import base
-  train = lambda **kw: run_lib.build_group(run_lib.TrainConfig, "train", base.group("train", **kw))
+  from lstmrec_jax import optim
+  from lstmrec_jax.configs import base
+  train = lambda **kw: config_keys.build_group(run_lib.TrainConfig, "train", base.group("train", **kw))
   assert loop.eval_period(train(eval_every_epochs=2.0), 80) == 160  # Beauty
   assert loop.eval_period(train(eval_every_epochs=2.0), 113) == 226  # Games
   assert loop.eval_period(train(eval_every_epochs=2.0, eval_every_steps=7), 113) == 7  # override
   assert loop.eval_period(train(eval_every_epochs=0.01), 10) == 1
   with pytest.raises(ValueError, match="eval_every_epochs"):
     train(eval_every_epochs=0.0)
-  assert state_lib.warmup_steps(optim_config(warmup_epochs=1.25), 80) == 100
-  assert state_lib.warmup_steps(optim_config(warmup_epochs=1.25, warmup_steps=3), 80) == 3
+  assert optim.warmup_steps(optim_config(warmup_epochs=1.25), 80) == 100
+  assert optim.warmup_steps(optim_config(warmup_epochs=1.25, warmup_steps=3), 80) == 3
   with pytest.raises(ValueError, match="steps per epoch"):
-    state_lib.make_optimizer(optim_config(), 100)
+    optim.make_optimizer(optim_config(), 100)
   # The warm-up really is in epochs: the learning rate peaks after warmup_epochs x steps.
-  tx = state_lib.make_optimizer(optim_config(warmup_epochs=2.0, schedule="constant"), 100, 5)
+  tx = optim.make_optimizer(optim_config(warmup_epochs=2.0, schedule="constant"), 100, 5)
   import jax.numpy as jnp
   params = {"w": jnp.ones((2, 2))}
   state = tx.init(params)

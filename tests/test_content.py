@@ -1,8 +1,6 @@
 """Item content (attributes, titles), hybrid item representations and the cold-start protocol."""
 
-import functools
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -12,17 +10,19 @@ from flax import nnx
 
 from lstmrec_jax import data as data_lib
 from lstmrec_jax import mesh as mesh_lib
-from lstmrec_jax.evaluation import cold_start, metrics, ranking
+from lstmrec_jax.evaluation import cold_start, metrics
 from lstmrec_jax.data import content as content_data
 from lstmrec_jax.data import pipeline
 from lstmrec_jax.data.preprocess import EvalSplit, Sequences
 from lstmrec_jax.model import content as content_model
 from lstmrec_jax.model import SeqRecModel
 from lstmrec_jax.train import loop
-from lstmrec_jax.train import state as state_lib
+from lstmrec_jax import model as model_lib  # noqa: E402
 from lstmrec_jax.train import steps
 import helpers
 from helpers import data_config, forward, loss_config, model_config
+from lstmrec_jax.scoring import steps as scoring
+from lstmrec_jax import workdir as workdir_lib
 
 V = 9  # 8 items + padding
 
@@ -44,7 +44,7 @@ def toy_model(mode="sum", cold_id="drop", content=None, seed=0, **cfg):
                            title_embed_dim=4, title_hidden_size=6, embed_dropout=0.0,
                            output_dropout=0.0, lstm_impl="xla", **cfg)
   kwargs = {} if mode == "id" else {"item_content": content or toy_content()}
-  return state_lib.create_model(model_cfg, seed, **kwargs)
+  return model_lib.create_model(model_cfg, seed, **kwargs)
 
 
 def table_of(graphdef, params, consts):
@@ -326,24 +326,57 @@ def test_content_popularity_baseline_and_random_metrics():
 
 
 def test_user_with_empty_history_gets_popularity():
-  graphdef, params, consts = toy_model("sum")
+  """One fallback, one rank step (scoring.steps) for the cold-start report and the evaluation.
+
+  With an item bias, a user without history is ranked by popularity alone (the bias belongs to
+  the model's score of a user it knows); the cold-start report's old copy of the step added the
+  bias to the popularity of such users and ranked them otherwise than eval.py and the server.
+  """
+  graphdef, params, consts = toy_model("sum", item_bias=True)
+  params["bias"] = jnp.asarray(np.linspace(3.0, -3.0, V), jnp.float32)  # favours low ids
   counts = np.array([0, 9, 1, 7, 3, 2, 8, 5, 0])
   history = Sequences.from_lists([[], [1, 2]])
   split = EvalSplit(np.array([0, 1], np.int32), history, np.array([3, 4], np.int32))
   batch = next(pipeline.eval_batches(split, batch_size=2, max_len=4))
   batch = {k: jnp.asarray(batch[k]) for k in ("inputs_BxL", "mask_BxL", "targets_B", "seen_BxS")}
-  # The standard step does not fail on an empty history (the state is zero: all items tie).
-  plain = ranking.eval_step(params, consts, batch, graphdef=graphdef, exclude_seen=True,
-                          chunk_size=4)
-  assert int(plain[0]) == V - 2
-  ranks = cold_start.rank_step(params, consts, batch, jnp.asarray(counts), None,
-                               graphdef=graphdef, exclude_seen=True, chunk_size=4)
+  # Without counts the step does not fail on an empty history (the state is zero: only the
+  # bias separates items), but ranks by the bias, not by popularity.
+  plain = scoring.eval_step(params, consts, batch, graphdef=graphdef, exclude_seen=True,
+                            chunk_size=4)
+  ranks = scoring.eval_step(params, consts, batch, jnp.asarray(counts), graphdef=graphdef,
+                            exclude_seen=True, chunk_size=4)
   assert int(ranks[0]) == 2  # items 1 (9) and 6 (8) are more popular than item 3 (7)
   assert int(ranks[1]) == int(plain[1])  # users with history are ranked exactly as before
-  ids, scores = cold_start.topk_step(params, consts, batch, jnp.asarray(counts),
-                                     graphdef=graphdef, k=3, exclude_seen=True, chunk_size=4)
+  # Restricted to a candidate set (the cold-start report's "cold only" ranking): the same rule.
+  only_V = jnp.where(jnp.arange(V) % 2 == 1, 0.0, -jnp.inf)  # odd ids: 1, 3, 5, 7
+  ranks = scoring.eval_step(params, consts, batch, jnp.asarray(counts), only_V,
+                            graphdef=graphdef, exclude_seen=True, chunk_size=4)
+  assert int(ranks[0]) == 1  # only item 1 (9) is ahead of item 3 (7) among the odd ids
+  ids, scores = scoring.topk_step(params, consts, batch, jnp.asarray(counts),
+                                  graphdef=graphdef, k=3, exclude_seen=True, chunk_size=4)
   assert np.asarray(ids)[0].tolist() == [1, 6, 3]
   assert np.isfinite(np.asarray(scores)).all()
+
+
+def test_cold_start_report_ranks_through_the_shared_step(monkeypatch):
+  """The cold-start report compiles its rankings with `scoring.steps.compile_rank_fn`."""
+  built = []
+  real = scoring.compile_rank_fn
+
+  def spy(*args, **kwargs):
+    built.append(kwargs.get("extra_bias_V") is not None)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(scoring, "compile_rank_fn", spy)
+  dataset = content_data.cold_item_split(
+      data_lib.build_dataset(data_lib.synthetic_log(num_users=60, num_items=30, seed=1,
+                                                    num_clusters=5), cache_dir=None),
+      fraction=0.2, seed=0)
+  model_cfg = model_config(int(dataset.num_items), embed_dim=8, hidden_size=8, lstm_impl="xla")
+  graphdef, params, consts = model_lib.create_model(model_cfg, 0)
+  cold_start.evaluate_cold_start(graphdef, params, consts, dataset, mesh=mesh_lib.make_mesh(1),
+                                 batch_size=16, max_len=8, splits=("test",))
+  assert built == [False, True]  # all items, then the cold candidates only
 
 
 def tiny_config(tmp_path, mode):
@@ -359,14 +392,14 @@ def test_train_and_cold_start_report_end_to_end(tmp_path):
   assert np.isfinite(report["splits"]["test"]["model"]["overall"]["NDCG@10"])
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["model"]["item_mode"] == "sum" and saved["cold_start"]["item_fraction"] == 0.1
-  cold = cold_start.evaluate_workdir(workdir)
+  cold = workdir_lib.evaluate_cold_start(workdir)
   test = cold["splits"]["test"]
   assert cold["cold_items"] == 8 and test["cold_targets"] > 0
   assert test["model"]["cold_candidates"]["users"] == test["cold_targets"]
   assert test["model"]["all_items"]["all"]["users"] == test["users"]
   # The same model through the standard evaluation gives the same overall ranks (no user here
   # has an empty history, so the popularity fallback never fires).
-  again = ranking.evaluate_checkpoint(workdir)
+  again = workdir_lib.evaluate_checkpoint(workdir)
   assert again["splits"]["test"]["model"]["overall"]["NDCG@10"] == pytest.approx(
       test["model"]["all_items"]["all"]["NDCG@10"])
   table = cold_start.format_table({"sum": cold})

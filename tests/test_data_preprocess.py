@@ -10,7 +10,7 @@ import pytest
 from lstmrec_jax import data
 from lstmrec_jax.data import preprocess
 from lstmrec_jax.data.formats import seqfile
-from lstmrec_jax.data.errors import DataError
+from lstmrec_jax.errors import DataError
 from lstmrec_jax.data.log import InteractionLog
 from lstmrec_jax.data.log import ItemSide
 from helpers import data_config

@@ -18,7 +18,7 @@ from lstmrec_jax.data.formats import pairs
 from lstmrec_jax.data.formats import seqfile
 from lstmrec_jax.data.formats import table
 from lstmrec_jax.data.formats import tfds as tfds_format
-from lstmrec_jax.data.errors import DataError
+from lstmrec_jax.errors import DataError
 from helpers import data_config
 
 
@@ -318,7 +318,7 @@ def test_more_bad_files(tmp_path):
 
 
 def test_data_config_names_every_bad_key_at_once():
-  from configs import base
+  from lstmrec_jax.configs import base
 
   group = base.get_base_config().data.to_dict()
   assert {f.name for f in dataclasses.fields(data.DataConfig)} == set(group)
@@ -330,7 +330,7 @@ def test_data_config_names_every_bad_key_at_once():
   with pytest.raises(DataError) as info:
     data.DataConfig.from_mapping(group)
   message = str(info.value)
-  for problem in ("data.formt: unknown key", "data.split: missing",
+  for problem in ("unknown key data.formt", "missing key data.split",
                   "data.format: unknown format 'txt'; expected one of synthetic, movielens",
                   "data.min_user_events: expected a non-negative integer",
                   "data.temporal_fractions: expected three positive numbers",

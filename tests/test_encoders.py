@@ -16,7 +16,8 @@ from flax import nnx
 from helpers import loss_config, model_config
 from lstmrec_jax import core
 from lstmrec_jax.model import ENCODERS
-from lstmrec_jax.train import state as state_lib
+from lstmrec_jax import optim
+from lstmrec_jax import model as model_lib  # noqa: E402
 from lstmrec_jax.train import steps
 
 B, L, E, V = 2, 7, 8, 30
@@ -116,15 +117,14 @@ def test_transformer_rejects_histories_longer_than_max_len():
 @pytest.mark.parametrize("name", ["gru", "transformer"])
 def test_trains_through_the_step_and_every_parameter_moves(name):
   cfg = _cfg(name, embed_dropout=0.1, output_dropout=0.1)
-  graphdef, params, consts = state_lib.create_model(cfg, 0)
-  optim = state_lib.OptimConfig(learning_rate=1e-2, warmup_epochs=0.0, warmup_steps=1,
-                                schedule="constant",
-                                final_lr_fraction=0.0, weight_decay=0.0, clip_norm=1.0, b1=0.9,
-                                b2=0.999)
-  tx = state_lib.make_optimizer(optim, 10)
+  graphdef, params, consts = model_lib.create_model(cfg, 0)
+  optim_cfg = optim.OptimConfig(learning_rate=1e-2, warmup_epochs=0.0, warmup_steps=1,
+                                schedule="constant", final_lr_fraction=0.0, weight_decay=0.0,
+                                clip_norm=1.0, b1=0.9, b2=0.999)
+  tx = optim.make_optimizer(optim_cfg, 10)
   fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
                                  loss_cfg=loss_config(kind="full")))
-  state = state_lib.init_state(params, tx, 0)
+  state = optim.init_state(params, tx, 0)
   inputs = jax.random.randint(jax.random.key(2), (4, L), 1, V)
   mask = jnp.arange(L)[None, :] < jnp.array([[L], [5], [L], [2]])
   batch = {"inputs_BxL": jnp.where(mask, inputs, 0), "mask_BxL": mask,

@@ -17,7 +17,8 @@ import pytest
 
 from helpers import loss_config, model_config, optim_config
 from lstmrec_jax.model import ENCODERS
-from lstmrec_jax.train import state as state_lib
+from lstmrec_jax import optim
+from lstmrec_jax import model as model_lib  # noqa: E402
 from lstmrec_jax.train import steps
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "extending.md"
@@ -61,9 +62,9 @@ def test_example_encoder_registers_and_behaves(mean_pool):
 
 def test_example_encoder_trains_by_name(mean_pool):
   del mean_pool
-  graphdef, params, consts = state_lib.create_model(_cfg(ffn=True, layer_norm=True), 0)
-  optim = optim_config(learning_rate=1e-2, warmup_steps=1, schedule="constant")
-  tx = state_lib.make_optimizer(optim, 10)
+  graphdef, params, consts = model_lib.create_model(_cfg(ffn=True, layer_norm=True), 0)
+  optim_cfg = optim_config(learning_rate=1e-2, warmup_steps=1, schedule="constant")
+  tx = optim.make_optimizer(optim_cfg, 10)
   fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
                                  loss_cfg=loss_config(kind="full")))
   inputs = jax.random.randint(jax.random.key(1), (4, L), 1, V)
@@ -71,7 +72,7 @@ def test_example_encoder_trains_by_name(mean_pool):
   batch = {"inputs_BxL": jnp.where(mask, inputs, 0), "mask_BxL": mask,
            "targets_BxL": jnp.where(mask, jnp.roll(inputs, -1, axis=1), 0),
            "resets_BxL": jnp.zeros((4, L), bool)}
-  state = state_lib.init_state(params, tx, 0)
+  state = optim.init_state(params, tx, 0)
   losses = []
   for _ in range(6):
     state, out = fn(state, batch, {"consts": consts, "log_q_V": None})
@@ -121,3 +122,35 @@ def test_example_trains_through_train_py_by_name(tmp_path):
   assert bad.returncode != 0 and "Traceback" not in bad.stderr
   assert "model.encoder" in bad.stderr.strip().splitlines()[-1]
 
+
+
+def test_topk_out_reads_a_streaming_plugin_encoders_whole_history(mean_pool, tmp_path):
+  """`eval.py --topk_out` decides streaming by the encoder's `streams`, not by its name.
+
+  The doc's encoder streams (its state has seen every event), so the top-k of a user is computed
+  from the whole history, as the Recommender serves it; a name test ("lstm"/"gru") gave it the
+  last `max_len` events only, and another top 10.
+  """
+  del mean_pool
+  import helpers  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.evaluation import ranking  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.serving import Recommender  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config = helpers.tiny_config(tmp_path, **{"model.encoder": "mean_pool", "input.max_len": 4,
+                                            "num_epochs": 1})
+  workdir = tmp_path / "run"
+  loop.train_and_evaluate(config, workdir)
+  out = tmp_path / "top10.tsv"
+  workdir_lib.evaluate_checkpoint(workdir, topk_out=str(out), topk=10, num_devices=1)
+  lines = dict(line.split("\t") for line in out.read_text().splitlines())
+  rec = Recommender.load(workdir)
+  restored = workdir_lib.restore_run(workdir, num_devices=1)
+  dataset = restored.run.dataset
+  whole = ranking.whole_histories(dataset)
+  long_users = [u for u in range(dataset.num_users) if len(whole.history[u]) > 4][:20]
+  assert len(long_users) == 20  # histories longer than max_len: where the two paths differ
+  for u in long_users:
+    history = [dataset.item_keys[i] for i in whole.history[u]]
+    want = [str(x) for x in rec.recommend(history, k=10).items]
+    assert lines[str(dataset.user_keys[u])].split(",") == want, u

@@ -28,8 +28,12 @@ from helpers import tiny_config
 from lstmrec_jax import run as run_lib
 from lstmrec_jax.evaluation import metrics
 from lstmrec_jax.evaluation import ranking
-from lstmrec_jax.train import checkpoint as ckpt_lib
+from lstmrec_jax import checkpoint as ckpt_lib
 from lstmrec_jax.train import loop
+from lstmrec_jax.train import steps
+from lstmrec_jax.scoring import ranks as ranks_lib
+from lstmrec_jax import workdir as workdir_lib
+from lstmrec_jax import errors
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "reliability.md"
@@ -128,18 +132,18 @@ def test_nonfinite_score_ranks_worst_and_is_counted():
   user_BxE = jnp.ones((3, 2))
   table_VxE = jnp.array([[0., 0.], [1., 0.], [0., 1.], [0.5, 0.5]])
   table_VxE = table_VxE.at[2, 0].set(jnp.nan)  # user 0..2 all see a NaN score for item 2
-  ranks = np.asarray(metrics.target_ranks(user_BxE, table_VxE, None, jnp.array([1, 2, 3])))
+  ranks = np.asarray(ranks_lib.target_ranks(user_BxE, table_VxE, None, jnp.array([1, 2, 3])))
   assert (ranks == metrics.NONFINITE_RANK).all()
   out = metrics.metrics_from_ranks(np.array([0, metrics.NONFINITE_RANK]))
   assert out["HR@1"] == 0.5 and out["MRR"] == 0.5 and out["nonfinite_users"] == 1
-  healthy = np.asarray(metrics.target_ranks(user_BxE, table_VxE.at[2, 0].set(0.), None,
+  healthy = np.asarray(ranks_lib.target_ranks(user_BxE, table_VxE.at[2, 0].set(0.), None,
                                             jnp.array([1, 2, 3])))
   assert (healthy < metrics.NONFINITE_RANK).all()
 
 
 def test_nan_model_scores_zero_and_eval_refuses_it(reference, base):
   workdir, _ = reference
-  restored = run_lib.restore_run(workdir, which="best", num_devices=1)
+  restored = workdir_lib.restore_run(workdir, which="best", num_devices=1)
   r = restored.run
   nan_params = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), restored.params)
   rep = ranking.evaluate_params(r.graphdef, nan_params, r.consts, r.dataset, splits=("valid",),
@@ -151,14 +155,14 @@ def test_nan_model_scores_zero_and_eval_refuses_it(reference, base):
   broken = _copy(workdir, base / "nan_ckpt")
   checkpointer = ckpt_lib.Checkpointer(broken, async_save=False)
   state = checkpointer.restore_train_state(
-      __import__("lstmrec_jax.train.state", fromlist=["x"]).init_state(
+      __import__("lstmrec_jax.optim", fromlist=["x"]).init_state(
           r.params, r.optimizer(24), 0), None)[0]
   step = int(state.step) + 100
   checkpointer.latest.save(step, args=checkpointer._args(  # pylint: disable=protected-access
       state._replace(step=jnp.asarray(step), params=nan_params), {}), force=True)
   checkpointer.close()
-  with pytest.raises(ckpt_lib.CheckpointError, match="non-finite parameters"):
-    ranking.evaluate_checkpoint(broken, which=str(step), num_devices=1)
+  with pytest.raises(errors.CheckpointError, match="non-finite parameters"):
+    workdir_lib.evaluate_checkpoint(broken, which=str(step), num_devices=1)
   wrong = int(overall["NDCG@10"] != 0.0)
   record("NaN parameters: ranked, then evaluated by eval.py", "every user a miss, counted as "
          "`nonfinite_users`; eval.py: one line `non-finite parameters`", wrong=wrong)
@@ -169,7 +173,7 @@ def test_nan_model_scores_zero_and_eval_refuses_it(reference, base):
 
 def test_divergence_stops_naming_the_step_and_saves_nothing_non_finite(base):
   workdir = base / "diverge"
-  with pytest.raises(loop.DivergenceError, match=r"at step \d+"):
+  with pytest.raises(errors.DivergenceError, match=r"at step \d+"):
     loop.train_and_evaluate(cfg(base, **{"optim.learning_rate": 1e30}), workdir)
   for name in ("checkpoints", "best"):
     for step in _steps(workdir, name):
@@ -178,21 +182,21 @@ def test_divergence_stops_naming_the_step_and_saves_nothing_non_finite(base):
   steps = checkpointer.latest.all_steps()
   checkpointer.close()
   for step in steps:  # whatever was saved before the divergence is finite
-    restored = run_lib.restore_run(workdir, which=str(step), num_devices=1)
+    restored = workdir_lib.restore_run(workdir, which=str(step), num_devices=1)
     assert ckpt_lib.params_finite(restored.params)
   record("learning rate 1e30 (divergence)", "one line naming the step; no non-finite "
          "checkpoint")
   for bad in ({"optim.learning_rate": -1.0}, {"optim.learning_rate": float("nan")},
               {"patience": -1}, {"log_every_steps": 0}, {"eval.chunk_size": 0},
               {"divergence_factor": 0.5}):
-    with pytest.raises(run_lib.ConfigError):
+    with pytest.raises(errors.ConfigError):
       run_lib.spec_from_config(cfg(base, **bad))
   record("negative / NaN learning rate, patience -1, zero intervals", "one ConfigError line "
          "naming each key")
 
 
 def test_skip_nonfinite_steps_keeps_the_old_state():
-  from lstmrec_jax.train.state import TrainState  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.optim import TrainState  # pylint: disable=g-import-not-at-top
   state = TrainState(step=jnp.asarray(3), params={"w": jnp.ones(2)}, opt_state={"m": jnp.ones(2)},
                      rng=jax.random.key(0))
 
@@ -201,7 +205,7 @@ def test_skip_nonfinite_steps_keeps_the_old_state():
     return s._replace(step=s.step + 1, params={"w": s.params["w"] * jnp.nan}), {
         "loss": jnp.nan, "grad_norm": jnp.asarray(1.0)}
 
-  new, out = loop._guarded_step(state, None, None, step_fn=bad_step)  # pylint: disable=protected-access
+  new, out = steps._guarded_step(state, None, None, step_fn=bad_step)  # pylint: disable=protected-access
   assert bool(out["skipped"]) and int(new.step) == 4
   np.testing.assert_array_equal(new.params["w"], state.params["w"])
   guard = loop._LossGuard(10.0, skip_nonfinite=True)  # pylint: disable=protected-access
@@ -247,7 +251,7 @@ def test_broken_best_falls_back_to_the_previous_best(reference, base):
   expected_steps = _steps(workdir, "best")[:-1]
   if not expected_steps:
     pytest.skip("the reference run improved only once")
-  report = ranking.evaluate_checkpoint(workdir, which="best", num_devices=1)
+  report = workdir_lib.evaluate_checkpoint(workdir, which="best", num_devices=1)
   assert report["step"] == expected_steps[-1]
   assert (workdir / "broken").exists() and len(list((workdir / "broken").iterdir())) == 1
   record("best checkpoint's params: random bytes", "eval.py warns, moves it aside, evaluates "
@@ -311,10 +315,10 @@ def test_eval_refuses_other_data_unless_told(reference):
   other = run_lib.with_overrides(spec, data={"synthetic": {**spec.data.synthetic, "seed": 4}}
                                  if isinstance(spec.data.synthetic, dict) else
                                  {"synthetic": {"num_users": 240, "num_items": 80, "seed": 4}})
-  with pytest.raises(run_lib.ConfigError, match="other data"):
-    ranking.evaluate_checkpoint(workdir, which="best", spec=other, num_devices=1)
+  with pytest.raises(errors.ConfigError, match="other data"):
+    workdir_lib.evaluate_checkpoint(workdir, which="best", spec=other, num_devices=1)
   assert not (workdir / "eval_best.json").exists()
-  rep = ranking.evaluate_checkpoint(workdir, which="best", spec=other, num_devices=1,
+  rep = workdir_lib.evaluate_checkpoint(workdir, which="best", spec=other, num_devices=1,
                                     allow_other_data=True)
   assert rep["splits"]["test"]["model"]["overall"]["users"] > 0
   record("eval.py on other data with the same item count", "one line; --allow_other_data "
@@ -347,7 +351,7 @@ def test_user_os_errors_are_one_line(monkeypatch):
   monkeypatch.setattr(app, "run", lambda main, flags_parser=None: main([]))
   with pytest.raises(SystemExit, match="^error: No space left on device"):
     logs.run_main(body)
-  with pytest.raises(ckpt_lib.CheckpointError, match="cannot write"):
+  with pytest.raises(errors.CheckpointError, match="cannot write"):
     ckpt_lib.check_writable(pathlib.Path(__file__) / "not_a_dir")  # a file as the parent
   record("disk full / read-only workdir", "one `error:` line before any work")
 
@@ -446,7 +450,7 @@ def _wait_for_steps(workdir: pathlib.Path, proc: subprocess.Popen, min_rows: int
 
 
 def _latest_params(workdir: pathlib.Path, step: int):
-  restored = run_lib.restore_run(workdir, which=str(step), num_devices=1)
+  restored = workdir_lib.restore_run(workdir, which=str(step), num_devices=1)
   return jax.tree.leaves(restored.params)
 
 

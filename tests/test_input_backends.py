@@ -107,7 +107,8 @@ from lstmrec_jax.cli import train as cli_train  # the cli modules define clashin
 from lstmrec_jax.data import pipeline
 from lstmrec_jax.data.preprocess import Sequences
 from lstmrec_jax.evaluation import ranking
-from lstmrec_jax.train import checkpoint, loop
+from lstmrec_jax import checkpoint
+from lstmrec_jax.train import loop
 from lstmrec_jax.tuning import search
 seqs = Sequences.from_lists([[1, 2, 3, 4], [5, 6, 7], [2, 3]] * 4)
 batches = pipeline.TrainBatches(seqs, batch_size=4, max_len=4, seed=0, backend="numpy")

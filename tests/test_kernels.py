@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import dispatch
-from kernels import lstm_common
-from kernels import lstm_persistent
-from kernels import lstm_step
+from lstmrec_jax.kernels import dispatch
+from lstmrec_jax.kernels import lstm_common
+from lstmrec_jax.kernels import lstm_persistent
+from lstmrec_jax.kernels import lstm_step
 from lstmrec_jax.core import lstm as lstm_lib
 
 ON_GPU = jax.default_backend() == "gpu"
@@ -417,7 +417,7 @@ import sys
 import jax, jax.numpy as jnp
 from jax.experimental import topologies
 from jax.sharding import SingleDeviceSharding
-from kernels import lstm_persistent
+from lstmrec_jax.kernels import lstm_persistent
 topology, dtype = sys.argv[1], sys.argv[2]
 device = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices[0]
 sds = lambda s, d=jnp.float32: jax.ShapeDtypeStruct(s, d, sharding=SingleDeviceSharding(device))

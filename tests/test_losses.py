@@ -271,7 +271,7 @@ def test_registered_losses_give_the_direct_functions_numbers(kind):
 
 def test_loss_config_has_no_defaults_and_names_bad_keys():
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from configs import base  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.configs import base  # pylint: disable=g-import-not-at-top
   group = base.get_base_config().loss.to_dict()
   assert {f.name for f in dataclasses.fields(losses.LossConfig)} == set(group)
   assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(losses.LossConfig))
@@ -297,6 +297,6 @@ def test_register_loss_adds_a_kind():
     with pytest.raises(ValueError, match="already registered"):
       losses.register_loss("test_mean_score")(lambda *a, **k: 0.0)
   finally:
-    losses._LOSSES.pop("test_mean_score")  # pylint: disable=protected-access
+    losses.core._LOSSES.pop("test_mean_score")  # pylint: disable=protected-access
   with pytest.raises(ValueError, match="unknown loss.kind"):
     losses.get_loss("test_mean_score")

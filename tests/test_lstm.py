@@ -5,8 +5,6 @@ Shape legend: B batch, L time steps, E input size, H hidden size, G = 4H gates.
 
 from __future__ import annotations
 
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -206,17 +204,14 @@ def test_layer_rejects_mismatched_params():
 
 
 def test_model_resolves_other_impls_through_kernels_dispatch(monkeypatch):
-  import kernels  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.kernels import dispatch  # pylint: disable=g-import-not-at-top
   calls = []
 
   def get_recurrence(impl):
     calls.append(impl)
     return lstm.lstm_recurrence
 
-  fake = types.ModuleType("kernels.dispatch")
-  fake.get_recurrence = get_recurrence
-  monkeypatch.setitem(sys.modules, "kernels.dispatch", fake)
-  monkeypatch.setattr(kernels, "dispatch", fake, raising=False)
+  monkeypatch.setattr(dispatch, "get_recurrence", get_recurrence)
   assert encoders.resolve_lstm_recurrence("xla") is None and not calls
   assert encoders.resolve_lstm_recurrence("pallas", hoist=False) is None and not calls
   recurrence = encoders.resolve_lstm_recurrence("pallas")
@@ -224,14 +219,6 @@ def test_model_resolves_other_impls_through_kernels_dispatch(monkeypatch):
   params, x = _params(), _inputs()
   out, _ = lstm.lstm_layer(params, x, MASK_BxL, recurrence=recurrence)
   np.testing.assert_array_equal(out, lstm.lstm_layer(params, x, MASK_BxL)[0])
-
-
-def test_missing_kernels_dispatch_is_a_clear_error(monkeypatch):
-  import kernels  # pylint: disable=g-import-not-at-top
-  monkeypatch.setitem(sys.modules, "kernels.dispatch", None)
-  monkeypatch.delattr(kernels, "dispatch", raising=False)
-  with pytest.raises(ImportError, match="kernels.dispatch"):
-    encoders.resolve_lstm_recurrence("pallas")
 
 
 @pytest.mark.parametrize("residual", [False, True])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lstmrec_jax.evaluation import metrics
+from lstmrec_jax.scoring import ranks as ranks_lib
 
 
 def _ranks_bruteforce(scores_BxV, targets_B, seen, exclude_seen=True):
@@ -28,20 +29,20 @@ def test_hand_computed_rank():
   # scores [pad, 0.1, 0.9, 0.5], target 3: item 2 is ahead -> rank 1; seen item 2 removed -> 0.
   table = jnp.array([[0.0], [0.1], [0.9], [0.5]])
   user = jnp.ones((2, 1))
-  ranks = metrics.target_ranks(user, table, None, jnp.array([3, 3]),
+  ranks = ranks_lib.target_ranks(user, table, None, jnp.array([3, 3]),
                                jnp.array([[0, 0], [2, 0]]))
   np.testing.assert_array_equal(np.asarray(ranks), [1, 0])
 
 
 def test_ties_count_against_target_and_padding_never_counts():
   table = jnp.array([[5.0], [1.0], [1.0], [1.0]])  # padding row scores highest; must not count
-  ranks = metrics.target_ranks(jnp.ones((1, 1)), table, None, jnp.array([2]))
+  ranks = ranks_lib.target_ranks(jnp.ones((1, 1)), table, None, jnp.array([2]))
   assert int(ranks[0]) == 2  # items 1 and 3 tie with the target
 
 
 def test_target_seen_before_is_not_removed():
   table = jnp.array([[0.0], [0.2], [0.9]])
-  ranks = metrics.target_ranks(jnp.ones((1, 1)), table, None, jnp.array([2]), jnp.array([[2, 1]]))
+  ranks = ranks_lib.target_ranks(jnp.ones((1, 1)), table, None, jnp.array([2]), jnp.array([[2, 1]]))
   assert int(ranks[0]) == 0
 
 
@@ -56,10 +57,10 @@ def test_chunked_matches_bruteforce(chunk):
   seen = rng.integers(0, v, size=(b, 6))
   scores = user @ table.T + bias
   expected = _ranks_bruteforce(scores, targets, seen)
-  got = metrics.target_ranks(jnp.asarray(user), jnp.asarray(table), jnp.asarray(bias),
+  got = ranks_lib.target_ranks(jnp.asarray(user), jnp.asarray(table), jnp.asarray(bias),
                              jnp.asarray(targets), jnp.asarray(seen), chunk_size=chunk)
   np.testing.assert_array_equal(np.asarray(got), expected)
-  kept = metrics.target_ranks(jnp.asarray(user), jnp.asarray(table), jnp.asarray(bias),
+  kept = ranks_lib.target_ranks(jnp.asarray(user), jnp.asarray(table), jnp.asarray(bias),
                               jnp.asarray(targets), jnp.asarray(seen), exclude_seen=False,
                               chunk_size=chunk)
   np.testing.assert_array_equal(np.asarray(kept),
@@ -70,7 +71,7 @@ def test_perfect_scorer_gets_one():
   v = 30
   table = jnp.eye(v)
   targets = jnp.arange(1, v)
-  ranks = np.asarray(metrics.target_ranks(table[targets] * 10.0, table, None, targets))
+  ranks = np.asarray(ranks_lib.target_ranks(table[targets] * 10.0, table, None, targets))
   m = metrics.metrics_from_ranks(ranks)
   assert m["HR@1"] == 1.0 and m["NDCG@10"] == 1.0 and m["MRR"] == 1.0
 
@@ -81,7 +82,7 @@ def test_random_scorer_gets_about_k_over_v():
   user = jax.random.normal(key, (b, e))
   table = jax.random.normal(jax.random.fold_in(key, 1), (v, e))
   targets = jax.random.randint(jax.random.fold_in(key, 2), (b,), 1, v)
-  m = metrics.metrics_from_ranks(np.asarray(metrics.target_ranks(user, table, None, targets)))
+  m = metrics.metrics_from_ranks(np.asarray(ranks_lib.target_ranks(user, table, None, targets)))
   expected = 10 / (v - 1)
   assert abs(m["HR@10"] - expected) < 4 * math.sqrt(expected * (1 - expected) / b)
 
@@ -107,7 +108,7 @@ def test_top_k_matches_argsort(chunk):
   user = rng.normal(size=(b, e)).astype(np.float32)
   table = rng.normal(size=(v, e)).astype(np.float32)
   seen = rng.integers(0, v, size=(b, 4))
-  ids, _ = metrics.top_k_items(jnp.asarray(user), jnp.asarray(table), None, k, jnp.asarray(seen),
+  ids, _ = ranks_lib.top_k_items(jnp.asarray(user), jnp.asarray(table), None, k, jnp.asarray(seen),
                                chunk_size=chunk)
   scores = user @ table.T
   scores[:, 0] = -np.inf
@@ -138,7 +139,7 @@ def _hand_ranks(exclude_seen=True):
   # item 1 is ahead as well -> ranks 2 and 3.
   table = jnp.array([[0.0], [0.9], [0.8], [0.5], [0.4], [0.1]])
   seen = jnp.array([[1, 3], [1, 0]])
-  return np.asarray(metrics.target_ranks(jnp.ones((2, 1)), table, None, jnp.array([3, 4]), seen,
+  return np.asarray(ranks_lib.target_ranks(jnp.ones((2, 1)), table, None, jnp.array([3, 4]), seen,
                                          exclude_seen=exclude_seen))
 
 

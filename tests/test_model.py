@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import base as base_config
+from lstmrec_jax.configs import base as base_config
 import helpers
 from helpers import ce_loss, jitted_forward, model_config
 from lstmrec_jax import losses

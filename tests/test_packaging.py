@@ -43,3 +43,22 @@ def test_console_scripts_run_outside_the_repository(scripts, tmp_path):
     last = (proc.stderr.strip().splitlines() or [""])[-1]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, (script, proc.stderr[-2000:])
     assert last.startswith("error: ") and named in last, (script, last)
+
+
+def test_one_import_name_for_the_world(scripts, tmp_path):
+  """The distribution claims `lstmrec_jax` only: its kernels and recipes install under it, so a
+  generic `kernels` or `configs` (a `kernels` package exists on PyPI) is never shadowed."""
+  del scripts
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  dist = importlib.metadata.distribution("lstmrec-jax")
+  assert (dist.read_text("top_level.txt") or "lstmrec_jax").split() == ["lstmrec_jax"]
+  code = ("import importlib.util as u\n"
+          "import lstmrec_jax.kernels.dispatch, lstmrec_jax.configs.base\n"
+          "print(u.find_spec('kernels') is None, u.find_spec('configs') is None)")
+  # An empty folder and no PYTHONPATH: what the installed distribution gives, not the repository.
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=300, env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == ["True", "True"]

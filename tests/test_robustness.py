@@ -6,19 +6,23 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import base
+from lstmrec_jax import config_keys
+from lstmrec_jax.configs import base
 from helpers import forward, loss_config, model_config, tiny_config
 from lstmrec_jax import run as run_lib
+from lstmrec_jax import workdir as workdir_lib
 from lstmrec_jax.data import preprocess
 from lstmrec_jax.evaluation import attacks
 from lstmrec_jax.evaluation import ranking
 from lstmrec_jax.model import SeqRecModel
-from lstmrec_jax.train import adversarial
+from lstmrec_jax.losses import adversarial
 from lstmrec_jax.train import steps
+from lstmrec_jax.scoring import steps as scoring
+from lstmrec_jax import errors
 
 
 def adv_config(**overrides) -> adversarial.AdversarialConfig:
-  return run_lib.build_group(adversarial.AdversarialConfig, "adversarial",
+  return config_keys.build_group(adversarial.AdversarialConfig, "adversarial",
                              base.group("adversarial", **overrides))
 
 
@@ -90,7 +94,7 @@ def test_adversarial_term_in_the_step_every_item_mode(tmp_path, item_mode):
 
 
 def test_adversarial_config_errors_name_the_key(tmp_path):
-  with pytest.raises(run_lib.ConfigError, match="adversarial.kind"):
+  with pytest.raises(errors.ConfigError, match="adversarial.kind"):
     run_lib.spec_from_config(tiny_config(tmp_path, **{"adversarial.kind": "bim"}))
   with pytest.raises(ValueError, match="adversarial.eps"):
     adv_config(kind="fgsm", eps=0.0)
@@ -102,7 +106,7 @@ def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("robust")
   spec = run_lib.spec_from_config(tiny_config(workdir))
   run = run_lib.build_run(spec)
-  return workdir, run_lib.RestoredRun(run, run.params, {}, 0)
+  return workdir, workdir_lib.RestoredRun(run, run.params, {}, 0)
 
 
 def test_perturbation_attack_zero_eps_is_the_evaluation_and_eps_hurts(trained):
@@ -112,7 +116,7 @@ def test_perturbation_attack_zero_eps_is_the_evaluation_and_eps_hurts(trained):
   got = attacks.perturbed_ranks(run.graphdef, restored.params, run.consts, run.dataset, split,
                                 eps_list=(0.0, 2.0), loss_cfg=run.spec.loss, batch_size=64,
                                 max_len=16, chunk_size=32)
-  rank_fn = ranking.compile_rank_fn(run.graphdef, run.mesh, exclude_seen=True, chunk_size=32,
+  rank_fn = scoring.compile_rank_fn(run.graphdef, run.mesh, exclude_seen=True, chunk_size=32,
                                     popularity_V=run.dataset.item_counts_V)
   _, ref = ranking.rank_split(rank_fn, restored.params, run.consts, split, batch_size=64,
                               max_len=16, mesh=run.mesh)

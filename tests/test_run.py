@@ -4,9 +4,11 @@ import json
 
 import pytest
 
-from configs import beauty as beauty_config
+from lstmrec_jax import config_keys
+from lstmrec_jax.configs import beauty as beauty_config
 from lstmrec_jax import run as run_lib
 from lstmrec_jax.cli import common
+from lstmrec_jax import errors
 
 
 def test_flatten_round_trip_keeps_empty_groups():
@@ -23,7 +25,7 @@ def test_saved_beauty_config_reads_back_with_defaults_for_missing_keys(tmp_path)
   del config["eval"]["seen_targets"]  # as if saved before the key existed
   (tmp_path / "config.json").write_text(json.dumps(config))
   spec = common.workdir_spec(str(tmp_path))
-  assert spec.model["embed_dim"] == 256 and spec.eval.seen_targets == "miss"
+  assert spec.model.embed_dim == 256 and spec.eval.seen_targets == "miss"
   assert spec.data.path.endswith("Beauty.txt")
 
 
@@ -33,7 +35,7 @@ def test_every_problem_named_in_one_error():
   config["optim"]["learning_rate"] = -1.0
   config["train"]["patience"] = -1
   del config["loss"]["kind"]
-  with pytest.raises(run_lib.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     run_lib.spec_from_config(config)
   message = str(e.value)
   for part in ("model.hidden_sise", "optim.learning_rate", "train.patience", "loss.kind"):

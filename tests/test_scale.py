@@ -19,11 +19,11 @@ import pytest
 from flax import nnx
 
 from lstmrec_jax import losses
-from lstmrec_jax.evaluation import metrics
 from helpers import loss_config, model_config, optim_config
 from lstmrec_jax.model import modules
-from lstmrec_jax.train import state as state_lib
+from lstmrec_jax import optim
 from lstmrec_jax.train import steps
+from lstmrec_jax.scoring import ranks as ranks_lib
 
 BIG_V = 1_000_000
 
@@ -33,8 +33,8 @@ def _train_step_memory(num_items: int, batch: int = 32, length: int = 50, embed:
   cfg = model_config(num_items, embed_dim=embed, hidden_size=embed)
   abstract_model = nnx.eval_shape(lambda: modules.SeqRecModel(cfg, rngs=nnx.Rngs(params=0)))
   graphdef, params, consts = nnx.split(abstract_model, nnx.Param, ...)
-  tx = state_lib.make_optimizer(optim_config(warmup_steps=100), total_steps=100)
-  state = jax.eval_shape(lambda p: state_lib.init_state(p, tx, 0), params.to_pure_dict())
+  tx = optim.make_optimizer(optim_config(warmup_steps=100), total_steps=100)
+  state = jax.eval_shape(lambda p: optim.init_state(p, tx, 0), params.to_pure_dict())
   ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
   flags = jax.ShapeDtypeStruct((batch, length), jnp.bool_)
   batch_spec = {"inputs_BxL": ids, "targets_BxL": ids, "mask_BxL": flags, "resets_BxL": flags}
@@ -61,7 +61,7 @@ def test_chunked_train_step_temp_memory_grows_like_the_table_not_n_times_v():
 
 
 def _brute_force_ranks(user, table, targets, seen):
-  """metrics.target_ranks' definition, in numpy over the whole score matrix."""
+  """ranks_lib.target_ranks' definition, in numpy over the whole score matrix."""
   scores = np.asarray(user, np.float64) @ np.asarray(table, np.float64).T
   scores[:, 0] = -np.inf
   rows = np.arange(len(targets))
@@ -77,7 +77,7 @@ def test_ranking_at_a_million_items_has_no_users_by_items_buffer():
   users, embed, seen_width = 512, 16, 50
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
   i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
-  rank_fn = jax.jit(functools.partial(metrics.target_ranks, chunk_size=8192))
+  rank_fn = jax.jit(functools.partial(ranks_lib.target_ranks, chunk_size=8192))
   mem = rank_fn.lower(f32(users, embed), f32(BIG_V, embed), None, i32(users),
                       i32(users, seen_width)).compile().memory_analysis()
   scores_bytes = users * BIG_V * 4  # 2 GB
@@ -101,7 +101,7 @@ def test_ranking_at_a_million_items_equals_brute_force():
   # Items that outrank the target become seen, so removing them must lower the rank.
   scores = user @ table[:1000].T
   seen[:, 1:11] = np.argsort(-scores, axis=1)[:, :10]
-  got = jax.jit(metrics.target_ranks)(user, table, None, targets, seen)
+  got = jax.jit(ranks_lib.target_ranks)(user, table, None, targets, seen)
   np.testing.assert_array_equal(np.asarray(got), _brute_force_ranks(user, table, targets, seen))
 
 

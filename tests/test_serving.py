@@ -18,8 +18,9 @@ import pytest
 from helpers import tiny_config
 from lstmrec_jax import run as run_lib
 from lstmrec_jax.serving import bundle as bundle_lib
-from lstmrec_jax.serving import functions as fns
+from lstmrec_jax.scoring import streaming as fns
 from lstmrec_jax.serving.recommender import Recommender
+from lstmrec_jax.scoring import steps as scoring
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -34,8 +35,7 @@ def _recommender(tmp_path, **overrides) -> tuple[Recommender, run_lib.Run]:
 
 def _scores(rec: Recommender, user_BxE, count_B) -> np.ndarray:
   """Every item's score (fallback table) for user vectors."""
-  from lstmrec_jax.evaluation import ranking  # pylint: disable=g-import-not-at-top
-  user_BxF = ranking.fallback_user(jnp.asarray(user_BxE), jnp.asarray(count_B) > 0)
+  user_BxF = scoring.fallback_user(jnp.asarray(user_BxE), jnp.asarray(count_B) > 0)
   return np.asarray(user_BxF @ rec.tables.fallback_VxF.T)
 
 
@@ -115,16 +115,15 @@ def test_exclusions_allow_and_k(tmp_path):
 
 def test_eval_step_ranks_empty_histories_by_popularity(tmp_path):
   """The evaluation's fallback is the serving one: an empty history no longer ties everything."""
-  from lstmrec_jax.evaluation import ranking  # pylint: disable=g-import-not-at-top
   rec, run = _recommender(tmp_path)
   counts = run.dataset.item_counts_V
   target = int(np.argsort(-counts)[0])  # the most popular item
   batch = {"inputs_BxL": jnp.zeros((2, 4), jnp.int32), "mask_BxL": jnp.zeros((2, 4), bool),
            "targets_B": jnp.array([target, target], jnp.int32),
            "seen_BxS": jnp.zeros((2, 8), jnp.int32)}
-  tied = ranking.eval_step(run.params, run.consts, batch, graphdef=run.graphdef,
+  tied = scoring.eval_step(run.params, run.consts, batch, graphdef=run.graphdef,
                            exclude_seen=True, chunk_size=64)
-  fallback = ranking.eval_step(run.params, run.consts, batch, jnp.asarray(counts),
+  fallback = scoring.eval_step(run.params, run.consts, batch, jnp.asarray(counts),
                                graphdef=run.graphdef, exclude_seen=True, chunk_size=64)
   assert int(tied[0]) == rec.num_items - 2  # every other item ties and counts against it
   assert int(fallback[0]) == int((counts[1:] >= counts[target]).sum()) - 1
@@ -151,7 +150,6 @@ def test_exported_functions_run_without_the_project(tmp_path):
   # Only the folder that holds jax and numpy (and their own dependencies) is on the path: `-S`
   # skips site's .pth hooks, so a `pip install -e .` of this project (as .ci/run does) cannot
   # make it importable there.
-  import jax  # pylint: disable=g-import-not-at-top
   site_dir = os.path.dirname(os.path.dirname(jax.__file__))
   script = textwrap.dedent(f"""
       import sys

@@ -14,11 +14,13 @@ from lstmrec_jax import mesh as mesh_lib
 from lstmrec_jax import run as run_lib
 from lstmrec_jax.cli import common
 from lstmrec_jax.data import pipeline
-from lstmrec_jax.evaluation import ranking, reports
+from lstmrec_jax.evaluation import reports
 from lstmrec_jax.train import loop
-from lstmrec_jax.train import state as state_lib
+from lstmrec_jax import optim
+from lstmrec_jax import model as model_lib  # noqa: E402
 from lstmrec_jax.train import steps
 from helpers import loss_config, optim_config, tiny_config
+from lstmrec_jax import workdir as workdir_lib
 
 
 def read_losses(workdir: pathlib.Path) -> dict[int, float]:
@@ -37,9 +39,9 @@ def tiny_setup(tmp_path_factory):
   spec = run_lib.spec_from_config(config)
   dataset = run_lib.load_data(spec)
   model_cfg = spec.model_config(dataset.num_items)
-  graphdef, params, consts = state_lib.create_model(model_cfg, 0)
+  graphdef, params, consts = model_lib.create_model(model_cfg, 0)
   assert not jax.tree.leaves(consts)  # an id-only model has no constants
-  tx = state_lib.make_optimizer(optim_config(learning_rate=1e-2, warmup_steps=1), 10)
+  tx = optim.make_optimizer(optim_config(learning_rate=1e-2, warmup_steps=1), 10)
   batches = pipeline.TrainBatches(dataset.train, batch_size=8, max_len=16, seed=0, pack=True)
   return config, dataset, graphdef, params, tx, batches
 
@@ -48,7 +50,7 @@ def test_every_parameter_changes_after_one_step(tiny_setup):
   _, _, graphdef, params, tx, batches = tiny_setup
   step_fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
                                       loss_cfg=loss_config(kind="full")))
-  state = state_lib.init_state(params, tx, 0)
+  state = optim.init_state(params, tx, 0)
   batch = next(iter(batches.epoch(0)))
   new_state, out = step_fn(state, batch, {"consts": {}, "log_q_V": None})
   assert np.isfinite(float(out["loss"]))
@@ -63,7 +65,7 @@ def test_step_compiles_once_across_batches(tiny_setup):
   step_fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
                                       loss_cfg=loss_config(kind="chunked", chunk_size=32)),
                     donate_argnums=0)
-  state = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, 0)  # donated below
+  state = optim.init_state(jax.tree.map(jnp.copy, params), tx, 0)  # donated below
   for i, batch in zip(range(4), batches.epoch(1)):
     state, _ = step_fn(state, batch, {"consts": {}, "log_q_V": None})
   assert step_fn._cache_size() == 1
@@ -76,7 +78,7 @@ def test_losses_agree_full_chunked(tiny_setup):
   for kind in ("full", "chunked"):
     fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
                                    loss_cfg=loss_config(kind=kind, chunk_size=24)))
-    _, out = fn(state_lib.init_state(params, tx, 0), batch, {"consts": {}, "log_q_V": None})
+    _, out = fn(optim.init_state(params, tx, 0), batch, {"consts": {}, "log_q_V": None})
     outs[kind] = float(out["loss"])
   assert outs["full"] == pytest.approx(outs["chunked"], rel=1e-5)
 
@@ -161,7 +163,7 @@ def test_train_resume_and_evaluate(tmp_path):
   test = report["splits"]["test"]
   assert test["model"]["overall"]["users"] == 240
   assert set(test["model"]["by_history_length"]) == {"1-2", "3-5", "6-10", ">10"}
-  again = ranking.evaluate_checkpoint(full_dir, which="best", num_devices=1,
+  again = workdir_lib.evaluate_checkpoint(full_dir, which="best", num_devices=1,
                                        topk_out=str(tmp_path / "top.tsv"), topk=5)
   assert again["splits"]["test"]["model"]["overall"] == test["model"]["overall"]
   rows = (tmp_path / "top.tsv").read_text().splitlines()
@@ -215,7 +217,7 @@ def _run_steps(tiny_setup, num_devices, n=3):
   fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
                                  loss_cfg=loss_config(kind="chunked", chunk_size=32)),
                in_shardings=(repl, sh, repl), out_shardings=(repl, repl))
-  state = mesh_lib.replicate(state_lib.init_state(params, tx, 0), mesh)
+  state = mesh_lib.replicate(optim.init_state(params, tx, 0), mesh)
   losses = []
   for _, batch in zip(range(n), batches.epoch(0)):
     state, out = fn(state, mesh_lib.to_global(batch, mesh), {"consts": {}, "log_q_V": None})
@@ -236,7 +238,7 @@ def test_eight_devices_equal_one(tiny_setup):
 def test_checkpoint_moves_between_device_counts_and_eval_is_identical(tmp_path):
   config = tiny_config(tmp_path, num_devices=8, stop_after_steps=0)
   report8 = loop.train_and_evaluate(config, tmp_path / "run8")
-  one = ranking.evaluate_checkpoint(tmp_path / "run8", which="best", num_devices=1)
+  one = workdir_lib.evaluate_checkpoint(tmp_path / "run8", which="best", num_devices=1)
   for split in ("valid", "test"):
     assert one["splits"][split]["model"] == report8["splits"][split]["model"]
 
@@ -280,14 +282,14 @@ def test_checkpoint_with_pre_registry_parameter_paths_restores_to_the_same_metri
   (model/compat.py): they still resume and evaluate to exactly the same metrics."""
   import shutil  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.model import compat  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   new_dir, old_dir = tmp_path / "new", tmp_path / "old"
   loop.train_and_evaluate(tiny_config(tmp_path, stop_after_steps=4), new_dir)
-  want = ranking.evaluate_checkpoint(new_dir, which="latest", num_devices=1)
+  want = workdir_lib.evaluate_checkpoint(new_dir, which="latest", num_devices=1)
   # The same state saved under the old names, as the previous code wrote it.
-  restored = run_lib.restore_run(new_dir, which="latest", num_devices=1)
+  restored = workdir_lib.restore_run(new_dir, which="latest", num_devices=1)
   tx = restored.run.optimizer(10)
-  like = state_lib.init_state(restored.run.params, tx, 0)
+  like = optim.init_state(restored.run.params, tx, 0)
   reader = ckpt_lib.Checkpointer(new_dir, read_only=True)
   state, meta = reader.restore_train_state(like, restored.run.mesh)
   reader.close()
@@ -300,7 +302,7 @@ def test_checkpoint_with_pre_registry_parameter_paths_restores_to_the_same_metri
                                     opt_state=compat.to_legacy(state.opt_state)), meta)
   writer.close()
   assert "lstm_layers" in (old_dir / "checkpoints" / "4" / "params" / "_METADATA").read_text()
-  got = ranking.evaluate_checkpoint(old_dir, which="latest", num_devices=1)
+  got = workdir_lib.evaluate_checkpoint(old_dir, which="latest", num_devices=1)
   for split in ("valid", "test"):
     assert got["splits"][split]["model"] == want["splits"][split]["model"]
   # Both resume (the optimizer state renamed too) and continue with the same losses.

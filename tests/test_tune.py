@@ -5,15 +5,15 @@ import pathlib
 
 import pytest
 
-from configs import base as base_config
-from configs import beauty as beauty_config
-from configs import default as default_config
-from configs import games as games_config
-from configs.spaces import lstm as lstm_space
-from lstmrec_jax import run as run_lib
+from lstmrec_jax.configs import base as base_config
+from lstmrec_jax.configs import beauty as beauty_config
+from lstmrec_jax.configs import default as default_config
+from lstmrec_jax.configs import games as games_config
+from lstmrec_jax.configs.spaces import lstm as lstm_space
 from lstmrec_jax.train import loop
 from lstmrec_jax.tuning import search as tune
 import helpers
+from lstmrec_jax import errors
 
 SPACE = {
     "model.embed_dropout": ("uniform", 0.0, 0.5),
@@ -85,7 +85,7 @@ def test_trial_config_sets_the_sampled_values(tmp_path):
      "both set 'loss.kind'"),
 ])
 def test_bad_space_is_an_error_naming_the_key(tmp_path, space, match):
-  with pytest.raises(tune.TuneError, match=match):
+  with pytest.raises(errors.ConfigError, match=match):
     tune.validate_space(space, tiny_config(tmp_path))
 
 
@@ -113,7 +113,7 @@ def test_selection_follows_validation_never_test(tmp_path, monkeypatch):
     trial = int(workdir.name.split("_")[1])
     calls.append(trial)
     if trial == 3:
-      raise FloatingPointError("loss is nan at step 7; lower optim.learning_rate")
+      raise errors.DivergenceError("loss is nan at step 7; lower optim.learning_rate")
     score = config.model.embed_dropout  # a stand-in validation NDCG@10 that differs per trial
     report = {"step": 5, "epochs_trained": 1.0, "splits": {
         "valid": {"model": {"overall": {"NDCG@10": score, "HR@10": score + 0.1}}},
@@ -176,5 +176,23 @@ def test_interrupted_search_resumes_and_skips_finished(tmp_path):
   saved = json.loads((tune_dir / "trial_1" / "config.json").read_text())
   assert saved["model"]["embed_dropout"] == info["params"]["model.embed_dropout"]
 
-  with pytest.raises(tune.TuneError, match="another search"):
+  with pytest.raises(errors.ConfigError, match="another search"):
     tune.tune(tiny_config(tmp_path), TRAIN_SPACE, tune_dir, num_trials=3, search_seed=5)
+
+
+def test_a_trial_the_real_trainer_finds_diverging_does_not_stop_the_search(tmp_path):
+  """The trainer's own divergence error (not a stand-in) is an outcome of the search.
+
+  Until the errors shared one module, the search caught FloatingPointError while the trainer
+  raised a ValueError subclass: the first diverging trial ended the whole search.
+  """
+  space = {"optim.learning_rate": ("choice", [1e-3, 1e12])}
+  picks = [tune.sample_params(space, 0, k)["optim.learning_rate"] for k in range(4)]
+  assert 1e12 in picks and 1e-3 in picks  # the seed draws both: one trial diverges
+  config = tiny_config(tmp_path, **{"optim.clip_norm": 0.0, "optim.warmup_steps": 0})
+  rows = tune.tune(config, space, tmp_path / "tune", num_trials=4, search_seed=0)
+  by_trial = {r["trial"]: r for r in rows}
+  assert sorted(by_trial) == [0, 1, 2, 3]
+  for k, lr in enumerate(picks):
+    assert by_trial[k]["status"] == ("diverged" if lr == 1e12 else "done"), (k, by_trial[k])
+  assert "diverged" in by_trial[picks.index(1e12)]["error"]

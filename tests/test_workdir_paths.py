@@ -10,11 +10,12 @@ import pytest
 from etils.epath import gpath
 from etils.epath import testing as epath_testing
 
-from configs import default as default_config
+from lstmrec_jax import config_keys
+from lstmrec_jax.configs import default as default_config
 from lstmrec_jax import paths
 from lstmrec_jax import run as run_lib
 from lstmrec_jax.evaluation import reports
-from lstmrec_jax.train import checkpoint as ckpt_lib
+from lstmrec_jax import checkpoint as ckpt_lib
 from lstmrec_jax.train import loop
 from lstmrec_jax.tuning import search
 
@@ -58,10 +59,10 @@ def test_workdir_path_keeps_uris_and_makes_local_paths_absolute():
 def test_config_and_reports_go_to_the_bucket(fake_gcs):
   root, _, seen = fake_gcs
   config = default_config.get_config()
-  loop.check_saved_config(paths.workdir_path(GS), run_lib.plain(config))
+  loop.check_saved_config(paths.workdir_path(GS), config_keys.plain(config))
   assert (root / "bucket/run/config.json").is_file()
   assert run_lib.read_workdir_config(GS)["seed"] == config.seed
-  loop.check_saved_config(paths.workdir_path(GS), run_lib.plain(config))  # resume: same config
+  loop.check_saved_config(paths.workdir_path(GS), config_keys.plain(config))  # resume: same config
   reports.write_report(paths.workdir_path(GS) / "report.json", {"ok": 1})
   assert json.loads((root / "bucket/run/report.json").read_text()) == {"ok": 1}
   assert seen and all(p.startswith(GS) for p in seen)

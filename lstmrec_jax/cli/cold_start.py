@@ -26,18 +26,20 @@ FLAGS = flags.FLAGS  # --checkpoint, --splits and --data_path are eval.py's flag
 
 def main() -> None:
   import jax  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.evaluation import cold_start  # pylint: disable=g-import-not-at-top
   reports = {}
   for workdir in FLAGS.workdirs:
-    rep = cold_start.evaluate_workdir(workdir, which=FLAGS.checkpoint, splits=FLAGS.splits,
-                                      spec=common.workdir_spec(workdir, FLAGS.data_path))
+    rep = workdir_lib.evaluate_cold_start(workdir, which=FLAGS.checkpoint, splits=FLAGS.splits,
+                                          spec=common.workdir_spec(workdir, FLAGS.data_path))
     name = f"{os.path.basename(os.path.normpath(workdir))} ({rep['item_mode']})"
     reports[name] = rep
   first = next(iter(reports.values()))
   for name, rep in reports.items():
     if (rep["dataset"], rep["cold_fraction"], rep["cold_seed"]) != (
         first["dataset"], first["cold_fraction"], first["cold_seed"]):
-      raise ValueError(f"{name} uses another dataset or cold split than the first workdir")
+      raise ConfigError(f"{name} uses another dataset or cold split than the first workdir")
   if jax.process_index() == 0:
     for split in FLAGS.splits:
       print(cold_start.format_table(reports, split))
@@ -49,4 +51,4 @@ def main() -> None:
 
 def run() -> None:
   """The console script."""
-  logs.run_main(main, user_errors=(ValueError,))
+  logs.run_main(main)

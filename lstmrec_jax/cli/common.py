@@ -65,14 +65,11 @@ def define_config_flag(name: str, default: str, help_text: str) -> None:
 
 
 def configs_dir() -> pathlib.Path:
-  """The `configs/` folder: ./configs when run from the repository, else the installed one."""
-  local = pathlib.Path("configs")
-  if (local / "base.py").is_file():
-    return local
-  spec = importlib.util.find_spec("configs")  # locates the installed folder without importing it
-  if spec is not None and spec.submodule_search_locations:
-    return pathlib.Path(next(iter(spec.submodule_search_locations)))
-  return local
+  """The recipes shipped with the package: `lstmrec_jax.configs` (the repository's configs/).
+
+  Never ./configs of the working directory: an entry point runs no code from where it is started.
+  """
+  return pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def default_config_path(name: str = "default.py") -> str:

@@ -14,6 +14,7 @@ import os
 from absl import flags
 from etils import epath
 
+from lstmrec_jax import config_keys
 from lstmrec_jax.cli import common
 from lstmrec_jax.cli import logs
 
@@ -21,12 +22,12 @@ flags.DEFINE_string("workdir", "runs/default", "A train.py workdir.")
 flags.DEFINE_string("checkpoint", "best", "'best' (validation NDCG@10), 'latest' or a step.")
 flags.DEFINE_list("splits", ["valid", "test"], "Splits to evaluate.")
 flags.DEFINE_bool("keep_seen", False, "Keep the user's already-seen items in the ranking.")
-flags.DEFINE_enum("seen_targets", None, ["miss", "rankable"], "A target already in the user's "
+flags.DEFINE_enum("seen_targets", None, list(config_keys.SEEN_TARGETS), "A target already in the user's "
                   "history: 'miss' (the published protocol) or 'rankable'; default: the run's "
                   "eval.seen_targets. Where repeats exist the report holds both.")
 flags.DEFINE_string("topk_out", None, "Write every user's next K items here (TSV): from the "
                     "whole history (train + valid + test), all seen items removed; not the "
-                    "evaluation's input (see ranking.write_topk).")
+                    "evaluation's input (see evaluation.ranking.write_topk).")
 flags.DEFINE_integer("topk", 10, "K for --topk_out.")
 flags.DEFINE_string("data_path", None, "Override the run's data.path.")
 flags.DEFINE_bool("allow_other_data", False, "Evaluate even when the data differs from what the "
@@ -55,8 +56,8 @@ SPLITS = ("valid", "test")
 
 def check_flags() -> None:
   """--checkpoint, --splits and the output paths, checked before anything is computed."""
-  from lstmrec_jax.run import ConfigError  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   which = FLAGS.checkpoint
   if which not in ("best", "latest") and not (which.isdigit() and int(which) >= 0):
     raise ConfigError(f"--checkpoint={which!r} must be 'best', 'latest' or a step number")
@@ -80,9 +81,10 @@ def main() -> None:
   check_flags()
   import jax  # pylint: disable=g-import-not-at-top
   common.initialize_distributed()
-  from lstmrec_jax.evaluation import ranking, reports  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.evaluation import reports  # pylint: disable=g-import-not-at-top
   common.load_plugins(FLAGS.workdir)
-  report = ranking.evaluate_checkpoint(
+  report = workdir_lib.evaluate_checkpoint(
       FLAGS.workdir, which=FLAGS.checkpoint, splits=FLAGS.splits,
       exclude_seen=not FLAGS.keep_seen, topk_out=FLAGS.topk_out, topk=FLAGS.topk,
       spec=common.workdir_spec(FLAGS.workdir, FLAGS.data_path),

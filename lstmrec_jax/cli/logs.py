@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from absl import logging as absl_logging
 
+from lstmrec_jax.errors import LstmrecError
+
 _OURS = ("lstmrec_jax", "train.py", "eval.py", "tune.py", "cold_start.py", "serve.py",
          "export.py")
 
@@ -26,20 +28,10 @@ def setup() -> None:
   handler.addFilter(_OnlyOursBelowWarning())
 
 
-# Errors that are the user's to fix: a config that cannot run (unknown, missing or bad keys; a
-# changed config on resume), bad data, a missing file. Each ends the program in one line.
-def _user_errors() -> tuple[type[BaseException], ...]:
-  from lstmrec_jax.data.errors import DataError  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.run import ConfigError  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.plugins import PluginError  # pylint: disable=g-import-not-at-top
-  errors = [DataError, ConfigError, FileNotFoundError, PluginError]
-  # Checkpoint and divergence errors once those modules are loaded (importing them costs jax).
-  import sys  # pylint: disable=g-import-not-at-top
-  for module, name in (("lstmrec_jax.train.checkpoint", "CheckpointError"),
-                       ("lstmrec_jax.train.loop", "DivergenceError")):
-    if module in sys.modules:
-      errors.append(getattr(sys.modules[module], name))
-  return tuple(errors)
+# Errors that are the user's to fix (`errors.LstmrecError`: a config that cannot run, bad data,
+# an unusable checkpoint or bundle, a diverged run, a plug-in that does not import) and a missing
+# file. Each ends the program in one line.
+_USER_ERRORS = (LstmrecError, FileNotFoundError)
 
 
 # OS errors a user fixes (a full disk, a read-only or forbidden folder): one line, not a traceback.
@@ -78,11 +70,11 @@ def config_override_error(argv: list[str], e: BaseException) -> str:
   return f"error: {flag}: {kind} (configs/base.py lists every key)"
 
 
-def run_main(body: Callable[[], None], user_errors: tuple[type[BaseException], ...] = ()) -> None:
+def run_main(body: Callable[[], None]) -> None:
   """Runs an entry point under absl with `setup()` logging.
 
-  Bad input is the user's to fix: a DataError, a missing file or one of `user_errors` ends the
-  program with one line naming the file, line or key and the problem, not a traceback.
+  Bad input is the user's to fix: any `LstmrecError` or a missing file ends the program with one
+  line naming the file, line or key and the problem, not a traceback.
   """
   from absl import app
 
@@ -90,7 +82,7 @@ def run_main(body: Callable[[], None], user_errors: tuple[type[BaseException], .
     del argv
     try:
       body()
-    except (*_user_errors(), *user_errors) as e:
+    except _USER_ERRORS as e:
       raise SystemExit(f"error: {e}") from None
     except OSError as e:
       if e.errno in _USER_ERRNOS:

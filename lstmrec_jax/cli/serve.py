@@ -47,9 +47,10 @@ def main() -> None:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_cpu_multi_thread_eigen=false").strip()
   import uvicorn  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.serving import recommender, server, store  # pylint: disable=g-import-not-at-top
   if bool(FLAGS.bundle) == bool(FLAGS.workdir):
-    raise ValueError("give exactly one of --bundle and --workdir")
+    raise ConfigError("give exactly one of --bundle and --workdir")
   source = FLAGS.bundle or FLAGS.workdir
   if FLAGS.bundle:
     rec = recommender.Recommender.load(FLAGS.bundle)
@@ -64,7 +65,7 @@ def main() -> None:
     fingerprint = rec.metadata().get("dataset", {}).get("fingerprint", "")[:12]
     states = store.RedisStore(FLAGS.store, namespace=f"{fingerprint}-{rec.layout.size}")
   else:
-    raise ValueError(f"--store={FLAGS.store!r}: expected 'memory' or a redis:// URL")
+    raise ConfigError(f"--store={FLAGS.store!r}: expected 'memory' or a redis:// URL")
   config = server.ServerConfig(max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms,
                                max_k=FLAGS.max_k, max_history=FLAGS.max_history,
                                max_events=FLAGS.max_events, growth=FLAGS.bucket_growth)
@@ -77,4 +78,4 @@ def main() -> None:
 
 def run() -> None:
   """The console script."""
-  logs.run_main(main, user_errors=(ValueError,))
+  logs.run_main(main)

@@ -48,5 +48,4 @@ def main() -> None:
 
 def run() -> None:
   """The console script."""
-  from lstmrec_jax.tuning import search  # pylint: disable=g-import-not-at-top
-  logs.run_main(main, user_errors=(search.TuneError,))
+  logs.run_main(main)

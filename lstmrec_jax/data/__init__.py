@@ -21,7 +21,7 @@ from lstmrec_jax.data import formats
 from lstmrec_jax.data import preprocess as _preprocess
 from lstmrec_jax.data.config import DataConfig
 from lstmrec_jax.data.download import download_movielens
-from lstmrec_jax.data.errors import DataError
+from lstmrec_jax.errors import DataError
 from lstmrec_jax.data.formats import Format
 from lstmrec_jax.data.formats import register_format
 from lstmrec_jax.data.formats.movielens import movielens_layout
@@ -33,22 +33,16 @@ from lstmrec_jax.data.formats.tfds import read_tfds
 from lstmrec_jax.data.log import Columns
 from lstmrec_jax.data.log import InteractionLog
 from lstmrec_jax.data.log import ItemSide
+from lstmrec_jax.data.pipeline import TrainBatches
+from lstmrec_jax.data.pipeline import eval_batches
+from lstmrec_jax.data.pipeline import first_fit_decreasing
+from lstmrec_jax.data.pipeline import num_eval_batches
+from lstmrec_jax.data.pipeline import seen_width
 from lstmrec_jax.data.preprocess import EvalSplit
 from lstmrec_jax.data.preprocess import SequenceDataset
 from lstmrec_jax.data.preprocess import Sequences
 from lstmrec_jax.data.preprocess import build_dataset
 from lstmrec_jax.data.synthetic import synthetic_log
-
-_LAZY = ("TrainBatches", "eval_batches", "num_eval_batches", "seen_width", "first_fit_decreasing")
-
-
-def __getattr__(name: str):
-  # Kept lazy: only entry points that build batches pay for the pipeline's imports.
-  if name in _LAZY:
-    from lstmrec_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-    return getattr(pipeline, name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def load_dataset(cfg: DataConfig) -> SequenceDataset:
   """Reads, filters, splits (and caches) the dataset a data config describes.
@@ -90,5 +84,6 @@ __all__ = [
     "Columns", "DataConfig", "DataError", "EvalSplit", "Format", "InteractionLog", "ItemSide",
     "SequenceDataset", "Sequences", "build_dataset", "download_movielens", "load_dataset",
     "movielens_layout", "read_movielens", "read_pairs", "read_seqfile", "read_table",
-    "read_tfds", "register_format", "synthetic_log", *_LAZY,
+    "read_tfds", "register_format", "synthetic_log", "TrainBatches", "eval_batches",
+    "num_eval_batches", "seen_width", "first_fit_decreasing",
 ]

@@ -24,7 +24,7 @@ training split only. Every random draw of an example comes from a generator keye
 
 With `contrastive_weight > 0` each batch also carries two augmented views of the same rows
 (`view1_*`, `view2_*`, views 1 and 2) for the InfoNCE term of the step
-(`train/contrastive.py`); `views_only` trains the next-item loss on the clean rows (CL4SRec).
+(`losses/contrastive.py`); `views_only` trains the next-item loss on the clean rows (CL4SRec).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from absl import logging
 import numpy as np
 
-from lstmrec_jax.data.errors import DataError
+from lstmrec_jax.errors import DataError
 from lstmrec_jax.data.preprocess import EvalSplit
 from lstmrec_jax.data.preprocess import SequenceDataset
 from lstmrec_jax.data.preprocess import Sequences

@@ -17,7 +17,7 @@ import zipfile
 
 from absl import logging
 
-from lstmrec_jax.data.errors import DataError
+from lstmrec_jax.errors import DataError
 
 BASE_URL = "https://files.grouplens.org/datasets/movielens/"
 

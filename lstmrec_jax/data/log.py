@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from lstmrec_jax.data.errors import DataError
-from lstmrec_jax.data.errors import data_error
+from lstmrec_jax.errors import DataError
+from lstmrec_jax.errors import data_error
 
 PathLike = str | os.PathLike[str]
 Key = int | str

@@ -25,7 +25,7 @@ from typing import Any
 from absl import logging
 import numpy as np
 
-from lstmrec_jax.data.errors import DataError
+from lstmrec_jax.errors import DataError
 from lstmrec_jax.data.log import InteractionLog
 from lstmrec_jax.data.log import ItemSide
 

@@ -30,9 +30,13 @@ import numpy as np
 from flax import nnx
 
 from lstmrec_jax import losses
+from lstmrec_jax.data import pipeline
+from lstmrec_jax.data import preprocess
 from lstmrec_jax.evaluation import metrics
 from lstmrec_jax.evaluation import ranking
-from lstmrec_jax.train import adversarial
+from lstmrec_jax.losses import adversarial
+from lstmrec_jax.scoring import ranks as ranks_lib
+from lstmrec_jax.scoring import steps as scoring
 
 
 # ------------------------------------------------------------------ (a) embedding perturbations
@@ -44,7 +48,7 @@ def attacked_ranks_step(params: Any, consts: Any, batch: dict[str, jax.Array],
                         chunk_size: int) -> jax.Array:
   """Target ranks after the worst-case input-embedding perturbation of L2 radius `eps`.
 
-  eps = 0 gives exactly `ranking.eval_step` (with the popularity fallback of empty histories).
+  eps = 0 gives exactly `scoring.eval_step` (with the popularity fallback of empty histories).
   """
   model = nnx.merge(graphdef, params, consts)
   input_VxE, output_VxE, bias_V = model.item_tables()
@@ -53,7 +57,7 @@ def attacked_ranks_step(params: Any, consts: Any, batch: dict[str, jax.Array],
 
   def user_at(delta):
     user_BxLxE = model(inputs, mask_BxL, item_table_VxE=input_VxE, input_delta_BxLxE=delta)
-    return ranking.last_state(user_BxLxE, mask_BxL)
+    return scoring.last_state(user_BxLxE, mask_BxL)
 
   def loss_at(delta):
     weights_B = (has_history_B & (targets_B > 0)).astype(jnp.float32)
@@ -67,9 +71,9 @@ def attacked_ranks_step(params: Any, consts: Any, batch: dict[str, jax.Array],
                                     steps=steps)
   # eps is relative to the mean item embedding norm, as in adversarial training.
   user_BxE = user_at(eps * adversarial.embedding_scale(input_VxE) * delta)
-  user = ranking.fallback_user(user_BxE, has_history_B)
-  table = ranking.fallback_table(output_VxE, bias_V, popularity_V)
-  return metrics.target_ranks(user, table, None, targets_B, batch.get("seen_BxS"),
+  user = scoring.fallback_user(user_BxE, has_history_B)
+  table = scoring.fallback_table(output_VxE, bias_V, popularity_V)
+  return ranks_lib.target_ranks(user, table, None, targets_B, batch.get("seen_BxS"),
                               exclude_seen=exclude_seen, chunk_size=chunk_size)
 
 
@@ -90,7 +94,6 @@ def perturbed_ranks(graphdef, params, consts, dataset, split, *, eps_list: Seque
                                  chunk_size=chunk_size))
   pop_V = jnp.asarray(dataset.item_counts_V, jnp.float32)
   out = {float(e): [] for e in eps_list}
-  from lstmrec_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   for batch in pipeline.eval_batches(split, batch_size=batch_size, max_len=max_len):
     inputs = {k: batch[k] for k in ("inputs_BxL", "mask_BxL", "targets_B", "seen_BxS")}
     for e in out:
@@ -107,7 +110,6 @@ def noisy_split(split, *, fraction: float, num_items: int, seed: int):
 
   Deterministic in (seed, user). Example: fraction 0.2 and a history of 10 events -> 2 replaced.
   """
-  from lstmrec_jax.data import preprocess  # pylint: disable=g-import-not-at-top
   if not 0.0 <= fraction <= 1.0:
     raise ValueError(f"noise fraction {fraction} must be in [0, 1]")
   rows = []
@@ -197,7 +199,6 @@ def export_seqfile(dataset, path: str | os.PathLike, *, extra_rows: Sequence[np.
 
 def real_users_split(dataset, split, fake_user_keys: Sequence[int]):
   """The split without the fake users (by raw user key)."""
-  from lstmrec_jax.data import preprocess  # pylint: disable=g-import-not-at-top
   fake = {int(k) for k in fake_user_keys}
   keep = np.array([int(dataset.user_keys[u]) not in fake for u in split.users_U], bool)
   rows = [split.history[k] for k in np.flatnonzero(keep)]
@@ -214,12 +215,11 @@ def target_exposure(graphdef, params, consts, dataset, split, target: int, *, k:
   Returns {"target_HR@K": share of eligible users with the target in their top K,
   "eligible_users", "NDCG@10", "HR@10", "users"}.
   """
-  fn = jax.jit(functools.partial(ranking.rank_topk_step, graphdef=graphdef, k=k,
+  fn = jax.jit(functools.partial(scoring.rank_topk_step, graphdef=graphdef, k=k,
                                  exclude_seen=exclude_seen, chunk_size=chunk_size))
   pop_V = jnp.asarray(dataset.item_counts_V, jnp.float32)
   hits = eligible = 0
   ranks = []
-  from lstmrec_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   for batch in pipeline.eval_batches(split, batch_size=batch_size, max_len=max_len):
     inputs = {k_: batch[k_] for k_ in ("inputs_BxL", "mask_BxL", "targets_B", "seen_BxS")}
     ranks_B, ids_BxK, _ = fn(params, consts, inputs, pop_V)

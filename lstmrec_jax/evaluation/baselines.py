@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstmrec_jax.evaluation import metrics
+from lstmrec_jax.scoring import ranks as ranks_lib
 
 
 def popularity_ranks(item_counts_V: np.ndarray, split, *, exclude_seen: bool,
@@ -19,7 +19,7 @@ def popularity_ranks(item_counts_V: np.ndarray, split, *, exclude_seen: bool,
   """Ranks under the popularity baseline (training counts), users in the split's order."""
   counts = jnp.asarray(item_counts_V, jnp.float32)
   table = jnp.zeros((counts.shape[0], 1), jnp.float32)
-  fn = jax.jit(functools.partial(metrics.target_ranks, exclude_seen=exclude_seen,
+  fn = jax.jit(functools.partial(ranks_lib.target_ranks, exclude_seen=exclude_seen,
                                  chunk_size=chunk_size))
   offsets, items = split.history.offsets_U1, split.history.items_N
   out = []

@@ -4,8 +4,8 @@ Shape legend: U users, B users per batch, K list length, V catalog size (row 0 =
 E embedding size, A attributes per item.
 
 Every metric here reads top-K lists (ids, 0 = an empty slot) and per-item arrays, never a
-users x items matrix: the lists come from the chunked `metrics.top_k_items`, in the same jitted
-evaluation step as the target ranks (`ranking.rank_topk_step`), and `BeyondAccumulator` folds
+users x items matrix: the lists come from the chunked `ranks_lib.top_k_items`, in the same jitted
+evaluation step as the target ranks (`scoring.rank_topk_step`), and `BeyondAccumulator` folds
 them batch by batch into O(V) counts and O(1) sums. Definitions (training counts c_i, the
 number of times item i was recommended r_i, n = V - 1 real items):
 
@@ -36,8 +36,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from lstmrec_jax.evaluation import metrics
+from lstmrec_jax.data import content
+from lstmrec_jax.scoring import ranks as ranks_lib
 
 HEAD_SHARE = 0.8  # the head holds the most popular items that make this share of the events
 
@@ -198,7 +200,6 @@ class BeyondAccumulator:
 
 def item_vectors(graphdef, params, consts) -> np.ndarray:
   """The model's output item table (V x E, host f32): the vectors of the embedding ILD."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   model = nnx.merge(graphdef, params, consts)
   return np.asarray(jax.device_get(model.item_tables()[1]), np.float32)
 
@@ -207,7 +208,6 @@ def dataset_attributes(dataset) -> np.ndarray | None:
   """Padded attribute ids [V, A] when the dataset has item attributes, else None."""
   if not getattr(dataset, "num_attrs", 0) or dataset.num_attrs <= 1:
     return None
-  from lstmrec_jax.data import content  # pylint: disable=g-import-not-at-top
   # Every item's attributes count for diversity, also items with no training event.
   return content.attribute_array(dataset, known_V=np.ones(dataset.num_items, bool))
 
@@ -216,7 +216,7 @@ def dataset_attributes(dataset) -> np.ndarray | None:
 def _popularity_top_k(counts_V, seen_BxS, *, k, exclude_seen, chunk_size):
   b = seen_BxS.shape[0]
   table = jnp.zeros((counts_V.shape[0], 1), jnp.float32)
-  return metrics.top_k_items(jnp.zeros((b, 1)), table, counts_V, k, seen_BxS,
+  return ranks_lib.top_k_items(jnp.zeros((b, 1)), table, counts_V, k, seen_BxS,
                              exclude_seen=exclude_seen, chunk_size=chunk_size)
 
 

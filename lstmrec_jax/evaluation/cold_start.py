@@ -14,97 +14,31 @@ recommended), content popularity (a warm item scores its count, a cold item the 
 of the attributes it carries, where an attribute's popularity is the mean count of the warm items
 carrying it) and, among cold items, the rank a random order expects.
 
-New users. A user with an empty history has no LSTM state to score with: the ranking here falls
-back to popularity for them (exactly: an extra embedding dimension that is 1 for empty histories
-and 0 otherwise, against the log-counts, so every other user's scores are unchanged). The
-standard `evaluate` path gives such a user a zero state, i.e. all items tied and the worst rank.
+New users. A user with an empty history has no LSTM state to score with: they are ranked by
+training popularity (`scoring.steps`' fallback, the path `eval.py` and the Recommender share), and
+every other user's scores are unchanged.
 
-  python cold_start.py --workdirs runs/ml100k_cold_id,runs/ml100k_cold_sum
+  python cold_start.py --workdirs runs/ml100k_cold_id,runs/ml100k_cold_sum  (workdir.py drives it)
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh
 
-from lstmrec_jax import mesh as mesh_lib
-from lstmrec_jax import paths
+from lstmrec_jax.data import content as content_data
+from lstmrec_jax.data.preprocess import Sequences
 from lstmrec_jax.evaluation import baselines
 from lstmrec_jax.evaluation import metrics
 from lstmrec_jax.evaluation import ranking
 from lstmrec_jax.evaluation import reports as reports_lib
+from lstmrec_jax.scoring import steps as scoring
 
 GROUPS = ("all", "cold", "warm")
-
-
-# ----------------------------------------------------------------------------- new users
-
-
-def popularity_fallback(user_BxE: jax.Array, mask_BxL: jax.Array, table_VxE: jax.Array,
-                        popularity_V: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Appends one dimension so that users with an empty history are scored by popularity.
-
-  Users with history get 0 there (scores unchanged); users without get 1 against
-  log(1 + count) in the table (their LSTM state is zero, so popularity alone ranks).
-
-  Example: user [[0, 0]] with no history, table [[.., ..], [1, 2]], counts [0, 5] ->
-  user [[0, 0, 1]], table [[.., .., 0], [1, 2, log 6]].
-  """
-  empty_B1 = (~mask_BxL.astype(bool).any(axis=1, keepdims=True)).astype(jnp.float32)
-  user = jnp.concatenate([user_BxE.astype(jnp.float32), empty_B1], axis=1)
-  pop_V1 = jnp.log1p(jnp.maximum(popularity_V.astype(jnp.float32), 0.0))[:, None]
-  table = jnp.concatenate([table_VxE.astype(jnp.float32), pop_V1], axis=1)
-  return user, table
-
-
-def _combined_bias(bias_V: jax.Array | None, extra_V: jax.Array | None) -> jax.Array | None:
-  if extra_V is None:
-    return bias_V
-  return extra_V if bias_V is None else bias_V.astype(jnp.float32) + extra_V
-
-
-def rank_step(params: Any, consts: Any, batch: dict[str, jax.Array], popularity_V: jax.Array,
-              extra_bias_V: jax.Array | None, *, graphdef: nnx.GraphDef, exclude_seen: bool,
-              chunk_size: int) -> jax.Array:
-  """`ranking.eval_step` with the popularity fallback for empty histories and an optional extra
-  per-item bias (-inf outside a candidate set restricts the ranking to it)."""
-  user_BxE, table_VxE, bias_V = ranking.user_vectors(params, consts, batch, graphdef)
-  user, table = popularity_fallback(user_BxE, batch["mask_BxL"], table_VxE, popularity_V)
-  return metrics.target_ranks(user, table, _combined_bias(bias_V, extra_bias_V),
-                              batch["targets_B"], batch.get("seen_BxS"),
-                              exclude_seen=exclude_seen, chunk_size=chunk_size)
-
-
-def topk_step(params: Any, consts: Any, batch: dict[str, jax.Array], popularity_V: jax.Array,
-              *, graphdef: nnx.GraphDef, k: int, exclude_seen: bool,
-              chunk_size: int) -> tuple[jax.Array, jax.Array]:
-  """`ranking.topk_step` with the popularity fallback for users with an empty history."""
-  user_BxE, table_VxE, bias_V = ranking.user_vectors(params, consts, batch, graphdef)
-  user, table = popularity_fallback(user_BxE, batch["mask_BxL"], table_VxE, popularity_V)
-  return metrics.top_k_items(user, table, bias_V, k, batch.get("seen_BxS"),
-                             exclude_seen=exclude_seen, chunk_size=chunk_size)
-
-
-def compile_rank_fn(graphdef, mesh: Mesh, popularity_V, extra_bias_V=None, *,
-                    exclude_seen: bool = True, chunk_size: int = 8192):
-  """A jitted `rank_step` with the same call signature as `ranking.compile_rank_fn`'s."""
-  repl = mesh_lib.replicated(mesh)
-  fn = jax.jit(functools.partial(rank_step, graphdef=graphdef, exclude_seen=exclude_seen,
-                                 chunk_size=chunk_size),
-               in_shardings=(repl, repl, mesh_lib.batch_sharding(mesh), repl, repl),
-               out_shardings=repl)
-  pop = mesh_lib.replicate(jnp.asarray(popularity_V, jnp.float32), mesh)
-  extra = (None if extra_bias_V is None
-           else mesh_lib.replicate(jnp.asarray(extra_bias_V, jnp.float32), mesh))
-  return lambda params, consts, batch: fn(params, consts, batch, pop, extra)
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -189,7 +123,7 @@ def evaluate_cold_start(graphdef, params, consts, dataset, *, mesh: Mesh, batch_
   """Cold-item, warm-item and new-user metrics of a model and the baselines.
 
   Args:
-    graphdef, params, consts: the model (as from `state.create_model` + a checkpoint).
+    graphdef, params, consts: the model (as from `model.create_model` + a checkpoint).
     dataset: a SequenceDataset from `data.content.cold_item_split`.
     mesh: the evaluation mesh.
     batch_size, max_len: evaluation batches.
@@ -201,7 +135,6 @@ def evaluate_cold_start(graphdef, params, consts, dataset, *, mesh: Mesh, batch_
     {"cold_items", "splits": {name: {"model" | "popularity" | "content_popularity" | "random":
     {"all_items": {group: metrics}, "cold_candidates": metrics}}, "by_history_length", ...}}.
   """
-  from lstmrec_jax.data import content as content_data
   cold = content_data.cold_items(dataset)
   if not len(cold):
     raise ValueError(f"{dataset.source}: not a cold-item split (no cold items); train with "
@@ -217,10 +150,11 @@ def evaluate_cold_start(graphdef, params, consts, dataset, *, mesh: Mesh, batch_
   content_pop_V = content_popularity_scores(counts_V, attrs_VxA, known_V)
   only_cold_V = np.where(cold_V, 0.0, -np.inf)
 
-  rank_all = compile_rank_fn(graphdef, mesh, counts_V, exclude_seen=exclude_seen,
-                             chunk_size=chunk_size)
-  rank_cold = compile_rank_fn(graphdef, mesh, counts_V, only_cold_V, exclude_seen=exclude_seen,
-                              chunk_size=chunk_size)
+  rank_all = scoring.compile_rank_fn(graphdef, mesh, exclude_seen=exclude_seen,
+                                     chunk_size=chunk_size, popularity_V=counts_V)
+  rank_cold = scoring.compile_rank_fn(graphdef, mesh, exclude_seen=exclude_seen,
+                                      chunk_size=chunk_size, popularity_V=counts_V,
+                                      extra_bias_V=only_cold_V)
   report: dict[str, Any] = {
       "protocol": reports_lib.PROTOCOL, "exclude_seen": exclude_seen,
       "num_items": int(dataset.num_items) - 1, "cold_items": int(len(cold)),
@@ -274,49 +208,11 @@ def _in_split_order(split, users_U: np.ndarray, ranks_U: np.ndarray) -> np.ndarr
 
 def _subset(seqs, keep_U: np.ndarray):
   """Rows of a Sequences CSR where keep_U is True."""
-  from lstmrec_jax.data.preprocess import Sequences
   rows = np.flatnonzero(keep_U)
   lengths = seqs.lengths_U[rows]
   items = (np.concatenate([seqs[r] for r in rows]) if len(rows)
            else np.zeros(0, np.int32))
   return Sequences.from_lengths(lengths, items)
-
-
-def evaluate_workdir(workdir: str | os.PathLike, *, which: str = "best",
-                     splits: Sequence[str] = ("valid", "test"), exclude_seen: bool = True,
-                     spec=None, num_devices: int = 0) -> dict[str, Any]:
-  """`evaluate_cold_start` of a checkpoint of a train.py workdir trained on a cold split.
-
-  Args:
-    workdir: a train.py workdir whose config has `cold_start.item_fraction > 0`.
-    which: "best", "latest" or a step number.
-    splits: splits to report.
-    exclude_seen: remove the user's history items from the ranking.
-    spec: the run spec (e.g. with data.path moved); None reads the workdir's config.json.
-    num_devices: devices of the evaluation mesh (0 = all).
-
-  Returns:
-    The report, with the run's item mode and training length added (also written to
-    workdir/cold_start_<which>.json).
-  """
-  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
-  workdir = paths.workdir_path(workdir)
-  spec = spec if spec is not None else run_lib.spec_from_config(
-      run_lib.read_workdir_config(workdir))
-  if not spec.cold_start.item_fraction:
-    raise ValueError(f"{workdir} was not trained on a cold-item split (cold_start.item_fraction "
-                     "is 0): its 'cold' items were trained on, so a cold-start report would lie")
-  restored = run_lib.restore_run(workdir, which=which, spec=spec, num_devices=num_devices)
-  run = restored.run
-  report = evaluate_cold_start(run.graphdef, restored.params, run.consts, run.dataset,
-                               mesh=run.mesh, batch_size=spec.input.eval_batch_size,
-                               max_len=spec.input.max_len, splits=splits,
-                               exclude_seen=exclude_seen, chunk_size=spec.eval.chunk_size)
-  report.update(workdir=str(workdir.absolute()), checkpoint=str(which), step=restored.step,
-                epochs_trained=restored.meta.get("epoch"), item_mode=run.model_cfg.item_mode,
-                cold_id=run.model_cfg.cold_id, dataset=run.dataset.source)
-  reports_lib.write_report(workdir / f"cold_start_{which}.json", report)
-  return report
 
 
 def _row(name: str, cells: Sequence[float | None], width: int) -> str:

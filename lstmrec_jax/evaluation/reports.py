@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from lstmrec_jax import paths
+from lstmrec_jax.evaluation import beyond
 from lstmrec_jax.evaluation import metrics
 
 PROTOCOL = ("leave-one-out next-item; ranking over all items (padding excluded); the user's "
@@ -68,7 +69,7 @@ def split_report(ranks_U: np.ndarray, users_U: np.ndarray, split, *, seen_target
                  ks: Sequence[int] = metrics.DEFAULT_KS) -> dict[str, Any]:
   """Overall metrics and the history-length breakdown for one split, under `seen_targets`.
 
-  `ranks_U` keep repeated targets rankable (`metrics.target_ranks`); `seen_targets` = "miss"
+  `ranks_U` keep repeated targets rankable (`ranks.target_ranks`); `seen_targets` = "miss"
   turns them into misses. `repeated_targets` counts them; where there are any, `by_seen_targets`
   holds the overall metrics under both protocols (the other one is not comparable with
   published numbers when it is "rankable", but repeat consumption is real: both are kept).
@@ -123,7 +124,6 @@ def format_table(report: dict[str, Any], keys: Sequence[str] = (
       cells = [_cell(row["HR@10"], 9), _cell(row["NDCG@10"], 9), _cell(pop["HR@10"], 11),
                _cell(pop["NDCG@10"], 13)]
       lines.append(f"  {bucket:<8}{row['users']:>7}" + "".join(cells))
-  from lstmrec_jax.evaluation import beyond  # pylint: disable=g-import-not-at-top
   extra = beyond.format_beyond(report)  # coverage, Gini, ARP, novelty, ILD, personalization
   return "\n".join(lines) + (("\n" + extra) if extra else "")
 

@@ -3,7 +3,7 @@
 Shape legend: B users, P candidates per user (e.g. the top 100), K items kept, E embedding size,
 V catalog size.
 
-Both take a pool from any top-K call (`metrics.top_k_items`, `ranking.topk_step`, the serving
+Both take a pool from any top-K call (`ranks.top_k_items`, `scoring.topk_step`, the serving
 Recommender): candidate ids and scores, and the candidates' item vectors (similarity = cosine).
 Scores are min-max normalized per user over the real candidates, so lambda means the same for
 any model. lambda = 1 keeps the relevance order exactly; smaller lambda trades relevance for

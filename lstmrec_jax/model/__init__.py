@@ -14,3 +14,4 @@ from lstmrec_jax.model.content import ContentInputs
 from lstmrec_jax.model import encoders  # registers "lstm", "gru", "transformer"
 from lstmrec_jax.model.modules import ItemEmbedding  # registers "id"
 from lstmrec_jax.model.modules import SeqRecModel
+from lstmrec_jax.model.modules import create_model

@@ -1,7 +1,8 @@
 """ModelConfig: the model's hyper-parameters as a frozen dataclass, with no defaults.
 
 configs/base.py's `model` group is the only source of defaults: `ModelConfig.from_mapping` takes
-that group (all of it) plus the sizes known only from the data, V (`num_items`) and L
+that group (all of it, validated by `config_keys.build_group` like every group) plus the sizes
+known only from the data, V (`num_items`; None in a run spec, before the data is read) and L
 (`max_len`, for positional embeddings). The model never sees the ConfigDict.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 from lstmrec_jax import config_keys
 from lstmrec_jax.model.registry import ENCODERS, ITEM_REPRS
 
-_DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16")
 COLD_ID_MODES = ("drop", "keep")
 # Fields filled in from the data, not from the config group.
 DATA_FIELDS = ("num_items", "max_len")
@@ -24,9 +25,9 @@ DATA_FIELDS = ("num_items", "max_len")
 class ModelConfig:
   """Hyper-parameters of SeqRecModel; see configs/base.py's `model` group for each key."""
 
-  num_items: int  # V, including the padding item 0; from the data.
+  num_items: int | None  # V, including the padding item 0; from the data (None: not read yet).
   max_len: int  # L, history length of a row (positional embeddings); from input.max_len.
-  encoder: str
+  encoder: str = config_keys.key(choices=ENCODERS.names)  # a registered encoder
   embed_dim: int
   hidden_size: int
   num_layers: int
@@ -41,12 +42,12 @@ class ModelConfig:
   attention_dropout: float
   item_bias: bool
   tied_output: bool
-  compute_dtype: str
-  param_dtype: str
+  compute_dtype: str = config_keys.key(choices=DTYPES)
+  param_dtype: str = config_keys.key(choices=DTYPES)
   hoist_input_projection: bool
   lstm_impl: str
-  item_mode: str
-  cold_id: str
+  item_mode: str = config_keys.key(choices=ITEM_REPRS.names)  # a registered item representation
+  cold_id: str = config_keys.key(choices=COLD_ID_MODES)
   cold_content_grad: bool
   # DropoutNet-style: each training step this share of the items lose their id part (input and
   # output table alike), so the user state also learns to score items by content alone.
@@ -59,7 +60,7 @@ class ModelConfig:
   title_embed_dim: int
   title_hidden_size: int
   # Devices the item tables are split over (the `model` axis of a data x model mesh, the
-  # vocabulary-parallel softmax of train/vocab_parallel.py); the tables get zero rows up to a
+  # vocabulary-parallel softmax of losses/vocab_parallel.py); the tables get zero rows up to a
   # multiple of it (`table_rows`). 1 = every table whole on every device.
   vocab_shards: int
 
@@ -79,7 +80,7 @@ class ModelConfig:
     def bad(key, why):
       problems.append(f"model.{key}={getattr(self, key)!r} {why}")
 
-    if self.num_items < 2:
+    if self.num_items is not None and self.num_items < 2:
       bad("num_items", "must be >= 2 (padding + one item)")
     for key in ("max_len", "embed_dim", "hidden_size", "num_layers", "num_heads", "vocab_shards",
                 "title_max_tokens", "title_min_count", "title_embed_dim", "title_hidden_size"):
@@ -92,43 +93,31 @@ class ModelConfig:
                 "id_dropout"):
       if not 0.0 <= getattr(self, key) < 1.0:
         bad(key, "must be in [0, 1)")
-    for key in ("compute_dtype", "param_dtype"):
-      if getattr(self, key) not in _DTYPES:
-        bad(key, f"must be one of {_DTYPES}")
-    if self.encoder not in ENCODERS:
-      bad("encoder", f"must be a registered encoder: {ENCODERS.names()}")
-    elif self.encoder == "transformer" and self.num_heads >= 1 and self.embed_dim % self.num_heads:
+    if self.encoder == "transformer" and self.num_heads >= 1 and self.embed_dim % self.num_heads:
       bad("num_heads", f"must divide model.embed_dim={self.embed_dim} (transformer)")
     if not isinstance(self.lstm_impl, str) or not self.lstm_impl:
       bad("lstm_impl", "must be a non-empty string")
     elif not self.hoist_input_projection and self.lstm_impl not in ("xla", "auto"):
       bad("hoist_input_projection", f"False needs model.lstm_impl='xla', not {self.lstm_impl!r}")
-    if self.item_mode not in ITEM_REPRS:
-      bad("item_mode", f"must be one of {ITEM_REPRS.names()}")
-    elif self.id_dropout and self.item_mode not in ("sum", "gate"):
+    if self.id_dropout and self.item_mode not in ("sum", "gate"):
       bad("id_dropout", f"needs model.item_mode 'sum' or 'gate' (an item with content and an "
           f"id), not {self.item_mode!r}")
-    if self.cold_id not in COLD_ID_MODES:
-      bad("cold_id", f"must be one of {COLD_ID_MODES}")
     if problems:
       raise ValueError("invalid model config: " + "; ".join(problems))
 
   @classmethod
-  def from_mapping(cls, d: Mapping[str, Any], *, num_items: int, max_len: int) -> ModelConfig:
+  def from_mapping(cls, d: Mapping[str, Any], *, num_items: int | None,
+                   max_len: int) -> ModelConfig:
     """ModelConfig from the `model` config group (e.g. `config.model.to_dict()`) and the data.
 
     Args:
       d: every key of configs/base.py's `model` group, and no other.
-      num_items: V from the data, including the padding item 0.
+      num_items: V from the data, including the padding item 0 (None: not known yet).
       max_len: L, the history length of a row (`input.max_len`).
 
     Raises:
-      ValueError: naming every unknown and missing `model.<key>`, or any invalid value.
+      ConfigError: naming every unknown and missing `model.<key>`, and every invalid value.
     """
-    if hasattr(d, "to_dict"):
-      d = d.to_dict()
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in DATA_FIELDS]
-    problems = config_keys.key_problems("model", names, d)
-    if problems:  # configs/base.py holds every key's default
-      raise ValueError("; ".join(problems))
-    return cls(num_items=int(num_items), max_len=int(max_len), **{k: d[k] for k in names})
+    return config_keys.build_group(
+        cls, "model", d, num_items=None if num_items is None else int(num_items),
+        max_len=int(max_len))

@@ -51,7 +51,8 @@ from flax import nnx
 from lstmrec_jax import core
 from lstmrec_jax.model.config import COLD_ID_MODES
 from lstmrec_jax.model.registry import register_item_repr
-from lstmrec_jax.model.tables import pad_rows, table_param
+from lstmrec_jax.mesh import pad_rows
+from lstmrec_jax.model.tables import table_param
 
 CONTENT_MODES = ("content", "sum", "gate")
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lstmrec_jax import core
+from lstmrec_jax.kernels import dispatch
 from lstmrec_jax.model.config import ModelConfig
 from lstmrec_jax.model.registry import SequenceEncoder, register_encoder
 
@@ -22,18 +23,11 @@ from lstmrec_jax.model.registry import SequenceEncoder, register_encoder
 def resolve_lstm_recurrence(impl: str, hoist: bool = True) -> core.Recurrence | None:
   """The recurrence `core.lstm_layer` should run for `lstm_impl`; None is the XLA scan.
 
-  Resolved through `kernels.dispatch` (model -> kernels -> core: no import circle); "auto" on
-  CPU resolves to the XLA scan there. Unhoisted layers always run the XLA scan.
+  Resolved through `lstmrec_jax.kernels.dispatch` (model -> kernels -> core: no import circle);
+  "auto" on CPU resolves to the XLA scan there. Unhoisted layers always run the XLA scan.
   """
   if impl == "xla" or not hoist:
     return None
-  try:
-    # Imported lazily: the kernels package pulls in Pallas, which XLA-only runs do not need.
-    from kernels import dispatch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        f"model.lstm_impl={impl!r} needs kernels.dispatch (run from the repository root so that "
-        f"the top-level `kernels` package is importable), or use lstm_impl='xla': {e}") from e
   return dispatch.get_recurrence(impl)
 
 

@@ -23,11 +23,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lstmrec_jax import core
+from lstmrec_jax.mesh import pad_rows
 from lstmrec_jax.model import content as content_lib
 from lstmrec_jax.model import encoders  # pylint: disable=unused-import  (registers encoders)
 from lstmrec_jax.model.config import ModelConfig
 from lstmrec_jax.model.registry import ENCODERS, ITEM_REPRS, register_item_repr
-from lstmrec_jax.model.tables import pad_rows, table_param
+from lstmrec_jax.model.tables import table_param
 
 
 class ItemEmbedding(nnx.Module):
@@ -155,7 +156,7 @@ class SeqRecModel(nnx.Module):
       dropout_key: PRNG key enabling dropout (e.g. `jax.random.fold_in(key, step)`); None for
         evaluation.
       input_delta_BxLxE: added to the looked-up input item embeddings at real positions (the
-        adversarial perturbation of `train/adversarial.py`, `evaluation/attacks.py`); None: none.
+        adversarial perturbation of `losses/adversarial.py`, `evaluation/attacks.py`); None: none.
 
     Returns:
       user_BxLxE in f32: the state after each position's item, zeros at padded positions.
@@ -208,3 +209,14 @@ class SeqRecModel(nnx.Module):
     if bias_V is not None:
       logits_NxV = logits_NxV + bias_V.astype(jnp.float32)
     return logits_NxV.at[..., 0].set(-jnp.inf)
+
+
+def create_model(model_cfg: ModelConfig, seed: int, **model_kwargs):
+  """Builds the model; returns (graphdef, params, consts), the last two as pure dicts.
+
+  `consts` is the model's non-parameter state (e.g. item content arrays built from the data): it is
+  passed to every step unchanged, never trained and never checkpointed (rebuilt from the data).
+  """
+  model = SeqRecModel(model_cfg, rngs=nnx.Rngs(params=seed), **model_kwargs)
+  graphdef, params, consts = nnx.split(model, nnx.Param, ...)
+  return graphdef, params.to_pure_dict(), consts.to_pure_dict()

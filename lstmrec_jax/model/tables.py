@@ -20,11 +20,3 @@ def table_param(key: jax.Array, num_items: int, rows: int, embed_dim: int, param
   """
   init = jax.nn.initializers.normal(stddev=embed_dim ** -0.5)
   return jnp.pad(init(key, (num_items, embed_dim), param_dtype), ((0, rows - num_items), (0, 0)))
-
-
-def pad_rows(x: jax.Array, rows: int, fill=0) -> jax.Array:
-  """Pads the leading (item) axis of `x` to `rows` with `fill`."""
-  pad = rows - x.shape[0]
-  if pad == 0:
-    return x
-  return jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1), constant_values=fill)

@@ -1,7 +1,7 @@
 """The self-contained model bundle: everything serving needs, and nothing from the training data.
 
 Shape legend: V catalog size (row 0 padding), A attributes per item, T title tokens, B users,
-S flat serving-state size (see functions.py), X excluded items per user, K top-k.
+S flat serving-state size (see scoring/streaming.py), X excluded items per user, K top-k.
 
 A bundle folder holds:
   bundle.json   format version, the model config group, V, max_len, seed, state layout size,
@@ -29,6 +29,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
+from lstmrec_jax import model as model_lib
+from lstmrec_jax import run as run_lib
+from lstmrec_jax import workdir as workdir_lib
+from lstmrec_jax.errors import CheckpointError
+from lstmrec_jax.scoring import streaming as fns
 
 FORMAT_VERSION = 1
 
@@ -48,18 +55,15 @@ class Bundle:
   meta: dict[str, Any]
 
   def model_config(self):
-    from lstmrec_jax import model as model_lib  # pylint: disable=g-import-not-at-top
     return model_lib.ModelConfig.from_mapping(dict(self.model), num_items=self.num_items,
                                               max_len=self.max_len)
 
   def build(self):
     """(graphdef, params, consts) of the model with this bundle's parameters."""
-    from lstmrec_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-    from lstmrec_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
     kwargs = {}
     if self.content is not None:
       kwargs["item_content"] = model_lib.ContentInputs(**self.content)
-    graphdef, template, consts = state_lib.create_model(self.model_config(), self.seed, **kwargs)
+    graphdef, template, consts = model_lib.create_model(self.model_config(), self.seed, **kwargs)
     params = _fill(template, self.params)
     return graphdef, params, consts
 
@@ -95,9 +99,9 @@ def _fill(template, flat: dict[str, np.ndarray]):
   for path, leaf in leaves:
     key = jax.tree_util.keystr(path)
     if key not in flat:
-      raise ValueError(f"bundle parameters lack {key}: bundle and model code disagree")
+      raise CheckpointError(f"bundle parameters lack {key}: bundle and model code disagree")
     if tuple(flat[key].shape) != tuple(np.shape(leaf)):
-      raise ValueError(f"bundle parameter {key} has shape {flat[key].shape}, the model "
+      raise CheckpointError(f"bundle parameter {key} has shape {flat[key].shape}, the model "
                        f"{np.shape(leaf)}")
     out.append(jnp.asarray(flat[key]))
   return jax.tree_util.tree_unflatten(treedef, out)
@@ -105,8 +109,7 @@ def _fill(template, flat: dict[str, np.ndarray]):
 
 def from_workdir(workdir: str | os.PathLike, *, which: str = "best", spec=None) -> Bundle:
   """A bundle from a train.py workdir's checkpoint (reads the training data once, here only)."""
-  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
-  restored = run_lib.restore_run(workdir, which=which, spec=spec, num_devices=1)
+  restored = workdir_lib.restore_run(workdir, which=which, spec=spec, num_devices=1)
   checkpoint_meta = {k: v for k, v in restored.meta.items() if isinstance(v, (int, float, str))}
   return from_run(restored.run, restored.params,
                   source={"workdir": str(workdir), "checkpoint": str(which),
@@ -115,7 +118,6 @@ def from_workdir(workdir: str | os.PathLike, *, which: str = "best", spec=None) 
 
 def from_run(run, params, *, source: dict[str, Any] | None = None) -> Bundle:
   """A bundle of a built `run.Run` with `params` (e.g. the initial ones, in tests)."""
-  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
   content = None
   inputs = run_lib.model_inputs(run.dataset, run.model_cfg)
   if "item_content" in inputs:
@@ -125,7 +127,7 @@ def from_run(run, params, *, source: dict[str, Any] | None = None) -> Bundle:
   meta = {"source": source or {},
           "dataset": {"source": run.dataset.source, "fingerprint": data_fingerprint(run.dataset),
                       "num_users": int(run.dataset.num_users)}}
-  return Bundle(model=dict(run.spec.model), num_items=int(run.dataset.num_items),
+  return Bundle(model=dict(run.spec.config["model"]), num_items=int(run.dataset.num_items),
                 max_len=run.spec.input.max_len, seed=run.spec.seed,
                 params=_flat(params),
                 item_keys=[None] + [_plain_key(k) for k in run.dataset.item_keys[1:]],
@@ -166,7 +168,7 @@ def load(path: str | os.PathLike) -> Bundle:
     raise FileNotFoundError(f"{path / 'bundle.json'} not found: is {path} an export.py bundle?")
   meta = json.loads((path / "bundle.json").read_text())
   if meta.get("format_version") != FORMAT_VERSION:
-    raise ValueError(f"{path}: bundle format {meta.get('format_version')}, this code reads "
+    raise CheckpointError(f"{path}: bundle format {meta.get('format_version')}, this code reads "
                      f"{FORMAT_VERSION}; re-export it")
   with np.load(path / "params.npz") as z:
     params = {k: z[k] for k in z.files}
@@ -190,9 +192,7 @@ def load(path: str | os.PathLike) -> Bundle:
 
 def export_functions_to(bundle: Bundle, out: pathlib.Path, *, k: int) -> dict[str, Any]:
   """Serializes observe and top_k with jax.export (parameters as constants); returns their spec."""
-  from lstmrec_jax.serving import functions as fns  # pylint: disable=g-import-not-at-top
   graphdef, params, consts = bundle.build()
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   model = nnx.merge(graphdef, params, consts)
   layout = fns.layout_of(model)
   tables = fns.make_tables(graphdef, params, consts, bundle.popularity_V)

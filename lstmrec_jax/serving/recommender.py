@@ -24,12 +24,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lstmrec_jax.scoring import streaming as fns
 from lstmrec_jax.serving import bundle as bundle_lib
-from lstmrec_jax.serving import functions as fns
 
 
 class Recommendations(list):
@@ -53,7 +52,7 @@ class Recommendations(list):
 class UserState:
   """One user's streaming state: the flat vector, the dense ids seen, unknown ids skipped."""
 
-  vector_S: np.ndarray  # f32 (S,), see functions.py
+  vector_S: np.ndarray  # f32 (S,), see scoring/streaming.py
   seen: tuple[int, ...] = ()  # dense ids, oldest first (for exclude_seen)
   unknown: int = 0
 

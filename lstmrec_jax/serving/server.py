@@ -29,7 +29,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from lstmrec_jax.serving import functions as fns
+from lstmrec_jax.errors import RequestError
+from lstmrec_jax.scoring import streaming as fns
 from lstmrec_jax.serving import recommender as rec_lib
 from lstmrec_jax.serving import store as store_lib
 
@@ -48,14 +49,6 @@ class ServerConfig:
   max_allow: int = 1024  # longest `allow` list
   max_events: int = 256  # events in one POST /events
   growth: int = 4  # bucket sizes grow by this factor: fewer compiles, more padding
-
-
-class RequestError(Exception):
-  """A bad request: HTTP status and a one-line message."""
-
-  def __init__(self, status: int, message: str):
-    super().__init__(message)
-    self.status = status
 
 
 # Compiles happen in the XLA backend; counting them process-wide is what "no recompiles" means.

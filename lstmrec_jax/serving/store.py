@@ -1,6 +1,6 @@
 """User-state stores: where serve.py keeps each user's streaming state between requests.
 
-A stored user is a flat f32 state vector (functions.py: S floats) and the dense ids of their most
+A stored user is a flat f32 state vector (scoring/streaming.py: S floats) and the dense ids of their most
 recent events (for exclude_seen; at most `max_seen`, newest kept). The interface is four calls,
 `get_many`, `put_many`, `flush`, `close`; two backends:
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import functools
 from collections.abc import Mapping
 import json
 import logging
@@ -14,21 +13,24 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 import tqdm
 
+from lstmrec_jax import config_keys
+from lstmrec_jax import checkpoint as ckpt_lib
 from lstmrec_jax import mesh as mesh_lib
+from lstmrec_jax import optim
 from lstmrec_jax import paths
 from lstmrec_jax import run as run_lib
+from lstmrec_jax.data import augment
+from lstmrec_jax.errors import ConfigError
+from lstmrec_jax.errors import DivergenceError
 from lstmrec_jax.evaluation import metrics
 from lstmrec_jax.evaluation import ranking
 from lstmrec_jax.evaluation import reports
-from lstmrec_jax.train import checkpoint as ckpt_lib
-from lstmrec_jax.train import state as state_lib
+from lstmrec_jax.scoring import steps as scoring
 from lstmrec_jax.train import steps
-from lstmrec_jax.train import vocab_parallel
 
 
 def check_saved_config(workdir: epath.Path, config: Mapping[str, Any],
@@ -39,7 +41,7 @@ def check_saved_config(workdir: epath.Path, config: Mapping[str, Any],
   workdir saved before a key existed resume while the key holds its default.
   """
   path = workdir / "config.json"
-  current = json.loads(json.dumps(run_lib.plain(config)))  # tuples as JSON lists, as saved
+  current = json.loads(json.dumps(config_keys.plain(config)))  # tuples as JSON lists, as saved
   if path.exists():
     a, b = run_lib.flatten(run_lib.read_workdir_config(workdir)), run_lib.flatten(current)
     defaults = defaults or {}
@@ -47,7 +49,7 @@ def check_saved_config(workdir: epath.Path, config: Mapping[str, Any],
                      if a.get(k) != b.get(k) and k not in run_lib.RESUMABLE_KEYS
                      and not (k not in a and k in defaults and b[k] == defaults[k]))
     if changed:
-      raise run_lib.ConfigError(
+      raise ConfigError(
           f"{workdir} holds a run with a different config ({', '.join(changed)}); use another "
           "--workdir or the same config to resume")
   elif jax.process_index() == 0:
@@ -97,10 +99,6 @@ def repair_jsonl(path: epath.Path) -> bool:
     f.truncate(data.rfind(b"\n") + 1)
   logging.warning("%s: cut a torn last line (%d bytes)", path, len(data) - data.rfind(b"\n") - 1)
   return True
-
-
-class DivergenceError(ValueError):
-  """Training diverged: a non-finite or exploding loss (or non-finite parameters)."""
 
 
 class _LossGuard:
@@ -172,19 +170,6 @@ class _Preemption:
     self.previous = {}
 
 
-def _guarded_step(state, batch, aux, *, step_fn):
-  """`step_fn`, but a step with a non-finite loss or gradient keeps the old params and optimizer.
-
-  The step counter still advances, so the data position (and exact resume) is unchanged.
-  """
-  new, out = step_fn(state, batch, aux)
-  ok = jnp.isfinite(out["loss"]) & jnp.isfinite(out["grad_norm"])
-  keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)
-  new = new._replace(params=keep(new.params, state.params),
-                     opt_state=keep(new.opt_state, state.opt_state))
-  return new, {**out, "skipped": ~ok}
-
-
 def eval_period(tr: run_lib.TrainConfig, steps_per_epoch: int) -> int:
   """Steps between validations: `eval_every_steps` when set, else `eval_every_epochs` of the data.
 
@@ -206,7 +191,6 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *,
   Returns:
     The evaluation report of the best checkpoint (also written to workdir/report.json).
   """
-  from lstmrec_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   spec = run_lib.spec_from_config(config)
   workdir = paths.workdir_path(workdir)  # gs://bucket/run stays a bucket path
   lock = None
@@ -214,13 +198,13 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *,
     ckpt_lib.check_writable(workdir)  # before any work: a read-only workdir fails in one line
     lock = ckpt_lib.lock_workdir(workdir)  # a second train.py on this workdir refuses
   try:
-    return _train(spec, workdir, defaults, pipeline)
+    return _train(spec, workdir, defaults)
   finally:
     if lock is not None:
       lock.close()
 
 
-def _train(spec, workdir, defaults, pipeline) -> dict[str, Any]:
+def _train(spec, workdir, defaults) -> dict[str, Any]:
   """`train_and_evaluate` once the workdir is known writable and locked."""
   check_saved_config(workdir, spec.config, defaults)
   run = run_lib.build_run(spec)
@@ -233,7 +217,6 @@ def _train(spec, workdir, defaults, pipeline) -> dict[str, Any]:
   if jax.process_index() == 0 and not signature_path.exists():
     paths.replace_text(signature_path, json.dumps(run_lib.data_signature(dataset), indent=2))
 
-  from lstmrec_jax.data import augment  # pylint: disable=g-import-not-at-top
   # Plain TrainBatches unless the `augment` group turns a transform on (data/augment.py).
   batches = augment.train_batches(dataset.train, augment=spec.augment,
                                   num_items=int(dataset.num_items), batch_size=inp.batch_size,
@@ -247,17 +230,17 @@ def _train(spec, workdir, defaults, pipeline) -> dict[str, Any]:
   total_steps = tr.num_epochs * steps_per_epoch
   eval_every = eval_period(tr, steps_per_epoch)
   tx = run.optimizer(total_steps, steps_per_epoch)
-  split_tables = vocab_parallel.MODEL_AXIS in mesh.axis_names
+  split_tables = mesh_lib.MODEL_AXIS in mesh.axis_names
   if run.model_cfg.vocab_shards > 1 and not split_tables:
     raise ValueError(f"model.vocab_shards={run.model_cfg.vocab_shards} needs a multiple of "
                      f"{run.model_cfg.vocab_shards} devices; {mesh.devices.size} in use")
   # Replicated, but for the item tables and their moments with model.vocab_shards > 1.
-  state = state_lib.init_state(run.params, tx, spec.seed)
-  state_sh = vocab_parallel.state_shardings(state, mesh, run.model_cfg.table_rows)
-  state = jax.device_put(state, state_sh)
+  train_fn, state_sh = steps.compile_train_step(run, tx,
+                                                skip_nonfinite=tr.skip_nonfinite_steps)
+  state = jax.device_put(optim.init_state(run.params, tx, spec.seed), state_sh)
   if split_tables:
     logging.info("item tables (%d rows) split over %d devices (mesh %s); softmax %s",
-                 run.model_cfg.table_rows, mesh.shape[vocab_parallel.MODEL_AXIS],
+                 run.model_cfg.table_rows, mesh.shape[mesh_lib.MODEL_AXIS],
                  dict(mesh.shape), "vocabulary-parallel" if steps.uses_vocab_parallel(
                      mesh, spec.loss) else f"{spec.loss.kind!r} through XLA's partitioner")
   num_params = sum(x.size for x in jax.tree.leaves(run.params))
@@ -280,15 +263,7 @@ def _train(spec, workdir, defaults, pipeline) -> dict[str, Any]:
     trained = int(np.asarray(dataset.item_counts_V)[1:].astype(bool).sum())
     logging.info("training softmax over the %d items with training events (%d left out)",
                  trained, int(dataset.num_items) - 1 - trained)
-  repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
-  step_fn = functools.partial(steps.train_step, graphdef=run.graphdef, tx=tx, loss_cfg=spec.loss,
-                              adv_cfg=spec.adversarial, aug_cfg=spec.augment,
-                              mesh=mesh if split_tables else None)
-  if tr.skip_nonfinite_steps:
-    step_fn = functools.partial(_guarded_step, step_fn=step_fn)
-  train_fn = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, repl),
-                     out_shardings=(state_sh, repl), donate_argnums=0)
-  rank_fn = ranking.compile_rank_fn(run.graphdef, mesh, exclude_seen=spec.eval.exclude_seen,
+  rank_fn = scoring.compile_rank_fn(run.graphdef, mesh, exclude_seen=spec.eval.exclude_seen,
                                     chunk_size=spec.eval.chunk_size)
 
   seen_targets = reports.effective_seen_targets(spec.eval.exclude_seen, spec.eval.seen_targets)

@@ -1,5 +1,5 @@
 """The pure train step; compiled once where it is used (see `loop.py`). The evaluation step is
-`evaluation.ranking.eval_step`.
+`scoring.steps.eval_step`.
 
 Shape legend: B batch, L history length, E item embedding size, V catalog size, N = B*L positions.
 
@@ -8,13 +8,15 @@ content towers, if any, run once per step) and passes them explicitly to the mod
 
 With `model.vocab_shards` > 1 the step runs on a data x model mesh: the item tables (with their
 zero padding rows, `ModelConfig.table_rows`) and their optimizer moments are split row-wise over
-`model` (`vocab_parallel.state_shardings`), and the softmax losses ("full", "chunked") become
-`vocab_parallel.vocab_parallel_softmax_cross_entropy`, same value and gradients. The sampled
-losses gather their few rows from the split table through XLA's partitioner.
+`model` (`mesh.state_shardings`), and a loss with a split implementation ("full", "chunked":
+`losses/vocab_parallel.py`) runs it, through the same registry, with the same value and
+gradients. The sampled losses gather their few rows from the split table through XLA's
+partitioner.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -23,22 +25,18 @@ import optax
 from flax import nnx
 
 from lstmrec_jax import losses
+from lstmrec_jax import mesh as mesh_lib
+from lstmrec_jax import optim
 from lstmrec_jax.losses import LossConfig
-from lstmrec_jax.model import tables as model_tables
-from lstmrec_jax.train import adversarial
-from lstmrec_jax.train import contrastive
-from lstmrec_jax.train import vocab_parallel
-from lstmrec_jax.train.state import TrainState
-
-# Losses that vocab_parallel_softmax_cross_entropy computes exactly (the full softmax).
-VOCAB_PARALLEL_LOSSES = ("full", "chunked")
+from lstmrec_jax.losses import adversarial
+from lstmrec_jax.losses import contrastive
+from lstmrec_jax.optim import TrainState
 
 
 def uses_vocab_parallel(mesh, loss_cfg: LossConfig) -> bool:
-  """Whether the step on `mesh` computes `loss_cfg` with the item table split over `model`."""
-  return (mesh is not None and vocab_parallel.MODEL_AXIS in mesh.axis_names
-          and mesh.shape[vocab_parallel.MODEL_AXIS] > 1
-          and loss_cfg.kind in VOCAB_PARALLEL_LOSSES)
+  """Whether the step on `mesh` runs `loss_cfg`'s split-table implementation (`model` axis > 1)."""
+  return (mesh is not None and mesh_lib.MODEL_AXIS in mesh.axis_names
+          and mesh.shape[mesh_lib.MODEL_AXIS] > 1 and losses.has_vocab_parallel(loss_cfg.kind))
 
 
 def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | None,
@@ -50,9 +48,9 @@ def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | N
 
   item_mask_V (bool, V) restricts the softmax losses to the items where it is True (the targets
   must be among them); None scores every item. Sampled negatives use fold_in(dropout_key, 1).
-  With `adv_cfg` on, adds the adversarial term (`train/adversarial.py`); with
+  With `adv_cfg` on, adds the adversarial term (`losses/adversarial.py`); with
   `aug_cfg.contrastive_weight > 0` and the batch's `view1_*` / `view2_*` keys (from
-  `data.augment`), the InfoNCE term between the two views (`train/contrastive.py`). `mesh`:
+  `data.augment`), the InfoNCE term between the two views (`losses/contrastive.py`). `mesh`:
   the step's mesh; one with a `model` axis makes the softmax vocabulary-parallel.
   """
   id_keep_V = model.id_keep_mask(dropout_key)  # None unless model.id_dropout > 0
@@ -62,6 +60,8 @@ def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | N
   targets_N = batch["targets_BxL"].reshape(-1)
   weights_N = (targets_N > 0).astype(jnp.float32)
   neg_key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
+  loss_fn = losses.get_loss(loss_cfg.kind, vocab_parallel=split)
+  split_args = {"mesh": mesh, "num_items": model.cfg.num_items} if split else {}
   mask_BxL = batch["mask_BxL"]
 
   def loss_at(input_delta=None, user_delta=None):
@@ -71,16 +71,8 @@ def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | N
     if user_delta is not None:
       user_BxLxE = user_BxLxE + jnp.where(mask_BxL[..., None], user_delta, 0.0)
     user_NxE = user_BxLxE.reshape(-1, user_BxLxE.shape[-1])
-    if split:
-      rows = output_VxE.shape[0]
-      mask_V = None if item_mask_V is None else model_tables.pad_rows(item_mask_V, rows, False)
-      return vocab_parallel.vocab_parallel_softmax_cross_entropy(
-          user_NxE, output_VxE, losses.candidate_bias(bias_V, mask_V), targets_N, weights_N,
-          mesh=mesh, chunk_size=loss_cfg.chunk_size, label_smoothing=loss_cfg.label_smoothing,
-          num_items=model.cfg.num_items)[0]
-    return losses.get_loss(loss_cfg.kind)(user_NxE, output_VxE, bias_V, targets_N, weights_N,
-                                          cfg=loss_cfg, key=neg_key, log_q_V=log_q_V,
-                                          item_mask_V=item_mask_V)
+    return loss_fn(user_NxE, output_VxE, bias_V, targets_N, weights_N, cfg=loss_cfg, key=neg_key,
+                   log_q_V=log_q_V, item_mask_V=item_mask_V, **split_args)
 
   loss = loss_at()
   if adv_cfg is not None and adv_cfg.on:
@@ -133,3 +125,40 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, An
   params = optax.apply_updates(state.params, updates)
   out = {"loss": loss, "grad_norm": optax.global_norm(grads)}
   return state._replace(step=state.step + 1, params=params, opt_state=opt_state), out
+
+
+def _guarded_step(state, batch, aux, *, step_fn):
+  """`step_fn`, but a step with a non-finite loss or gradient keeps the old params and optimizer.
+
+  The step counter still advances, so the data position (and exact resume) is unchanged.
+  """
+  new, out = step_fn(state, batch, aux)
+  ok = jnp.isfinite(out["loss"]) & jnp.isfinite(out["grad_norm"])
+  keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)
+  new = new._replace(params=keep(new.params, state.params),
+                     opt_state=keep(new.opt_state, state.opt_state))
+  return new, {**out, "skipped": ~ok}
+
+
+def compile_train_step(run, tx: optax.GradientTransformation, *, skip_nonfinite: bool = False):
+  """The jitted train step of a built run (`run.build_run`), exactly as train.py runs it.
+
+  Returns (train_fn, state_shardings): `train_fn(state, global_batch, aux) -> (state, metrics)`,
+  jitted once with the state donated, the batch split over the mesh's `data` axis, and the state
+  laid out by `mesh.state_shardings` (replicated, but for item tables split over `model`).
+  `aux` is `run.step_aux()`. skip_nonfinite: a step with a non-finite loss or gradient keeps
+  the old parameters (`train.skip_nonfinite_steps`). Benchmarks time this function.
+  """
+  mesh, spec = run.mesh, run.spec
+  split_tables = mesh_lib.MODEL_AXIS in mesh.axis_names
+  like = jax.eval_shape(lambda p: optim.init_state(p, tx, spec.seed), run.params)
+  state_sh = mesh_lib.state_shardings(like, mesh, run.model_cfg.table_rows)
+  step_fn = functools.partial(train_step, graphdef=run.graphdef, tx=tx, loss_cfg=spec.loss,
+                              adv_cfg=spec.adversarial, aug_cfg=spec.augment,
+                              mesh=mesh if split_tables else None)
+  if skip_nonfinite:
+    step_fn = functools.partial(_guarded_step, step_fn=step_fn)
+  repl = mesh_lib.replicated(mesh)
+  train_fn = jax.jit(step_fn, in_shardings=(state_sh, mesh_lib.batch_sharding(mesh), repl),
+                     out_shardings=(state_sh, repl), donate_argnums=0)
+  return train_fn, state_sh

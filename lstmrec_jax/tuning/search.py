@@ -42,15 +42,13 @@ from jax.experimental import multihost_utils
 
 from lstmrec_jax import paths
 from lstmrec_jax import run as run_lib
+from lstmrec_jax.errors import ConfigError
+from lstmrec_jax.errors import DivergenceError
 from lstmrec_jax.train import loop
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 METRIC = "NDCG@10"  # the selection metric, on the validation split (as early stopping uses)
 _SIGNIFICANT_DIGITS = 4
-
-
-class TuneError(ValueError):
-  """A problem with the space or the tune directory that the user has to fix."""
 
 
 def load_space(path: str | os.PathLike) -> dict[str, Any]:
@@ -62,10 +60,10 @@ def load_space(path: str | os.PathLike) -> dict[str, Any]:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_space"):
-    raise TuneError(f"{path} defines no get_space()")
+    raise ConfigError(f"{path} defines no get_space()")
   space = module.get_space()
   if not isinstance(space, Mapping) or not space:
-    raise TuneError(f"{path}: get_space() must return a non-empty dict of key path -> spec")
+    raise ConfigError(f"{path}: get_space() must return a non-empty dict of key path -> spec")
   return dict(space)
 
 
@@ -74,25 +72,25 @@ def _is_spec(x: Any) -> bool:
 
 
 def _check_spec(path: str, spec: Any) -> None:
-  """Raises TuneError naming `path` when `spec` is not a well-formed distribution."""
+  """Raises ConfigError naming `path` when `spec` is not a well-formed distribution."""
   if not _is_spec(spec):
-    raise TuneError(f"space key {path!r}: expected a tuple (kind, ...) with kind one of "
+    raise ConfigError(f"space key {path!r}: expected a tuple (kind, ...) with kind one of "
                     f"{DISTRIBUTIONS}, got {spec!r}")
   kind, args = spec[0], spec[1:]
   if kind == "choice":
     if len(args) != 1 or not isinstance(args[0], (list, tuple)) or not args[0]:
-      raise TuneError(f"space key {path!r}: ('choice', [options]) needs a non-empty list")
+      raise ConfigError(f"space key {path!r}: ('choice', [options]) needs a non-empty list")
     return
   if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool)
                                for a in args):
-    raise TuneError(f"space key {path!r}: ({kind!r}, lo, hi) needs two numbers, got {args!r}")
+    raise ConfigError(f"space key {path!r}: ({kind!r}, lo, hi) needs two numbers, got {args!r}")
   lo, hi = args
   if not lo <= hi:
-    raise TuneError(f"space key {path!r}: lo={lo} > hi={hi}")
+    raise ConfigError(f"space key {path!r}: lo={lo} > hi={hi}")
   if kind == "loguniform" and lo <= 0:
-    raise TuneError(f"space key {path!r}: loguniform needs lo > 0, got {lo}")
+    raise ConfigError(f"space key {path!r}: loguniform needs lo > 0, got {lo}")
   if kind == "randint" and not (isinstance(lo, int) and isinstance(hi, int)):
-    raise TuneError(f"space key {path!r}: randint needs integer bounds, got {args!r}")
+    raise ConfigError(f"space key {path!r}: randint needs integer bounds, got {args!r}")
 
 
 def _values(path: str, spec: Any) -> Iterator[tuple[str, Any]]:
@@ -120,16 +118,16 @@ def _values(path: str, spec: Any) -> Iterator[tuple[str, Any]]:
 
 
 def _parent(config: ml_collections.ConfigDict, path: str) -> tuple[ml_collections.ConfigDict, str]:
-  """The group holding the leaf `path` ('a.b.c' -> (config.a.b, 'c')); TuneError if unknown."""
+  """The group holding the leaf `path` ('a.b.c' -> (config.a.b, 'c')); ConfigError if unknown."""
   parts = path.split(".")
   node = config
   for i, part in enumerate(parts):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      raise TuneError(f"space key {path!r}: the config has no key {'.'.join(parts[:i + 1])!r}")
+      raise ConfigError(f"space key {path!r}: the config has no key {'.'.join(parts[:i + 1])!r}")
     if i < len(parts) - 1:
       node = node[part]
   if isinstance(node[parts[-1]], ml_collections.ConfigDict):
-    raise TuneError(f"space key {path!r} names a config group; name its keys (e.g. "
+    raise ConfigError(f"space key {path!r} names a config group; name its keys (e.g. "
                     f"{path}.{next(iter(node[parts[-1]].keys()), 'key')}) or give a choice "
                     "of dicts")
   return node, parts[-1]
@@ -140,11 +138,11 @@ def _set(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
   try:
     setattr(parent, name, value)
   except (TypeError, ValueError) as e:
-    raise TuneError(f"space key {path!r}: cannot set {value!r}: {e}") from None
+    raise ConfigError(f"space key {path!r}: cannot set {value!r}: {e}") from None
 
 
 def validate_space(space: Mapping[str, Any], base_config: ml_collections.ConfigDict) -> None:
-  """Raises TuneError naming the key for malformed specs, unknown keys and mistyped values.
+  """Raises ConfigError naming the key for malformed specs, unknown keys and mistyped values.
 
   Every option of every choice is checked, not only those a given number of trials samples, so
   a typo in a rarely drawn branch fails at start-up rather than hours into a search.
@@ -154,7 +152,7 @@ def validate_space(space: Mapping[str, Any], base_config: ml_collections.ConfigD
   for key, spec in space.items():
     for leaf, value in _values(key, spec):
       if owner.setdefault(leaf, key) != key:
-        raise TuneError(f"space keys {owner[leaf]!r} and {key!r} both set {leaf!r}")
+        raise ConfigError(f"space keys {owner[leaf]!r} and {key!r} both set {leaf!r}")
       _set(scratch, leaf, value)
 
 
@@ -200,7 +198,7 @@ def sample_params(space: Mapping[str, Any], search_seed: int, trial: int) -> dic
     A dict of plain Python values; the same (space, search_seed, trial) always gives the same.
   """
   if search_seed < 0 or trial < 0:
-    raise TuneError(f"search_seed ({search_seed}) and trial ({trial}) must be >= 0")
+    raise ConfigError(f"search_seed ({search_seed}) and trial ({trial}) must be >= 0")
   out = {}
   for key, spec in space.items():
     _check_spec(key, spec)
@@ -222,7 +220,7 @@ def _check_trial_config(config: ml_collections.ConfigDict, trial: int) -> None:
   try:
     run_lib.spec_from_config(config)
   except (TypeError, ValueError) as e:
-    raise TuneError(f"trial {trial}: {e}") from None
+    raise ConfigError(f"trial {trial}: {e}") from None
 
 
 def _check_same_trial(workdir: epath.Path, config: ml_collections.ConfigDict, trial: int) -> None:
@@ -235,7 +233,7 @@ def _check_same_trial(workdir: epath.Path, config: ml_collections.ConfigDict, tr
   changed = sorted(k for k in saved.keys() | current.keys()
                    if saved.get(k) != current.get(k) and k not in run_lib.RESUMABLE_KEYS)
   if changed:
-    raise TuneError(f"{workdir} holds trial {trial} of another search (it differs in "
+    raise ConfigError(f"{workdir} holds trial {trial} of another search (it differs in "
                     f"{', '.join(changed)}); rerun with the same --config, --space and "
                     "--search_seed, or use another --tune_dir")
 
@@ -395,12 +393,12 @@ def tune(base_config: ml_collections.ConfigDict, space: Mapping[str, Any],
     `collect_results` rows (validation metrics only).
 
   Raises:
-    TuneError: a malformed space, a key the config does not have, a value of the wrong type, or a
+    ConfigError: a malformed space, a key the config does not have, a value of the wrong type, or a
       tune_dir that holds trials of a different search.
   """
   tune_dir = epath.Path(tune_dir)  # gs://bucket/tune stays a bucket path
   if num_trials < 1:
-    raise TuneError(f"num_trials={num_trials} must be >= 1")
+    raise ConfigError(f"num_trials={num_trials} must be >= 1")
   validate_space(space, base_config)
   trials = {k: sample_params(space, search_seed, k) for k in range(num_trials)}
   configs = {k: trial_config(base_config, p) for k, p in trials.items()}
@@ -437,7 +435,7 @@ def tune(base_config: ml_collections.ConfigDict, space: Mapping[str, Any],
     start = time.perf_counter()
     try:
       report = loop.train_and_evaluate(configs[k], workdir, defaults=defaults)
-    except FloatingPointError as e:
+    except DivergenceError as e:
       # A diverging learning rate is an outcome of the search, not a reason to stop it.
       logging.warning("trial_%d diverged: %s", k, e)
       info.update(status="diverged", error=str(e), wall_s=time.perf_counter() - start)

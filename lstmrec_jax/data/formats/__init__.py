@@ -19,7 +19,7 @@ import pathlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from lstmrec_jax.data.errors import DataError
+from lstmrec_jax.errors import DataError
 from lstmrec_jax.data.formats import movielens
 from lstmrec_jax.data.formats import pairs
 from lstmrec_jax.data.formats import seqfile

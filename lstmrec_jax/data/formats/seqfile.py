@@ -11,7 +11,7 @@ from absl import logging
 import numpy as np
 
 from lstmrec_jax.data import log as log_lib
-from lstmrec_jax.data.errors import data_error
+from lstmrec_jax.errors import data_error
 from lstmrec_jax.data.log import InteractionLog
 from lstmrec_jax.data.log import ItemSide
 from lstmrec_jax.data.log import PathLike

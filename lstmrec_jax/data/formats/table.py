@@ -15,8 +15,8 @@ from absl import logging
 import numpy as np
 
 from lstmrec_jax.data import log as log_lib
-from lstmrec_jax.data.errors import DataError
-from lstmrec_jax.data.errors import data_error
+from lstmrec_jax.errors import DataError
+from lstmrec_jax.errors import data_error
 from lstmrec_jax.data.log import Columns
 from lstmrec_jax.data.log import InteractionLog
 from lstmrec_jax.data.log import ItemSide

@@ -24,6 +24,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from lstmrec_jax import config_keys
+
 KINDS = ("off", "fgsm", "pgd")
 
 
@@ -31,7 +33,7 @@ KINDS = ("off", "fgsm", "pgd")
 class AdversarialConfig:
   """The `adversarial` group of configs/base.py (each key's meaning is there)."""
 
-  kind: str  # off | fgsm | pgd
+  kind: str = config_keys.key(choices=KINDS)
   eps: float  # L2 radius per position, relative to the mean item embedding norm; > 0 when on
   weight: float  # weight of the adversarial loss term, >= 0
   steps: int  # pgd: ascent steps, >= 1
@@ -39,8 +41,6 @@ class AdversarialConfig:
 
   def __post_init__(self):
     problems = []
-    if self.kind not in KINDS:
-      problems.append(f"adversarial.kind={self.kind!r} must be one of {', '.join(KINDS)}")
     if self.kind != "off" and not self.eps > 0:
       problems.append(f"adversarial.eps={self.eps} must be > 0 when adversarial.kind is on")
     if self.weight < 0:

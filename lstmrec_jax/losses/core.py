@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from lstmrec_jax import config_keys
 
 
-def _flatten(user_NxE, targets_N, weights_N):
+def flatten_positions(user_NxE, targets_N, weights_N):
   """Flattens leading dims; returns (user_NxE, targets_N, weights_N zeroed where target is 0)."""
   embed = user_NxE.shape[-1]
   user_NxE = user_NxE.reshape(-1, embed)
@@ -100,7 +100,7 @@ def softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array,
   Returns:
     (weighted mean loss, aux dict with loss_sum, nll_sum, weight_sum).
   """
-  user_NxE, targets_N, weights_N = _flatten(user_NxE, targets_N, weights_N)
+  user_NxE, targets_N, weights_N = flatten_positions(user_NxE, targets_N, weights_N)
   # fp32 for the softmax over V items.
   logits_NxV = user_NxE.astype(jnp.float32) @ item_table_VxE.astype(jnp.float32).T
   if item_bias_V is not None:
@@ -348,7 +348,7 @@ def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
     raise ValueError(f"chunk_size and row_block must be >= 1, got {chunk_size}, {row_block}")
   if compute_dtype not in ("float32", "bfloat16"):
     raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}")
-  user_NxE, targets_N, weights_N = _flatten(user_NxE, targets_N, weights_N)
+  user_NxE, targets_N, weights_N = flatten_positions(user_NxE, targets_N, weights_N)
   num_items, n = item_table_VxE.shape[0], user_NxE.shape[0]
   dtype = jnp.dtype(compute_dtype)
   bias_V = (jnp.zeros((num_items,), jnp.float32) if item_bias_V is None else item_bias_V)
@@ -431,7 +431,7 @@ def sampled_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
   Returns:
     (weighted mean loss, aux dict with loss_sum, nll_sum, weight_sum).
   """
-  user_NxE, targets_N, weights_N = _flatten(user_NxE, targets_N, weights_N)
+  user_NxE, targets_N, weights_N = flatten_positions(user_NxE, targets_N, weights_N)
   num_pos = targets_N.shape[0]
   negatives_S = negatives_S.reshape(-1).astype(jnp.int32)
   log_q_V = log_q_V.astype(jnp.float32)
@@ -494,7 +494,7 @@ def bpr_loss(user_NxE: jax.Array, item_table_VxE: jax.Array, item_bias_V: jax.Ar
   Negatives equal to the position's target, or the padding item 0, are left out of the mean.
   Example: s_t = 2, negatives' s = (0, 1) -> (softplus(-2) + softplus(-1)) / 2.
   """
-  user_NxE, targets_N, weights_N = _flatten(user_NxE, targets_N, weights_N)
+  user_NxE, targets_N, weights_N = flatten_positions(user_NxE, targets_N, weights_N)
   negatives_S = negatives_S.reshape(-1).astype(jnp.int32)
   s_t, s_NxS, usable_NxS = _sampled_pairs(user_NxE, item_table_VxE, item_bias_V, targets_N,
                                           negatives_S)
@@ -511,7 +511,7 @@ def bce_loss(user_NxE: jax.Array, item_table_VxE: jax.Array, item_bias_V: jax.Ar
   over the usable negatives (not the target, not item 0); the mean keeps the scale independent
   of S. Example: s_t = 2, negatives' s = (0, 1) -> softplus(-2) + (softplus(0) + softplus(1)) / 2.
   """
-  user_NxE, targets_N, weights_N = _flatten(user_NxE, targets_N, weights_N)
+  user_NxE, targets_N, weights_N = flatten_positions(user_NxE, targets_N, weights_N)
   negatives_S = negatives_S.reshape(-1).astype(jnp.int32)
   s_t, s_NxS, usable_NxS = _sampled_pairs(user_NxE, item_table_VxE, item_bias_V, targets_N,
                                           negatives_S)
@@ -525,6 +525,7 @@ def bce_loss(user_NxE: jax.Array, item_table_VxE: jax.Array, item_bias_V: jax.Ar
 
 _LOSSES: dict[str, Callable[..., jax.Array]] = {}
 _NEEDS_LOG_Q: set[str] = set()
+_VOCAB_PARALLEL: dict[str, Callable[..., jax.Array]] = {}
 
 
 def register_loss(name: str, *, needs_log_q: bool = False, replace: bool = False):
@@ -547,11 +548,40 @@ def register_loss(name: str, *, needs_log_q: bool = False, replace: bool = False
   return decorate
 
 
-def get_loss(name: str) -> Callable[..., jax.Array]:
-  """The registered loss `name`; a ValueError naming the registered ones otherwise."""
+def get_loss(name: str, *, vocab_parallel: bool = False) -> Callable[..., jax.Array]:
+  """The registered loss `name`; a ValueError naming the registered ones otherwise.
+
+  vocab_parallel: the item tables are split over the mesh's `model` axis (`model.vocab_shards`):
+  the loss's split implementation (`register_vocab_parallel`) when it has one, called with
+  `mesh=` and `num_items=` besides the usual arguments; a loss without one (the sampled losses:
+  they gather a few rows) reads the split table through XLA's partitioner as it is.
+  """
   if name not in _LOSSES:
     raise ValueError(f"unknown loss.kind {name!r}; registered: {loss_names()}")
+  if vocab_parallel and name in _VOCAB_PARALLEL:
+    return _VOCAB_PARALLEL[name]
   return _LOSSES[name]
+
+
+def register_vocab_parallel(name: str, *, replace: bool = False):
+  """Decorator registering the split-table implementation of loss `name`.
+
+  It takes the loss's arguments plus `mesh` (with a `model` axis) and `num_items` (V: the table
+  carries zero padding rows past it, `ModelConfig.table_rows`), and returns the same value.
+  """
+
+  def decorate(fn):
+    if name in _VOCAB_PARALLEL and _VOCAB_PARALLEL[name] is not fn and not replace:
+      raise ValueError(f"loss {name!r} already has a vocabulary-parallel implementation")
+    _VOCAB_PARALLEL[name] = fn
+    return fn
+
+  return decorate
+
+
+def has_vocab_parallel(name: str) -> bool:
+  """Whether loss `name` has a split-table implementation (`register_vocab_parallel`)."""
+  return name in _VOCAB_PARALLEL
 
 
 def loss_names() -> tuple[str, ...]:
@@ -567,7 +597,7 @@ def needs_log_q(kind) -> bool:
 class LossConfig:
   """The `loss` group of configs/base.py (the only source of defaults; see each key there)."""
 
-  kind: str
+  kind: str = config_keys.key(choices=lambda: loss_names())  # a registered loss
   chunk_size: int
   num_negatives: int
   alpha: float
@@ -577,7 +607,7 @@ class LossConfig:
   # at test time (cold) are neither negatives nor pushed down. The trainer passes the mask as
   # aux["item_mask_V"] (and restricts the sampling distribution to those items).
   train_items_only: bool
-  compute_dtype: str
+  compute_dtype: str = config_keys.key(choices=("float32", "bfloat16"))
   one_pass: bool | None
   row_block: int | None
 
@@ -587,8 +617,6 @@ class LossConfig:
     def bad(key, why):
       problems.append(f"loss.{key}={getattr(self, key)!r} {why}")
 
-    if self.kind not in _LOSSES:
-      bad("kind", f"must be a registered loss: {loss_names()}")
     for key in ("chunk_size", "num_negatives"):
       if getattr(self, key) < 1:
         bad(key, "must be >= 1")
@@ -599,8 +627,6 @@ class LossConfig:
     elif self.label_smoothing and self.train_items_only:
       bad("label_smoothing", "does not combine with loss.train_items_only (the smoothing term "
           "averages over every item)")
-    if self.compute_dtype not in ("float32", "bfloat16"):
-      bad("compute_dtype", "must be 'float32' or 'bfloat16'")
     if self.row_block is not None and self.row_block < 1:
       bad("row_block", "must be None or >= 1")
     if self.one_pass not in (None, True, False):
@@ -610,14 +636,8 @@ class LossConfig:
 
   @classmethod
   def from_mapping(cls, d: Mapping[str, Any]) -> LossConfig:
-    """LossConfig from the `loss` config group; names every unknown and missing `loss.<key>`."""
-    if hasattr(d, "to_dict"):
-      d = d.to_dict()
-    names = [f.name for f in dataclasses.fields(cls)]
-    problems = config_keys.key_problems("loss", names, d)
-    if problems:  # configs/base.py holds every key's default
-      raise ValueError("; ".join(problems))
-    return cls(**{k: d[k] for k in names})
+    """LossConfig from the `loss` config group (`config_keys.build_group`: every bad key named)."""
+    return config_keys.build_group(cls, "loss", d)
 
 
 # Score of an item left out of the training softmax: exp() of it is exactly 0 in f32, and unlike

@@ -29,18 +29,15 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding
 
-from lstmrec_jax import paths
-from lstmrec_jax.model import compat
 from lstmrec_jax import mesh as mesh_lib
-from lstmrec_jax.train.state import TrainState
+from lstmrec_jax import paths
+from lstmrec_jax.errors import CheckpointError
+from lstmrec_jax.model import compat
+from lstmrec_jax.optim import TrainState
 
 BEST_METRIC = "NDCG@10"
 CHECKSUMS = "lstmrec_checksums.json"
 BEST_KEEP = 2  # a broken best still leaves the improvement before it
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be used (missing, broken, non-finite) or a workdir that is busy."""
 
 
 def _step_dir(manager: ocp.CheckpointManager, step: int):

@@ -1,7 +1,8 @@
-"""Train state, model construction from the config, and the optimizer.
+"""The optimizer (`OptimConfig`: AdamW, warm-up, cosine or constant) and the state it updates.
 
-The model is split once with `nnx.split`: the graph definition stays on the host and every step is a
-pure function over a plain pytree (`TrainState`), which is also what Orbax saves.
+`TrainState` is a plain pytree (the model's parameters as `model.create_model` splits them, the
+optimizer state, the step and the RNG): the train step is a pure function over it, and it is what
+Orbax saves.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
-from lstmrec_jax.model import modules
+from lstmrec_jax import config_keys
+
+SCHEDULES = ("cosine", "constant")
 
 
 class TrainState(NamedTuple):
@@ -34,7 +36,7 @@ class OptimConfig:
   learning_rate: float  # peak learning rate, finite and > 0
   warmup_epochs: float  # linear warm-up, in epochs of the run's data, finite and >= 0
   warmup_steps: int | None  # override of warmup_epochs, in steps, >= 0 (None = use epochs)
-  schedule: str  # "cosine" | "constant" after warm-up
+  schedule: str = config_keys.key(choices=SCHEDULES)  # after warm-up
   final_lr_fraction: float  # cosine end value / peak, in [0, 1]
   weight_decay: float  # decoupled, on matrices only, >= 0
   clip_norm: float  # global gradient norm clip, >= 0 (0 = off)
@@ -49,8 +51,6 @@ class OptimConfig:
       problems.append(f"optim.warmup_epochs={self.warmup_epochs} must be finite and >= 0")
     if self.warmup_steps is not None and self.warmup_steps < 0:
       problems.append(f"optim.warmup_steps={self.warmup_steps} must be >= 0 (or None)")
-    if self.schedule not in ("cosine", "constant"):
-      problems.append(f"optim.schedule={self.schedule!r} must be 'cosine' or 'constant'")
     if not 0.0 <= self.final_lr_fraction <= 1.0:
       problems.append(f"optim.final_lr_fraction={self.final_lr_fraction} must be in [0, 1]")
     for name in ("weight_decay", "clip_norm"):
@@ -95,24 +95,13 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, steps_per_epoch: int | No
         [optax.linear_schedule(first_lr, cfg.learning_rate, warmup),
          optax.constant_schedule(cfg.learning_rate)], [warmup])
   else:
-    raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {cfg.schedule!r}")
+    raise ValueError(f"optim.schedule={cfg.schedule!r} must be one of {', '.join(SCHEDULES)}")
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
                       mask=decay_mask)
   if cfg.clip_norm:
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
   return adamw
-
-
-def create_model(model_cfg: modules.ModelConfig, seed: int, **model_kwargs):
-  """Builds the model; returns (graphdef, params, consts), the last two as pure dicts.
-
-  `consts` is the model's non-parameter state (e.g. item content arrays built from the data): it is
-  passed to every step unchanged, never trained and never checkpointed (rebuilt from the data).
-  """
-  model = modules.SeqRecModel(model_cfg, rngs=nnx.Rngs(params=seed), **model_kwargs)
-  graphdef, params, consts = nnx.split(model, nnx.Param, ...)
-  return graphdef, params.to_pure_dict(), consts.to_pure_dict()
 
 
 def init_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:

@@ -1,8 +1,8 @@
-"""The pure functions serving is made of: observe one event, encode a history, rank the catalog.
+"""The streaming scoring functions serving is made of: observe one event, encode a history, rank.
 
 Shape legend: B users, L history length, E item embedding size, V catalog size (row 0 padding),
 S flat serving-state size, X excluded items per user, A allowed items per user, K top-k,
-F = E + 2 (the fallback table's width: `ranking.fallback_table`).
+F = E + 2 (the fallback table's width: `steps.fallback_table`).
 
 A user's serving state is ONE flat f32 vector `state_S` = [encoder state, user_E, count]:
   - a streaming encoder (LSTM: h and c of every layer; GRU: h of every layer) carries its
@@ -10,7 +10,7 @@ A user's serving state is ONE flat f32 vector `state_S` = [encoder state, user_E
   - the transformer has no O(1) step: its "encoder state" is the window of its last `max_len`
     item ids (as f32, exact below 2^24), and `observe` re-encodes that window (O(max_len));
   - user_E is the user vector after the last known event (what `top_k` scores with), count the
-    number of known events seen (0: popularity fallback, the same path as `ranking.eval_step`).
+    number of known events seen (0: popularity fallback, the same path as `steps.eval_step`).
 One flat vector per user is what the state stores keep (bytes in Redis, a row in memory) and what
 the `jax.export`ed functions take, so nothing outside this module knows the encoder's pytree.
 """
@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lstmrec_jax.evaluation import metrics
-from lstmrec_jax.evaluation import ranking
+from lstmrec_jax.scoring import ranks
+from lstmrec_jax.scoring import steps
 
 CHUNK = 32768  # items per ranking chunk: V = 10^6 never holds a B x V matrix
 
@@ -93,7 +93,7 @@ class Tables:
   params: Any
   consts: Any
   input_VxE: jax.Array  # the encoder's lookup table (hybrid items: content part included)
-  fallback_VxF: jax.Array  # output table + bias + log popularity (`ranking.fallback_table`)
+  fallback_VxF: jax.Array  # output table + bias + log popularity (`steps.fallback_table`)
 
 
 jax.tree_util.register_dataclass(Tables, data_fields=["params", "consts", "input_VxE",
@@ -107,7 +107,7 @@ def make_tables(graphdef, params, consts, popularity_V) -> Tables:
   def build(params, consts, popularity_V):
     model = nnx.merge(graphdef, params, consts)
     input_VxE, output_VxE, bias_V = model.item_tables()
-    return input_VxE, ranking.fallback_table(output_VxE, bias_V, popularity_V)
+    return input_VxE, steps.fallback_table(output_VxE, bias_V, popularity_V)
 
   input_VxE, fallback_VxF = build(params, consts, jnp.asarray(popularity_V, jnp.float32))
   return Tables(params, consts, input_VxE, fallback_VxF)
@@ -144,7 +144,7 @@ def _encode_window(model, tables: Tables, window_BxW: jax.Array) -> jax.Array:
   items = jnp.take_along_axis(window_BxW, order, axis=1)
   mask = items > 0
   user_BxWxE = model(items, mask, item_table_VxE=tables.input_VxE)
-  return ranking.last_state(user_BxWxE, mask)
+  return steps.last_state(user_BxWxE, mask)
 
 
 def observe_sequence(graphdef, layout: StateLayout, tables: Tables, state_BxS: jax.Array,
@@ -165,7 +165,7 @@ def encode(graphdef, layout: StateLayout, tables: Tables, items_BxL: jax.Array):
   model = nnx.merge(graphdef, tables.params, tables.consts)
   mask_BxL = items_BxL > 0
   user_BxLxE = model(items_BxL, mask_BxL, item_table_VxE=tables.input_VxE)
-  return ranking.last_state(user_BxLxE, mask_BxL), mask_BxL.sum(axis=1)
+  return steps.last_state(user_BxLxE, mask_BxL), mask_BxL.sum(axis=1)
 
 
 def user_of(layout: StateLayout, state_BxS: jax.Array):
@@ -178,17 +178,17 @@ def rank(tables: Tables, user_BxE: jax.Array, count_B: jax.Array, exclude_BxX: j
          k: int) -> tuple[jax.Array, jax.Array]:
   """Top-k (ids_BxK, scores_BxK) over the catalog without the excluded ids (0 = none).
 
-  Users with count 0 get the popularity fallback (`ranking.fallback_user`, as `eval_step`).
+  Users with count 0 get the popularity fallback (`steps.fallback_user`, as `eval_step`).
   """
-  user_BxF = ranking.fallback_user(user_BxE, count_B > 0)
-  return metrics.top_k_items(user_BxF, tables.fallback_VxF, None, k, exclude_BxX,
+  user_BxF = steps.fallback_user(user_BxE, count_B > 0)
+  return ranks.top_k_items(user_BxF, tables.fallback_VxF, None, k, exclude_BxX,
                              exclude_seen=True, chunk_size=CHUNK)
 
 
 def score_items(tables: Tables, user_BxE: jax.Array, count_B: jax.Array,
                 items_BxA: jax.Array) -> jax.Array:
   """Scores of given items only (an allow list), f32; -inf at padding id 0."""
-  user_BxF = ranking.fallback_user(user_BxE, count_B > 0)
+  user_BxF = steps.fallback_user(user_BxE, count_B > 0)
   rows_BxAxF = jnp.take(tables.fallback_VxF, items_BxA, axis=0)
   scores_BxA = jnp.einsum("bf,baf->ba", user_BxF, rows_BxAxF)
   return jnp.where(items_BxA > 0, scores_BxA, -jnp.inf)

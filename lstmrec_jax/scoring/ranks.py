@@ -1,0 +1,111 @@
+"""The target's rank over the whole catalog and each user's top-k, computed in item chunks.
+
+Shape legend: B users, E embedding size, V catalog size (row 0 = padding), S seen items per user,
+C items per chunk, K top-k.
+
+The rank of a target is the number of catalog items that outrank it: real items (id >= 1), other than
+the target, not removed as already seen, whose score is greater than or equal to the target's
+(ties count against the target, so a constant scorer gets no credit). Rank 0 is a hit at 1. Items
+are visited in chunks of C with a running count, so ranking V = 10^6 never holds a [B x V] matrix.
+The target itself is never removed here, even when the user saw it before: the protocol choice
+`eval.seen_targets` is applied to the ranks afterwards (`evaluation.metrics.apply_seen_targets`).
+
+A non-finite score (NaN or +inf, from a diverged model) compares false with everything, so a
+plain `>=` would rank a NaN target first. Any user whose target or candidate scores are not finite
+gets NONFINITE_RANK instead: worse than every real rank (a miss at every k), and counted by
+`evaluation.metrics.metrics_from_ranks` as `nonfinite_users`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NONFINITE_RANK = np.iinfo(np.int32).max  # the rank of a user with any non-finite score
+
+
+def pad_items(table_VxE: jax.Array, bias_V: jax.Array | None, chunk: int):
+  """Pads the item axis to a multiple of `chunk`; padded rows score -inf."""
+  num_items = table_VxE.shape[0]
+  num_chunks = -(-num_items // chunk)
+  pad = num_chunks * chunk - num_items
+  table = jnp.pad(table_VxE, ((0, pad), (0, 0)))
+  bias = jnp.zeros((num_items,), jnp.float32) if bias_V is None else bias_V.astype(jnp.float32)
+  bias = jnp.pad(bias, (0, pad), constant_values=-jnp.inf)
+  return table.reshape(num_chunks, chunk, -1), bias.reshape(num_chunks, chunk)
+
+
+def chunk_scores(user_BxE, table_CxE, bias_C, lo, seen_BxS, targets_B, exclude_seen):
+  """Scores of one item chunk with padding id 0 and (optionally) seen items set to -inf."""
+  chunk = table_CxE.shape[0]
+  scores_BxC = jnp.dot(user_BxE, table_CxE.T.astype(user_BxE.dtype),
+                       preferred_element_type=jnp.float32) + bias_C[None, :]
+  ids_C = lo + jnp.arange(chunk)
+  scores_BxC = jnp.where(ids_C[None, :] == 0, -jnp.inf, scores_BxC)
+  if exclude_seen and seen_BxS is not None:
+    local = seen_BxS - lo
+    drop = (seen_BxS > 0) & (local >= 0) & (local < chunk) & (seen_BxS != targets_B[:, None])
+    rows = jnp.broadcast_to(jnp.arange(seen_BxS.shape[0])[:, None], seen_BxS.shape)
+    seen_BxC = jnp.zeros(scores_BxC.shape, bool).at[rows, jnp.where(drop, local, chunk)].set(
+        True, mode="drop")
+    scores_BxC = jnp.where(seen_BxC, -jnp.inf, scores_BxC)
+  return scores_BxC
+
+
+def target_ranks(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | None,
+                 targets_B: jax.Array, seen_BxS: jax.Array | None = None, *,
+                 exclude_seen: bool = True, chunk_size: int = 8192) -> jax.Array:
+  """0-based rank of each target among all items (see the module docstring); int32 [B].
+
+  Example: scores [pad, 0.1, 0.9, 0.5] with target 3 and nothing seen -> rank 1 (item 2 is ahead);
+  scores [pad, 0.1, nan, 0.5] -> NONFINITE_RANK.
+  """
+  user = user_BxE.astype(jnp.float32)
+  target_scores_B = jnp.einsum("be,be->b", user, table_VxE[targets_B].astype(jnp.float32))
+  if bias_V is not None:
+    target_scores_B = target_scores_B + bias_V[targets_B].astype(jnp.float32)
+  chunk = min(chunk_size, table_VxE.shape[0])
+  tables, biases = pad_items(table_VxE, bias_V, chunk)
+
+  def body(carry, xs):
+    count_B, bad_B = carry
+    index, table_CxE, bias_C = xs
+    lo = index * chunk
+    scores_BxC = chunk_scores(user, table_CxE, bias_C, lo, seen_BxS, targets_B, exclude_seen)
+    ids_C = lo + jnp.arange(chunk)
+    ahead = (scores_BxC >= target_scores_B[:, None]) & (ids_C[None, :] != targets_B[:, None])
+    # -inf marks padding and removed items; NaN or +inf is a broken score
+    bad_B = bad_B | jnp.any(jnp.isnan(scores_BxC) | (scores_BxC == jnp.inf), axis=1)
+    return (count_B + ahead.sum(axis=1, dtype=jnp.int32), bad_B), None
+
+  (count_B, bad_B), _ = jax.lax.scan(
+      body, (jnp.zeros(targets_B.shape, jnp.int32), ~jnp.isfinite(target_scores_B)),
+      (jnp.arange(tables.shape[0]), tables, biases))
+  return jnp.where(bad_B, NONFINITE_RANK, count_B)
+
+
+def top_k_items(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | None,
+                k: int, seen_BxS: jax.Array | None = None, *, exclude_seen: bool = True,
+                chunk_size: int = 8192) -> tuple[jax.Array, jax.Array]:
+  """Each user's top-k item ids and scores over the catalog, with a running top-k over chunks."""
+  user = user_BxE.astype(jnp.float32)
+  chunk = max(min(chunk_size, table_VxE.shape[0]), k)
+  tables, biases = pad_items(table_VxE, bias_V, chunk)
+  no_target_B = jnp.full((user.shape[0],), -1, jnp.int32)
+
+  def body(carry, xs):
+    best_scores_BxK, best_ids_BxK = carry
+    index, table_CxE, bias_C = xs
+    lo = index * chunk
+    scores_BxC = chunk_scores(user, table_CxE, bias_C, lo, seen_BxS, no_target_B, exclude_seen)
+    ids_BxC = jnp.broadcast_to(lo + jnp.arange(chunk, dtype=jnp.int32), scores_BxC.shape)
+    all_scores = jnp.concatenate([best_scores_BxK, scores_BxC], axis=1)
+    all_ids = jnp.concatenate([best_ids_BxK, ids_BxC], axis=1)
+    top_scores, idx = jax.lax.top_k(all_scores, k)
+    return (top_scores, jnp.take_along_axis(all_ids, idx, axis=1)), None
+
+  init = (jnp.full((user.shape[0], k), -jnp.inf, jnp.float32),
+          jnp.zeros((user.shape[0], k), jnp.int32))
+  (scores, ids), _ = jax.lax.scan(body, init, (jnp.arange(tables.shape[0]), tables, biases))
+  return ids, scores

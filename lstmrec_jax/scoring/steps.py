@@ -1,0 +1,152 @@
+"""The scoring steps evaluation and serving share: user vectors, the popularity fallback, ranks
+and top-k over the catalog, jitted over the `data` axis of a mesh.
+
+Shape legend: B users per batch, L history length, E embedding size, V catalog size, S seen
+items per user, K top-k, F = E + 2 (the fallback table's width).
+
+A user with no known event has a zero encoder state (every item would tie): such a user is ranked
+by training popularity (`fallback_table` / `fallback_user`), the same path for `eval.py` and the
+Recommender. An optional `extra_bias_V` (-inf outside a candidate set) restricts a ranking to a
+subset of the catalog (the cold items of a cold-start report, one domain of a catalogue).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from lstmrec_jax import mesh as mesh_lib
+from lstmrec_jax.scoring import ranks
+
+
+def last_state(user_BxLxE: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+  """The output at each row's last real position (rows are right-padded); zeros for empty rows."""
+  last_B = jnp.maximum(mask_BxL.sum(axis=1) - 1, 0)
+  return jnp.take_along_axis(user_BxLxE, last_B[:, None, None], axis=1)[:, 0]
+
+
+def user_vectors(params: Any, consts: Any, batch: dict[str, jax.Array], graphdef: nnx.GraphDef):
+  """(user_BxE, output item table VxE, item bias V or None) for a batch of histories."""
+  model = nnx.merge(graphdef, params, consts)
+  input_VxE, output_VxE, bias_V = model.item_tables()
+  user_BxLxE = model(batch["inputs_BxL"], batch["mask_BxL"], item_table_VxE=input_VxE)
+  return last_state(user_BxLxE, batch["mask_BxL"]), output_VxE, bias_V
+
+
+def fallback_table(table_VxE: jax.Array, bias_V: jax.Array | None,
+                   popularity_V: jax.Array) -> jax.Array:
+  """The item table with two extra columns, the item bias and log(1 + training count).
+
+  With `fallback_user`, a user with history scores `u . t + bias` and a user without (empty, or
+  only unknown items: the encoder's state is zero and every item would tie) scores by popularity
+  alone. Serving builds this table once; `eval_step` per batch: one path for both.
+  Example: table [[a, b]], bias None, counts [5] -> [[a, b, 0, log 6]].
+  """
+  bias_V1 = (jnp.zeros((table_VxE.shape[0], 1), jnp.float32) if bias_V is None
+             else bias_V.astype(jnp.float32)[:, None])
+  pop_V1 = jnp.log1p(jnp.maximum(jnp.asarray(popularity_V, jnp.float32), 0.0))[:, None]
+  return jnp.concatenate([table_VxE.astype(jnp.float32), bias_V1, pop_V1], axis=1)
+
+
+def fallback_user(user_BxE: jax.Array, has_history_B: jax.Array) -> jax.Array:
+  """User vectors against `fallback_table`: [u, 1, 0] with history, [0, 0, 1] without.
+
+  Example: user [[2, 3], [0, 0]], has_history [True, False] -> [[2, 3, 1, 0], [0, 0, 0, 1]].
+  """
+  has_B1 = has_history_B.astype(bool)[:, None]
+  user = jnp.where(has_B1, user_BxE.astype(jnp.float32), 0.0)
+  return jnp.concatenate([user, has_B1.astype(jnp.float32), (~has_B1).astype(jnp.float32)],
+                         axis=1)
+
+
+def _scoring(user_BxE, table_VxE, bias_V, mask_BxL, popularity_V, extra_bias_V):
+  """(user, table, bias) to rank with: the popularity fallback when counts are given, plus an
+  extra per-item bias (-inf outside a candidate set) when one is given."""
+  if popularity_V is not None:
+    has_history_B = mask_BxL.astype(bool).any(axis=1)
+    user_BxE, table_VxE, bias_V = (fallback_user(user_BxE, has_history_B),
+                                   fallback_table(table_VxE, bias_V, popularity_V), None)
+  if extra_bias_V is not None:
+    extra_V = extra_bias_V.astype(jnp.float32)
+    bias_V = extra_V if bias_V is None else bias_V.astype(jnp.float32) + extra_V
+  return user_BxE, table_VxE, bias_V
+
+
+def eval_step(params: Any, consts: Any, batch: dict[str, jax.Array],
+              popularity_V: jax.Array | None = None, extra_bias_V: jax.Array | None = None, *,
+              graphdef: nnx.GraphDef, exclude_seen: bool, chunk_size: int) -> jax.Array:
+  """0-based full-catalog rank of each row's target (see `ranks.target_ranks`).
+
+  With `popularity_V` (training counts), a row without history is ranked by popularity
+  (`fallback_table`), as the Recommender serves it; without, such a row ties every item.
+  `extra_bias_V` is added to every item's score (-inf: never ranked, never ahead of a target).
+  """
+  user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef)
+  user, table, bias = _scoring(user_BxE, table_VxE, bias_V, batch["mask_BxL"], popularity_V,
+                               extra_bias_V)
+  return ranks.target_ranks(user, table, bias, batch["targets_B"], batch.get("seen_BxS"),
+                            exclude_seen=exclude_seen, chunk_size=chunk_size)
+
+
+def topk_step(params: Any, consts: Any, batch: dict[str, jax.Array],
+              popularity_V: jax.Array | None = None, extra_bias_V: jax.Array | None = None, *,
+              graphdef: nnx.GraphDef, k: int, exclude_seen: bool,
+              chunk_size: int) -> tuple[jax.Array, jax.Array]:
+  """Each row's top-k next items and scores, seen items excluded unless asked otherwise."""
+  user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef)
+  user, table, bias = _scoring(user_BxE, table_VxE, bias_V, batch["mask_BxL"], popularity_V,
+                               extra_bias_V)
+  return ranks.top_k_items(user, table, bias, k, batch.get("seen_BxS"),
+                           exclude_seen=exclude_seen, chunk_size=chunk_size)
+
+
+def rank_topk_step(params: Any, consts: Any, batch: dict[str, jax.Array],
+                   popularity_V: jax.Array | None = None, extra_bias_V: jax.Array | None = None,
+                   *, graphdef: nnx.GraphDef, k: int, exclude_seen: bool, chunk_size: int):
+  """`eval_step` and `topk_step` over one user computation: (ranks_B, ids_BxK, scores_BxK).
+
+  The top-K lists feed the beyond-accuracy metrics (`evaluation/beyond.py`); both are chunked
+  over items.
+  """
+  user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef)
+  user, table, bias = _scoring(user_BxE, table_VxE, bias_V, batch["mask_BxL"], popularity_V,
+                               extra_bias_V)
+  seen = batch.get("seen_BxS")
+  ranks_B = ranks.target_ranks(user, table, bias, batch["targets_B"], seen,
+                               exclude_seen=exclude_seen, chunk_size=chunk_size)
+  ids_BxK, scores_BxK = ranks.top_k_items(user, table, bias, k, seen,
+                                          exclude_seen=exclude_seen, chunk_size=chunk_size)
+  return ranks_B, ids_BxK, scores_BxK
+
+
+def jit_over_batch(fn, mesh: Mesh, popularity_V=None, extra_bias_V=None) -> Callable:
+  """`fn(params, consts, batch, popularity_V, extra_bias_V)` jitted with the batch sharded over
+  `data`, as `f(params, consts, batch)` with the two (optional) item vectors bound.
+
+  The parameters are taken as they are placed: replicated, or with the item tables split over
+  the mesh's `model` axis (`model.vocab_shards`).
+  """
+  repl = mesh_lib.replicated(mesh)
+  jitted = jax.jit(fn, in_shardings=(None, repl, mesh_lib.batch_sharding(mesh), repl, repl),
+                   out_shardings=repl)
+  bound = [None if v is None else mesh_lib.replicate(jnp.asarray(v, jnp.float32), mesh)
+           for v in (popularity_V, extra_bias_V)]
+  return lambda params, consts, batch: jitted(params, consts, batch, *bound)
+
+
+def compile_rank_fn(graphdef, mesh: Mesh, *, exclude_seen: bool, chunk_size: int,
+                    popularity_V=None, extra_bias_V=None) -> Callable:
+  """The jitted eval step: batch sharded over `data`, ranks returned replicated.
+
+  popularity_V: training counts for the popularity fallback of empty histories (`eval_step`);
+  extra_bias_V: an added per-item score (-inf outside a candidate set).
+  """
+  return jit_over_batch(functools.partial(eval_step, graphdef=graphdef,
+                                          exclude_seen=exclude_seen, chunk_size=chunk_size),
+                        mesh, popularity_V, extra_bias_V)
