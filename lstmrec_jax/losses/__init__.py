@@ -25,6 +25,7 @@ from lstmrec_jax.losses.core import needs_log_q
 from lstmrec_jax.losses.core import popularity_log_q
 from lstmrec_jax.losses.core import register_loss
 from lstmrec_jax.losses.core import register_vocab_parallel
+from lstmrec_jax.losses.core import rows_read
 from lstmrec_jax.losses.core import sample_negatives
 from lstmrec_jax.losses.core import sampled_softmax_cross_entropy
 from lstmrec_jax.losses.core import softmax_cross_entropy

@@ -525,14 +525,20 @@ def bce_loss(user_NxE: jax.Array, item_table_VxE: jax.Array, item_bias_V: jax.Ar
 
 _LOSSES: dict[str, Callable[..., jax.Array]] = {}
 _NEEDS_LOG_Q: set[str] = set()
+_ROWS: dict[str, Callable[..., jax.Array]] = {}
 _VOCAB_PARALLEL: dict[str, Callable[..., jax.Array]] = {}
 
 
-def register_loss(name: str, *, needs_log_q: bool = False, replace: bool = False):
+def register_loss(name: str, *, needs_log_q: bool = False,
+                  rows: Callable[..., jax.Array] | None = None, replace: bool = False):
   """Decorator registering a loss under `loss.kind = name`.
 
   needs_log_q: the loss samples negatives from `log_q_V` (the trainer then builds it from item
   popularity ** loss.alpha; see `needs_log_q`).
+  rows: for a loss that reads the item table at the targets and a few more rows only,
+  `rows(cfg, key, log_q_V) -> ids` gives those rows (drawn exactly as the loss draws them, from
+  the same key); the step then computes item content at those rows only (`rows_read`). None:
+  the loss reads the whole table.
   """
 
   def decorate(fn):
@@ -543,9 +549,24 @@ def register_loss(name: str, *, needs_log_q: bool = False, replace: bool = False
       _NEEDS_LOG_Q.add(name)
     else:
       _NEEDS_LOG_Q.discard(name)
+    if rows is not None:
+      _ROWS[name] = rows
+    else:
+      _ROWS.pop(name, None)
     return fn
 
   return decorate
+
+
+def rows_read(kind: str) -> Callable[..., jax.Array] | None:
+  """The `rows` function loss `kind` registered (None: it reads the whole item table)."""
+  return _ROWS.get(kind)
+
+
+def _sampled_rows(cfg: LossConfig, key: jax.Array, log_q_V: jax.Array) -> jax.Array:
+  """The shared negatives the sampled losses draw from `key` (the rows they read besides the
+  targets)."""
+  return sample_negatives(key, log_q_V, cfg.num_negatives)
 
 
 def get_loss(name: str, *, vocab_parallel: bool = False) -> Callable[..., jax.Array]:
@@ -676,7 +697,7 @@ def _chunked(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConf
 
 # The sampled losses leave item_mask_V to the sampling distribution: the trainer gives the items
 # outside it probability 0 in log_q_V.
-@register_loss("sampled", needs_log_q=True)
+@register_loss("sampled", needs_log_q=True, rows=_sampled_rows)
 def _sampled(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
              item_mask_V):
   del item_mask_V
@@ -686,7 +707,7 @@ def _sampled(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConf
                                        in_batch_negatives=cfg.in_batch_negatives)[0]
 
 
-@register_loss("bpr", needs_log_q=True)
+@register_loss("bpr", needs_log_q=True, rows=_sampled_rows)
 def _bpr(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
          item_mask_V):
   del item_mask_V
@@ -694,7 +715,7 @@ def _bpr(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, 
   return bpr_loss(user_NxE, table_VxE, bias_V, targets_N, weights_N, negatives_S)[0]
 
 
-@register_loss("bce", needs_log_q=True)
+@register_loss("bce", needs_log_q=True, rows=_sampled_rows)
 def _bce(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
          item_mask_V):
   del item_mask_V

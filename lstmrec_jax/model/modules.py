@@ -104,7 +104,13 @@ class SeqRecModel(nnx.Module):
     key = jax.random.fold_in(dropout_key, 0x1D)  # a stream apart from the activation dropouts
     return jax.random.bernoulli(key, 1.0 - self.cfg.id_dropout, (self.cfg.num_items,))
 
-  def item_tables(self, id_keep_V: jax.Array | None = None, *, padded: bool = False
+  @property
+  def computes_rows(self) -> bool:
+    """Whether `item_tables(rows=...)` saves work: the item side computes rows on demand."""
+    return bool(getattr(self.item_repr, "computes_rows", False))
+
+  def item_tables(self, id_keep_V: jax.Array | None = None, *, padded: bool = False,
+                  rows: jax.Array | None = None
                   ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """(input_VxE, output_VxE, bias_V or None): compute once per step, pass the input table on.
 
@@ -112,15 +118,19 @@ class SeqRecModel(nnx.Module):
     and (when tied) the output table alike.
     padded: hand out `cfg.table_rows` rows (the zero rows past V included, as the parameters
     hold them: what the vocabulary-parallel softmax splits over devices) instead of V.
+    rows: item ids whose rows the caller will read (inputs, targets, sampled negatives): an
+    item side that `computes_rows` computes its content there only; the other rows of the
+    tables are then not the items' vectors and must not be read. None: every row.
     """
+    kw = {"rows": rows} if rows is not None and self.computes_rows else {}
     if padded:
-      rows = self.cfg.table_rows
+      n = self.cfg.table_rows
       padded_table = getattr(self.item_repr, "padded_table", None)
-      input_VxE = (padded_table(id_keep_V) if padded_table is not None
-                   else pad_rows(self.item_repr.table(id_keep_V), rows))
+      input_VxE = (padded_table(id_keep_V, **kw) if padded_table is not None
+                   else pad_rows(self.item_repr.table(id_keep_V, **kw), n))
       output_VxE = input_VxE if self.output_embedding is None else self.output_embedding[...]
       return input_VxE, output_VxE, None if self.bias is None else self.bias[...]
-    input_VxE = self.item_repr.table(id_keep_V)
+    input_VxE = self.item_repr.table(id_keep_V, **kw)
     output_VxE = input_VxE if self.output_embedding is None else self.item_table()
     return input_VxE, output_VxE, self.item_bias()
 

@@ -39,6 +39,24 @@ def uses_vocab_parallel(mesh, loss_cfg: LossConfig) -> bool:
           and mesh.shape[mesh_lib.MODEL_AXIS] > 1 and losses.has_vocab_parallel(loss_cfg.kind))
 
 
+def _rows_read(model, batch, loss_cfg: LossConfig, neg_key, log_q_V, adv_cfg, aug_cfg):
+  """The item ids whose table rows this step reads, or None for the whole table.
+
+  A loss that reads the targets and a few rows more (sampled negatives: `losses.rows_read`) and
+  an item side that computes content per row (`model.computes_rows`) let the step compute item
+  content at the inputs, targets and those rows only; the values and gradients it reads are the
+  whole table's. Terms that read other rows (the adversarial scale is a mean over every item;
+  the contrastive views look up their own inputs) keep the whole table.
+  """
+  extra = losses.rows_read(loss_cfg.kind)
+  if (extra is None or neg_key is None or not model.computes_rows
+      or (adv_cfg is not None and adv_cfg.on)
+      or (aug_cfg is not None and aug_cfg.contrastive_weight > 0)):
+    return None
+  return jnp.concatenate([batch["inputs_BxL"].reshape(-1), batch["targets_BxL"].reshape(-1),
+                          extra(loss_cfg, neg_key, log_q_V)]).astype(jnp.int32)
+
+
 def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | None,
                   loss_cfg: LossConfig, log_q_V: jax.Array | None,
                   item_mask_V: jax.Array | None = None, *,
@@ -55,11 +73,12 @@ def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | N
   """
   id_keep_V = model.id_keep_mask(dropout_key)  # None unless model.id_dropout > 0
   split = uses_vocab_parallel(mesh, loss_cfg)
-  # Split: the tables as the parameters hold them (padding rows included, sharded by row).
-  input_VxE, output_VxE, bias_V = model.item_tables(id_keep_V, padded=split)
   targets_N = batch["targets_BxL"].reshape(-1)
   weights_N = (targets_N > 0).astype(jnp.float32)
   neg_key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
+  rows = _rows_read(model, batch, loss_cfg, neg_key, log_q_V, adv_cfg, aug_cfg)
+  # Split: the tables as the parameters hold them (padding rows included, sharded by row).
+  input_VxE, output_VxE, bias_V = model.item_tables(id_keep_V, padded=split, rows=rows)
   loss_fn = losses.get_loss(loss_cfg.kind, vocab_parallel=split)
   split_args = {"mesh": mesh, "num_items": model.cfg.num_items} if split else {}
   mask_BxL = batch["mask_BxL"]
