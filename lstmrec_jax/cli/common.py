@@ -49,19 +49,30 @@ def initialize_distributed() -> None:
   jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
 
 
-def define_config_flag(name: str, default: str, help_text: str) -> None:
-  """config_flags.DEFINE_config_file(lock_config=True), with a bad override as one line.
+CONFIG_HELP = ("A recipe by name (beauty, games, auto, ...: listed below) or a config file; "
+               "NAME:ARG / FILE:ARG passes an argument (beauty_content:cold).")
 
-  config_flags applies `--config.a.b=v` overrides while the flag is defined (at import), so an
-  unknown key raises three chained ml_collections tracebacks there; this names the flag instead.
+
+def define_config_flag(name: str, default: str, help_text: str) -> None:
+  """config_flags.DEFINE_config_file(lock_config=True): a recipe by name, errors as one line.
+
+  `--config beauty` (or `beauty_content:cold`) names a recipe shipped with the package; a path
+  (`--config my_config.py`, `--config configs/beauty.py`) is still a file. The value is resolved
+  in sys.argv before config_flags reads it; a path that is no file and no recipe's name ends the
+  program in one line. config_flags applies `--config.a.b=v` overrides while the flag is
+  defined (at import), so an unknown key raises three chained ml_collections tracebacks there;
+  this names the flag instead.
   """
   import sys  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.cli import logs  # pylint: disable=g-import-not-at-top
+  sys.argv[:] = resolve_config_argv(sys.argv, name)
   try:
     config_flags.DEFINE_config_file(name, default, help_text, lock_config=True)
-  except Exception as e:  # pylint: disable=broad-except
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
     raise SystemExit(logs.config_override_error(sys.argv, e)) from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise SystemExit(logs.config_file_error(sys.argv, e)) from None
 
 
 def configs_dir() -> pathlib.Path:
@@ -75,6 +86,66 @@ def configs_dir() -> pathlib.Path:
 def default_config_path(name: str = "default.py") -> str:
   """The path of a bundled config file, for a flag's default."""
   return str(configs_dir() / name)
+
+
+def recipes(folder: str = "") -> dict[str, pathlib.Path]:
+  """The bundled recipes by name ("beauty" -> .../configs/beauty.py); `folder`: e.g. "spaces"."""
+  root = configs_dir() / folder
+  return {p.stem: p for p in sorted(root.glob("*.py")) if p.stem not in ("__init__", "base")}
+
+
+def resolve_config_file(value: str, flag: str = "--config", folder: str = "") -> str:
+  """A --config value as config_flags loads it: a recipe's name becomes its bundled file.
+
+  "beauty" -> ".../lstmrec_jax/configs/beauty.py"; "ml100k_content:cold" -> ".../ml100k_content.py
+  :cold"; an existing file (with its ":arg") is returned unchanged. Ends the program in one line
+  when `value` is neither.
+  """
+  path, sep, arg = value.partition(":")
+  if os.path.isfile(path) or os.path.isfile(value):
+    return value
+  known = recipes(folder)
+  name = path[:-3] if path.endswith(".py") and os.sep not in path else path
+  if name in known:
+    return str(known[name]) + sep + arg
+  stem = pathlib.Path(path).stem
+  if stem in known:  # e.g. configs/beauty.py run outside the repository
+    raise SystemExit(f"error: {flag} {value}: no such file in {os.getcwd()}; the recipe "
+                     f"shipped with the package is {flag} {stem}{sep}{arg}")
+  raise SystemExit(f"error: {flag} {value}: no such file in {os.getcwd()} and no recipe of "
+                   f"that name; recipes: {', '.join(known)}")
+
+
+def resolve_config_argv(argv: list[str], name: str = "config") -> list[str]:
+  """`argv` with the value of --<name> (either form: --config=X, --config X) resolved."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg in (f"--{name}", f"-{name}") and i + 1 < len(out):
+      out[i + 1] = resolve_config_file(out[i + 1], f"--{name}")
+    elif arg.startswith((f"--{name}=", f"-{name}=")):
+      flag, value = arg.split("=", 1)
+      out[i] = f"{flag}={resolve_config_file(value, flag)}"
+  return out
+
+
+def pin_explicit_overrides(name: str = "config") -> list[str]:
+  """Keys set by --config.* flags win over the config's `auto` rules (taken out of its list).
+
+  Logs which auto keys the command line overrode, with the value that runs; returns them.
+  """
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  config = flags.FLAGS[name].value
+  overrides = config_flags.get_override_values(flags.FLAGS[name])
+  pinned = run_lib.pin_explicit(config, overrides)
+  if pinned:
+    logging.info("explicit values win over the auto rules (lstmrec_jax/auto.py): %s; %s",
+                 ", ".join(f"{k}={overrides[k]!r}" for k in pinned),
+                 f"the data sets the other {len(config.auto)}" if config.auto else
+                 "nothing is left to the data")
+  return pinned
 
 
 @functools.cache

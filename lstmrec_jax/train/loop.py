@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -170,6 +171,13 @@ class _Preemption:
     self.previous = {}
 
 
+def _stderr_is_terminal() -> bool:
+  try:
+    return sys.stderr.isatty()
+  except (AttributeError, ValueError):  # replaced or closed stderr
+    return False
+
+
 def eval_period(tr: run_lib.TrainConfig, steps_per_epoch: int) -> int:
   """Steps between validations: `eval_every_steps` when set, else `eval_every_epochs` of the data.
 
@@ -293,8 +301,11 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
   logger = _Logger(workdir)
   step = int(state.step)
   stop_after = tr.stop_after_steps
+  # No bar into a file or pipe: its carriage returns would fill a redirected log (validation
+  # lines are still written, and metrics.jsonl has every loss).
   bar = tqdm.tqdm(total=total_steps, initial=step, disable=not tr.progress_bar
-                  or jax.process_index() != 0, mininterval=1.0, unit="step", dynamic_ncols=True)
+                  or jax.process_index() != 0 or not _stderr_is_terminal(), mininterval=1.0,
+                  unit="step", dynamic_ncols=True)
   window_loss, window_positions, window_start = [], 0, time.perf_counter()
   stopped = meta["stopped_early"] or step >= total_steps
   start_epoch = step // steps_per_epoch
