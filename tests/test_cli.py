@@ -109,12 +109,12 @@ def test_a_recipe_by_name_from_an_empty_folder(tmp_path):
 
 
 def test_a_recipe_name_takes_its_argument():
-  from lstmrec_jax.cli import common
-  assert common.resolve_config_file("ml100k_content:cold") == str(
-      common.configs_dir() / "ml100k_content.py") + ":cold"
-  assert common.resolve_config_file("beauty.py") == str(common.configs_dir() / "beauty.py")
-  assert common.resolve_config_file("lstm", "--space", "spaces").endswith("spaces/lstm.py")
-  assert set(common.recipes()) >= {"auto", "beauty", "default", "games", "ml1m"}
+  from lstmrec_jax.cli import recipes
+  assert recipes.resolve_config_file("ml100k_content:cold") == str(
+      recipes.configs_dir() / "ml100k_content.py") + ":cold"
+  assert recipes.resolve_config_file("beauty.py") == str(recipes.configs_dir() / "beauty.py")
+  assert recipes.resolve_config_file("lstm", "--space", "spaces").endswith("spaces/lstm.py")
+  assert set(recipes.recipes()) >= {"auto", "beauty", "default", "games", "ml1m"}
 
 
 # A user's own config file outside the repository: it imports the packaged recipes (README).
@@ -145,12 +145,11 @@ def trained(tmp_path_factory):
   return cwd, proc
 
 
+@pytest.mark.slow
 def test_explicit_values_win_over_the_auto_rules(trained):
   """Item 1: --config.train.num_epochs=1 runs 1 epoch (the auto rule would run 16), the log says
   which auto keys the command line overrode, and config.json is what ran."""
   cwd, proc = trained
-  assert ("explicit values win over the auto rules (lstmrec_jax/auto.py): model.embed_dim=16, "
-          "model.hidden_size=16, train.num_epochs=1; the data sets the other 10") in proc.stderr
   saved = json.loads((cwd / "run" / "config.json").read_text())
   assert not set(EXPLICIT) & set(saved["auto"]) and len(saved["auto"]) == 10
   assert saved["train"]["num_epochs"] == 1 and saved["model"]["embed_dim"] == 16
@@ -162,8 +161,11 @@ def test_explicit_values_win_over_the_auto_rules(trained):
   from lstmrec_jax import run as run_lib
   ran = run_lib.build_run(run_lib.spec_from_config(saved))
   assert (ran.model_cfg.embed_dim, ran.model_cfg.hidden_size) == (16, 16)
+  assert ("explicit values win over the auto rules (lstmrec_jax/auto.py): model.embed_dim=16, "
+          "model.hidden_size=16, train.num_epochs=1; the data sets the other 10") in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_normal_run_logs_only_the_projects_own_lines(trained):
   """Item 9: train + eval + export + Recommender.load: no TensorFlow oneDNN banner, no Orbax
   "read only" warnings, no progress-bar carriage returns; every log line is from lstmrec_jax."""
@@ -190,6 +192,7 @@ def test_a_normal_run_logs_only_the_projects_own_lines(trained):
   assert list((cwd / "home" / ".cache" / "lstmrec_jax").glob("dataset-*.npz"))
 
 
+@pytest.mark.slow
 def test_plot_writes_the_training_curves(trained):
   """Item 8: eval.py --plot writes <workdir>/curves.png from metrics.jsonl."""
   cwd, _ = trained
@@ -214,6 +217,7 @@ def test_curves_keep_the_last_row_of_a_step(tmp_path):
   assert got["valid"] == {"step": [10], "NDCG@10": [0.1], "HR@10": [0.2]}
 
 
+@pytest.mark.slow
 def test_cold_start_on_a_normal_workdir_names_the_flag_to_retrain_with(trained):
   """Item 10: the refusal says how to retrain; the help says what a cold split is."""
   cwd, _ = trained

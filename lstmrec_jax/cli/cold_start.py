@@ -21,7 +21,7 @@ import os
 from absl import flags
 
 from lstmrec_jax.cli import common
-from lstmrec_jax.cli import eval as eval_cli  # its --checkpoint, --splits, --data_path flags
+from lstmrec_jax.cli import eval as eval_cli  # noqa: F401  # its --checkpoint, --splits, --data_path flags
 from lstmrec_jax.cli import logs
 
 flags.DEFINE_list("workdirs", None, "train.py workdirs trained with cold_start.item_fraction > 0.",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import pathlib
 from typing import Any
+
+from lstmrec_jax.cli import recipes
 
 # Before TensorFlow is imported anywhere: quiet C++ logs. The pipeline hides accelerators from TF.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -66,66 +67,13 @@ def define_config_flag(name: str, default: str, help_text: str) -> None:
   import sys  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.cli import logs  # pylint: disable=g-import-not-at-top
-  sys.argv[:] = resolve_config_argv(sys.argv, name)
+  sys.argv[:] = recipes.resolve_config_argv(sys.argv, name)
   try:
     config_flags.DEFINE_config_file(name, default, help_text, lock_config=True)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     raise SystemExit(logs.config_override_error(sys.argv, e)) from None
   except Exception as e:  # pylint: disable=broad-except
     raise SystemExit(logs.config_file_error(sys.argv, e)) from None
-
-
-def configs_dir() -> pathlib.Path:
-  """The recipes shipped with the package: `lstmrec_jax.configs` (the repository's configs/).
-
-  Never ./configs of the working directory: an entry point runs no code from where it is started.
-  """
-  return pathlib.Path(__file__).resolve().parents[1] / "configs"
-
-
-def default_config_path(name: str = "default.py") -> str:
-  """The path of a bundled config file, for a flag's default."""
-  return str(configs_dir() / name)
-
-
-def recipes(folder: str = "") -> dict[str, pathlib.Path]:
-  """The bundled recipes by name ("beauty" -> .../configs/beauty.py); `folder`: e.g. "spaces"."""
-  root = configs_dir() / folder
-  return {p.stem: p for p in sorted(root.glob("*.py")) if p.stem not in ("__init__", "base")}
-
-
-def resolve_config_file(value: str, flag: str = "--config", folder: str = "") -> str:
-  """A --config value as config_flags loads it: a recipe's name becomes its bundled file.
-
-  "beauty" -> ".../lstmrec_jax/configs/beauty.py"; "ml100k_content:cold" -> ".../ml100k_content.py
-  :cold"; an existing file (with its ":arg") is returned unchanged. Ends the program in one line
-  when `value` is neither.
-  """
-  path, sep, arg = value.partition(":")
-  if os.path.isfile(path) or os.path.isfile(value):
-    return value
-  known = recipes(folder)
-  name = path[:-3] if path.endswith(".py") and os.sep not in path else path
-  if name in known:
-    return str(known[name]) + sep + arg
-  stem = pathlib.Path(path).stem
-  if stem in known:  # e.g. configs/beauty.py run outside the repository
-    raise SystemExit(f"error: {flag} {value}: no such file in {os.getcwd()}; the recipe "
-                     f"shipped with the package is {flag} {stem}{sep}{arg}")
-  raise SystemExit(f"error: {flag} {value}: no such file in {os.getcwd()} and no recipe of "
-                   f"that name; recipes: {', '.join(known)}")
-
-
-def resolve_config_argv(argv: list[str], name: str = "config") -> list[str]:
-  """`argv` with the value of --<name> (either form: --config=X, --config X) resolved."""
-  out = list(argv)
-  for i, arg in enumerate(out):
-    if arg in (f"--{name}", f"-{name}") and i + 1 < len(out):
-      out[i + 1] = resolve_config_file(out[i + 1], f"--{name}")
-    elif arg.startswith((f"--{name}=", f"-{name}=")):
-      flag, value = arg.split("=", 1)
-      out[i] = f"{flag}={resolve_config_file(value, flag)}"
-  return out
 
 
 def pin_explicit_overrides(name: str = "config") -> list[str]:
@@ -153,7 +101,7 @@ def base_defaults() -> dict[str, Any]:
   """configs/base.py's values flattened ("group.key" -> value), for resuming older workdirs."""
   import json  # pylint: disable=g-import-not-at-top
   from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
-  path = configs_dir() / "base.py"
+  path = recipes.configs_dir() / "base.py"
   if not path.is_file():
     return {}
   spec = importlib.util.spec_from_file_location("_lstmrec_base_config", path)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from absl import logging as absl_logging
 
+from lstmrec_jax.cli import recipes
 from lstmrec_jax.errors import LstmrecError
 
 _OURS = ("lstmrec_jax", "train.py", "eval.py", "tune.py", "cold_start.py", "serve.py",
@@ -157,9 +158,8 @@ def help_text(module_name: str, borrowed: tuple[str, ...] = ()) -> str:
   """
   import textwrap  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.cli import common  # pylint: disable=g-import-not-at-top
   by_module = flags.FLAGS.flags_by_module_dict()
-  own = [*by_module.get(module_name, []), *by_module.get(common.__name__, [])]
+  own = [*by_module.get(module_name, []), *by_module.get("lstmrec_jax.cli.common", [])]
   own += [flags.FLAGS[n] for n in borrowed if n in flags.FLAGS and flags.FLAGS[n] not in own]
   own.sort(key=lambda f: f.name != "config")  # the config first, then in definition order
   doc = (sys.modules[module_name].__doc__ or "").strip()
@@ -167,21 +167,21 @@ def help_text(module_name: str, borrowed: tuple[str, ...] = ()) -> str:
   for flag in own:
     name = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
     default = flag.default_as_str if flag.default is not None else "none"
-    if flag.name == "config" and str(flag.default).startswith(str(common.configs_dir())):
+    if flag.name == "config" and str(flag.default).startswith(str(recipes.configs_dir())):
       default = pathlib.Path(flag.default).stem  # a recipe's name, not a path
     lines.append(f"  {name} (default: {default})")
     lines += textwrap.wrap(flag.help, 92, initial_indent="      ", subsequent_indent="      ")
   if "config" in {f.name for f in own}:
-    lines += ["", *config_help(common)]
+    lines += ["", *config_help()]
   lines += ["", "--helpfull lists every flag, absl's and the libraries' included."]
   return "\n".join(lines)
 
 
-def config_help(common) -> list[str]:
+def config_help() -> list[str]:
   """How a config is chosen and overridden, its groups, and the recipes shipped by name."""
   import ast  # pylint: disable=g-import-not-at-top
   import textwrap  # pylint: disable=g-import-not-at-top
-  base = common.configs_dir() / "base.py"
+  base = recipes.configs_dir() / "base.py"
   groups, seen = [], set()
   for node in ast.walk(ast.parse(base.read_text())):  # c.<group>... assignments, no import
     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and (
@@ -193,7 +193,7 @@ def config_help(common) -> list[str]:
          "--config.GROUP.KEY=VALUE (e.g. --config.train.num_epochs=4). Groups:"]
   out += textwrap.wrap(", ".join(groups), 92, initial_indent="  ", subsequent_indent="  ")
   out += [f"Every key with its default and unit: {base}", "Recipes:"]
-  for name, path in common.recipes().items():
+  for name, path in recipes.recipes().items():
     source = path.read_text()
     summary = (ast.get_docstring(ast.parse(source)) or "").strip().splitlines()
     arg = " (:cold)" if "def get_config(arg" in source else ""

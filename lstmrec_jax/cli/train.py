@@ -14,8 +14,9 @@ from absl import flags
 
 from lstmrec_jax.cli import common
 from lstmrec_jax.cli import logs
+from lstmrec_jax.cli import recipes
 
-common.define_config_flag("config", common.default_config_path(), common.CONFIG_HELP)
+common.define_config_flag("config", recipes.default_config_path(), common.CONFIG_HELP)
 flags.DEFINE_string("workdir", "runs/default", "Checkpoints, logs and the report go here; a "
                     "workdir with checkpoints is resumed.")
 common.define_distributed_flags()

@@ -17,11 +17,12 @@ from etils import epath
 
 from lstmrec_jax.cli import common
 from lstmrec_jax.cli import logs
+from lstmrec_jax.cli import recipes
 
-common.define_config_flag("config", common.default_config_path(), "Base config of every "
+common.define_config_flag("config", recipes.default_config_path(), "Base config of every "
                           "trial: " + common.CONFIG_HELP + " --config.* overrides apply to every "
                           "trial.")
-flags.DEFINE_string("space", common.default_config_path("spaces/lstm.py"), "Search space: a "
+flags.DEFINE_string("space", recipes.default_config_path("spaces/lstm.py"), "Search space: a "
                     "space shipped by name (lstm) or a Python file defining get_space() -> "
                     "{config key path: distribution spec}.")
 flags.DEFINE_string("tune_dir", "runs/tune", "Trials (trial_<k>/, each a train.py workdir) and "
@@ -40,7 +41,7 @@ def main() -> None:
   from lstmrec_jax.tuning import search  # pylint: disable=g-import-not-at-top
   common.load_plugins()
   common.pin_explicit_overrides()
-  space = search.load_space(common.resolve_config_file(FLAGS.space, "--space", "spaces"))
+  space = search.load_space(recipes.resolve_config_file(FLAGS.space, "--space", "spaces"))
   search.tune(FLAGS.config, space, FLAGS.tune_dir,
               num_trials=FLAGS.num_trials, search_seed=FLAGS.search_seed,
               defaults=common.base_defaults())
