@@ -238,3 +238,24 @@ def test_tensorflow_missing_is_one_line_and_auto_takes_numpy(monkeypatch):
     tf_setup.import_tensorflow()
   assert isinstance(raised.value, ImportError) and "\n" not in str(raised.value)
   assert pipeline.resolve_backend("auto") == "numpy"
+
+
+def test_a_value_set_in_a_config_file_wins_over_its_auto_rule(tmp_path, monkeypatch):
+  """Item 1: a config file built on configs/auto.py that sets num_epochs keeps it (the auto rule
+  would replace it silently); a key at base.py's default stays the data's."""
+  import json as json_lib
+  from absl import flags
+  from ml_collections import config_flags
+  from lstmrec_jax.cli import common
+  (tmp_path / "mine.py").write_text(_OWN_CONFIG.replace(
+      "  return c", "  c.train.num_epochs = 4\n  return c"))
+  values = flags.FlagValues()
+  monkeypatch.setattr(flags, "FLAGS", values)
+  monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(tmp_path / "mine.py"),
+                                    "--config.model.embed_dim=16"])
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+  values(sys.argv)
+  assert common.pin_explicit_overrides() == ["model.embed_dim", "train.num_epochs"]
+  config = json_lib.loads(values.config.to_json_best_effort())
+  assert {"model.embed_dim", "train.num_epochs"}.isdisjoint(config["auto"])
+  assert "model.hidden_size" in config["auto"] and config["train"]["num_epochs"] == 4

@@ -77,22 +77,31 @@ def define_config_flag(name: str, default: str, help_text: str) -> None:
 
 
 def pin_explicit_overrides(name: str = "config") -> list[str]:
-  """Keys set by --config.* flags win over the config's `auto` rules (taken out of its list).
+  """Explicit values win over the config's `auto` rules: their keys leave its `auto` list.
 
-  Logs which auto keys the command line overrode, with the value that runs; returns them.
+  Explicit: a --config.group.key flag, or a value the config file sets that differs from
+  configs/base.py's default (a file that keeps a key in `auto` but sets it means that value; a
+  value equal to the default cannot be told apart and stays the data's). Logs which auto keys
+  were overridden and the values that run; returns them.
   """
+  import json  # pylint: disable=g-import-not-at-top
   import logging  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
   config = flags.FLAGS[name].value
   overrides = config_flags.get_override_values(flags.FLAGS[name])
-  pinned = run_lib.pin_explicit(config, overrides)
+  flat = run_lib.flatten(json.loads(config.to_json_best_effort()))
+  defaults = base_defaults()
+  in_file = {k: flat[k] for k in config.auto
+             if k not in overrides and k in defaults and flat.get(k) != defaults[k]}
+  pinned = run_lib.pin_explicit(config, {**overrides, **in_file})
   if pinned:
+    said = [f"{k}={overrides[k]!r}" for k in pinned if k in overrides]
+    said += [f"{k}={in_file[k]!r} (set in the config file)" for k in pinned if k in in_file]
     logging.info("explicit values win over the auto rules (lstmrec_jax/auto.py): %s; %s",
-                 ", ".join(f"{k}={overrides[k]!r}" for k in pinned),
-                 f"the data sets the other {len(config.auto)}" if config.auto else
-                 "nothing is left to the data")
+                 ", ".join(said), f"the data sets the other {len(config.auto)}" if config.auto
+                 else "nothing is left to the data")
   return pinned
 
 

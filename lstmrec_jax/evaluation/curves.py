@@ -82,6 +82,9 @@ def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None
   ax_loss.plot(train["step"], train["loss"], color="tab:blue", linewidth=1,
                marker="." if len(train["step"]) < 100 else None)
   ax_loss.set(title="training loss", xlabel="step", ylabel="loss")
+  if not train["step"]:  # a run shorter than train.log_every_steps
+    ax_loss.text(0.5, 0.5, "no loss logged yet\n(every train.log_every_steps steps)",
+                 ha="center", va="center", transform=ax_loss.transAxes)
   for metric, color in zip(VALID_METRICS, ("tab:green", "tab:orange")):
     ax_valid.plot(valid["step"], valid[metric], marker="o", markersize=3, color=color,
                   label=f"valid {metric}")
