@@ -110,7 +110,8 @@ def _config_file_line(argv: list[str], problem: str) -> str:
     hint = ("; a config file imports the recipes as `from lstmrec_jax.configs import base` "
             "(README, Configuration)")
   elif "get_config() takes 0 positional arguments" in problem:
-    hint = "; this recipe takes no ':' argument (':cold' is for beauty_content, ml100k_content)"
+    takes = [name for name, path in recipes.recipes().items() if recipes.takes_argument(path)]
+    hint = f"; this recipe takes no ':' argument (':cold' is for {', '.join(takes)})"
   return f"error: --config {_config_arg(argv) or 'the default config'}: {problem}{hint}"
 
 
@@ -196,7 +197,7 @@ def config_help() -> list[str]:
   for name, path in recipes.recipes().items():
     source = path.read_text()
     summary = (ast.get_docstring(ast.parse(source)) or "").strip().splitlines()
-    arg = " (:cold)" if "def get_config(arg" in source else ""
+    arg = " (:cold)" if recipes.takes_argument(path) else ""
     out.append(f"  {name + arg:<24}{summary[0] if summary else ''}")
   return out
 

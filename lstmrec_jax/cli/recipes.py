@@ -26,6 +26,11 @@ def recipes(folder: str = "") -> dict[str, pathlib.Path]:
   return {p.stem: p for p in sorted(root.glob("*.py")) if p.stem not in ("__init__", "base")}
 
 
+def takes_argument(path: pathlib.Path) -> bool:
+  """Whether a recipe's get_config takes an argument (NAME:ARG), e.g. beauty_content:cold."""
+  return "def get_config(arg" in path.read_text()
+
+
 def resolve_config_file(value: str, flag: str = "--config", folder: str = "") -> str:
   """A --config value as config_flags loads it: a recipe's name becomes its bundled file.
 
