@@ -211,13 +211,16 @@ def run_main(body: Callable[[], None], *, borrowed: tuple[str, ...] = ()) -> Non
   """
   from absl import app
 
-  if wants_help(sys.argv):
-    print(help_text(body.__module__, borrowed))
-    raise SystemExit(0)
-  if "--helpfull" in sys.argv[1:]:
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    print(help_text(body.__module__, borrowed), "", "Every flag:", flags.FLAGS.get_help(),
-          sep="\n")
+  if wants_help(sys.argv) or "--helpfull" in sys.argv[1:]:
+    text = help_text(body.__module__, borrowed)
+    if not wants_help(sys.argv):
+      from absl import flags  # pylint: disable=g-import-not-at-top
+      text += "\n\nEvery flag:\n" + flags.FLAGS.get_help()
+    try:
+      print(text)
+      sys.stdout.flush()
+    except BrokenPipeError:  # `--help | head`: the reader left, nothing to report
+      sys.stdout = None
     raise SystemExit(0)
 
   def main(argv):
