@@ -48,7 +48,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.min_item_events = 0  # k-core: items with fewer events are dropped (0 = off)
   c.data.split = "loo"  # loo (leave-one-out) | temporal (global time cut points)
   c.data.temporal_fractions = (0.8, 0.1, 0.1)  # temporal split: train/valid/test event shares
-  c.data.cache_dir = "cache"  # preprocessed arrays, keyed by source bytes + options ("" = off)
+  # Preprocessed arrays, keyed by source bytes + options, shared by every run on the same data;
+  # "~" is the home folder ("" = off). Never the working directory.
+  c.data.cache_dir = "~/.cache/lstmrec_jax"
   c.data.synthetic = ml_collections.ConfigDict()  # synthetic_log kwargs (num_users, num_items, seed)
 
   c.input = ml_collections.ConfigDict()

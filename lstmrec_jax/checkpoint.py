@@ -17,8 +17,10 @@ second process out of a workdir.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging as std_logging
 import os
 import time
 from typing import Any
@@ -172,6 +174,25 @@ def _is_legacy(step_dir) -> bool:
     return False
 
 
+class _DropReadOnlyNotice(std_logging.Filter):
+  """Orbax warns "Given directory is read only=..." for every read-only manager it builds: that
+  is what evaluation, export and loading ask for, not a problem to report."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notice():
+  absl_logger = std_logging.getLogger("absl")  # Orbax logs through absl.logging
+  notice = _DropReadOnlyNotice()
+  absl_logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(notice)
+
+
 class Checkpointer:
   """The latest and best checkpoints of one workdir."""
 
@@ -180,19 +201,23 @@ class Checkpointer:
     workdir = paths.workdir_path(workdir)  # gs://bucket/run reaches Orbax as a bucket path
     common = dict(enable_async_checkpointing=async_save, read_only=read_only,
                   create=not read_only)
+    if read_only:  # what Orbax would force (with a warning each) on a read-only manager
+      common.update(save_interval_steps=0)
+    keep_at_most = lambda n: None if read_only else n
     # Both managers save the same step; with several processes Orbax's barriers are named by
     # step, so each manager needs its own prefix or the two saves collide and hang.
     prefixed = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
-    self.latest = ocp.CheckpointManager(
-        workdir / "checkpoints", item_names=("params", "train", "meta"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common,
-                                             multiprocessing_options=prefixed("latest")))
+    with _quiet_read_only_notice():
+      self.latest = ocp.CheckpointManager(
+          workdir / "checkpoints", item_names=("params", "train", "meta"),
+          options=ocp.CheckpointManagerOptions(max_to_keep=keep_at_most(keep), **common,
+                                               multiprocessing_options=prefixed("latest")))
+      self.best = ocp.CheckpointManager(
+          workdir / "best", item_names=("params", "train", "meta"),
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=keep_at_most(BEST_KEEP), best_fn=lambda m: m[BEST_METRIC],
+              best_mode="max", **common, multiprocessing_options=prefixed("best")))
     self.workdir, self.read_only = workdir, read_only
-    self.best = ocp.CheckpointManager(
-        workdir / "best", item_names=("params", "train", "meta"),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=BEST_KEEP, best_fn=lambda m: m[BEST_METRIC], best_mode="max", **common,
-            multiprocessing_options=prefixed("best")))
     self._saved: dict[str, set[int]] = {"latest": set(), "best": set()}
     self._broken: set[tuple[str, int]] = set()
 

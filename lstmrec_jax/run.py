@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
@@ -45,8 +45,10 @@ from lstmrec_jax.losses import adversarial as adversarial_lib
 
 GROUPS = ("data", "input", "model", "loss", "optim", "train", "eval", "cold_start",
           "adversarial", "augment")
-# Keys that may differ between a workdir's saved config and the config that resumes it.
-RESUMABLE_KEYS = ("train.stop_after_steps", "train.progress_bar", "train.num_devices")
+# Keys that may differ between a workdir's saved config and the config that resumes it (the
+# dataset cache is keyed by the data's bytes and options: where it lives changes no number).
+RESUMABLE_KEYS = ("train.stop_after_steps", "train.progress_bar", "train.num_devices",
+                  "data.cache_dir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +306,25 @@ class Run:
   def optimizer(self, total_steps: int, steps_per_epoch: int | None = None
                 ) -> optax.GradientTransformation:
     return optim.make_optimizer(self.spec.optim, total_steps, steps_per_epoch)
+
+
+def pin_explicit(config: Any, keys: Iterable[str]) -> list[str]:
+  """Takes `keys` out of `config`'s `auto` list (in place): an explicit value wins over the data.
+
+  A key set explicitly (a `--config.group.key=v` flag, a value a tuning trial samples) keeps
+  that value: `build_run` sets only the keys still listed in `auto`, and config.json, the search
+  table and the run agree. Works on a ConfigDict (locked too) or a plain dict.
+
+  Returns:
+    The keys taken out, in `auto`'s order (for the log), e.g. ["train.num_epochs"] for
+    auto ("model.embed_dim", "train.num_epochs") and keys {"train.num_epochs", "seed"}.
+  """
+  keys = set(keys)
+  auto = tuple(config["auto"])
+  removed = [k for k in auto if k in keys]
+  if removed:
+    config["auto"] = tuple(k for k in auto if k not in keys)
+  return removed
 
 
 def resolve_auto(spec: RunSpec, dataset) -> RunSpec:

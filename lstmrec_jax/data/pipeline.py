@@ -33,6 +33,7 @@ from typing import TypeVar
 from absl import logging
 import numpy as np
 
+from lstmrec_jax.errors import ConfigError
 from lstmrec_jax.data.preprocess import EvalSplit
 from lstmrec_jax.data.preprocess import Sequences
 
@@ -220,8 +221,11 @@ class TrainBatches:
     self.padding_fraction = (1.0 - total / (self.num_rows * max_len)) if self.num_rows else 0.0
     self.steps_per_epoch = self.num_rows // batch_size
     if self.steps_per_epoch == 0:
-      raise ValueError(f"batch_size {batch_size} is larger than the {self.num_rows} training"
-                       f" rows ({self.num_examples} examples, pack={pack}); lower batch_size")
+      # The user's to fix (a small dataset): one line from the entry points, not a traceback.
+      raise ConfigError(f"input.batch_size {batch_size} is larger than the {self.num_rows} "
+                        f"training rows ({self.num_examples} examples, pack={pack}): a dataset "
+                        f"this small needs --config.input.batch_size={max(self.num_rows, 1)} "
+                        "or less")
     # Rows beyond the last full batch are left out each epoch (a different few every epoch).
     self.real_positions_per_epoch = int(round(
         total * self.steps_per_epoch * batch_size / self.num_rows))
@@ -268,6 +272,9 @@ class TrainBatches:
     tf = tf_setup.import_tensorflow()
     tables = self._tf_tables
 
+    # Plain tf ops, no Python control flow: nothing for AutoGraph to convert (it would try,
+    # fail on the enclosing generator and log a warning into every run's log).
+    @tf.autograph.experimental.do_not_convert
     def gather(idx_B):
       batch = {name: tf.gather(table, idx_B) for name, table in tables.items()}
       batch["mask_BxL"] = batch["inputs_BxL"] > 0

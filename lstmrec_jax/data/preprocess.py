@@ -496,7 +496,7 @@ def cache_key(fingerprint: str, options: dict[str, Any]) -> str:
 
 def cache_paths(cache_dir: str | os.PathLike[str], key: str) -> tuple[pathlib.Path, pathlib.Path]:
   """(npz, json) paths of one cache entry."""
-  base = pathlib.Path(cache_dir) / f"dataset-{key[:24]}"
+  base = pathlib.Path(cache_dir).expanduser() / f"dataset-{key[:24]}"
   return base.with_suffix(".npz"), base.with_suffix(".json")
 
 

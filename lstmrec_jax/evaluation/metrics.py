@@ -2,6 +2,11 @@
 
 Shape legend: U users.
 
+MRR is over the whole catalog (a target at rank 500 still adds 1/501); MRR@10 counts only the top
+10 (0 beyond), as most papers and RecBole report it: compare MRR@10 with MRR@10. Every user has one
+held-out target, so RecBole's Recall@k (hits / relevant items) equals HR@k here; it is not
+reported twice.
+
 A rank is 0-based: the number of catalog items ahead of the target (`scoring.ranks.target_ranks`).
 NONFINITE_RANK (a user whose scores were not finite) is a miss at every k and counted as
 `nonfinite_users`, so a broken model can never look good.
@@ -32,12 +37,13 @@ SEEN_TARGETS = config_keys.SEEN_TARGETS  # eval.seen_targets
 def metrics_from_ranks(ranks_U: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float | None]:
   """HR@k, NDCG@k (one relevant item) and MRR from 0-based ranks; NONFINITE_RANK is a miss.
 
-  Example: ranks [0, 3] -> HR@1 0.5, HR@5 1.0, NDCG@5 (1 + 1/log2(5)) / 2, MRR (1 + 1/4) / 2.
+  Example: ranks [0, 3] -> HR@1 0.5, HR@5 1.0, NDCG@5 (1 + 1/log2(5)) / 2, MRR (1 + 1/4) / 2;
+  ranks [0, 12] -> MRR (1 + 1/13) / 2, MRR@10 1 / 2.
   """
   ranks = np.asarray(ranks_U, np.float64)
   if ranks.size == 0:  # None, not NaN: the report stays strict JSON and comparable
     return {**{f"HR@{k}": None for k in ks}, **{f"NDCG@{k}": None for k in ks if k > 1},
-            "MRR": None, "users": 0}
+            "MRR": None, "MRR@10": None, "users": 0}
   out: dict[str, float] = {}
   for k in ks:
     out[f"HR@{k}"] = float(np.mean(ranks < k))
@@ -45,6 +51,7 @@ def metrics_from_ranks(ranks_U: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> d
     if k > 1:
       out[f"NDCG@{k}"] = float(np.mean(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)))
   out["MRR"] = float(np.mean(np.where(ranks >= SEEN_TARGET_RANK, 0.0, 1.0 / (ranks + 1.0))))
+  out["MRR@10"] = float(np.mean(np.where(ranks < 10, 1.0 / (ranks + 1.0), 0.0)))
   out["users"] = int(ranks.size)
   nonfinite = int(np.sum(ranks >= NONFINITE_RANK))
   if nonfinite:  # reported only when it happens: the keys of a healthy report stay the same

@@ -94,7 +94,7 @@ def _cell(value: float | None, width: int) -> str:
 
 
 def format_table(report: dict[str, Any], keys: Sequence[str] = (
-    "HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")) -> str:
+    "HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR@10", "MRR")) -> str:
   """A plain-text table of model vs popularity per split, then the history-length breakdown."""
   seen_targets = report.get("seen_targets", "rankable")  # reports from before the key: rankable
   other = [s for s in metrics.SEEN_TARGETS if s != seen_targets][0]
@@ -103,12 +103,13 @@ def format_table(report: dict[str, Any], keys: Sequence[str] = (
   for split_name, split_rep in report["splits"].items():
     for scorer in ("model", "popularity"):
       row = split_rep[scorer]["overall"]
-      lines.append(f"{split_name:<8}{scorer:<26}" + "".join(_cell(row[k], 9) for k in keys))
+      # .get: a report saved before a metric existed (MRR@10) shows "-" there
+      lines.append(f"{split_name:<8}{scorer:<26}" + "".join(_cell(row.get(k), 9) for k in keys))
       both = split_rep[scorer].get("by_seen_targets")
       if both:  # repeated targets in this split: the other protocol's numbers too
         label = f"{scorer}, {OTHER_LABEL[seen_targets]}"
         lines.append(f"{split_name:<8}{label:<26}"
-                     + "".join(_cell(both[other][k], 9) for k in keys))
+                     + "".join(_cell(both[other].get(k), 9) for k in keys))
     n = split_rep["model"].get("repeated_targets", 0)
     if n:
       notes.append(f"{split_name}: {n} of {split_rep['model']['overall']['users']} targets repeat "
@@ -128,7 +129,8 @@ def format_table(report: dict[str, Any], keys: Sequence[str] = (
   return "\n".join(lines) + (("\n" + extra) if extra else "")
 
 
-SUMMARY_KEYS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")
+SUMMARY_KEYS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR@10", "MRR")
+LATER_KEYS = ("MRR@10",)  # reports written before 2026-12-04 lack them
 
 
 def summarize_reports(reports: Sequence[dict[str, Any]], split: str = "test",
@@ -140,6 +142,10 @@ def summarize_reports(reports: Sequence[dict[str, Any]], split: str = "test",
   """
   if not reports:
     raise ValueError("no reports to summarize")
+  # A metric added later (MRR@10) is left out when a report saved before it lacks it.
+  keys = [k for k in keys if k not in LATER_KEYS or all(
+      k in r.get("splits", {}).get(split, {}).get("model", {}).get("overall", {})
+      for r in reports)]
   out: dict[str, Any] = {"runs": len(reports), "split": split, "per_run": []}
   for scorer in ("model", "popularity"):
     values = {}

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -37,23 +38,40 @@ def check_saved_config(workdir: epath.Path, config: Mapping[str, Any],
                        defaults: Mapping[str, Any] | None = None) -> None:
   """Writes config.json on a fresh run; on resume, refuses a config that changed the run.
 
+  A workdir whose earlier run stopped before its first checkpoint (a config or data error) has
+  nothing to resume: its config.json (and data.json) are replaced, so the corrected command runs.
+
   `defaults` (flattened "group.key" -> value, from configs/base.py via the entry point) lets a
   workdir saved before a key existed resume while the key holds its default.
   """
   path = workdir / "config.json"
   current = json.loads(json.dumps(config_keys.plain(config)))  # tuples as JSON lists, as saved
+  changed = []
   if path.exists():
     a, b = run_lib.flatten(run_lib.read_workdir_config(workdir)), run_lib.flatten(current)
     defaults = defaults or {}
     changed = sorted(k for k in set(a) | set(b)
                      if a.get(k) != b.get(k) and k not in run_lib.RESUMABLE_KEYS
                      and not (k not in a and k in defaults and b[k] == defaults[k]))
-    if changed:
+    if changed and _trained(workdir):
       raise ConfigError(
           f"{workdir} holds a run with a different config ({', '.join(changed)}); use another "
           "--workdir or the same config to resume")
-  elif jax.process_index() == 0:
+    if changed:  # a run that stopped before its first checkpoint (e.g. a config error): retry
+      logging.info("%s: nothing trained yet, its config is replaced (%s changed)", workdir,
+                   ", ".join(changed))
+  if (not path.exists() or changed) and jax.process_index() == 0:
+    (workdir / "data.json").unlink(missing_ok=True)  # of the earlier attempt's data, if any
     paths.replace_text(path, json.dumps(current, indent=2, sort_keys=True))
+
+
+def _trained(workdir: epath.Path) -> bool:
+  """Whether any checkpoint (a step folder of checkpoints/ or best/) was written in `workdir`."""
+  for name in ("checkpoints", "best"):
+    folder = workdir / name
+    if folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir()):
+      return True
+  return False
 
 
 class _Logger:
@@ -168,6 +186,13 @@ class _Preemption:
     for sig, handler in self.previous.items():
       signal.signal(sig, handler)
     self.previous = {}
+
+
+def _stderr_is_terminal() -> bool:
+  try:
+    return sys.stderr.isatty()
+  except (AttributeError, ValueError):  # replaced or closed stderr
+    return False
 
 
 def eval_period(tr: run_lib.TrainConfig, steps_per_epoch: int) -> int:
@@ -293,8 +318,11 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
   logger = _Logger(workdir)
   step = int(state.step)
   stop_after = tr.stop_after_steps
+  # No bar into a file or pipe: its carriage returns would fill a redirected log (validation
+  # lines are still written, and metrics.jsonl has every loss).
   bar = tqdm.tqdm(total=total_steps, initial=step, disable=not tr.progress_bar
-                  or jax.process_index() != 0, mininterval=1.0, unit="step", dynamic_ncols=True)
+                  or jax.process_index() != 0 or not _stderr_is_terminal(), mininterval=1.0,
+                  unit="step", dynamic_ncols=True)
   window_loss, window_positions, window_start = [], 0, time.perf_counter()
   stopped = meta["stopped_early"] or step >= total_steps
   start_epoch = step // steps_per_epoch
