@@ -70,6 +70,9 @@ def test_endpoints_answer_as_the_python_api(rec):
     assert got["items"] == rec.recommend(history, k=3, allow=allow).items
     empty = client.post("/recommend", json={"history": [], "k": 5}).json()
     assert empty["fallback"] and empty["items"] == rec.recommend([], k=5).items
+    # A user_id with no stored event follows the same rule: popularity, fallback true (no 404).
+    stranger = client.post("/recommend", json={"user_id": "nobody-here", "k": 5})
+    assert stranger.status_code == 200 and stranger.json() == empty
 
 
 BAD = [
@@ -83,7 +86,6 @@ BAD = [
     ("item wrong type", {"history": [[1]]}, 422),
     ("neither history nor user", {"k": 3}, 422),
     ("both history and user", {"history": [1], "user_id": "u", "k": 3}, 422),
-    ("unknown user", {"user_id": "nobody-here", "k": 3}, 404),
     ("oversized history", {"history": [1] * 65}, 413),
     ("oversized allow", {"history": [1], "allow": [1] * 17}, 413),
 ]
@@ -188,8 +190,10 @@ def test_memory_store_persists_at_an_interval(tmp_path):
   deadline = time.time() + 5
   while not (tmp_path / "s.npz").is_file() and time.time() < deadline:
     time.sleep(0.05)
-  reread = store_lib.MemoryStore(tmp_path / "s.npz", interval_s=0).get_many(["a", "b"])
+  reread, _ = store_lib._read_npz(tmp_path / "s.npz")  # pylint: disable=protected-access
   assert list(reread) == ["a"] and reread["a"].seen.tolist() == [3, 4]
+  with pytest.raises(store_lib.ConfigError, match="in use by process"):  # one server per state
+    store_lib.MemoryStore(tmp_path / "s.npz")
   store.close()
 
 

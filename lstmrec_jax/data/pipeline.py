@@ -34,6 +34,7 @@ from absl import logging
 import numpy as np
 
 from lstmrec_jax.data.preprocess import EvalSplit
+from lstmrec_jax.errors import ConfigError
 from lstmrec_jax.data.preprocess import Sequences
 
 BACKENDS = ("tf", "numpy", "auto")
@@ -220,8 +221,9 @@ class TrainBatches:
     self.padding_fraction = (1.0 - total / (self.num_rows * max_len)) if self.num_rows else 0.0
     self.steps_per_epoch = self.num_rows // batch_size
     if self.steps_per_epoch == 0:
-      raise ValueError(f"batch_size {batch_size} is larger than the {self.num_rows} training"
-                       f" rows ({self.num_examples} examples, pack={pack}); lower batch_size")
+      raise ConfigError(f"input.batch_size={batch_size} is larger than the {self.num_rows} "
+                        f"training rows ({self.num_examples} examples of the data, pack={pack}): "
+                        f"lower input.batch_size to <= {max(self.num_rows, 1)}")
     # Rows beyond the last full batch are left out each epoch (a different few every epoch).
     self.real_positions_per_epoch = int(round(
         total * self.steps_per_epoch * batch_size / self.num_rows))
