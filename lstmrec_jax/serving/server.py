@@ -76,7 +76,9 @@ class ServerConfig:
 
 
 # Compiles happen in the XLA backend; counting them process-wide is what "no recompiles" means.
+# A compile served by JAX's persistent cache counts too, and also as a cache hit.
 _COMPILES = [0]
+_CACHE_HITS = [0]
 
 
 def _count_compiles(event: str, *args, **kwargs) -> None:
@@ -85,12 +87,24 @@ def _count_compiles(event: str, *args, **kwargs) -> None:
     _COMPILES[0] += 1
 
 
+def _count_cache_hits(event: str, **kwargs) -> None:
+  del kwargs
+  if event == "/jax/compilation_cache/cache_hits":
+    _CACHE_HITS[0] += 1
+
+
 jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+jax.monitoring.register_event_listener(_count_cache_hits)
 
 
 def compile_count() -> int:
-  """XLA compiles in this process so far."""
+  """XLA compiles in this process so far (persistent-cache hits included)."""
   return _COMPILES[0]
+
+
+def cache_hit_count() -> int:
+  """Compiles answered by JAX's persistent compilation cache so far."""
+  return _CACHE_HITS[0]
 
 
 # The fixed cost of one encode call in units of padded (row x step) work: on the Beauty model
@@ -277,10 +291,11 @@ class Service:
       if n:
         logging.info("state store: replayed %d journaled events in %.1fs", n, time.time() - t)
     if warm_up and not self.warm:
-      t = time.time()
+      t, hits = time.time(), cache_hit_count()
       n = self.warm_up()
       self.warm = True
-      logging.info("warm-up: %d compiles in %.1fs", n, time.time() - t)
+      logging.info("warm-up: %d compiles (%d from the persistent compilation cache) in %.1fs", n,
+                   cache_hit_count() - hits, time.time() - t)
 
   # ------------------------------------------------------------------ one batch of requests
 
@@ -568,6 +583,12 @@ class Batcher:
       self._ping_at = time.time()
       self._ping = asyncio.ensure_future(self._ping_once())
     ok, error = await asyncio.shield(self._ping)
+    if ok and not self.store_health["ok"]:
+      if self.store_health["since"] > self._ping_at:  # a batch's call failed after this ping
+        ok, error = False, self.store_health["error"]
+      else:  # a ping sent after the failure got through: the store answers again
+        logging.info("state store answers again")
+        self.store_health = {"ok": True, "error": None, "since": time.time()}
     info.update(ok=ok, **({"error": error} if error else {}))
     return info
 
@@ -718,7 +739,7 @@ def create_app(service: Service, *, warm_up: bool = True, max_body_bytes: int = 
     del data
     return {"model": rec.metadata(), "server": dataclasses.asdict(cfg),
             "store": service.store.describe(), "batches": dict(service.stats),
-            "compiles": compile_count(),
+            "compiles": compile_count(), "compile_cache_hits": cache_hit_count(),
             "buckets": {"batch": service.batch_buckets, "history": service.len_buckets,
                         "exclude": service.exclude_buckets, "allow": service.allow_buckets,
                         "events": service.event_buckets}}
