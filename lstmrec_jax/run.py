@@ -351,6 +351,7 @@ def build_run(spec: RunSpec, *, num_devices: int | None = None, dataset=None) ->
   """
   dataset = load_data(spec) if dataset is None else dataset
   spec = resolve_auto(spec, dataset)
+  check_max_len(spec, dataset)
   model_cfg = spec.model_config(int(dataset.num_items))
   graphdef, params, consts = model_lib.create_model(model_cfg, spec.seed,
                                                     **model_inputs(dataset, model_cfg))
@@ -366,6 +367,38 @@ def build_run(spec: RunSpec, *, num_devices: int | None = None, dataset=None) ->
                      ("input.eval_batch_size", spec.input.eval_batch_size)):
     mesh_lib.check_global_batch_size(size, mesh, what)
   return Run(spec, dataset, model_cfg, graphdef, params, mesh_lib.replicate(consts, mesh), mesh)
+
+
+def _physical_memory() -> int:
+  """Bytes of RAM of this machine (0 when unknown)."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return 0
+
+
+def check_max_len(spec: RunSpec, dataset) -> None:
+  """Refuses an `input.max_len` far past the data that could not fit in memory, in one line.
+
+  Every evaluation batch is `eval_batch_size x max_len` steps whatever the histories' lengths,
+  and the recurrence's gates over it are `x 4H` floats: `input.max_len=100000` asked for ~52 GB.
+  A max_len longer than every history is refused only when that estimate is over half the
+  machine's memory (a few padded steps past the longest history cost nothing and are kept).
+  """
+  inp, m = spec.input, spec.model
+  longest = max(int(dataset.train.lengths_U.max(initial=0)),
+                int(dataset.test.history.lengths_U.max(initial=0)))
+  if inp.max_len <= longest:
+    return
+  width = 4 * max(m.hidden_size, m.embed_dim)
+  need = inp.eval_batch_size * inp.max_len * width * 4
+  memory = _physical_memory()
+  if memory and need > memory // 2:
+    raise ConfigError(
+        f"input.max_len={inp.max_len} is longer than the longest history in the data ({longest} "
+        f"events) and would need ~{need / 2**30:.0f} GiB per evaluation batch "
+        f"({inp.eval_batch_size} users x {inp.max_len} steps x {width} floats; this machine has "
+        f"{memory / 2**30:.0f} GiB): use input.max_len <= {longest}")
 
 
 def read_workdir_config(workdir: str | os.PathLike) -> dict[str, Any]:
@@ -391,7 +424,9 @@ def data_signature(dataset) -> dict[str, Any]:
           "sha256": h.hexdigest()}
 
 
-def check_data_signature(workdir: str | os.PathLike, dataset) -> None:
+def check_data_signature(workdir: str | os.PathLike, dataset, *,
+                         fix: str = "pass the run's own data, or --allow_other_data to evaluate on "
+                                    "this data anyway") -> None:
   """Refuses data other than what the workdir trained on (its data.json), in one line."""
   path = paths.workdir_path(workdir) / "data.json"
   if not path.is_file():
@@ -401,5 +436,4 @@ def check_data_signature(workdir: str | os.PathLike, dataset) -> None:
     diff = ", ".join(f"{k} {saved.get(k)} -> {now[k]}" for k in ("num_users", "num_items")
                      if saved.get(k) != now[k]) or "same sizes, different events"
     raise ConfigError(f"{workdir} was trained on other data than {dataset.source} ({diff}); "
-                      "metrics would be wrong: pass the run's own data, or --allow_other_data "
-                      "to evaluate on this data anyway")
+                      f"metrics would be wrong: {fix}")

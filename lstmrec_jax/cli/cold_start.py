@@ -51,6 +51,7 @@ def main() -> None:
   from lstmrec_jax.evaluation import cold_start  # pylint: disable=g-import-not-at-top
   reports = {}
   for workdir in FLAGS.workdirs:
+    common.load_plugins(workdir)  # eval.py's --plugins / --trust_plugins
     rep = workdir_lib.evaluate_cold_start(workdir, which=FLAGS.checkpoint, splits=FLAGS.splits,
                                           spec=common.workdir_spec(workdir, FLAGS.data_path))
     name = f"{os.path.basename(os.path.normpath(workdir))} ({rep['item_mode']})"

@@ -124,20 +124,25 @@ def define_plugin_flag() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_list("plugins", [], "Modules (my_pkg.encoders) or .py files imported before the "
                     "config is validated, so model.encoder / item_mode / loss.kind can name what "
-                    "they register; train.py records them in the workdir for eval and serving.")
+                    "they register; train.py records them in the workdir (plugins.json).")
+  flags.DEFINE_bool("trust_plugins", False, "Import the plug-ins a workdir's plugins.json names "
+                    "(they run code): only for a workdir you trust. Without it they must be "
+                    "named with --plugins.")
 
 
 def load_plugins(workdir: str | None = None, *, record: bool = False) -> None:
-  """Imports --plugins and the plug-ins recorded in `workdir`; `record` adds --plugins there."""
+  """Imports --plugins, then the plug-ins recorded in `workdir` when trusted (or named);
+  `record` adds --plugins there."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from lstmrec_jax import plugins  # pylint: disable=g-import-not-at-top
-  if workdir is not None:
-    plugins.load_recorded(workdir)
+  from lstmrec_jax import paths  # pylint: disable=g-import-not-at-top
   loaded = plugins.load(flags.FLAGS.plugins)
+  if workdir is not None:
+    plugins.load_recorded(paths.workdir_path(workdir), trust=flags.FLAGS.trust_plugins)
   if record and workdir is not None:
     import jax  # pylint: disable=g-import-not-at-top
     if jax.process_index() == 0:
-      plugins.record(workdir, loaded)
+      plugins.record(paths.workdir_path(workdir), loaded)
 
 
 def workdir_spec(workdir: str, data_path: str | None = None):

@@ -544,7 +544,7 @@ def save_cached(dataset: SequenceDataset, cache_dir, key: str,
 
 
 def load_cached(cache_dir, key: str) -> SequenceDataset | None:
-  """The cached dataset for `key`, or None when there is none (or it is unreadable)."""
+  """The cached dataset for `key`, or None when there is none (or it is unreadable: rebuilt)."""
   npz_path, json_path = cache_paths(cache_dir, key)
   if not (npz_path.is_file() and json_path.is_file()):
     return None
@@ -554,21 +554,25 @@ def load_cached(cache_dir, key: str) -> SequenceDataset | None:
       return None
     with np.load(npz_path, allow_pickle=False) as z:
       a = {k: z[k] for k in z.files}
-  except (OSError, ValueError, KeyError) as e:
-    logging.warning("ignoring unreadable dataset cache %s: %s", npz_path, e)
+
+    def split(name):
+      return EvalSplit(a[f"{name}_users"], Sequences(a[f"{name}_offsets"], a[f"{name}_items"]),
+                       a[f"{name}_targets"])
+
+    dataset = SequenceDataset(
+        num_items=meta["num_items"], num_users=meta["num_users"], item_keys=a["item_keys"],
+        user_keys=a["user_keys"], train=Sequences(a["train_offsets"], a["train_items"]),
+        valid=split("valid"), test=split("test"),
+        item_attrs=Sequences(a["attr_offsets"], a["attr_items"]), num_attrs=meta["num_attrs"],
+        item_titles=_unpack_strings(a["titles_blob"], a["titles_offsets"]),
+        attribute_names=_unpack_strings(a["names_blob"], a["names_offsets"]),
+        item_counts_V=a["item_counts"], split=meta["split"], source=meta["source"],
+        stats=meta["stats"])
+  except Exception as e:  # pylint: disable=broad-except
+    # A damaged entry (BadZipFile, a bad CRC, EOFError, zlib.error, a missing array, ...) is
+    # rebuilt from the source, never fatal.
+    logging.warning("ignoring unreadable dataset cache %s (%s: %s); rebuilding it", npz_path,
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
     return None
-
-  def split(name):
-    return EvalSplit(a[f"{name}_users"], Sequences(a[f"{name}_offsets"], a[f"{name}_items"]),
-                     a[f"{name}_targets"])
-
   logging.info("loaded dataset cache %s", npz_path)
-  return SequenceDataset(
-      num_items=meta["num_items"], num_users=meta["num_users"], item_keys=a["item_keys"],
-      user_keys=a["user_keys"], train=Sequences(a["train_offsets"], a["train_items"]),
-      valid=split("valid"), test=split("test"),
-      item_attrs=Sequences(a["attr_offsets"], a["attr_items"]), num_attrs=meta["num_attrs"],
-      item_titles=_unpack_strings(a["titles_blob"], a["titles_offsets"]),
-      attribute_names=_unpack_strings(a["names_blob"], a["names_offsets"]),
-      item_counts_V=a["item_counts"], split=meta["split"], source=meta["source"],
-      stats=meta["stats"])
+  return dataset

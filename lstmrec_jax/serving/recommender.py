@@ -32,7 +32,8 @@ from lstmrec_jax.serving import bundle as bundle_lib
 
 
 class Recommendations(list):
-  """`[(raw item id, score), ...]`, best first; `.unknown` counts skipped unknown history ids.
+  """`[(raw item id, score), ...]`, best first (`.items`, `.scores`); `.unknown` counts skipped
+  unknown history ids.
 
   `.fallback` is True when the user had no known event (popularity ranked the catalog).
   """
@@ -46,6 +47,11 @@ class Recommendations(list):
   def items(self) -> list[Any]:
     """The raw item ids alone."""
     return [item for item, _ in self]
+
+  @property
+  def scores(self) -> list[float]:
+    """The scores alone, in the order of `items`."""
+    return [score for _, score in self]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,25 +113,32 @@ class Recommender:
   # ------------------------------------------------------------------ loading
 
   @classmethod
-  def load(cls, path: str | os.PathLike, *, which: str = "best", spec=None) -> Recommender:
+  def load(cls, path: str | os.PathLike, *, which: str = "best", spec=None,
+           trust_plugins: bool = False, expect_sha256: str | None = None) -> Recommender:
     """From an export.py bundle folder, or a train.py workdir (its `which` checkpoint).
 
     A workdir reads its training data once (the raw-id vocabulary, popularity, item content);
-    a bundle never does.
+    a bundle never does, and is verified first (`bundle.load`: checksums, ids, finite
+    parameters; `expect_sha256` pins its digest). A workdir's recorded plug-ins are imported
+    only with `trust_plugins=True` (they run code; see plugins.py).
     """
     path = pathlib.Path(path)
     if (path / "bundle.json").is_file():
-      return cls(bundle_lib.load(path))
-    return cls(bundle_lib.from_workdir(path, which=which, spec=spec))
+      return cls(bundle_lib.load(path, expect_sha256=expect_sha256))
+    return cls(bundle_lib.from_workdir(path, which=which, spec=spec,
+                                       trust_plugins=trust_plugins))
 
   def metadata(self) -> dict[str, Any]:
     """What the model is: encoder, sizes, streaming, source, data fingerprint."""
     m = self.bundle.model
+    meta = dict(self.bundle.meta)
+    # Where the model was trained is no business of a client (it named a local folder).
+    meta["source"] = {k: v for k, v in meta.get("source", {}).items() if k != "workdir"}
     return {"encoder": m.get("encoder"), "item_mode": m.get("item_mode"),
             "num_layers": m.get("num_layers"), "embed_dim": m.get("embed_dim"),
             "hidden_size": m.get("hidden_size"), "num_items": self.num_items - 1,
             "max_len": self.max_len, "streams": self.streams, "state_size": self.layout.size,
-            **self.bundle.meta}
+            **meta}
 
   # ------------------------------------------------------------------ ids
 

@@ -77,13 +77,13 @@ def _trained(workdir: epath.Path) -> bool:
 class _Logger:
   """Scalars to TensorBoard and to metrics.jsonl in the workdir (process 0 only)."""
 
-  def __init__(self, workdir: epath.Path):
+  def __init__(self, workdir: epath.Path, step: int = 0):
     self.active = jax.process_index() == 0
     if self.active:
       from tensorboardX import SummaryWriter
       self.tb = SummaryWriter(str(workdir / "tb"))
       path = workdir / "metrics.jsonl"
-      repair_jsonl(path)
+      repair_jsonl(path, through_step=step)
       self.jsonl = path.open("a")
 
   def write(self, step: int, scalars: dict[str, float], prefix: str = "") -> None:
@@ -103,20 +103,41 @@ class _Logger:
       self.jsonl.close()
 
 
-def repair_jsonl(path: epath.Path) -> bool:
-  """Cuts a torn last line (a kill in the middle of a write) so appends start on a fresh line.
+def repair_jsonl(path: epath.Path, through_step: int | None = None) -> bool:
+  """Cuts a torn last line (a kill in the middle of a write) so appends start on a fresh line,
+  and, resuming at `through_step`, the rows of later steps (the resumed run writes them again).
 
   Example: b'{"step": 1}\\n{"ste' -> b'{"step": 1}\\n'. Returns whether the file was cut.
   """
-  if "://" in str(path) or not path.exists():
+  if paths.is_uri(path) or not path.exists():
     return False
   with open(path, "rb+") as f:
     data = f.read()
-    if not data or data.endswith(b"\n"):
+    keep = data if not data or data.endswith(b"\n") else data[:data.rfind(b"\n") + 1]
+    if keep != data:
+      logging.warning("%s: cut a torn last line (%d bytes)", path, len(data) - len(keep))
+    if through_step is not None:
+      lines = keep.splitlines(keepends=True)
+      kept = [line for line in lines if _row_step(line) <= through_step]
+      if len(kept) != len(lines):
+        logging.warning("%s: dropped %d rows after step %d (written before the kill; the "
+                        "resumed run writes them again)", path, len(lines) - len(kept),
+                        through_step)
+        keep = b"".join(kept)
+    if keep == data:
       return False
-    f.truncate(data.rfind(b"\n") + 1)
-  logging.warning("%s: cut a torn last line (%d bytes)", path, len(data) - data.rfind(b"\n") - 1)
+    f.seek(0)
+    f.write(keep)
+    f.truncate(len(keep))
   return True
+
+
+def _row_step(line: bytes) -> int:
+  """The step of a metrics.jsonl row (-1 when unreadable: kept)."""
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return -1
 
 
 class _LossGuard:
@@ -239,7 +260,11 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
         f"{k}={v}" for k, v in run_lib.auto_resolved(spec).items()))
   dataset, mesh, inp, tr = run.dataset, run.mesh, spec.input, spec.train
   signature_path = workdir / "data.json"
-  if jax.process_index() == 0 and not signature_path.exists():
+  if signature_path.exists():
+    # A resumed run on other data (items swapped, one more item) would train on it silently.
+    run_lib.check_data_signature(workdir, dataset, fix="resume on the run's own data, or train "
+                                                       "on this data in another --workdir")
+  elif jax.process_index() == 0:
     paths.replace_text(signature_path, json.dumps(run_lib.data_signature(dataset), indent=2))
 
   # Plain TrainBatches unless the `augment` group turns a transform on (data/augment.py).
@@ -250,8 +275,8 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
                                   process_count=jax.process_count())
   steps_per_epoch = batches.steps_per_epoch
   if steps_per_epoch < 1:
-    raise ValueError(f"fewer training examples ({batches.num_examples}) than one batch "
-                     f"({inp.batch_size}); lower input.batch_size")
+    raise ConfigError(f"fewer training examples ({batches.num_examples}) than one batch "
+                      f"({inp.batch_size}); lower input.batch_size")
   total_steps = tr.num_epochs * steps_per_epoch
   eval_every = eval_period(tr, steps_per_epoch)
   tx = run.optimizer(total_steps, steps_per_epoch)
@@ -315,8 +340,8 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
       raise DivergenceError(f"non-finite parameters at step {step}: training diverged; lower "
                             "optim.learning_rate; no checkpoint of this step was written")
 
-  logger = _Logger(workdir)
   step = int(state.step)
+  logger = _Logger(workdir, step)
   stop_after = tr.stop_after_steps
   # No bar into a file or pipe: its carriage returns would fill a redirected log (validation
   # lines are still written, and metrics.jsonl has every loss).
