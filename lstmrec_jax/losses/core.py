@@ -17,7 +17,10 @@ The train step picks a loss by name from a registry (`loss.kind`): each register
 
 with `key` a PRNG key for sampled negatives, `log_q_V` the sampling log-probabilities (None unless
 `needs_log_q(kind)`) and `item_mask_V` the candidates of the training softmax (None: all items).
-Add one with `@register_loss("name")`.
+Add one with `@register_loss("name")`. A loss registered with `needs_transitions=True` (the
+offline RL losses of `rl.py`) also gets `transitions=` (the Q heads, the rewards and the terminal
+flags of the logged transitions, built by the train step) and `rl_cfg=` (the `rl` group), and
+returns `(loss, scalars to log)`.
 """
 
 from __future__ import annotations
@@ -525,24 +528,29 @@ def bce_loss(user_NxE: jax.Array, item_table_VxE: jax.Array, item_bias_V: jax.Ar
 
 _LOSSES: dict[str, Callable[..., jax.Array]] = {}
 _NEEDS_LOG_Q: set[str] = set()
+_NEEDS_TRANSITIONS: set[str] = set()
 _VOCAB_PARALLEL: dict[str, Callable[..., jax.Array]] = {}
 
 
-def register_loss(name: str, *, needs_log_q: bool = False, replace: bool = False):
+def register_loss(name: str, *, needs_log_q: bool = False, needs_transitions: bool = False,
+                  replace: bool = False):
   """Decorator registering a loss under `loss.kind = name`.
 
   needs_log_q: the loss samples negatives from `log_q_V` (the trainer then builds it from item
   popularity ** loss.alpha; see `needs_log_q`).
+  needs_transitions: the loss reads the logged transitions (`transitions=`, `rl_cfg=`; the
+  model needs `model.q_head`) and returns `(loss, scalars)`; see `needs_transitions`.
   """
 
   def decorate(fn):
     if name in _LOSSES and _LOSSES[name] is not fn and not replace:
       raise ValueError(f"loss {name!r} is already registered; pass replace=True to override it")
     _LOSSES[name] = fn
-    if needs_log_q:
-      _NEEDS_LOG_Q.add(name)
-    else:
-      _NEEDS_LOG_Q.discard(name)
+    for flag, names in ((needs_log_q, _NEEDS_LOG_Q), (needs_transitions, _NEEDS_TRANSITIONS)):
+      if flag:
+        names.add(name)
+      else:
+        names.discard(name)
     return fn
 
   return decorate
@@ -591,6 +599,11 @@ def loss_names() -> tuple[str, ...]:
 def needs_log_q(kind) -> bool:
   """Whether loss `kind` (a name, or a LossConfig) samples negatives from `log_q_V`."""
   return getattr(kind, "kind", kind) in _NEEDS_LOG_Q
+
+
+def needs_transitions(kind) -> bool:
+  """Whether loss `kind` (a name, or a LossConfig) reads the logged transitions (offline RL)."""
+  return getattr(kind, "kind", kind) in _NEEDS_TRANSITIONS
 
 
 @dataclasses.dataclass(frozen=True)
