@@ -127,7 +127,8 @@ def event_rewards(log, cfg: RewardConfig | None) -> np.ndarray:
   missing = [(str(name), int((inverse == i).sum())) for i, name in enumerate(names)
              if str(name) not in cfg.labels]
   if missing:
-    listed = ", ".join(f"{name!r} ({count} events)" for name, count in missing[:5])
+    listed = ", ".join(f"{name!r} ({count} event{'s' * (count != 1)})"
+                       for name, count in missing[:5])
     raise DataError(f"{log.source}: feedback label(s) {listed} not in reward.labels "
                     f"({', '.join(map(repr, cfg.labels))})")
   values = np.asarray([cfg.labels[str(name)] for name in names], np.float32)

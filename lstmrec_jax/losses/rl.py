@@ -190,15 +190,14 @@ def td_terms(user_NxE, targets_N, weights_N, tr: Transitions, *, discount: float
 
 def negative_actions(key: jax.Array, targets_N: jax.Array, num_items: int,
                      count: int) -> jax.Array:
-  """int32 [N, J]: items drawn uniformly from 1..V-1, never the position's own target.
+  """int32 [N, J]: items drawn uniformly from 1..V-1 without the position's own target.
 
-  A draw equal to the target moves to the next id (wrapping past V-1 to 1): uniform over the
-  other V-2 items. Example: V = 4, target 3, draw 3 -> 1.
+  A draw d from 1..V-2 stands for d when d < target and for d + 1 otherwise: uniform over the
+  other V-2 items. Example: V = 4, target 2: draws 1, 2 -> items 1, 3.
   """
   n = targets_N.shape[0]
-  draws = jax.random.randint(key, (n, count), 1, num_items, jnp.int32)
-  clash = draws == targets_N[:, None]
-  return jnp.where(clash, draws % (num_items - 1) + 1, draws)
+  draws = jax.random.randint(key, (n, count), 1, max(num_items - 1, 2), jnp.int32)
+  return jnp.where(draws >= targets_N[:, None], draws + 1, draws).astype(jnp.int32)
 
 
 def _weighted_ce(user_NxE, table_VxE, bias_V, targets_N, weights_N, factor_N, cfg, item_mask_V):

@@ -12,6 +12,8 @@ A bundle folder holds:
   observe.jax   jax.export (StableHLO) of observe(state_BxS f32, item_ids_B i32) -> state_BxS
   top_k.jax     jax.export of top_k(state_BxS f32, exclude_BxX i32) -> (ids_BxK i32,
                 scores_BxK f32), K = bundle.json's export_k; both with a symbolic batch (and X)
+  top_k_q.jax   the same ranked by the Q head, for a model with Q heads (an offline RL loss);
+                `Recommender.recommend(..., head="q")` on a loaded bundle ranks the same way
 The exported functions carry the parameters as constants: a process with only jax and numpy
 (not this project) deserializes and calls them (`jax.export.deserialize(bytes).call(...)`).
 """
@@ -183,8 +185,8 @@ def load(path: str | os.PathLike) -> Bundle:
   item_keys = json.loads((path / "items.json").read_text())
   rest = {k: meta[k] for k in ("source", "dataset", "exported", "created", "jax_version")
           if k in meta}
-  # Bundles written before model.vocab_shards existed hold unsplit tables.
-  model = {"vocab_shards": 1, **meta["model"]}
+  # Bundles written before model.vocab_shards / model.q_head existed: unsplit, no Q heads.
+  model = {"vocab_shards": 1, "q_head": False, **meta["model"]}
   return Bundle(model=model, num_items=meta["num_items"], max_len=meta["max_len"],
                 seed=meta["seed"], params=params, item_keys=item_keys,
                 popularity_V=popularity_V, content=content, meta=rest)
@@ -211,7 +213,17 @@ def export_functions_to(bundle: Bundle, out: pathlib.Path, *, k: int) -> dict[st
   ranked = jax.export.export(jax.jit(top_k))(state, jax.ShapeDtypeStruct((b, x), jnp.int32))
   (out / "observe.jax").write_bytes(observed.serialize())
   (out / "top_k.jax").write_bytes(ranked.serialize())
-  return {"state_size": layout.size, "k": k, "platforms": list(observed.platforms),
+  heads = {}
+  if tables.q_fallback_VxF is not None:
+
+    def top_k_q(state_BxS, exclude_BxX):
+      user_BxE, count_B = fns.user_of(layout, state_BxS)
+      return fns.rank(tables, user_BxE, count_B, exclude_BxX, k=k, head="q")
+
+    ranked_q = jax.export.export(jax.jit(top_k_q))(state, jax.ShapeDtypeStruct((b, x), jnp.int32))
+    (out / "top_k_q.jax").write_bytes(ranked_q.serialize())
+    heads = {"top_k_q": "top_k_q.jax: top_k ranked by the Q head (same arguments and results)"}
+  return {"state_size": layout.size, "k": k, "platforms": list(observed.platforms), **heads,
           "observe": "observe.jax: (state_BxS f32, item_ids_B i32; 0 = no event) -> state_BxS",
           "top_k": "top_k.jax: (state_BxS f32, exclude_BxX i32; 0 = none) -> (ids_BxK i32 dense, "
                    "scores_BxK f32)",
