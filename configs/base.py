@@ -144,7 +144,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.rl.discount = 0.5  # gamma of the one-step double-Q TD target, in [0, 1)
   c.rl.q_weight = 1.0  # weight of the TD loss(es) beside the cross-entropy, >= 0
   c.rl.warmup_epochs = 10.0  # sac, sa2c: epochs of plain CE + TD before the CE is weighted, >= 0
-  c.rl.negatives = 10  # sa2c: unobserved items drawn uniformly per position, >= 1
+  c.rl.negatives = 10  # sa2c: J, unobserved items each position counts (SA2C's N), >= 1
+  c.rl.negative_pool = 64  # sa2c: items drawn uniformly per step, shared by all positions, >= 1
   c.rl.negative_reward = 0.0  # sa2c: the reward of an unobserved item
   c.rl.advantage_max = 10.0  # sa2c: the CE weight is the advantage clipped to [0, this], > 0
 

@@ -27,14 +27,17 @@ the argmax (measured: benchmarks/rl_step_cost.py).
   SAC  (the same paper's actor-critic): CE_t + q_weight * L_Q for `warmup_epochs`, then
        sg(max(Q_main(s_t, a_t), 0)) * CE_t + q_weight * L_Q (the raw Q of the logged action as
        the CE weight; clipped at 0, since a negative weight would ascend the CE)
-  SA2C (Xin et al., WSDM 2022): SQN plus J unobserved actions n_j per position, drawn uniformly
-       (never the logged item), with reward `negative_reward` and the current state as their next
-       state (the user did not move):
+  SA2C (Xin et al., WSDM 2022): SQN plus J unobserved actions per position with reward
+       `negative_reward` and the current state as their next state (the user did not move):
          y-_t = negative_reward + discount * Q_target(s_t, a*_t)
-         L_Q- = sum_j 1/2 (y-_t - Q_main(s_t, n_j))^2
+         L_Q- = J * mean_n 1/2 (y-_t - Q_main(s_t, n))^2
        and after `warmup_epochs` the CE weighted by the clipped advantage
-         A_t = clip(Q(s_t, a_t) - mean(Q(s_t, a_t), Q(s_t, n_1..n_J)), 0, advantage_max)
-       Phase 1 (CE + L_Q + L_Q-) is SNQN.
+         A_t = clip(Q(s_t, a_t) - (Q(s_t, a_t) + J * mean_n Q(s_t, n)) / (1 + J), 0, advantage_max)
+       with the mean over `negative_pool` items drawn uniformly per step and shared by all
+       positions (a position's own target left out). The SA2C code draws J = 10 per transition;
+       the shared pool is the same in expectation (J x the mean = the sum over J draws) and one
+       N x pool product instead of N x J row gathers and their scatter-add gradient (measured:
+       benchmarks/rl_step_cost.py). Phase 1 (CE + L_Q + L_Q-) is SNQN.
 
 Every term is a weighted mean over the positions with a target, like the other losses. The
 phase switch is a function of the step (`aux["rl_start_step"]`), so a resumed run continues in
@@ -64,7 +67,8 @@ class RLConfig:
   discount: float  # in [0, 1)
   q_weight: float  # weight of the TD losses, >= 0
   warmup_epochs: float  # sac / sa2c: epochs before the weighted CE, >= 0
-  negatives: int  # sa2c: unobserved actions per position, >= 1
+  negatives: int  # sa2c: J, the unobserved actions each position counts (their weight), >= 1
+  negative_pool: int  # sa2c: unobserved items drawn per step, shared by all positions, >= 1
   negative_reward: float  # sa2c: their reward
   advantage_max: float  # sa2c: the advantage is clipped to [0, this], > 0
 
@@ -75,6 +79,7 @@ class RLConfig:
     for name, ok, why in (("q_weight", self.q_weight >= 0, ">= 0"),
                           ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
                           ("negatives", self.negatives >= 1, ">= 1"),
+                          ("negative_pool", self.negative_pool >= 1, ">= 1"),
                           ("advantage_max", self.advantage_max > 0, "> 0"),
                           ("negative_reward", True, "a number")):
       value = getattr(self, name)
@@ -127,33 +132,42 @@ def q_values(user_NxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array,
 
 
 def greedy_actions(user_NxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array,
-                   chunk_size: int, item_mask_V: jax.Array | None = None) -> jax.Array:
-  """int32 [N]: argmax over items 1..V-1 of u . table + bias, in item chunks (no gradient).
+                   chunk_size: int, item_mask_V: jax.Array | None = None
+                   ) -> tuple[jax.Array, jax.Array]:
+  """(int32 [N] argmax, f32 [N] max) over items 1..V-1 of u . table + bias, without gradient.
 
-  `item_mask_V` (bool) leaves items out of the argmax. Chunks of `chunk_size` items keep the
-  temporary at N x chunk_size; with V <= chunk_size it is one product.
-  Example: scores [pad, 0.1, 0.9, 0.5] -> 2.
+  `item_mask_V` (bool) leaves items out. Positions go in blocks of 128 on CPU (each block's
+  scores stay in cache, as in the one-pass softmax), items in chunks of `chunk_size`; the index
+  is the smallest column holding the block's max (XLA's argmax, a variadic reduce, costs 2.6x
+  more on CPU). Ties keep the lowest id. Example: scores [pad, 0.1, 0.9, 0.5] -> (2, 0.9).
   """
   user = jax.lax.stop_gradient(user_NxE).astype(jnp.float32)
   table = jax.lax.stop_gradient(table_VxE)
   bias = jax.lax.stop_gradient(core.candidate_bias(bias_V, item_mask_V)).astype(jnp.float32)
-  num_items = table.shape[0]
+  num_items, n = table.shape[0], user.shape[0]
   chunk = min(int(chunk_size), num_items)
   num_chunks = -(-num_items // chunk)
+  rows = max(min(128, n), 1) if core._cpu_blocking() else max(n, 1)  # pylint: disable=protected-access
 
-  def body(index, carry):
-    best_N, arg_N = carry
-    rows_CxE, bias_C, valid_C, start = core._chunk_rows(table, bias, index, chunk)  # pylint: disable=protected-access
-    scores_NxC = core._block_logits(user, rows_CxE.astype(jnp.float32), bias_C, valid_C)  # pylint: disable=protected-access
-    local_N = jnp.argmax(scores_NxC, axis=1)
-    top_N = jnp.take_along_axis(scores_NxC, local_N[:, None], axis=1)[:, 0]
-    better_N = top_N > best_N  # ties keep the lower id (the earlier chunk)
-    return (jnp.where(better_N, top_N, best_N),
-            jnp.where(better_N, start + local_N.astype(jnp.int32), arg_N))
+  def block(_, user_RxE):
+    def chunk_body(index, carry):
+      best_R, arg_R = carry
+      rows_CxE, bias_C, valid_C, start = core._chunk_rows(table, bias, index, chunk)  # pylint: disable=protected-access
+      scores_RxC = core._block_logits(user_RxE, rows_CxE.astype(jnp.float32), bias_C, valid_C)  # pylint: disable=protected-access
+      top_R = scores_RxC.max(axis=1)
+      col_C = jnp.arange(chunk, dtype=jnp.int32)
+      local_R = jnp.where(scores_RxC == top_R[:, None], col_C, chunk - 1).min(axis=1)
+      better_R = top_R > best_R  # a later chunk must beat the max: ties keep the lower id
+      return (jnp.where(better_R, top_R, best_R),
+              jnp.where(better_R, start + local_R, arg_R).astype(jnp.int32))
 
-  n = user.shape[0]
-  init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.ones((n,), jnp.int32))
-  return jax.lax.fori_loop(0, num_chunks, body, init)[1]
+    init = (jnp.full((user_RxE.shape[0],), -jnp.inf, jnp.float32),
+            jnp.ones((user_RxE.shape[0],), jnp.int32))
+    best_R, arg_R = jax.lax.fori_loop(0, num_chunks, chunk_body, init)
+    return None, (arg_R, best_R)
+
+  _, (arg_QxR, best_QxR) = jax.lax.scan(block, None, core._row_blocks(user, rows))  # pylint: disable=protected-access
+  return arg_QxR.reshape(-1)[:n], best_QxR.reshape(-1)[:n]
 
 
 def _mean_over(weights_N, x_N):
@@ -176,9 +190,8 @@ def td_terms(user_NxE, targets_N, weights_N, tr: Transitions, *, discount: float
   user_sg = jax.lax.stop_gradient(user_NxE)
   # The main head selects, the other head evaluates: every position at once (positions t and
   # t + 1 share one argmax pass).
-  best_N = greedy_actions(user_sg, q_main_VxE, b_main_V, chunk_size, item_mask_V)
+  best_N, max_q_N = greedy_actions(user_sg, q_main_VxE, b_main_V, chunk_size, item_mask_V)
   greedy_N = q_values(user_sg, q_tgt_VxE, b_tgt_V, best_N)
-  max_q_N = jax.lax.stop_gradient(q_values(user_sg, q_main_VxE, b_main_V, best_N))
   next_N = jnp.roll(greedy_N, -1)  # position t + 1 of the flat B x L rows; masked by done
   target_N = jax.lax.stop_gradient(
       tr.rewards_N.astype(jnp.float32)
@@ -188,16 +201,10 @@ def td_terms(user_NxE, targets_N, weights_N, tr: Transitions, *, discount: float
           "max_q_N": max_q_N}
 
 
-def negative_actions(key: jax.Array, targets_N: jax.Array, num_items: int,
-                     count: int) -> jax.Array:
-  """int32 [N, J]: items drawn uniformly from 1..V-1 without the position's own target.
-
-  A draw d from 1..V-2 stands for d when d < target and for d + 1 otherwise: uniform over the
-  other V-2 items. Example: V = 4, target 2: draws 1, 2 -> items 1, 3.
-  """
-  n = targets_N.shape[0]
-  draws = jax.random.randint(key, (n, count), 1, max(num_items - 1, 2), jnp.int32)
-  return jnp.where(draws >= targets_N[:, None], draws + 1, draws).astype(jnp.int32)
+def negative_actions(key: jax.Array, num_items: int, count: int) -> jax.Array:
+  """int32 [S]: `count` items drawn uniformly (with replacement) from 1..V-1, shared by every
+  position of the step; a position's own target among them is left out of its terms."""
+  return jax.random.randint(key, (count,), 1, num_items, jnp.int32)
 
 
 def _weighted_ce(user_NxE, table_VxE, bias_V, targets_N, weights_N, factor_N, cfg, item_mask_V):
@@ -228,17 +235,23 @@ def rl_loss(kind: str, user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg
     factor_N = jnp.where(tr.weighted, t["q_sa_N"], 1.0)
   elif kind == "sa2c":
     q_main_VxE, b_main_V = tr.q_table_2xVxE[tr.main], tr.q_bias_2xV[tr.main]
-    neg_NxJ = negative_actions(key, targets_N, table_VxE.shape[0], rl_cfg.negatives)
-    q_neg_NxJ = q_values(user_NxE, q_main_VxE, b_main_V, neg_NxJ)
+    neg_S = negative_actions(key, table_VxE.shape[0], rl_cfg.negative_pool)
+    # Q_main(s_t, n) for the shared pool: one N x S product instead of N x J row gathers.
+    q_neg_NxS = core._dot(user_NxE.astype(jnp.float32),  # pylint: disable=protected-access
+                          jnp.take(q_main_VxE, neg_S, axis=0).astype(jnp.float32), 1, 1)
+    q_neg_NxS = q_neg_NxS + jnp.take(b_main_V, neg_S).astype(jnp.float32)
+    usable_NxS = neg_S[None, :] != targets_N[:, None]
+    mean = lambda x_NxS: core._masked_mean(x_NxS, usable_NxS)  # pylint: disable=protected-access
     y_neg_N = jax.lax.stop_gradient(rl_cfg.negative_reward + rl_cfg.discount * t["greedy_N"])
-    neg_td_N = 0.5 * jnp.square(y_neg_N[:, None] - q_neg_NxJ).sum(axis=1)
+    # J x the pool's mean: SA2C's sum over J drawn negatives, in expectation.
+    neg_td_N = rl_cfg.negatives * mean(0.5 * jnp.square(y_neg_N[:, None] - q_neg_NxS))
     q_loss = q_loss + _mean_over(weights_N, neg_td_N)
     q_pos_N = jax.lax.stop_gradient(t["q_sa_N"])
-    baseline_N = (q_pos_N + jax.lax.stop_gradient(q_neg_NxJ).sum(axis=1)) / (
-        1 + rl_cfg.negatives)
+    q_neg_mean_N = jax.lax.stop_gradient(mean(q_neg_NxS))
+    baseline_N = (q_pos_N + rl_cfg.negatives * q_neg_mean_N) / (1 + rl_cfg.negatives)
     advantage_N = jnp.clip(q_pos_N - baseline_N, 0.0, rl_cfg.advantage_max)
     factor_N = jnp.where(tr.weighted, advantage_N, 1.0)
-    logs.update({"rl/q_neg": _mean_over(weights_N, jax.lax.stop_gradient(q_neg_NxJ).mean(1)),
+    logs.update({"rl/q_neg": _mean_over(weights_N, q_neg_mean_N),
                  "rl/advantage": _mean_over(weights_N, advantage_N),
                  "rl/zero_advantage": _mean_over(weights_N, (advantage_N == 0).astype(
                      jnp.float32))})
