@@ -398,3 +398,66 @@ def test_q_head_served_equals_the_evaluation_path(tmp_path):
   plain = Recommender(bundle_lib.from_run(plain_run, plain_run.params))
   with pytest.raises(ValueError, match="head='q' must be one of softmax"):
     plain.recommend(keys[0], head="q")
+
+
+# ----------------------------------------------------------------------------- simulation
+
+
+def test_simulated_user_takes_only_what_it_wants_and_only_once():
+  """A user who wants item 3, then item 2: a policy showing them earns the rewards of their
+  ratings at steps 1 and 2 (discounted), one that never shows them earns nothing."""
+  from lstmrec_jax.evaluation import simulation
+
+  class Wants:  # p_U: all mass on item 3, else on item 2 (once 3 is consumed)
+    def start(self, histories):
+      return None
+
+    def probabilities(self, state):
+      return np.tile([0.0, 0.0, 0.25, 0.75, 0.0], (2, 1))
+
+    def observe(self, state, items_B):
+      return state
+
+  class Shows:
+    def __init__(self, items):
+      self.items = items
+
+    def start(self, histories):
+      return None
+
+    def slates(self, state, k, exclude):
+      rows = [[i for i in self.items if i not in ex][:k] for ex in exclude]
+      return np.asarray([row + [0] * (k - len(row)) for row in rows])
+
+    def observe(self, state, items_B):
+      return state
+
+  ratings = simulation.RatingModel(3.0, np.asarray([0.0, 0.0, -1.0, 2.0, 0.0]), 0.0, 10.0)
+  reward_of = lambda r: np.where(r >= 4, 1.0, 0.2)
+  got = simulation.run_episodes(Shows([3, 2, 4, 1]), Wants(), ratings, [[1], [1]],
+                                np.zeros(2), horizon=3, slate=2, reward_of=reward_of,
+                                rng=np.random.default_rng(0))
+  # Shown items are not shown again: the third slate is empty.
+  np.testing.assert_array_equal(got.slates_TxBxK[:, 0], [[3, 2], [4, 1], [0, 0]])
+  # Step 0: items 3 (0.75 of the mass) and 2 (0.25) are shown: something is taken for sure.
+  assert set(got.chosen_TxB[0].tolist()) <= {2, 3} and (got.chosen_TxB[1:] == 0).all()
+  m = simulation.episode_metrics(got, discounts=(0.5,))
+  rewards = [1.0 if c == 3 else 0.2 for c in got.chosen_TxB[0]]  # rating 5 for 3, 2 for 2
+  assert m["return@0.5"] == pytest.approx(np.mean(rewards))
+  assert m["hit_rate"] == pytest.approx(1 / 3)
+  never = simulation.run_episodes(Shows([4, 1]), Wants(), ratings, [[1], [1]], np.zeros(2),
+                                  horizon=3, slate=2, reward_of=reward_of,
+                                  rng=np.random.default_rng(0), exclude_shown=False)
+  assert (never.chosen_TxB == 0).all() and never.rewards_TxB.sum() == 0
+
+
+def test_rating_model_recovers_item_offsets():
+  from lstmrec_jax.evaluation import simulation
+  items = np.repeat([1, 2], 50)
+  ratings = np.where(items == 1, 5.0, 1.0)
+  m = simulation.RatingModel.fit(items, ratings, np.arange(100) % 7, num_items=3, reg=0.0)
+  assert m.mean == pytest.approx(3.0)
+  np.testing.assert_allclose(m.item_bias_V[1:], [2.0, -2.0])
+  assert m.sigma == pytest.approx(0.0, abs=1e-9)
+  np.testing.assert_array_equal(m.sample(np.random.default_rng(0), np.zeros(2),
+                                         np.array([1, 2])), [5, 1])
