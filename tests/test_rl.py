@@ -461,3 +461,20 @@ def test_rating_model_recovers_item_offsets():
   assert m.sigma == pytest.approx(0.0, abs=1e-9)
   np.testing.assert_array_equal(m.sample(np.random.default_rng(0), np.zeros(2),
                                          np.array([1, 2])), [5, 1])
+
+
+def test_td_to_encoder_false_leaves_the_state_gradient_to_the_ce():
+  rng = np.random.default_rng(4)
+  user = jnp.asarray(rng.normal(size=(5, 2)), jnp.float32)
+  table = jnp.asarray(rng.normal(size=(4, 2)), jnp.float32)
+  targets, weights = jnp.asarray(TARGETS_N), jnp.asarray((TARGETS_N > 0).astype(np.float32))
+  tr = _transitions(0)._replace(weighted=jnp.asarray(False))
+  ce_grad = jax.grad(lambda u: losses.softmax_cross_entropy(u, table, None, targets,
+                                                            weights)[0])(user)
+  for td_to_encoder in (True, False):
+    rl_cfg = rl.RLConfig(**base.group("rl", q_weight=5.0, td_to_encoder=td_to_encoder))
+    grad = jax.grad(lambda u: losses.get_loss("sa2c")(
+        u, table, None, targets, weights, cfg=loss_config(), key=jax.random.key(0),
+        log_q_V=None, item_mask_V=None, transitions=tr, rl_cfg=rl_cfg)[0])(user)
+    same = np.allclose(grad, ce_grad, atol=1e-6)
+    assert same != td_to_encoder

@@ -71,6 +71,9 @@ class RLConfig:
   negative_pool: int  # sa2c: unobserved items drawn per step, shared by all positions, >= 1
   negative_reward: float  # sa2c: their reward
   advantage_max: float  # sa2c: the advantage is clipped to [0, this], > 0
+  # The TD losses train the encoder too (the SQN code: no stop-gradient between the state and
+  # the Q head); False: they train the Q heads only, on the states as the softmax shapes them.
+  td_to_encoder: bool
 
   def __post_init__(self):
     problems = []
@@ -222,6 +225,9 @@ def rl_loss(kind: str, user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The `kind` ("sqn" | "sac" | "sa2c") loss and its log scalars (module docstring)."""
   user_NxE, targets_N, weights_N = core.flatten_positions(user_NxE, targets_N, weights_N)
+  ce_user_NxE = user_NxE
+  if not rl_cfg.td_to_encoder:  # the Q heads learn on the states; only the CE shapes them
+    user_NxE = jax.lax.stop_gradient(user_NxE)
   tr = transitions._replace(rewards_N=transitions.rewards_N.reshape(-1),
                             done_N=transitions.done_N.reshape(-1))
   t = td_terms(user_NxE, targets_N, weights_N, tr, discount=rl_cfg.discount,
@@ -255,7 +261,7 @@ def rl_loss(kind: str, user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg
                  "rl/advantage": _mean_over(weights_N, advantage_N),
                  "rl/zero_advantage": _mean_over(weights_N, (advantage_N == 0).astype(
                      jnp.float32))})
-  ce = _weighted_ce(user_NxE, table_VxE, bias_V, targets_N, weights_N, factor_N, cfg,
+  ce = _weighted_ce(ce_user_NxE, table_VxE, bias_V, targets_N, weights_N, factor_N, cfg,
                     item_mask_V)
   logs["rl/ce_weight"] = _mean_over(weights_N, jnp.maximum(factor_N, 0.0))
   return ce + rl_cfg.q_weight * q_loss, logs
