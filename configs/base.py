@@ -149,6 +149,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.rl.negative_reward = 0.0  # sa2c: the reward of an unobserved item
   c.rl.advantage_max = 10.0  # sa2c: the CE weight is the advantage clipped to [0, this], > 0
   c.rl.td_to_encoder = True  # the TD losses train the encoder too (SQN); False: the Q heads only
+  c.rl.normalize_weights = False  # sac, sa2c: CE weights / their batch mean (keeps the CE scale)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-3  # peak AdamW learning rate

@@ -171,6 +171,14 @@ def test_sac_weights_the_ce_by_the_clipped_q_of_the_logged_action():
   nll = lse - logits[np.arange(5), TARGETS_N]
   w = np.asarray(weights)
   assert float(got) == pytest.approx(float((w * q_sa * nll).sum() / w.sum()), rel=1e-5)
+  # normalize_weights: the weights divided by their mean, so the CE keeps its scale.
+  normalized, logs = losses.get_loss("sac")(
+      user, table, None, targets, weights, cfg=loss_config(), key=None, log_q_V=None,
+      item_mask_V=None, transitions=tr,
+      rl_cfg=rl.RLConfig(**base.group("rl", q_weight=0.0, normalize_weights=True)))
+  assert float(normalized) == pytest.approx(float((w * q_sa * nll).sum() / (w * q_sa).sum()),
+                                            rel=1e-5)
+  assert float(logs["rl/ce_weight"]) == pytest.approx(1.0, rel=1e-5)
 
 
 def test_an_rl_loss_needs_the_q_head_and_no_transforms(tmp_path):

@@ -74,6 +74,9 @@ class RLConfig:
   # The TD losses train the encoder too (the SQN code: no stop-gradient between the state and
   # the Q head); False: they train the Q heads only, on the states as the softmax shapes them.
   td_to_encoder: bool
+  # sac / sa2c: divide the CE weights by their mean over the batch's positions, so the weighted
+  # CE keeps the plain CE's scale against the TD losses (the weights' spread alone reweights).
+  normalize_weights: bool
 
   def __post_init__(self):
     problems = []
@@ -261,6 +264,9 @@ def rl_loss(kind: str, user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg
                  "rl/advantage": _mean_over(weights_N, advantage_N),
                  "rl/zero_advantage": _mean_over(weights_N, (advantage_N == 0).astype(
                      jnp.float32))})
+  if rl_cfg.normalize_weights:
+    factor_N = jnp.maximum(factor_N, 0.0) / jnp.maximum(
+        _mean_over(weights_N, jnp.maximum(factor_N, 0.0)), 1e-6)
   ce = _weighted_ce(ce_user_NxE, table_VxE, bias_V, targets_N, weights_N, factor_N, cfg,
                     item_mask_V)
   logs["rl/ce_weight"] = _mean_over(weights_N, jnp.maximum(factor_N, 0.0))
