@@ -40,11 +40,13 @@ from lstmrec_jax import paths
 from lstmrec_jax.data import augment as augment_lib
 from lstmrec_jax.data import content as content_data
 from lstmrec_jax.data.config import DataConfig
+from lstmrec_jax.data.rewards import RewardConfig
 from lstmrec_jax.errors import ConfigError
 from lstmrec_jax.losses import adversarial as adversarial_lib
+from lstmrec_jax.losses import rl as rl_lib
 
 GROUPS = ("data", "input", "model", "loss", "optim", "train", "eval", "cold_start",
-          "adversarial", "augment")
+          "adversarial", "augment", "reward", "rl")
 # Keys that may differ between a workdir's saved config and the config that resumes it (the
 # dataset cache is keyed by the data's bytes and options: where it lives changes no number).
 RESUMABLE_KEYS = ("train.stop_after_steps", "train.progress_bar", "train.num_devices",
@@ -135,6 +137,8 @@ class RunSpec:
   cold_start: ColdStartConfig
   adversarial: adversarial_lib.AdversarialConfig
   augment: augment_lib.AugmentConfig
+  reward: RewardConfig  # the reward of each logged event (data/rewards.py)
+  rl: rl_lib.RLConfig  # the offline RL losses' keys (losses/rl.py)
   auto: tuple[str, ...]  # "group.key"s that build_run sets from the data (auto.AUTO_KEYS)
   config: Mapping[str, Any]  # the nested plain dict this spec was built from (config.json)
 
@@ -182,7 +186,8 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 GROUP_CLASSES = {"data": DataConfig, "input": InputConfig, "loss": losses.LossConfig,
                  "optim": optim.OptimConfig, "train": TrainConfig, "eval": EvalConfig,
                  "cold_start": ColdStartConfig, "adversarial": adversarial_lib.AdversarialConfig,
-                 "augment": augment_lib.AugmentConfig}
+                 "augment": augment_lib.AugmentConfig, "reward": RewardConfig,
+                 "rl": rl_lib.RLConfig}
 
 
 def spec_from_config(config: Any) -> RunSpec:
@@ -226,14 +231,33 @@ def spec_from_config(config: Any) -> RunSpec:
   # V is known only from the data (build_run fills it in).
   attempt("model", lambda: config_keys.build_group(model_lib.ModelConfig, "model", cfg["model"],
                                                    num_items=None, max_len=max_len))
+  if not problems:
+    problems += _rl_problems(built)
   if problems:
     raise ConfigError("config: " + "; ".join(problems))
   return RunSpec(seed=cfg["seed"], data=built["data"], input=built["input"],
                  model=built["model"], loss=built["loss"],
                  optim=built["optim"], train=built["train"], eval=built["eval"],
                  cold_start=built["cold_start"], adversarial=built["adversarial"],
-                 augment=built["augment"], auto=tuple(cfg["auto"]),
-                 config=types.MappingProxyType(cfg))
+                 augment=built["augment"], reward=built["reward"], rl=built["rl"],
+                 auto=tuple(cfg["auto"]), config=types.MappingProxyType(cfg))
+
+
+def _rl_problems(built: Mapping[str, Any]) -> list[str]:
+  """What an offline RL loss (`losses.needs_transitions`) needs from the other groups."""
+  kind = built["loss"].kind
+  if not losses.needs_transitions(kind):
+    return []
+  problems = []
+  if not built["model"].q_head:
+    problems.append(f"loss.kind={kind!r} trains the Q heads: set model.q_head=True")
+  aug = built["augment"]
+  if aug.any_transform and not aug.views_only:
+    problems.append(f"loss.kind={kind!r} reads the logged rewards of the targets, which the "
+                    "augment transforms replace: turn them off (or set augment.views_only)")
+  if built["adversarial"].on:
+    problems.append(f"loss.kind={kind!r} does not combine with adversarial training")
+  return problems
 
 
 def with_overrides(spec: RunSpec, **group_values: Mapping[str, Any]) -> RunSpec:
@@ -251,8 +275,9 @@ def with_overrides(spec: RunSpec, **group_values: Mapping[str, Any]) -> RunSpec:
 
 
 def load_data(spec: RunSpec):
-  """The dataset of `spec.data` (cached on disk), with the cold-item split when configured."""
-  dataset = data_lib.load_dataset(spec.data)
+  """The dataset of `spec.data` (cached on disk) with the rewards of `spec.reward`, with the
+  cold-item split when configured."""
+  dataset = data_lib.load_dataset(spec.data, spec.reward)
   if spec.cold_start.item_fraction:
     dataset = content_data.cold_item_split(dataset, fraction=spec.cold_start.item_fraction,
                                            seed=spec.cold_start.seed)
@@ -288,9 +313,15 @@ class Run:
   consts: Any  # the model's non-parameter state, replicated over `mesh`
   mesh: Any
 
-  def step_aux(self) -> dict[str, Any]:
-    """What the train step reads but never changes: constants, sampling log-q, candidate mask."""
+  def step_aux(self, steps_per_epoch: int | None = None) -> dict[str, Any]:
+    """What the train step reads but never changes: constants, sampling log-q, candidate mask,
+    and for an RL loss the first step past its warm-up (`rl.warmup_epochs` x steps_per_epoch;
+    0 when steps_per_epoch is None)."""
     aux: dict[str, Any] = {"consts": self.consts, "log_q_V": None}
+    if losses.needs_transitions(self.spec.loss):
+      start = 0 if steps_per_epoch is None else int(round(self.spec.rl.warmup_epochs
+                                                          * steps_per_epoch))
+      aux["rl_start_step"] = mesh_lib.replicate(jnp.asarray(start, jnp.int32), self.mesh)
     counts_V = jnp.asarray(self.dataset.item_counts_V)
     trained_V = counts_V > 0
     if self.spec.loss.train_items_only:

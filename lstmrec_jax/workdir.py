@@ -97,7 +97,8 @@ def evaluate_checkpoint(workdir: str | os.PathLike, *, which: str = "best",
   inp, ev = run.spec.input, run.spec.eval
   common = dict(mesh=run.mesh, batch_size=inp.eval_batch_size, max_len=inp.max_len,
                 exclude_seen=exclude_seen, chunk_size=ev.chunk_size,
-                seen_targets=ev.seen_targets if seen_targets is None else seen_targets)
+                seen_targets=ev.seen_targets if seen_targets is None else seen_targets,
+                high_reward_min=run.spec.reward.high_min, q_head=run.model_cfg.q_head)
   report = ranking.evaluate_params(run.graphdef, params, run.consts, run.dataset,
                                    splits=splits, **common)
   report.update(checkpoint=str(which), step=restored.step, workdir=str(workdir),

@@ -26,11 +26,12 @@ from absl import logging
 import numpy as np
 
 from lstmrec_jax.errors import DataError
+from lstmrec_jax.data import rewards as rewards_lib
 from lstmrec_jax.data.log import InteractionLog
 from lstmrec_jax.data.log import ItemSide
 
 # Bump when the dataset arrays or their meaning change: old caches then miss instead of lying.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-event rewards
 SPLITS = ("loo", "temporal")
 
 
@@ -68,11 +69,16 @@ class Sequences:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class EvalSplit:
-  """One target per user; `history[k]` is everything user `users_U[k]` did before `targets_U[k]`."""
+  """One target per user; `history[k]` is everything user `users_U[k]` did before `targets_U[k]`.
+
+  `rewards_U` is each target's reward (`data/rewards.py`), or None where the split was made
+  without (a built split always has it).
+  """
 
   users_U: np.ndarray  # int32 dense user indices
   history: Sequences
   targets_U: np.ndarray  # int32 dense item ids
+  rewards_U: np.ndarray | None = None  # float32 reward of each target
 
   def __len__(self) -> int:
     return len(self.users_U)
@@ -84,7 +90,8 @@ class EvalSplit:
     items = (np.concatenate([self.history[int(i)] for i in keep]) if n else
              np.zeros(0, np.int32))
     return EvalSplit(self.users_U[keep], Sequences.from_lengths(lengths, items),
-                     self.targets_U[keep])
+                     self.targets_U[keep],
+                     None if self.rewards_U is None else self.rewards_U[keep])
 
 
 @dataclasses.dataclass(eq=False)
@@ -106,6 +113,15 @@ class SequenceDataset:
   split: str = "loo"
   source: str = ""
   stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+  # float32 reward of each training event, aligned with `train.items_N` (data/rewards.py);
+  # None: a dataset made without rewards (read as 1.0 each: `train_rewards`).
+  train_rewards_N: np.ndarray | None = None
+
+  def train_rewards(self) -> np.ndarray:
+    """float32 reward of each training event (1.0 each where the dataset has none)."""
+    if self.train_rewards_N is None:
+      return np.ones(len(self.train.items_N), np.float32)
+    return self.train_rewards_N
 
   def summary(self) -> str:
     """One line: sizes of the catalog and of each split."""
@@ -117,7 +133,8 @@ class SequenceDataset:
 
 def build_options(*, dedupe: bool = False, min_rating: float | None = None,
                   min_user_events: int = 1, min_item_events: int = 1, split: str = "loo",
-                  temporal_fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, Any]:
+                  temporal_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                  reward: rewards_lib.RewardConfig | None = None) -> dict[str, Any]:
   """Validated, canonical options of `build_dataset` (the part of the cache key they set)."""
   if split not in SPLITS:
     raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
@@ -136,13 +153,15 @@ def build_options(*, dedupe: bool = False, min_rating: float | None = None,
                       f" summing to 1, got {list(temporal_fractions)}")
   return {"dedupe": bool(dedupe), "min_rating": None if min_rating is None else float(min_rating),
           "min_user_events": int(min_user_events), "min_item_events": int(min_item_events),
-          "split": split, "temporal_fractions": fractions}
+          "split": split, "temporal_fractions": fractions,
+          "reward": rewards_lib.CONSTANT_ONE if reward is None else reward.options()}
 
 
 def build_dataset(log: InteractionLog, *, dedupe: bool = False,
                   min_rating: float | None = None, min_user_events: int = 1,
                   min_item_events: int = 1, split: str = "loo",
                   temporal_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                  reward: rewards_lib.RewardConfig | None = None,
                   cache_dir: str | os.PathLike[str] | None = None) -> SequenceDataset:
   """Filters, orders and splits an interaction log into a `SequenceDataset`.
 
@@ -184,6 +203,8 @@ def build_dataset(log: InteractionLog, *, dedupe: bool = False,
       applied alternately until neither drops anything.
     split: "loo" or "temporal".
     temporal_fractions: (train, valid, test) fractions of events for the temporal cut points.
+    reward: the `reward` group (`data/rewards.py`): each event's reward, carried beside its item
+      into `train_rewards_N` and each split's `rewards_U`; None: 1.0 for every event.
     cache_dir: where to keep / find the `.npz` + `.json` cache; None disables caching.
 
   Returns:
@@ -195,14 +216,14 @@ def build_dataset(log: InteractionLog, *, dedupe: bool = False,
   """
   options = build_options(dedupe=dedupe, min_rating=min_rating, min_user_events=min_user_events,
                           min_item_events=min_item_events, split=split,
-                          temporal_fractions=temporal_fractions)
+                          temporal_fractions=temporal_fractions, reward=reward)
   key = None
   if cache_dir is not None:
     key = cache_key(log.fingerprint or log_fingerprint(log), options)
     cached = load_cached(cache_dir, key)
     if cached is not None:
       return cached
-  dataset = _build(log, options)
+  dataset = _build(log, options, reward)
   if key is not None:
     save_cached(dataset, cache_dir, key, options)
   return dataset
@@ -211,11 +232,13 @@ def build_dataset(log: InteractionLog, *, dedupe: bool = False,
 # ----------------------------------------------------------------------------- the build
 
 
-def _build(log: InteractionLog, options: dict[str, Any]) -> SequenceDataset:
+def _build(log: InteractionLog, options: dict[str, Any],
+           reward: rewards_lib.RewardConfig | None = None) -> SequenceDataset:
   src = log.source
   n = len(log)
   if n == 0:
     raise DataError(f"{src}: no events")
+  rewards_raw_N = rewards_lib.event_rewards(log, reward)
   stats: dict[str, Any] = {"events_read": n}
   user_raw, user_inv_N = np.unique(log.users, return_inverse=True)
   item_raw, item_inv_N = np.unique(log.items, return_inverse=True)
@@ -263,15 +286,17 @@ def _build(log: InteractionLog, options: dict[str, Any]) -> SequenceDataset:
     order_N = np.argsort(users_N, kind="stable")
     times_N = None
   users_N, items_N = users_N[order_N], items_N[order_N]
+  rewards_N = rewards_raw_N[rows_N][order_N]
 
   if options["split"] == "loo":
-    parts = _split_loo(users_N, items_N, src, stats)
+    parts = _split_loo(users_N, items_N, rewards_N, src, stats)
   else:
     if times_N is None:
       raise DataError(f"{src}: the temporal split needs timestamps; this log has none"
                       " (use split='loo')")
-    parts = _split_temporal(users_N, items_N, times_N, options["temporal_fractions"], src, stats)
-  user_sel, item_sel, train, valid, test = parts
+    parts = _split_temporal(users_N, items_N, rewards_N, times_N, options["temporal_fractions"],
+                            src, stats)
+  user_sel, item_sel, train, valid, test, train_rewards_N = parts
 
   item_keys = item_raw[item_sel]
   placeholder = np.array([-1 if item_keys.dtype.kind in "iu" else ""], item_keys.dtype)
@@ -286,7 +311,8 @@ def _build(log: InteractionLog, options: dict[str, Any]) -> SequenceDataset:
       num_items=num_items, num_users=len(user_sel), item_keys=item_keys,
       user_keys=user_raw[user_sel], train=train, valid=valid, test=test, item_attrs=item_attrs,
       num_attrs=len(attribute_names), item_titles=item_titles, attribute_names=attribute_names,
-      item_counts_V=item_counts, split=options["split"], source=src, stats=stats)
+      item_counts_V=item_counts, split=options["split"], source=src, stats=stats,
+      train_rewards_N=train_rewards_N)
   logging.info("%s", dataset.summary())
   return dataset
 
@@ -344,7 +370,7 @@ def _k_core(keep_N, user_inv_N, item_inv_N, num_users, num_items, min_user, min_
   return keep_N
 
 
-def _split_loo(users_N, items_N, src, stats):
+def _split_loo(users_N, items_N, rewards_N, src, stats):
   """Leave-one-out over events sorted by (user, time); see `build_dataset`."""
   counts_U = np.bincount(users_N)
   short_U = (counts_U > 0) & (counts_U < 3)
@@ -357,7 +383,7 @@ def _split_loo(users_N, items_N, src, stats):
   if not keep_N.any():
     raise DataError(f"{src}: too few events for the split: no user has the 3 events"
                     " leave-one-out needs (train, valid, test)")
-  users_N, items_N = users_N[keep_N], items_N[keep_N]
+  users_N, items_N, rewards_N = users_N[keep_N], items_N[keep_N], rewards_N[keep_N]
   stats["num_events"] = int(len(users_N))
   user_sel, users_N = np.unique(users_N, return_inverse=True)
   item_sel, item_ids_N = np.unique(items_N, return_inverse=True)
@@ -368,10 +394,10 @@ def _split_loo(users_N, items_N, src, stats):
   left_N = lengths_U[users_N] - pos_N  # 1 at the last event, 2 at the second-to-last
   train = Sequences.from_lengths(lengths_U - 2, item_ids_N[left_N > 2])
   everyone_U = np.arange(len(user_sel), dtype=np.int32)
-  valid = EvalSplit(everyone_U, train, item_ids_N[left_N == 2])
+  valid = EvalSplit(everyone_U, train, item_ids_N[left_N == 2], rewards_N[left_N == 2])
   test = EvalSplit(everyone_U, Sequences.from_lengths(lengths_U - 1, item_ids_N[left_N > 1]),
-                   item_ids_N[left_N == 1])
-  return user_sel, item_sel, train, valid, test
+                   item_ids_N[left_N == 1], rewards_N[left_N == 1])
+  return user_sel, item_sel, train, valid, test, rewards_N[left_N > 2]
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -384,7 +410,7 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
   return np.repeat(starts - row_starts, lengths) + np.arange(total)
 
 
-def _split_temporal(users_N, items_N, times_N, fractions, src, stats):
+def _split_temporal(users_N, items_N, rewards_N, times_N, fractions, src, stats):
   """Global time cut points; see `build_dataset` for the exact definition."""
   n = len(times_N)
   sorted_times_N = np.sort(times_N)
@@ -447,10 +473,12 @@ def _split_temporal(users_N, items_N, times_N, fractions, src, stats):
   train = Sequences.from_lengths(
       np.bincount(dense_user[train_users], minlength=len(user_sel)), item_ids_N[in_train_N])
   valid = EvalSplit(dense_user[users_N[valid_pos_X]].astype(np.int32),
-                    Sequences.from_lengths(valid_len_X, valid_hist), item_ids_N[valid_pos_X])
+                    Sequences.from_lengths(valid_len_X, valid_hist), item_ids_N[valid_pos_X],
+                    rewards_N[valid_pos_X])
   test = EvalSplit(dense_user[users_N[test_pos_X]].astype(np.int32),
-                   Sequences.from_lengths(test_len_X, test_hist), item_ids_N[test_pos_X])
-  return user_sel, item_sel, train, valid, test
+                   Sequences.from_lengths(test_len_X, test_hist), item_ids_N[test_pos_X],
+                   rewards_N[test_pos_X])
+  return user_sel, item_sel, train, valid, test, rewards_N[in_train_N]
 
 
 def _attr_sort_key(a):
@@ -520,11 +548,14 @@ def save_cached(dataset: SequenceDataset, cache_dir, key: str,
   arrays = {"item_keys": dataset.item_keys, "user_keys": dataset.user_keys,
             "train_offsets": dataset.train.offsets_U1, "train_items": dataset.train.items_N,
             "attr_offsets": dataset.item_attrs.offsets_U1,
-            "attr_items": dataset.item_attrs.items_N, "item_counts": dataset.item_counts_V}
+            "attr_items": dataset.item_attrs.items_N, "item_counts": dataset.item_counts_V,
+            "train_rewards": dataset.train_rewards()}
   for name, split in (("valid", dataset.valid), ("test", dataset.test)):
     arrays.update({f"{name}_users": split.users_U, f"{name}_targets": split.targets_U,
                    f"{name}_offsets": split.history.offsets_U1,
-                   f"{name}_items": split.history.items_N})
+                   f"{name}_items": split.history.items_N,
+                   f"{name}_rewards": (np.ones(len(split), np.float32) if split.rewards_U is None
+                                       else split.rewards_U)})
   arrays["titles_blob"], arrays["titles_offsets"] = _pack_strings(dataset.item_titles)
   arrays["names_blob"], arrays["names_offsets"] = _pack_strings(dataset.attribute_names)
   meta = {"key": key, "version": CACHE_VERSION, "num_items": dataset.num_items,
@@ -557,7 +588,7 @@ def load_cached(cache_dir, key: str) -> SequenceDataset | None:
 
     def split(name):
       return EvalSplit(a[f"{name}_users"], Sequences(a[f"{name}_offsets"], a[f"{name}_items"]),
-                       a[f"{name}_targets"])
+                       a[f"{name}_targets"], a[f"{name}_rewards"])
 
     dataset = SequenceDataset(
         num_items=meta["num_items"], num_users=meta["num_users"], item_keys=a["item_keys"],
@@ -567,7 +598,7 @@ def load_cached(cache_dir, key: str) -> SequenceDataset | None:
         item_titles=_unpack_strings(a["titles_blob"], a["titles_offsets"]),
         attribute_names=_unpack_strings(a["names_blob"], a["names_offsets"]),
         item_counts_V=a["item_counts"], split=meta["split"], source=meta["source"],
-        stats=meta["stats"])
+        stats=meta["stats"], train_rewards_N=a["train_rewards"])
   except Exception as e:  # pylint: disable=broad-except
     # A damaged entry (BadZipFile, a bad CRC, EOFError, zlib.error, a missing array, ...) is
     # rebuilt from the source, never fatal.

@@ -88,6 +88,27 @@ def apply_seen_targets(ranks_U: np.ndarray, repeated_U: np.ndarray, seen_targets
   return np.where(miss, np.asarray(SEEN_TARGET_RANK, ranks.dtype), ranks)
 
 
+REWARD_KS = (5, 10, 20)
+
+
+def reward_metrics(ranks_U: np.ndarray, rewards_U: np.ndarray,
+                   ks: Sequence[int] = REWARD_KS) -> dict[str, float | None]:
+  """The reward the hits earn: `hit_reward@k` (mean reward of the targets hit at k; None with no
+  hit) and `reward@k` (their summed reward per target: the SQN papers' cumulative reward / U).
+
+  Example: ranks [0, 30], rewards [1.0, 0.2] -> hit_reward@10 1.0, reward@10 0.5,
+  hit_reward@20 1.0.
+  """
+  ranks = np.asarray(ranks_U, np.float64)
+  rewards = np.asarray(rewards_U, np.float64)
+  out: dict[str, float | None] = {}
+  for k in ks:
+    hit = ranks < k
+    out[f"hit_reward@{k}"] = float(rewards[hit].mean()) if hit.any() else None
+    out[f"reward@{k}"] = float(np.where(hit, rewards, 0.0).mean()) if ranks.size else None
+  return out
+
+
 HISTORY_BUCKETS = ((1, 2), (3, 5), (6, 10), (11, None))
 
 

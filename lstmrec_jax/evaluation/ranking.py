@@ -71,7 +71,8 @@ def rank_split(rank_fn: Callable, params: Any, consts: Any, split, *, batch_size
 def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str], mesh: Mesh,
                     batch_size: int, max_len: int, exclude_seen: bool,
                     chunk_size: int, seen_targets: str = "miss",
-                    beyond_k: int = 10) -> dict[str, Any]:
+                    beyond_k: int = 10, high_reward_min: float | None = None,
+                    q_head: bool = False) -> dict[str, Any]:
   """Model and popularity metrics for each named split ('valid', 'test').
 
   seen_targets: `eval.seen_targets`, "miss" (a target already in the history counts as a miss:
@@ -80,6 +81,11 @@ def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str],
 
   beyond_k: K of the beyond-accuracy metrics (coverage, Gini, ARP, novelty, ILD, ...) of the
   top-K lists, computed in the ranking pass (`beyond.py`); 0 = accuracy only.
+
+  high_reward_min: the report also splits each scorer's metrics by target reward (reward >=
+  this: the high-reward targets) and gives the reward of the hits (`reports.split_report`).
+  q_head: the model has Q heads (`model.q_head`): each split also gets `model_q`, the same
+  metrics with the items ranked by the Q head (`scoring.steps`, head="q").
   """
   if beyond_k:
     rank_fn = scoring.jit_over_batch(functools.partial(
@@ -96,6 +102,10 @@ def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str],
                             "num_items": int(dataset.num_items) - 1, "splits": {}}
   if beyond_k:
     report["beyond_k"] = beyond_k
+  q_rank_fn = (scoring.compile_rank_fn(graphdef, mesh, exclude_seen=exclude_seen,
+                                        chunk_size=chunk_size,
+                                        popularity_V=dataset.item_counts_V, head="q")
+               if q_head else None)
   for name in splits:
     split = getattr(dataset, name)
     acc = beyond.BeyondAccumulator(dataset.item_counts_V, **extra) if beyond_k else None
@@ -103,10 +113,11 @@ def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str],
                                   max_len=max_len, mesh=mesh, on_lists=acc and acc.add)
     pop_U = baselines.popularity_ranks(dataset.item_counts_V, split, exclude_seen=exclude_seen,
                                        chunk_size=chunk_size)
+    by_reward = {"seen_targets": seen_targets, "high_reward_min": high_reward_min}
     report["splits"][name] = {
-        "model": reports.split_report(ranks_U, users_U, split, seen_targets=seen_targets),
+        "model": reports.split_report(ranks_U, users_U, split, **by_reward),
         "popularity": reports.split_report(pop_U, np.asarray(split.users_U), split,
-                                           seen_targets=seen_targets),
+                                           **by_reward),
         "candidates": candidate_counts(split, int(dataset.num_items) - 1, exclude_seen)}
     few = report["splits"][name]["candidates"]
     if few["users_at_most_max_k"]:
@@ -115,6 +126,11 @@ def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str],
           "(fewest: %d of %d items): HR@k and NDCG@k there are high by construction, not by "
           "the model", name, few["users_at_most_max_k"], len(split.users_U), few["max_k"],
           few["min"], int(dataset.num_items) - 1)
+    if q_rank_fn is not None:
+      q_users_U, q_ranks_U = rank_split(q_rank_fn, params, consts, split, batch_size=batch_size,
+                                        max_len=max_len, mesh=mesh)
+      report["splits"][name]["model_q"] = reports.split_report(q_ranks_U, q_users_U, split,
+                                                               **by_reward)
     if beyond_k:
       pop_acc = beyond.BeyondAccumulator(dataset.item_counts_V, **extra)
       for ids_BxK, scores_BxK in beyond.popularity_lists(

@@ -66,8 +66,14 @@ def protocol_ranks(ranks_U: np.ndarray, users_U: np.ndarray, split,
 
 
 def split_report(ranks_U: np.ndarray, users_U: np.ndarray, split, *, seen_targets: str,
-                 ks: Sequence[int] = metrics.DEFAULT_KS) -> dict[str, Any]:
+                 ks: Sequence[int] = metrics.DEFAULT_KS,
+                 high_reward_min: float | None = None) -> dict[str, Any]:
   """Overall metrics and the history-length breakdown for one split, under `seen_targets`.
+
+  With `high_reward_min` and a split that carries its targets' rewards (`EvalSplit.rewards_U`),
+  also the metrics over the high-reward targets (reward >= high_reward_min: ratings >= 4 on
+  MovieLens under the threshold reward) and over the others, and the reward of the hits
+  (`metrics.reward_metrics`), all from the same ranks.
 
   `ranks_U` keep repeated targets rankable (`ranks.target_ranks`); `seen_targets` = "miss"
   turns them into misses. `repeated_targets` counts them; where there are any, `by_seen_targets`
@@ -82,6 +88,14 @@ def split_report(ranks_U: np.ndarray, users_U: np.ndarray, split, *, seen_target
   out = {"overall": metrics.metrics_from_ranks(ranks, ks),
          "by_history_length": metrics.metrics_by_history_length(ranks, lengths),
          "repeated_targets": int(repeated_U.sum())}
+  if high_reward_min is not None and getattr(split, "rewards_U", None) is not None:
+    rewards_U = np.asarray(split.rewards_U, np.float64)[rows]
+    high_U = rewards_U >= high_reward_min
+    out["high_reward"] = metrics.metrics_from_ranks(ranks[high_U], ks)
+    out["low_reward"] = metrics.metrics_from_ranks(ranks[~high_U], ks)
+    out["reward"] = {**metrics.reward_metrics(ranks, rewards_U), "high_reward_min":
+                     float(high_reward_min), "mean_target_reward": float(rewards_U.mean())
+                     if rewards_U.size else None}
   if repeated_U.any():
     out["by_seen_targets"] = {
         name: metrics.metrics_from_ranks(metrics.apply_seen_targets(ranks_U, repeated_U, name), ks)
@@ -125,8 +139,33 @@ def format_table(report: dict[str, Any], keys: Sequence[str] = (
       cells = [_cell(row["HR@10"], 9), _cell(row["NDCG@10"], 9), _cell(pop["HR@10"], 11),
                _cell(pop["NDCG@10"], 13)]
       lines.append(f"  {bucket:<8}{row['users']:>7}" + "".join(cells))
+  lines.extend(_format_rewards(report))
   extra = beyond.format_beyond(report)  # coverage, Gini, ARP, novelty, ILD, personalization
   return "\n".join(lines) + (("\n" + extra) if extra else "")
+
+
+def _format_rewards(report: dict[str, Any]) -> list[str]:
+  """The high-reward / low-reward targets' metrics and the reward of the hits, where present."""
+  keys = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
+  lines = []
+  for split_name, split_rep in report["splits"].items():
+    scorers = [s for s in ("model", "model_q", "popularity") if "reward" in split_rep.get(s, {})]
+    if not scorers:
+      continue
+    high_min = split_rep[scorers[0]]["reward"]["high_reward_min"]
+    lines.append(f"\n{split_name}: by target reward (high: reward >= {high_min:g})")
+    lines.append(f"  {'scorer':<12}{'targets':<9}{'users':>7}" + "".join(f"{k:>9}" for k in keys)
+                 + f"{'hit_rew@10':>11}{'rew@10':>9}")
+    for scorer in scorers:
+      rep = split_rep[scorer]
+      for part in ("overall", "high_reward", "low_reward"):
+        row = rep[part]
+        extra = ""
+        if part == "overall":
+          extra = _cell(rep["reward"]["hit_reward@10"], 11) + _cell(rep["reward"]["reward@10"], 9)
+        lines.append(f"  {scorer:<12}{part.split('_')[0]:<9}{row['users']:>7}"
+                     + "".join(_cell(row[k], 9) for k in keys) + extra)
+  return lines
 
 
 SUMMARY_KEYS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR@10", "MRR")

@@ -17,7 +17,10 @@ The train step picks a loss by name from a registry (`loss.kind`): each register
 
 with `key` a PRNG key for sampled negatives, `log_q_V` the sampling log-probabilities (None unless
 `needs_log_q(kind)`) and `item_mask_V` the candidates of the training softmax (None: all items).
-Add one with `@register_loss("name")`.
+Add one with `@register_loss("name")`. A loss registered with `needs_transitions=True` (the
+offline RL losses of `rl.py`) also gets `transitions=` (the Q heads, the rewards and the terminal
+flags of the logged transitions, built by the train step) and `rl_cfg=` (the `rl` group), and
+returns `(loss, scalars to log)`.
 """
 
 from __future__ import annotations
@@ -526,11 +529,13 @@ def bce_loss(user_NxE: jax.Array, item_table_VxE: jax.Array, item_bias_V: jax.Ar
 _LOSSES: dict[str, Callable[..., jax.Array]] = {}
 _NEEDS_LOG_Q: set[str] = set()
 _ROWS: dict[str, Callable[..., jax.Array]] = {}
+_NEEDS_TRANSITIONS: set[str] = set()
 _VOCAB_PARALLEL: dict[str, Callable[..., jax.Array]] = {}
 
 
 def register_loss(name: str, *, needs_log_q: bool = False,
-                  rows: Callable[..., jax.Array] | None = None, replace: bool = False):
+                  rows: Callable[..., jax.Array] | None = None, needs_transitions: bool = False,
+                  replace: bool = False):
   """Decorator registering a loss under `loss.kind = name`.
 
   needs_log_q: the loss samples negatives from `log_q_V` (the trainer then builds it from item
@@ -539,16 +544,19 @@ def register_loss(name: str, *, needs_log_q: bool = False,
   `rows(cfg, key, log_q_V) -> ids` gives those rows (drawn exactly as the loss draws them, from
   the same key); the step then computes item content at those rows only (`rows_read`). None:
   the loss reads the whole table.
+  needs_transitions: the loss reads the logged transitions (`transitions=`, `rl_cfg=`; the
+  model needs `model.q_head`) and returns `(loss, scalars)`; see `needs_transitions`.
   """
 
   def decorate(fn):
     if name in _LOSSES and _LOSSES[name] is not fn and not replace:
       raise ValueError(f"loss {name!r} is already registered; pass replace=True to override it")
     _LOSSES[name] = fn
-    if needs_log_q:
-      _NEEDS_LOG_Q.add(name)
-    else:
-      _NEEDS_LOG_Q.discard(name)
+    for flag, names in ((needs_log_q, _NEEDS_LOG_Q), (needs_transitions, _NEEDS_TRANSITIONS)):
+      if flag:
+        names.add(name)
+      else:
+        names.discard(name)
     if rows is not None:
       _ROWS[name] = rows
     else:
@@ -612,6 +620,11 @@ def loss_names() -> tuple[str, ...]:
 def needs_log_q(kind) -> bool:
   """Whether loss `kind` (a name, or a LossConfig) samples negatives from `log_q_V`."""
   return getattr(kind, "kind", kind) in _NEEDS_LOG_Q
+
+
+def needs_transitions(kind) -> bool:
+  """Whether loss `kind` (a name, or a LossConfig) reads the logged transitions (offline RL)."""
+  return getattr(kind, "kind", kind) in _NEEDS_TRANSITIONS
 
 
 @dataclasses.dataclass(frozen=True)

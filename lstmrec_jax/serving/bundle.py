@@ -13,6 +13,8 @@ A bundle folder holds:
   observe.jax     observe(tables, state_BxS f32, item_ids_B i32) -> state_BxS
   top_k.jax       top_k(tables, state_BxS f32, exclude_BxX i32) -> (ids_BxK i32, scores_BxK f32),
                   K = bundle.json's export_k; observe and top_k with a symbolic batch (and X)
+  top_k_q.jax     the same ranked by the Q head, for a model with Q heads (an offline RL loss);
+                  `Recommender.recommend(..., head="q")` on a loaded bundle ranks the same way
   checksums.json  the sha256 of every other file; its own sha256 is the bundle's digest
 
 The exported functions take the parameters as an argument (format 2; format 1 carried them as
@@ -301,8 +303,8 @@ def load(path: str | os.PathLike, *, expect_sha256: str | None = None) -> Bundle
     item_keys = json.loads((path / "items.json").read_text())
     rest = {k: meta[k] for k in ("source", "dataset", "exported", "created", "jax_version")
             if k in meta}
-    # Bundles written before model.vocab_shards existed hold unsplit tables.
-    model = {"vocab_shards": 1, **meta["model"]}
+    # Bundles written before model.vocab_shards / model.q_head existed: unsplit, no Q heads.
+    model = {"vocab_shards": 1, "q_head": False, **meta["model"]}
     b = Bundle(model=model, num_items=int(meta["num_items"]), max_len=int(meta["max_len"]),
                seed=int(meta["seed"]), params=params, item_keys=item_keys,
                popularity_V=np.asarray(popularity_V), content=content, meta=rest)
@@ -335,12 +337,16 @@ def export_functions_to(bundle: Bundle, out: pathlib.Path, *, k: int) -> dict[st
   k = min(k, bundle.num_items - 1)
 
   def tables_of(t):
-    return fns.Tables(_flat_like(params, t["params"]), consts, t["input_VxE"], t["fallback_VxF"])
+    return fns.Tables(_flat_like(params, t["params"]), consts, t["input_VxE"], t["fallback_VxF"],
+                      t.get("q_fallback_VxF"))
 
   def prepare(flat_params):
     built = fns.make_tables(graphdef, _flat_like(params, flat_params), consts, popularity_V)
-    return {"params": flat_params, "input_VxE": built.input_VxE,
-            "fallback_VxF": built.fallback_VxF}
+    out = {"params": flat_params, "input_VxE": built.input_VxE,
+           "fallback_VxF": built.fallback_VxF}
+    if built.q_fallback_VxF is not None:  # a model with Q heads (an offline RL loss)
+      out["q_fallback_VxF"] = built.q_fallback_VxF
+    return out
 
   def observe(t, state_BxS, item_ids_B):
     return fns.observe(graphdef, layout, tables_of(t), state_BxS, item_ids_B)
@@ -362,7 +368,18 @@ def export_functions_to(bundle: Bundle, out: pathlib.Path, *, k: int) -> dict[st
   (out / "prepare.jax").write_bytes(prepared.serialize())
   (out / "observe.jax").write_bytes(observed.serialize())
   (out / "top_k.jax").write_bytes(ranked.serialize())
-  return {"state_size": layout.size, "k": k, "platforms": list(observed.platforms),
+  heads = {}
+  if bundle.model.get("q_head"):
+
+    def top_k_q(t, state_BxS, exclude_BxX):
+      user_BxE, count_B = fns.user_of(layout, state_BxS)
+      return fns.rank(tables_of(t), user_BxE, count_B, exclude_BxX, k=k, head="q")
+
+    ranked_q = jax.export.export(jax.jit(top_k_q))(tables, state,
+                                                   jax.ShapeDtypeStruct((b, x), jnp.int32))
+    (out / "top_k_q.jax").write_bytes(ranked_q.serialize())
+    heads = {"top_k_q": "top_k_q.jax: top_k ranked by the Q head (same arguments and results)"}
+  return {"state_size": layout.size, "k": k, "platforms": list(observed.platforms), **heads,
           "prepare": "prepare.jax: (params: dict(np.load('params.npz'))) -> tables (a dict); "
                      "call once",
           "observe": "observe.jax: (tables, state_BxS f32, item_ids_B i32; 0 = no event) -> "

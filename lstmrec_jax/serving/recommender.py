@@ -7,6 +7,7 @@ items, K top-k, E item embedding size.
   rec.recommend(["i1", "i7"], k=10)               # one pass over the history
   state = rec.observe(rec.start(), "i1")          # streaming: O(1) per event (LSTM, GRU)
   rec.top_k(state, k=10)
+  rec.recommend(["i1", "i7"], k=10, head="q")   # a model trained with an RL loss: its Q head
 
 Every call is jitted at a bucketed shape (batch and length rounded up to a power of two), so a
 new history length does not recompile. Streaming encoders read the whole history (the carried
@@ -106,8 +107,9 @@ class Recommender:
     self._observe = jax.jit(functools.partial(fns.observe, g, lay))
     self._observe_seq = jax.jit(functools.partial(fns.observe_sequence, g, lay))
     self._encode = jax.jit(functools.partial(fns.encode, g, lay))
-    self._rank = jax.jit(fns.rank, static_argnames="k")
-    self._score_items = jax.jit(fns.score_items)
+    self._rank = jax.jit(fns.rank, static_argnames=("k", "head"))
+    self._score_items = jax.jit(fns.score_items, static_argnames="head")
+    self.heads = self.tables.heads  # ("softmax",), or ("softmax", "q") with Q heads
     self._user_of = functools.partial(fns.user_of, lay)
 
   # ------------------------------------------------------------------ loading
@@ -138,7 +140,7 @@ class Recommender:
             "num_layers": m.get("num_layers"), "embed_dim": m.get("embed_dim"),
             "hidden_size": m.get("hidden_size"), "num_items": self.num_items - 1,
             "max_len": self.max_len, "streams": self.streams, "state_size": self.layout.size,
-            **meta}
+            "heads": list(self.heads), **meta}
 
   # ------------------------------------------------------------------ ids
 
@@ -159,22 +161,27 @@ class Recommender:
   # ------------------------------------------------------------------ one pass over histories
 
   def recommend(self, history: Sequence[Any], k: int = 10, *, exclude_seen: bool = True,
-                exclude: Iterable[Any] = (), allow: Iterable[Any] | None = None
-                ) -> Recommendations:
-    """The top-k next items for one history of raw ids (oldest first)."""
+                exclude: Iterable[Any] = (), allow: Iterable[Any] | None = None,
+                head: str = "softmax") -> Recommendations:
+    """The top-k next items for one history of raw ids (oldest first).
+
+    head: "softmax" (the recommender's own head) or "q" (the Q head of a model trained with an
+    offline RL loss: items ranked by their estimated return); `self.heads` lists the model's.
+    """
     return self.recommend_batch([history], k, exclude_seen=exclude_seen, exclude=[exclude],
-                                allow=None if allow is None else [allow])[0]
+                                allow=None if allow is None else [allow], head=head)[0]
 
   def recommend_batch(self, histories: Sequence[Sequence[Any]], k: int = 10, *,
                       exclude_seen: bool = True, exclude: Sequence[Iterable[Any]] | None = None,
-                      allow: Sequence[Iterable[Any] | None] | None = None
-                      ) -> list[Recommendations]:
+                      allow: Sequence[Iterable[Any] | None] | None = None,
+                      head: str = "softmax") -> list[Recommendations]:
     """`recommend` for many histories in one jitted call (per bucket)."""
+    self.check_head(head)
     dense = [self.dense(h) for h in histories]
     user_BxE, count_B = self.encode_ids([ids for ids, _ in dense])
     seen = [ids if exclude_seen else [] for ids, _ in dense]
     return self._finish(user_BxE, count_B, k, seen, exclude, allow,
-                        [u for _, u in dense])
+                        [u for _, u in dense], head)
 
   def encode_ids(self, histories: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """(user_BxE, count_B) of dense-id histories, one full pass of the model per bucket."""
@@ -227,41 +234,51 @@ class Recommender:
     return np.asarray(self._observe_seq(self.tables, states_BxS, items_BxL))[:b]
 
   def top_k(self, state: UserState, k: int = 10, *, exclude_seen: bool = True,
-            exclude: Iterable[Any] = (), allow: Iterable[Any] | None = None) -> Recommendations:
-    """The top-k next items of a streaming state."""
+            exclude: Iterable[Any] = (), allow: Iterable[Any] | None = None,
+            head: str = "softmax") -> Recommendations:
+    """The top-k next items of a streaming state (`head` as in `recommend`)."""
     return self.top_k_batch([state], k, exclude_seen=exclude_seen, exclude=[exclude],
-                            allow=None if allow is None else [allow])[0]
+                            allow=None if allow is None else [allow], head=head)[0]
 
   def top_k_batch(self, states: Sequence[UserState], k: int = 10, *, exclude_seen: bool = True,
                   exclude: Sequence[Iterable[Any]] | None = None,
-                  allow: Sequence[Iterable[Any] | None] | None = None) -> list[Recommendations]:
+                  allow: Sequence[Iterable[Any] | None] | None = None,
+                  head: str = "softmax") -> list[Recommendations]:
     """`top_k` of many users' states in one jitted call."""
+    self.check_head(head)
     user_BxE, count_B = self._user_of(np.stack([s.vector_S for s in states]))
     seen = [list(s.seen) if exclude_seen else [] for s in states]
     return self._finish(np.asarray(user_BxE), np.asarray(count_B), k, seen, exclude, allow,
-                        [s.unknown for s in states])
+                        [s.unknown for s in states], head)
 
   # ------------------------------------------------------------------ ranking
+
+  def check_head(self, head: str) -> None:
+    if head not in self.heads:
+      raise ValueError(f"head={head!r} must be one of {', '.join(self.heads)} (this model's; a "
+                       "'q' head needs a model trained with an RL loss, model.q_head=True)")
 
   def check_k(self, k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < self.num_items:
       raise ValueError(f"k={k!r} must be an integer in [1, {self.num_items - 1}] (the catalog)")
 
-  def rank_ids(self, user_BxE, count_B, k: int, exclude: Sequence[Sequence[int]]
-               ) -> tuple[np.ndarray, np.ndarray]:
+  def rank_ids(self, user_BxE, count_B, k: int, exclude: Sequence[Sequence[int]],
+               head: str = "softmax") -> tuple[np.ndarray, np.ndarray]:
     """(ids_BxK, scores_BxK) over the catalog without each row's excluded dense ids."""
     b = len(user_BxE)
     users, counts, exclude_BxX = _bucketed(user_BxE, count_B, exclude)
-    ids_BxK, scores_BxK = self._rank(self.tables, users, counts, exclude_BxX, k=k)
+    ids_BxK, scores_BxK = self._rank(self.tables, users, counts, exclude_BxX, k=k, head=head)
     return np.asarray(ids_BxK)[:b], np.asarray(scores_BxK)[:b]
 
-  def score_allowed(self, user_BxE, count_B, allowed: Sequence[Sequence[int]]) -> np.ndarray:
+  def score_allowed(self, user_BxE, count_B, allowed: Sequence[Sequence[int]],
+                    head: str = "softmax") -> np.ndarray:
     """Scores of each row's allowed dense ids (-inf past a row's own list)."""
     b = len(user_BxE)
     users, counts, items_BxA = _bucketed(user_BxE, count_B, allowed)
-    return np.asarray(self._score_items(self.tables, users, counts, items_BxA))[:b]
+    return np.asarray(self._score_items(self.tables, users, counts, items_BxA, head=head))[:b]
 
-  def _finish(self, user_BxE, count_B, k, seen, exclude, allow, unknown) -> list[Recommendations]:
+  def _finish(self, user_BxE, count_B, k, seen, exclude, allow, unknown,
+              head: str = "softmax") -> list[Recommendations]:
     self.check_k(k)
     b = len(user_BxE)
     exclude = [[] for _ in range(b)] if exclude is None else exclude
@@ -270,14 +287,14 @@ class Recommender:
     rows = [i for i in range(b) if allow is None or allow[i] is None]
     if rows:
       ids_BxK, scores_BxK = self.rank_ids(user_BxE[rows], count_B[rows], k,
-                                          [drop[i] for i in rows])
+                                          [drop[i] for i in rows], head)
       for i, ids, scores in zip(rows, ids_BxK, scores_BxK):
         out[i] = self._answer(ids, scores, unknown[i], count_B[i])
     rest = [i for i in range(b) if out[i] is None]
     if rest:
       allowed = [[j for j in dict.fromkeys(self.item_id(x) for x in allow[i])
                   if j and j not in set(drop[i])] for i in rest]
-      scores = self.score_allowed(user_BxE[rest], count_B[rest], allowed)
+      scores = self.score_allowed(user_BxE[rest], count_B[rest], allowed, head)
       for i, ids, row_scores in zip(rest, allowed, scores):
         order = np.argsort(-row_scores[:len(ids)], kind="stable")[:k]
         out[i] = self._answer(np.asarray(ids, np.int64)[order], row_scores[order], unknown[i],

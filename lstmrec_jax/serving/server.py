@@ -1,6 +1,7 @@
 """The HTTP JSON service of serve.py: a plain ASGI app (msgspec, on uvicorn) over one Recommender.
 
-  POST /recommend  {"history": [raw ids]} or {"user_id": u}, plus k, exclude_seen, exclude, allow
+  POST /recommend  {"history": [raw ids]} or {"user_id": u}, plus k, exclude_seen, exclude, allow,
+                   head ("softmax", or "q" for a model trained with an offline RL loss)
                    -> {"items": [raw ids], "scores": [...], "unknown": n, "fallback": bool}
                    (a user_id with no stored event is ranked by popularity: fallback true)
   POST /events     {"user_id": u, "item": raw id} or {"user_id": u, "items": [raw ids]}
@@ -225,7 +226,7 @@ class Service:
       out.append(np.asarray(new)[:hi - lo])
     return np.concatenate(out)
 
-  def rank(self, user_BxE, count_B, exclude: list[list[int]]):
+  def rank(self, user_BxE, count_B, exclude: list[list[int]], head: str = "softmax"):
     ids, scores = [], []
     for lo, hi in self._chunks(len(exclude)):
       b = self._pick(self.batch_buckets, hi - lo)
@@ -234,12 +235,14 @@ class Service:
       counts = np.zeros(b, np.float32)
       counts[:hi - lo] = count_B[lo:hi]
       i, s = self.rec._rank(self.rec.tables, users, counts,  # pylint: disable=protected-access
-                            self._pad_rows(exclude[lo:hi], self.exclude_buckets, b), k=self.k)
+                            self._pad_rows(exclude[lo:hi], self.exclude_buckets, b), k=self.k,
+                            head=head)
       ids.append(np.asarray(i)[:hi - lo])
       scores.append(np.asarray(s)[:hi - lo])
     return np.concatenate(ids), np.concatenate(scores)
 
-  def score_allowed(self, user_BxE, count_B, allowed: list[list[int]]) -> list[np.ndarray]:
+  def score_allowed(self, user_BxE, count_B, allowed: list[list[int]],
+                    head: str = "softmax") -> list[np.ndarray]:
     out = []
     for lo, hi in self._chunks(len(allowed)):
       b = self._pick(self.batch_buckets, hi - lo)
@@ -248,7 +251,8 @@ class Service:
       counts = np.zeros(b, np.float32)
       counts[:hi - lo] = count_B[lo:hi]
       s = self.rec._score_items(  # pylint: disable=protected-access
-          self.rec.tables, users, counts, self._pad_rows(allowed[lo:hi], self.allow_buckets, b))
+          self.rec.tables, users, counts, self._pad_rows(allowed[lo:hi], self.allow_buckets, b),
+          head=head)
       out.extend(np.asarray(s)[:hi - lo])
     return out
 
@@ -270,10 +274,13 @@ class Service:
       for n in self.event_buckets:
         done(rec._observe_seq(rec.tables, states, np.zeros((b, n), np.int32)))  # pylint: disable=protected-access
       users, counts = np.zeros((b, e), np.float32), np.zeros(b, np.float32)
-      for n in self.exclude_buckets:
-        done(rec._rank(rec.tables, users, counts, np.zeros((b, n), np.int32), k=self.k))  # pylint: disable=protected-access
-      for n in self.allow_buckets:
-        done(rec._score_items(rec.tables, users, counts, np.zeros((b, n), np.int32)))  # pylint: disable=protected-access
+      for head in rec.heads:
+        for n in self.exclude_buckets:
+          done(rec._rank(rec.tables, users, counts, np.zeros((b, n), np.int32), k=self.k,  # pylint: disable=protected-access
+                         head=head))
+        for n in self.allow_buckets:
+          done(rec._score_items(rec.tables, users, counts,  # pylint: disable=protected-access
+                                np.zeros((b, n), np.int32), head=head))
     return compile_count() - before
 
   def prepare(self, warm_up: bool = True) -> None:
@@ -413,19 +420,21 @@ class Service:
     ok = list(recs)
     drop = {i: sorted((set(seen[i]) if jobs[i]["exclude_seen"] else set())
                       | set(jobs[i]["exclude"])) for i in ok}
-    full = [i for i in ok if jobs[i]["allow"] is None]
-    if full:
-      ids, scores = self.rank(users[full], counts[full], [drop[i] for i in full])
-      for i, row_ids, row_scores in zip(full, ids, scores):
-        results[i] = self._answer(jobs[i], row_ids, row_scores, counts[i])
-    restricted = [i for i in ok if jobs[i]["allow"] is not None]
-    if restricted:
-      allowed = [[a for a in jobs[i]["allow"] if a not in set(drop[i])] for i in restricted]
-      scores = self.score_allowed(users[restricted], counts[restricted], allowed)
-      for i, ids, row_scores in zip(restricted, allowed, scores):
-        order = np.argsort(-row_scores[:len(ids)], kind="stable")
-        results[i] = self._answer(jobs[i], np.asarray(ids, np.int64)[order],
-                                  row_scores[order], counts[i])
+    for head in self.rec.heads:  # one ranking call per head the batch asks for
+      full = [i for i in ok if jobs[i]["allow"] is None and jobs[i].get("head", "softmax") == head]
+      if full:
+        ids, scores = self.rank(users[full], counts[full], [drop[i] for i in full], head)
+        for i, row_ids, row_scores in zip(full, ids, scores):
+          results[i] = self._answer(jobs[i], row_ids, row_scores, counts[i])
+      restricted = [i for i in ok if jobs[i]["allow"] is not None
+                    and jobs[i].get("head", "softmax") == head]
+      if restricted:
+        allowed = [[a for a in jobs[i]["allow"] if a not in set(drop[i])] for i in restricted]
+        scores = self.score_allowed(users[restricted], counts[restricted], allowed, head)
+        for i, ids, row_scores in zip(restricted, allowed, scores):
+          order = np.argsort(-row_scores[:len(ids)], kind="stable")
+          results[i] = self._answer(jobs[i], np.asarray(ids, np.int64)[order],
+                                    row_scores[order], counts[i])
 
   def _answer(self, job, ids, scores, count) -> dict[str, Any]:
     keys = self.rec.item_keys
@@ -632,6 +641,7 @@ def _request_types():
     exclude_seen: bool = True
     exclude: list[RawId] = []
     allow: list[RawId] | None = None
+    head: str = "softmax"
 
   class EventsBody(msgspec.Struct, forbid_unknown_fields=True):
     user_id: RawId
@@ -705,9 +715,12 @@ def create_app(service: Service, *, warm_up: bool = True, max_body_bytes: int = 
     if not 1 <= body.k <= service.k:
       raise RequestError(422, f"k={body.k} must be in [1, {service.k}] (the catalog has "
                               f"{rec.num_items - 1} items; the server's --max_k is {cfg.max_k})")
+    if body.head not in rec.heads:
+      raise RequestError(422, f"head={body.head!r} must be one of {', '.join(rec.heads)} (this "
+                              "model's; 'q' needs a model trained with an RL loss)")
     job = {"kind": "recommend", "k": body.k, "exclude_seen": body.exclude_seen,
            "user_id": None if body.user_id is None else user_id(body.user_id), "history": None,
-           "unknown": 0, "allow": None,
+           "unknown": 0, "allow": None, "head": body.head,
            "exclude": dense(body.exclude, "exclude", cfg.max_exclude)[0]}
     if body.history is not None:
       job["history"], job["unknown"] = dense(body.history, "history", cfg.max_history)

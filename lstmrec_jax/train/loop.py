@@ -272,7 +272,8 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
                                   num_items=int(dataset.num_items), batch_size=inp.batch_size,
                                   max_len=inp.max_len, seed=spec.seed, pack=inp.pack,
                                   backend=inp.backend, process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+                                  process_count=jax.process_count(),
+                                  rewards_N=dataset.train_rewards())
   steps_per_epoch = batches.steps_per_epoch
   if steps_per_epoch < 1:
     raise ConfigError(f"fewer training examples ({batches.num_examples}) than one batch "
@@ -308,7 +309,7 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
       state, meta = restored
       logging.info("resumed from %s at step %d", workdir, int(state.step))
 
-  aux = run.step_aux()
+  aux = run.step_aux(steps_per_epoch)
   if "item_mask_V" in aux:
     trained = int(np.asarray(dataset.item_counts_V)[1:].astype(bool).sum())
     logging.info("training softmax over the %d items with training events (%d left out)",
@@ -386,6 +387,9 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
                      "epoch": step / steps_per_epoch}
           if tr.skip_nonfinite_steps:
             scalars["skipped_steps"] = guard.skipped
+          # An RL loss's scalars (mean Q of the logged actions, ...): the last step's values.
+          scalars.update({k: float(v) for k, v in jax.device_get(
+              {k: v for k, v in out.items() if k.startswith("rl/")}).items()})
           logger.write(step, scalars)
           bar.set_postfix(loss=f"{loss:.4f}", ev_s=f"{events_per_s:,.0f}", epoch=epoch + 1)
           bar.update(step - bar.n)
@@ -439,7 +443,9 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
                                    batch_size=inp.eval_batch_size, max_len=inp.max_len,
                                    exclude_seen=spec.eval.exclude_seen,
                                    chunk_size=spec.eval.chunk_size,
-                                   seen_targets=spec.eval.seen_targets)
+                                   seen_targets=spec.eval.seen_targets,
+                                   high_reward_min=spec.reward.high_min,
+                                   q_head=run.model_cfg.q_head)
   report.update(checkpoint="best", step=best_step, workdir=str(workdir),
                 epochs_trained=step / steps_per_epoch, dataset=spec.data.format)
   if spec.auto:
