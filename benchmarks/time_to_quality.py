@@ -16,7 +16,8 @@ first wall time at which that test NDCG@10 reaches the floor, beside the peer's 
       --config.train.eval_every_epochs=1 --config.train.valid_users=5000 --config.train.patience=0
 
 Arguments after `--` go to train.py as they are (config overrides). Time it alone on the
-machine: nothing else may run (the wall time is the result). Writes
+machine: nothing else may run (the wall time is the result). `--phase run` trains and times only,
+`--phase analyze` (later, untimed) evaluates the chosen checkpoints on test and writes the files. Writes
 benchmarks/results/time_to_quality_<name>_<date>.{json,md,png}.
 """
 
@@ -147,26 +148,43 @@ def main() -> None:
   p.add_argument("--max_minutes", type=float, default=0, help="stop train.py (SIGTERM: it "
                  "saves and exits) after this long; the curve ends there (0 = run to its end)")
   p.add_argument("--out", default=None, help="results path stem")
+  p.add_argument("--phase", choices=("both", "run", "analyze"), default="both",
+                 help="run: train and time only (the test evaluations, which are not timed, "
+                 "can then wait until the timed runs of a session are over); analyze: the test "
+                 "evaluations and the result files of an earlier --phase run (same --workdir)")
   args = p.parse_args(argv)
   workdir = pathlib.Path(args.workdir or REPO / "runs" / "time_to_quality" / args.name)
-  if workdir.exists():
-    shutil.rmtree(workdir)  # a fresh run: a resumed one would not time from its start
-  cmd = [sys.executable, str(REPO / "train.py"), f"--config={args.config}",
-         f"--workdir={workdir}", "--config.train.keep_checkpoints=1000",
-         "--config.train.progress_bar=False", *extra]
-  if args.cpus:
-    cmd = ["taskset", "-c", args.cpus, *cmd]
-  load = os.getloadavg()
-  started = time.time()
-  proc = subprocess.Popen(cmd, cwd=REPO)
-  try:
-    proc.wait(timeout=args.max_minutes * 60 if args.max_minutes else None)
-  except subprocess.TimeoutExpired:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait()
-  run_wall = time.time() - started
-  if proc.returncode != 0:
-    raise SystemExit(f"train.py exited with {proc.returncode}: {' '.join(cmd)}")
+  timing_file = workdir / "time_to_quality_run.json"
+  if args.phase != "analyze":
+    if workdir.exists():
+      shutil.rmtree(workdir)  # a fresh run: a resumed one would not time from its start
+    cmd = [sys.executable, str(REPO / "train.py"), f"--config={args.config}",
+           f"--workdir={workdir}", "--config.train.keep_checkpoints=1000",
+           "--config.train.progress_bar=False", *extra]
+    if args.cpus:
+      cmd = ["taskset", "-c", args.cpus, *cmd]
+    load = os.getloadavg()
+    started = time.time()
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    try:
+      proc.wait(timeout=args.max_minutes * 60 if args.max_minutes else None)
+    except subprocess.TimeoutExpired:
+      proc.send_signal(signal.SIGTERM)
+      proc.wait()
+    run_wall = time.time() - started
+    if proc.returncode != 0:
+      raise SystemExit(f"train.py exited with {proc.returncode}: {' '.join(cmd)}")
+    timing_file.write_text(json.dumps(
+        {"started": started, "run_wall_s": run_wall, "train_command": cmd,
+         "loadavg_at_start": list(load), "max_minutes": args.max_minutes,
+         "date": datetime.datetime.now().isoformat(timespec="seconds"),
+         "command": " ".join(["python", *sys.argv])}) + "\n")
+    if args.phase == "run":
+      print(f"{args.name}: ran {run_wall:.0f} s; analyze with --phase analyze --workdir {workdir}")
+      return
+  timing = json.loads(timing_file.read_text())
+  started, run_wall, cmd = timing["started"], timing["run_wall_s"], timing["train_command"]
+  load, args.max_minutes = timing["loadavg_at_start"], timing["max_minutes"]
   rows = curve(validations(workdir), started)
   tests = test_metrics(workdir, sorted({r["chosen_step"] for r in rows}))
   for r in rows:
@@ -174,8 +192,8 @@ def main() -> None:
     r["test_hr10"] = tests[r["chosen_step"]]["HR@10"]
   first = next((r for r in rows if r["test_ndcg10"] >= args.floor), None)
   result = {"name": args.name, "config": args.config, "overrides": extra,
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": " ".join(["python", *sys.argv]), "train_command": " ".join(cmd),
+            "date": timing["date"],
+            "command": timing["command"], "train_command": " ".join(cmd),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                         "loadavg_at_start": list(load)},
             "floor": args.floor, "peer_minutes": args.peer_minutes, "run_wall_s": run_wall,

@@ -166,6 +166,17 @@ def test_explicit_values_win_over_the_auto_rules(trained):
 
 
 @pytest.mark.slow
+def test_train_keeps_its_compiles_in_the_users_cache(trained):
+  """train.py's compiles go to JAX's persistent cache under ~/.cache/lstmrec_jax/jax (unless
+  XDG_CACHE_HOME moves it), so a rerun or a resume of the same shapes skips them."""
+  cwd, _ = trained
+  if os.environ.get("XDG_CACHE_HOME"):
+    pytest.skip("XDG_CACHE_HOME is set: the cache is not under the test's HOME")
+  entries = list((cwd / "home" / ".cache" / "lstmrec_jax" / "jax").iterdir())
+  assert len(entries) >= 2, entries  # at least the train step and the evaluation's rank step
+
+
+@pytest.mark.slow
 def test_a_normal_run_logs_only_the_projects_own_lines(trained):
   """Item 9: train + eval + export + Recommender.load: no TensorFlow oneDNN banner, no Orbax
   "read only" warnings, no progress-bar carriage returns; every log line is from lstmrec_jax."""

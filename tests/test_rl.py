@@ -489,3 +489,22 @@ def test_td_to_encoder_false_leaves_the_state_gradient_to_the_ce():
         log_q_V=None, item_mask_V=None, transitions=tr, rl_cfg=rl_cfg)[0])(user)
     same = np.allclose(grad, ce_grad, atol=1e-6)
     assert same != td_to_encoder
+
+
+def test_reward_table_printed_only_when_rewards_differ():
+  """The by-reward table repeats the overall row when every target has one reward (implicit data,
+  the default): it is left out there, and printed for ratings that split the targets."""
+  from lstmrec_jax.evaluation import reports as reports_lib  # pylint: disable=g-import-not-at-top
+  metrics = {k: 0.1 for k in ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")}
+
+  def report(high_users, low_users):
+    part = lambda n: {"users": n, **metrics}  # pylint: disable=unnecessary-lambda-assignment
+    rep = {"overall": part(high_users + low_users), "high_reward": part(high_users),
+           "low_reward": part(low_users),
+           "reward": {"high_reward_min": 1.0, "hit_reward@10": 0.5, "reward@10": 0.05}}
+    return {"splits": {"test": {"model": rep}}}
+
+  assert reports_lib._format_rewards(report(10, 0)) == []  # pylint: disable=protected-access
+  lines = reports_lib._format_rewards(report(6, 4))  # pylint: disable=protected-access
+  assert any("by target reward" in line for line in lines)
+  assert sum(line.strip().startswith("model") for line in lines) == 3

@@ -119,6 +119,37 @@ def base_defaults() -> dict[str, Any]:
   return run_lib.flatten(json.loads(module.get_base_config().to_json_best_effort()))
 
 
+def user_folder(env: str, fallback: str) -> str:
+  """$env, else ~/fallback (the XDG base directories: XDG_CACHE_HOME -> ~/.cache, ...)."""
+  return os.environ.get(env) or os.path.join(os.path.expanduser("~"), fallback)
+
+
+def define_compilation_cache_flag(why: str) -> None:
+  """--compilation_cache: JAX's persistent compilation cache folder (`why`: what it saves)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("compilation_cache", None, "JAX's persistent compilation cache folder: "
+                      f"{why}. Default: $XDG_CACHE_HOME (~/.cache)/lstmrec_jax/jax; '' turns it off.")
+
+
+def use_compilation_cache() -> str | None:
+  """Points JAX at --compilation_cache (call before the first compile); returns the folder.
+
+  Every compile is kept: a cached program loads in milliseconds, and a program's cache key holds
+  its shapes, the jax/jaxlib versions and the backend, so a changed config or install compiles
+  afresh instead of reading a stale entry.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  value = flags.FLAGS.compilation_cache
+  cache = (os.path.join(user_folder("XDG_CACHE_HOME", ".cache"), "lstmrec_jax", "jax")
+           if value is None else value)
+  if cache:
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return cache or None
+
+
 def define_plugin_flag() -> None:
   """--plugins: modules or .py files that register encoders, items or losses (docs/extending.md)."""
   from absl import flags  # pylint: disable=g-import-not-at-top

@@ -35,6 +35,7 @@ flags.DEFINE_bool("allow_other_data", False, "Evaluate even when the data differ
                   "run trained on (its data.json); otherwise refused, the metrics would be wrong.")
 common.define_distributed_flags()
 common.define_plugin_flag()
+common.define_compilation_cache_flag("evaluating the same shapes again skips the compiles")
 flags.DEFINE_list("summarize", None, "Workdirs (e.g. one config, several seeds) whose saved "
                   "eval_<checkpoint>.json reports are summarized as mean +- std; no evaluation.")
 flags.DEFINE_string("summary_split", "test", "The split --summarize reads.")
@@ -89,6 +90,7 @@ def main() -> None:
   check_flags()
   import jax  # pylint: disable=g-import-not-at-top
   common.initialize_distributed()
+  common.use_compilation_cache()
   from lstmrec_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.evaluation import reports  # pylint: disable=g-import-not-at-top
   common.load_plugins(FLAGS.workdir)

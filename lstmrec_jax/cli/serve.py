@@ -60,9 +60,7 @@ flags.DEFINE_float("header_timeout_s", 10.0, "A connection whose request headers
 flags.DEFINE_float("body_timeout_s", 10.0, "A request body that takes longer is answered 408.")
 flags.DEFINE_float("keep_alive_s", 5.0, "An idle kept-alive connection is closed after this.")
 flags.DEFINE_integer("bucket_growth", 4, "Shape buckets grow by this factor.")
-flags.DEFINE_string("compilation_cache", None, "JAX's persistent compilation cache folder, so a "
-                    "restart of the same bundle does not compile again. Default: "
-                    "$XDG_CACHE_HOME (~/.cache)/lstmrec/jax; '' turns it off.")
+common.define_compilation_cache_flag("a restart of the same bundle does not compile again")
 flags.DEFINE_bool("xla_multi_thread", False, "CPU: let XLA split each call over a thread pool. "
                   "Off by default: a micro-batch is too small to gain from it, and the pool's "
                   "wake-ups took CPU from the HTTP event loop (benchmarks/serving.py).")
@@ -70,10 +68,6 @@ common.define_plugin_flag()
 FLAGS = flags.FLAGS
 
 _FD_RESERVE = 128  # descriptors kept for JAX, logs, the journal, Redis and the listening socket
-
-
-def _user_folder(env: str, fallback: str) -> str:
-  return os.environ.get(env) or os.path.join(os.path.expanduser("~"), fallback)
 
 
 def default_state_file(rec, source: str) -> str:
@@ -88,7 +82,7 @@ def default_state_file(rec, source: str) -> str:
   identity = meta.get("sha256") or f"{os.path.abspath(source)}:{meta['source'].get('step')}"
   name = os.path.basename(os.path.normpath(source)) or "model"
   key = hashlib.sha256(identity.encode()).hexdigest()[:16]
-  return os.path.join(_user_folder("XDG_STATE_HOME", ".local/state"), "lstmrec", "serving",
+  return os.path.join(common.user_folder("XDG_STATE_HOME", ".local/state"), "lstmrec", "serving",
                       f"{name}-{key}", "states.npz")
 
 
@@ -110,17 +104,11 @@ def main() -> None:
   if not FLAGS.xla_multi_thread:  # read when the first JAX backend starts, which is below
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_cpu_multi_thread_eigen=false").strip()
-  import jax  # pylint: disable=g-import-not-at-top
   import uvicorn  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.serving import recommender, server, store  # pylint: disable=g-import-not-at-top
-  cache = (os.path.join(_user_folder("XDG_CACHE_HOME", ".cache"), "lstmrec", "jax")
-           if FLAGS.compilation_cache is None else FLAGS.compilation_cache)
-  if cache:
-    # Every compile is kept (the smallest bucket compiles in milliseconds, 84 of them do not).
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  # Every compile is kept (the smallest bucket compiles in milliseconds, 84 of them do not).
+  common.use_compilation_cache()
   if bool(FLAGS.bundle) == bool(FLAGS.workdir):
     raise ConfigError("give exactly one of --bundle and --workdir")
   source = FLAGS.bundle or FLAGS.workdir

@@ -21,12 +21,14 @@ flags.DEFINE_string("workdir", "runs/default", "Checkpoints, logs and the report
                     "workdir with checkpoints is resumed.")
 common.define_distributed_flags()
 common.define_plugin_flag()
+common.define_compilation_cache_flag("a rerun or resume of the same shapes skips the compiles")
 FLAGS = flags.FLAGS
 
 
 def main() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   common.initialize_distributed()
+  common.use_compilation_cache()
   from lstmrec_jax.evaluation import reports  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.train import loop  # pylint: disable=g-import-not-at-top
   common.load_plugins(FLAGS.workdir, record=True)

@@ -150,8 +150,9 @@ def _format_rewards(report: dict[str, Any]) -> list[str]:
   lines = []
   for split_name, split_rep in report["splits"].items():
     scorers = [s for s in ("model", "model_q", "popularity") if "reward" in split_rep.get(s, {})]
-    if not scorers:
-      continue
+    if not scorers or not all(split_rep[scorers[0]][part]["users"]
+                              for part in ("high_reward", "low_reward")):
+      continue  # one reward for every target (implicit data): the table repeats the overall one
     high_min = split_rep[scorers[0]]["reward"]["high_reward_min"]
     lines.append(f"\n{split_name}: by target reward (high: reward >= {high_min:g})")
     lines.append(f"  {'scorer':<12}{'targets':<9}{'users':>7}" + "".join(f"{k:>9}" for k in keys)
