@@ -128,7 +128,8 @@ def define_compilation_cache_flag(why: str) -> None:
   """--compilation_cache: JAX's persistent compilation cache folder (`why`: what it saves)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("compilation_cache", None, "JAX's persistent compilation cache folder: "
-                      f"{why}. Default: $XDG_CACHE_HOME (~/.cache)/lstmrec_jax/jax; '' turns it off.")
+                      f"{why}. Default: $JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME "
+                      "(~/.cache)/lstmrec_jax/jax; '' turns it off.")
 
 
 def use_compilation_cache() -> str | None:
@@ -141,8 +142,10 @@ def use_compilation_cache() -> str | None:
   import jax  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   value = flags.FLAGS.compilation_cache
-  cache = (os.path.join(user_folder("XDG_CACHE_HOME", ".cache"), "lstmrec_jax", "jax")
-           if value is None else value)
+  if value is None:
+    value = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+        user_folder("XDG_CACHE_HOME", ".cache"), "lstmrec_jax", "jax")
+  cache = value
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
