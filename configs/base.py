@@ -31,9 +31,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.auto = ()
 
   c.data = ml_collections.ConfigDict()
-  c.data.format = "synthetic"  # synthetic|movielens|seqfile|pairs|csv|tsv|parquet|tfds
+  c.data.format = "synthetic"  # synthetic|movielens|seqfile|pairs|csv|tsv|parquet|tfds|crossdomain
   c.data.path = ""  # file or directory of the raw data
   c.data.attributes_path = ""  # seqfile: optional item2attributes.json
+  # crossdomain (merged multi-domain sequences, `user item|time ...`): the JSON item -> domain
+  # map ({"ASIN": [id, domain]} or {"id": domain}); "" = map_item.json beside the file
+  c.data.domains_path = ""
+  c.data.domain_names = ()  # names of the domains in index order, e.g. ("Food", "Kitchen"); () = from the map
+  # Keep one domain's events only (by name): the single-domain baseline on a multi-domain log,
+  # split exactly as the merged log (same users, same targets of that domain); "" keeps all
+  c.data.domain = ""
   c.data.tfds_name = ""  # tfds: e.g. "movielens/1m-ratings"
   c.data.tfds_data_dir = ""  # tfds: data folder ("" = TFDS's default, ~/tensorflow_datasets)
   c.data.download = False  # movielens: download the official release when `path` is missing
