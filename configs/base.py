@@ -126,6 +126,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # the forward pass (3 matmuls, 1 exp per logit); None = on CPU when V <= chunk_size
   c.loss.row_block = ml_collections.config_dict.placeholder(int)  # chunked: positions per cache
   # block (None = 128 on CPU, all positions elsewhere)
+  # Multi-domain data: each position's softmax over its target's domain only (full / chunked)
+  c.loss.domain_softmax = False
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-3  # peak AdamW learning rate
@@ -190,6 +192,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   # none exist on Beauty or Games, whose numbers are the same under both.
   c.eval.seen_targets = "miss"
   c.eval.chunk_size = 8192  # items per ranking chunk (bounds memory at large V)
+  # Multi-domain data (data.format crossdomain): besides full ranking over the target domain's
+  # items, the published sampled protocol: this many negatives drawn uniformly from the target's
+  # domain among the items the user never touched (0 = off), from a seed of (sampled_seed,
+  # split, user), so every model and rerun sees the same candidates. Metrics per domain, never
+  # pooled; model selection on the mean over domains of the full-ranking validation NDCG@10.
+  c.eval.sampled_negatives = 999
+  c.eval.sampled_seed = 0
   return c
 
 

@@ -21,6 +21,7 @@ from lstmrec_jax import plugins
 from lstmrec_jax import run as run_lib
 from lstmrec_jax.errors import ConfigError
 from lstmrec_jax.evaluation import cold_start
+from lstmrec_jax.evaluation import cross_domain
 from lstmrec_jax.evaluation import ranking
 from lstmrec_jax.evaluation import reports
 
@@ -94,8 +95,9 @@ def evaluate_checkpoint(workdir: str | os.PathLike, *, which: str = "best",
   common = dict(mesh=run.mesh, batch_size=inp.eval_batch_size, max_len=inp.max_len,
                 exclude_seen=exclude_seen, chunk_size=ev.chunk_size,
                 seen_targets=ev.seen_targets if seen_targets is None else seen_targets)
-  report = ranking.evaluate_params(run.graphdef, params, run.consts, run.dataset,
-                                   splits=splits, **common)
+  report = cross_domain.evaluate_params(run.graphdef, params, run.consts, run.dataset,
+                                        splits=splits, sampled_negatives=ev.sampled_negatives,
+                                        sampled_seed=ev.sampled_seed, **common)
   report.update(checkpoint=str(which), step=restored.step, workdir=str(workdir),
                 dataset=run.spec.data.format, epochs_trained=restored.meta.get("epoch"))
   if topk_out:

@@ -48,6 +48,10 @@ def summarize() -> None:
     if not path.is_file():
       raise FileNotFoundError(f"{path}: no report; run python eval.py --workdir {workdir} first")
     loaded.append(json.loads(path.read_text()))
+  if reports.is_domain_report(loaded[0]):  # a multi-domain dataset: per domain and protocol
+    print(reports.format_domain_summary(reports.summarize_domain_reports(loaded,
+                                                                        FLAGS.summary_split)))
+    return
   print(reports.format_summary(reports.summarize_reports(loaded, FLAGS.summary_split)))
 
 

@@ -26,6 +26,7 @@ from lstmrec_jax import run as run_lib
 from lstmrec_jax.data import augment
 from lstmrec_jax.errors import ConfigError
 from lstmrec_jax.errors import DivergenceError
+from lstmrec_jax.evaluation import cross_domain
 from lstmrec_jax.evaluation import metrics
 from lstmrec_jax.evaluation import ranking
 from lstmrec_jax.evaluation import reports
@@ -263,8 +264,10 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
     trained = int(np.asarray(dataset.item_counts_V)[1:].astype(bool).sum())
     logging.info("training softmax over the %d items with training events (%d left out)",
                  trained, int(dataset.num_items) - 1 - trained)
+  # A multi-domain split is ranked per user in the target's domain.
   rank_fn = scoring.compile_rank_fn(run.graphdef, mesh, exclude_seen=spec.eval.exclude_seen,
-                                    chunk_size=spec.eval.chunk_size)
+                                    chunk_size=spec.eval.chunk_size,
+                                    item_domains_V=dataset.item_domains_V)
 
   seen_targets = reports.effective_seen_targets(spec.eval.exclude_seen, spec.eval.seen_targets)
   valid_split = dataset.valid
@@ -277,6 +280,10 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
     users_U, ranks_U = ranking.rank_split(rank_fn, state.params, run.consts, valid_split,
                                           batch_size=inp.eval_batch_size, max_len=inp.max_len,
                                           mesh=mesh)
+    if cross_domain.is_multi_domain(dataset):
+      # Per domain, never pooled: the checkpoint is chosen on the mean over domains.
+      return cross_domain.validation_metrics(ranks_U, users_U, valid_split,
+                                             dataset.domain_names, seen_targets)
     # The checkpoint is chosen under the protocol the report states (eval.seen_targets).
     return metrics.metrics_from_ranks(
         reports.protocol_ranks(ranks_U, users_U, valid_split, seen_targets))
@@ -381,12 +388,14 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
   checkpointer.wait()
 
   params, _, best_step = checkpointer.restore_params(state.params, "best", mesh)
-  report = ranking.evaluate_params(run.graphdef, params, run.consts, dataset,
-                                   splits=("valid", "test"), mesh=mesh,
-                                   batch_size=inp.eval_batch_size, max_len=inp.max_len,
-                                   exclude_seen=spec.eval.exclude_seen,
-                                   chunk_size=spec.eval.chunk_size,
-                                   seen_targets=spec.eval.seen_targets)
+  report = cross_domain.evaluate_params(run.graphdef, params, run.consts, dataset,
+                                        splits=("valid", "test"), mesh=mesh,
+                                        batch_size=inp.eval_batch_size, max_len=inp.max_len,
+                                        exclude_seen=spec.eval.exclude_seen,
+                                        chunk_size=spec.eval.chunk_size,
+                                        seen_targets=spec.eval.seen_targets,
+                                        sampled_negatives=spec.eval.sampled_negatives,
+                                        sampled_seed=spec.eval.sampled_seed)
   report.update(checkpoint="best", step=best_step, workdir=str(workdir),
                 epochs_trained=step / steps_per_epoch, dataset=spec.data.format)
   if spec.auto:

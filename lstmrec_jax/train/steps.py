@@ -64,10 +64,20 @@ def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | N
   split_args = {"mesh": mesh, "num_items": model.cfg.num_items} if split else {}
   mask_BxL = batch["mask_BxL"]
 
+  # A cross-domain encoder reads each position's target domain (the next item's).
+  target_domains_BxL = (model.item_domains(batch["targets_BxL"]) if model.cross_domain
+                        else None)
+  if loss_cfg.domain_softmax:
+    if split:
+      raise ValueError("loss.domain_softmax does not run with the item tables split over "
+                       "devices (model.vocab_shards > 1)")
+    loss_fn = functools.partial(losses.domain_softmax_loss, loss_fn,
+                                domain_starts=model.cfg.domain_starts)
+
   def loss_at(input_delta=None, user_delta=None):
     user_BxLxE = model(batch["inputs_BxL"], mask_BxL, batch.get("resets_BxL"),
                        item_table_VxE=input_VxE, dropout_key=dropout_key,
-                       input_delta_BxLxE=input_delta)
+                       input_delta_BxLxE=input_delta, target_domains_BxL=target_domains_BxL)
     if user_delta is not None:
       user_BxLxE = user_BxLxE + jnp.where(mask_BxL[..., None], user_delta, 0.0)
     user_NxE = user_BxLxE.reshape(-1, user_BxLxE.shape[-1])
