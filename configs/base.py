@@ -155,6 +155,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.progress_bar = True  # tqdm bar with loss, events/s and ETA
   c.train.divergence_factor = 10.0  # stop when a step's loss > this x the running median; >= 1 (0 = off)
   c.train.skip_nonfinite_steps = False  # drop (and count) steps with a NaN/inf loss instead of stopping
+  # Transfer / pre-training: a train.py workdir whose best checkpoint's parameters start this run
+  # (every parameter whose path and shape match, e.g. a merged-log LSTM fine-tuned on one domain
+  # with data.domain; the rest as initialized; counted in the log); "" = a fresh start
+  c.train.init_from = ""
 
   # Adversarial training (losses/adversarial.py): loss + weight * loss at the worst-case
   # perturbation of the input item embeddings (and optionally the user state), L2 <= eps each.

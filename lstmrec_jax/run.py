@@ -80,6 +80,9 @@ class TrainConfig:
   progress_bar: bool
   divergence_factor: float  # stop when a loss exceeds this x the running median, >= 1 (0 = off)
   skip_nonfinite_steps: bool  # drop (and count) a step with a non-finite loss instead of stopping
+  # Transfer: a train.py workdir whose best parameters start this run (each parameter whose path
+  # and shape match; the rest as initialized); "" = none. A resumed run ignores it.
+  init_from: str
 
   def __post_init__(self):
     _check_positive(self, "train", ("num_epochs", "log_every_steps", "keep_checkpoints"))

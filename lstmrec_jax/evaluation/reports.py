@@ -268,3 +268,19 @@ def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:
   if jax.process_index() == 0:
     paths.replace_text(paths.workdir_path(path), json.dumps(report, indent=2, sort_keys=True))
     logging.info("wrote %s", path)
+
+
+def format_domain_cold_start(report: dict[str, Any]) -> str:
+  """The target-domain cold-start buckets: per domain and protocol, HR@10 / NDCG@10 / MRR."""
+  lines = [f"protocol {name}: {text}" for name, text in report.get("protocols", {}).items()]
+  lines.append("test users by target-domain events before the target (own histories, and "
+               f"histories cut to the last m = {report.get('truncations')} of them)")
+  lines.append(f"  {'domain':<14}{'protocol':<9}{'bucket':<7}{'pairs':>7}{'HR@10':>9}"
+               f"{'NDCG@10':>9}{'MRR':>9}")
+  for domain, by_protocol in report["buckets"].items():
+    for protocol, buckets in by_protocol.items():
+      for bucket, row in buckets.items():
+        lines.append(f"  {domain:<14}{protocol:<9}{bucket:<7}{row['users']:>7}"
+                     + _cell(row["HR@10"], 9) + _cell(row["NDCG@10"], 9) + _cell(row["MRR"], 9))
+  lines.append(f"own histories per bucket: {report.get('natural_counts')}")
+  return "\n".join(lines)

@@ -23,6 +23,7 @@ from lstmrec_jax import mesh as mesh_lib
 from lstmrec_jax import optim
 from lstmrec_jax import paths
 from lstmrec_jax import run as run_lib
+from lstmrec_jax import workdir as workdir_lib
 from lstmrec_jax.data import augment
 from lstmrec_jax.errors import ConfigError
 from lstmrec_jax.errors import DivergenceError
@@ -171,6 +172,21 @@ class _Preemption:
     self.previous = {}
 
 
+def _pretrained(init_from: str, params):
+  """`params` with every parameter of `init_from`'s best checkpoint whose path and shape match
+  (`train.init_from`: pre-training, then this run fine-tunes); the counts are logged."""
+  source = workdir_lib.restore_run(init_from, which="best", num_devices=1)
+  new, copied, kept = ckpt_lib.transfer_params(jax.device_get(params),
+                                               jax.device_get(source.params))
+  if not copied:
+    raise ConfigError(f"train.init_from={init_from}: no parameter of its best checkpoint matches"
+                      " this model's (paths and shapes); nothing to start from")
+  logging.info("train.init_from=%s: %d parameters from its best checkpoint (step %d), %d as "
+               "initialized%s", init_from, len(copied), source.step, len(kept),
+               f" ({', '.join(kept)})" if kept else "")
+  return new
+
+
 def eval_period(tr: run_lib.TrainConfig, steps_per_epoch: int) -> int:
   """Steps between validations: `eval_every_steps` when set, else `eval_every_epochs` of the data.
 
@@ -251,6 +267,9 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
 
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=tr.keep_checkpoints)
   meta = {"best": None, "best_step": None, "evals_since_best": 0, "stopped_early": False}
+  if tr.init_from and checkpointer.latest_step() is None:
+    state = state._replace(params=jax.device_put(_pretrained(tr.init_from, state.params),
+                                                 state_sh.params))
   if checkpointer.latest_step() is not None:
     restored = checkpointer.restore_train_state(state, mesh)
     if restored is None:
