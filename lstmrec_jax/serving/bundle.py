@@ -5,9 +5,11 @@ S flat serving-state size (see scoring/streaming.py), X excluded items per user,
 
 A bundle folder holds:
   bundle.json   format version, the model config group, V, max_len, seed, state layout size,
-                source workdir / checkpoint / step / validation metrics, data fingerprint, date
+                source workdir / checkpoint / step / validation metrics, data fingerprint, date;
+                a multi-domain model's domain names
   items.json    the raw item ids by dense id (index 0 is the padding placeholder)
-  arrays.npz    popularity_V (training counts) and the item content arrays of hybrid models
+  arrays.npz    popularity_V (training counts), the item content arrays of hybrid models and,
+                for a multi-domain catalogue, item_domains_V (the domain map by dense id)
   params.npz    the parameters, one entry per leaf path
   observe.jax   jax.export (StableHLO) of observe(state_BxS f32, item_ids_B i32) -> state_BxS
   top_k.jax     jax.export of top_k(state_BxS f32, exclude_BxX i32) -> (ids_BxK i32,
@@ -34,6 +36,7 @@ from flax import nnx
 from lstmrec_jax import model as model_lib
 from lstmrec_jax import run as run_lib
 from lstmrec_jax import workdir as workdir_lib
+from lstmrec_jax.data import preprocess
 from lstmrec_jax.errors import CheckpointError
 from lstmrec_jax.scoring import streaming as fns
 
@@ -53,10 +56,14 @@ class Bundle:
   popularity_V: np.ndarray  # int64 training counts
   content: dict[str, Any] | None  # ContentInputs fields (numpy), None for id-only models
   meta: dict[str, Any]
+  # A multi-domain catalogue: the domains' names and each dense id's domain (-1 at 0); () / None
+  domain_names: tuple[str, ...] = ()
+  item_domains_V: np.ndarray | None = None
 
   def model_config(self):
-    return model_lib.ModelConfig.from_mapping(dict(self.model), num_items=self.num_items,
-                                              max_len=self.max_len)
+    return model_lib.ModelConfig.from_mapping(
+        dict(self.model), num_items=self.num_items, max_len=self.max_len,
+        domain_starts=preprocess.domain_starts(self.item_domains_V, len(self.domain_names)))
 
   def build(self):
     """(graphdef, params, consts) of the model with this bundle's parameters."""
@@ -132,7 +139,9 @@ def from_run(run, params, *, source: dict[str, Any] | None = None) -> Bundle:
                 params=_flat(params),
                 item_keys=[None] + [_plain_key(k) for k in run.dataset.item_keys[1:]],
                 popularity_V=np.asarray(run.dataset.item_counts_V, np.int64), content=content,
-                meta=meta)
+                meta=meta, domain_names=tuple(run.dataset.domain_names),
+                item_domains_V=(None if run.dataset.item_domains_V is None
+                                else np.asarray(run.dataset.item_domains_V, np.int32)))
 
 
 def save(bundle: Bundle, out: str | os.PathLike, *, export_k: int = 10,
@@ -142,6 +151,8 @@ def save(bundle: Bundle, out: str | os.PathLike, *, export_k: int = 10,
   out.mkdir(parents=True, exist_ok=True)
   np.savez(out / "params.npz", **bundle.params)
   arrays = {"popularity_V": bundle.popularity_V}
+  if bundle.item_domains_V is not None:
+    arrays["item_domains_V"] = bundle.item_domains_V
   content_scalars = {}
   for name, value in (bundle.content or {}).items():
     if isinstance(value, np.ndarray):
@@ -153,6 +164,7 @@ def save(bundle: Bundle, out: str | os.PathLike, *, export_k: int = 10,
   meta = {**bundle.meta, "format_version": FORMAT_VERSION, "model": bundle.model,
           "num_items": bundle.num_items, "max_len": bundle.max_len, "seed": bundle.seed,
           "has_content": bundle.content is not None, "content_scalars": content_scalars,
+          "domain_names": list(bundle.domain_names),
           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "jax_version": jax.__version__}
   if export_functions:
@@ -175,6 +187,7 @@ def load(path: str | os.PathLike) -> Bundle:
   content = None
   with np.load(path / "arrays.npz") as z:
     popularity_V = z["popularity_V"]
+    item_domains_V = z["item_domains_V"] if "item_domains_V" in z.files else None
     if meta["has_content"]:
       content = {k.split(".", 1)[1]: z[k] for k in z.files if k.startswith("content.")}
       content.update(meta.get("content_scalars", {}))
@@ -187,7 +200,8 @@ def load(path: str | os.PathLike) -> Bundle:
   model = {"vocab_shards": 1, **meta["model"]}
   return Bundle(model=model, num_items=meta["num_items"], max_len=meta["max_len"],
                 seed=meta["seed"], params=params, item_keys=item_keys,
-                popularity_V=popularity_V, content=content, meta=rest)
+                popularity_V=popularity_V, content=content, meta=rest,
+                domain_names=tuple(meta.get("domain_names", ())), item_domains_V=item_domains_V)
 
 
 def export_functions_to(bundle: Bundle, out: pathlib.Path, *, k: int) -> dict[str, Any]:
@@ -205,15 +219,27 @@ def export_functions_to(bundle: Bundle, out: pathlib.Path, *, k: int) -> dict[st
     user_BxE, count_B = fns.user_of(layout, state_BxS)
     return fns.rank(tables, user_BxE, count_B, exclude_BxX, k=k)
 
+  domains = bundle.item_domains_V
+  if domains is not None:  # a multi-domain model: top_k takes each row's domain as well
+
+    def top_k(state_BxS, exclude_BxX, domains_B):  # pylint: disable=function-redefined
+      user_BxE, count_B = fns.user_of(layout, state_BxS, domains_B)
+      return fns.rank(tables, user_BxE, count_B, exclude_BxX, k=k,
+                      item_domains_V=jnp.asarray(domains), domains_B=domains_B)
+
   b, x = jax.export.symbolic_shape("b, x")
   state = jax.ShapeDtypeStruct((b, layout.size), jnp.float32)
   observed = jax.export.export(jax.jit(observe))(state, jax.ShapeDtypeStruct((b,), jnp.int32))
-  ranked = jax.export.export(jax.jit(top_k))(state, jax.ShapeDtypeStruct((b, x), jnp.int32))
+  top_k_args = [state, jax.ShapeDtypeStruct((b, x), jnp.int32)]
+  if domains is not None:
+    top_k_args.append(jax.ShapeDtypeStruct((b,), jnp.int32))
+  ranked = jax.export.export(jax.jit(top_k))(*top_k_args)
   (out / "observe.jax").write_bytes(observed.serialize())
   (out / "top_k.jax").write_bytes(ranked.serialize())
   return {"state_size": layout.size, "k": k, "platforms": list(observed.platforms),
           "observe": "observe.jax: (state_BxS f32, item_ids_B i32; 0 = no event) -> state_BxS",
-          "top_k": "top_k.jax: (state_BxS f32, exclude_BxX i32; 0 = none) -> (ids_BxK i32 dense, "
-                   "scores_BxK f32)",
+          "top_k": "top_k.jax: (state_BxS f32, exclude_BxX i32; 0 = none" + (
+              ", domains_B i32: the domain index asked about (domain_names)"
+              if domains is not None else "") + ") -> (ids_BxK i32 dense, scores_BxK f32)",
           "start_state": f"zeros (B, {layout.size}) f32",
           "ids": "dense ids index items.json (raw ids)"}
