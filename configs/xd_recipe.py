@@ -46,7 +46,7 @@ def base_recipe(c):
   c.optim.weight_decay = 0.1
   c.optim.warmup_steps = None  # warm-up of optim.warmup_epochs (one epoch) for every variant
   c.optim.warmup_epochs = 1.0
-  c.train.num_epochs = 12
+  c.train.num_epochs = 20  # early stopping on validation decides where it ends
   c.train.eval_every_epochs = 2.0
   c.train.patience = 3
   return c
