@@ -2,7 +2,7 @@
 
 Must-show 2 of issue 12, on a real bundle (e.g. the Beauty model's): --users seeded random
 histories of the bundle's own raw item ids are ranked by the Python API (`Recommender`) here and
-by `observe.jax` / `top_k.jax` in a fresh `python -I -S` process whose path holds only the folder
+by `observe.jax` / `top_k.jax` (format 2: with `prepare.jax`'s tables of `params.npz`) in a fresh `python -I -S` process whose path holds only the folder
 with jax and numpy (no site hooks, so not even a `pip install -e .` of this project is visible);
 the two top-k lists must be equal for every user.
 
@@ -38,20 +38,26 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     assert importlib.util.find_spec("lstmrec_jax") is None, "the project is importable"
     d = BUNDLE
-    observe = jax.export.deserialize(open(d + "/observe.jax", "rb").read())
-    top_k = jax.export.deserialize(open(d + "/top_k.jax", "rb").read())
+    load = lambda name: jax.export.deserialize(open(d + "/" + name, "rb").read())
+    observe, top_k = load("observe.jax"), load("top_k.jax")
     meta = json.load(open(d + "/bundle.json"))
+    if meta["format_version"] >= 2:  # the parameters are an argument: params.npz, once
+      tables = load("prepare.jax").call(dict(np.load(d + "/params.npz")))
+      run_observe = lambda s, x: observe.call(tables, s, x)
+      run_top_k = lambda s, x: top_k.call(tables, s, x)
+    else:  # format 1: the parameters inside
+      run_observe, run_top_k = observe.call, top_k.call
     keys = json.load(open(d + "/items.json"))
     ids = json.load(open(IDS))
     state = np.zeros((len(ids), meta["exported"]["state_size"]), np.float32)
     for t in range(max(map(len, ids))):
       step = np.array([h[t] if t < len(h) else 0 for h in ids], np.int32)
-      state = observe.call(state, step)
+      state = run_observe(state, step)
     width = max(map(len, ids))
     seen = np.zeros((len(ids), width), np.int32)
     for r, h in enumerate(ids):
       seen[r, :len(h)] = h
-    top, _ = top_k.call(state, seen)
+    top, _ = run_top_k(state, seen)
     print(json.dumps([[keys[int(i)] for i in row] for row in np.asarray(top)]))
 """)
 

@@ -401,7 +401,7 @@ def build_train_step(impl: str, dtype: str, settings, batch_size: int | None = N
   config.update(seed=0, auto=())
   config["data"].update(format="synthetic", cache_dir="",
                         synthetic={"num_users": 400, "num_items": v - 1, "seed": 0,
-                                   "min_length": 20})
+                                   "min_length": 20, "num_clusters": max(1, min(20, v // 4))})
   config["input"].update(max_len=l, batch_size=b, eval_batch_size=b, backend="numpy")
   config["model"].update(embed_dim=e_dim, hidden_size=e_dim, lstm_impl=impl,
                          compute_dtype=matmul)

@@ -22,6 +22,15 @@ request's due time) and (6) fresh users' events at --event_rate. Every answer is
 each user's event count, and every /recommend top-k against the Python API
 (`Recommender.recommend_batch` on the same history). Bounded by --max_seconds a phase.
 
+Durability (issue 24): by default the server keeps its states in a temporary --state_file
+(`--state file`), as a deployment would: the memory store journals every batch of events
+before answering. `--state none` runs without persistence. `--server_repo` starts another
+checkout's serve.py against the same client and bundle (a before/after comparison: run both back
+to back; `--bundle_format 1` writes the synthetic bundle in the format older servers read, which
+newer ones read too); `--server_args` passes flags that only one of them knows. `--phases` picks
+the load phases; `--startup_runs N` times N starts of serve.py to its first answer (a restart
+reuses the persistent compilation cache when `--server_args` names one).
+
 Results: benchmarks/results/serving_<name>_<date>.{json,md} with the machine, command and date.
 """
 
@@ -189,13 +198,8 @@ def load_test(bundle_dir: str, rec: Recommender, args) -> dict[str, Any]:
   users = [f"user{j}" for j in range(len(histories))]
 
   port = _free_port()
-  pin = lambda cpus: ["taskset", "-c", cpus] if cpus else []  # noqa: E731
-  cmd = [*pin(args.server_cpus), sys.executable, str(REPO / "serve.py"),
-         f"--bundle={bundle_dir}", f"--port={port}", "--state_file=",
-         f"--xla_multi_thread={args.xla_multi_thread}",
-         f"--max_batch={args.server_max_batch}", f"--max_wait_ms={args.server_max_wait_ms}",
-         "--max_history=1024"]
-  proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)})
+  cmd = server_command(bundle_dir, port, args)
+  proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(args.server_repo)})
   if args.client_cpus:
     os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
   url = f"http://127.0.0.1:{port}"
@@ -233,13 +237,14 @@ def load_test(bundle_dir: str, rec: Recommender, args) -> dict[str, Any]:
 
     # 1. Every sampled user's whole history as single events, in order (a user keeps one lane).
     order = [(u, item) for u, h in enumerate(histories) for item in h]
-    ev = phase("events", [loadgen.post("/events", {"user_id": users[u], "item": item})
-                          for u, item in order],
-               lanes=args.clients, lane_of=[u % args.clients for u, _ in order])
-    last_count = {users[u]: json.loads(b)["events"] for (u, _), b in zip(order, ev["bodies"])
-                  if b is not None}
-    out["events"]["users_with_wrong_event_count"] = sum(
-        last_count.get(users[u]) != len(h) for u, h in enumerate(histories))
+    if "events" in args.phases:
+      ev = phase("events", [loadgen.post("/events", {"user_id": users[u], "item": item})
+                            for u, item in order],
+                 lanes=args.clients, lane_of=[u % args.clients for u, _ in order])
+      last_count = {users[u]: json.loads(b)["events"] for (u, _), b in zip(order, ev["bodies"])
+                    if b is not None}
+      out["events"]["users_with_wrong_event_count"] = sum(
+          last_count.get(users[u]) != len(h) for u, h in enumerate(histories))
     n = args.requests
     pick = [j % len(histories) for j in range(n)]
     by_user = [loadgen.post("/recommend", {"user_id": users[j], "k": args.k}) for j in pick]
@@ -247,17 +252,22 @@ def load_test(bundle_dir: str, rec: Recommender, args) -> dict[str, Any]:
                   for j in pick]
     want = [expected[j] for j in pick]
     # 2-3. Closed loop: the most the server answers at --clients requests in flight.
-    phase("recommend_user_closed", by_user, lanes=args.clients, expect=want)
-    phase("recommend_history_closed", by_history, lanes=args.clients, expect=want)
+    if "recommend_user_closed" in args.phases:
+      phase("recommend_user_closed", by_user, lanes=args.clients, expect=want)
+    if "recommend_history_closed" in args.phases:
+      phase("recommend_history_closed", by_history, lanes=args.clients, expect=want)
     # 4-6. Open loop at the target rates: latency from each request's due time.
-    phase("recommend_user_open", by_user, lanes=args.open_lanes, rate=args.rate, expect=want)
-    phase("recommend_history_open", by_history, lanes=args.open_lanes, rate=args.rate,
-          expect=want)
+    if "recommend_user_open" in args.phases:
+      phase("recommend_user_open", by_user, lanes=args.open_lanes, rate=args.rate, expect=want)
+    if "recommend_history_open" in args.phases:
+      phase("recommend_history_open", by_history, lanes=args.open_lanes, rate=args.rate,
+            expect=want)
     # 6. The same events again for fresh users, due at --event_rate.
-    phase("events_open", [loadgen.post("/events", {"user_id": "open-" + users[u], "item": item})
-                          for u, item in order],
-          lanes=args.open_lanes, lane_of=[u % args.open_lanes for u, _ in order],
-          rate=args.event_rate)
+    if "events_open" in args.phases:
+      phase("events_open", [loadgen.post("/events", {"user_id": "open-" + users[u],
+                                                     "item": item}) for u, item in order],
+            lanes=args.open_lanes, lane_of=[u % args.open_lanes for u, _ in order],
+            rate=args.event_rate)
     meta = httpx.get(f"{url}/metadata").json()
   finally:
     proc.send_signal(signal.SIGTERM)
@@ -265,6 +275,48 @@ def load_test(bundle_dir: str, rec: Recommender, args) -> dict[str, Any]:
   out["server_batches"] = meta["batches"]
   out["compiles_during_load"] = meta["compiles"] - out["compiles_at_start"]
   return out
+
+
+PHASES = ("events", "events_open", "recommend_user_closed", "recommend_user_open",
+          "recommend_history_closed", "recommend_history_open")
+
+
+def server_command(bundle_dir: str, port: int, args) -> list[str]:
+  """serve.py of --server_repo on loopback, pinned to --server_cpus, with the state it keeps."""
+  pin = ["taskset", "-c", args.server_cpus] if args.server_cpus else []
+  state = "--state_file=" if args.state == "none" else (
+      f"--state_file={pathlib.Path(args.state_dir) / f'states_{port}.npz'}")
+  return [*pin, sys.executable, str(pathlib.Path(args.server_repo) / "serve.py"),
+          f"--bundle={bundle_dir}", f"--port={port}", state,
+          f"--xla_multi_thread={args.xla_multi_thread}",
+          f"--max_batch={args.server_max_batch}", f"--max_wait_ms={args.server_max_wait_ms}",
+          "--max_history=1024", *args.server_args.split()]
+
+
+def startup_times(bundle_dir: str, args) -> dict[str, Any]:
+  """Seconds from starting serve.py to its first 200 from /healthz, --startup_runs times."""
+  import httpx  # pylint: disable=g-import-not-at-top
+  out = []
+  for _ in range(args.startup_runs):
+    port = _free_port()
+    t = time.time()
+    proc = subprocess.Popen(server_command(bundle_dir, port, args),
+                            env={**os.environ, "PYTHONPATH": str(args.server_repo)})
+    try:
+      while True:
+        if proc.poll() is not None:
+          raise RuntimeError(f"serve.py exited with {proc.returncode}")
+        try:
+          if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+            break
+        except httpx.HTTPError:
+          time.sleep(0.05)
+      out.append(round(time.time() - t, 2))
+      print(f"start to first answer: {out[-1]} s", flush=True)
+    finally:
+      proc.send_signal(signal.SIGTERM)
+      proc.wait(timeout=120)
+  return {"seconds": out, "server": " ".join(server_command(bundle_dir, 0, args))}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -304,6 +356,10 @@ def markdown(result: dict[str, Any]) -> str:
                    f"{q['not_200']} | {q['not_sent_time_bound']} | {check} |")
     lines += ["", f"- server batches: {lt['server_batches']}; XLA compiles during the load: "
               f"{lt['compiles_during_load']}"]
+  if "startup" in result:
+    lines += ["", "## Start-up (serve.py start to its first answer)", "",
+              f"- server: `{result['startup']['server']}`",
+              f"- seconds, run after run: {result['startup']['seconds']}"]
   return "\n".join(lines) + "\n"
 
 
@@ -333,11 +389,25 @@ def main() -> None:
   p.add_argument("--skip_micro", action="store_true", help="only the load test")
   p.add_argument("--server_max_batch", type=int, default=64)
   p.add_argument("--server_max_wait_ms", type=float, default=0.5)
+  p.add_argument("--server_repo", default=str(REPO), help="the checkout whose serve.py runs")
+  p.add_argument("--server_args", default="", help="extra serve.py flags (space-separated)")
+  p.add_argument("--state", choices=("file", "none"), default="file",
+                 help="file: the memory store persisted (journal + snapshots) in --state_dir")
+  p.add_argument("--state_dir", default=None, help="where --state file keeps it (default: a "
+                 "temporary folder)")
+  p.add_argument("--bundle_format", type=int, choices=(1, 2), default=2,
+                 help="synthetic bundle: 1 is what servers before issue 24 read")
+  p.add_argument("--phases", default=",".join(PHASES), help="load phases to run")
+  p.add_argument("--startup_runs", type=int, default=0, help="time this many starts")
   p.add_argument("--name", default="run")
   p.add_argument("--out", default=None, help="results path stem")
   args = p.parse_args()
+  args.phases = [x for x in args.phases.split(",") if x]
   if bool(args.bundle) == bool(args.synthetic_items):
     p.error("give exactly one of --bundle and --synthetic_items")
+  if args.state == "file" and args.state_dir is None:
+    import tempfile  # pylint: disable=g-import-not-at-top
+    args.state_dir = tempfile.mkdtemp(prefix="serving_states_")
   bundle_dir = args.bundle
   if args.bundle:
     rec = Recommender.load(args.bundle)
@@ -345,10 +415,15 @@ def main() -> None:
     b = synthetic_bundle(args.synthetic_items, args.embed_dim, args.hidden_size or args.embed_dim,
                          args.num_layers)
     rec = Recommender(b)
-    if args.load_test:
+    if args.load_test or args.startup_runs:
       import tempfile  # pylint: disable=g-import-not-at-top
       bundle_dir = str(bundle_lib.save(b, pathlib.Path(tempfile.mkdtemp()) / "bundle",
                                        export_functions=False))
+      if args.bundle_format == 1:  # what servers before checksums read (newer ones read it too)
+        meta = json.loads((pathlib.Path(bundle_dir) / "bundle.json").read_text())
+        meta["format_version"] = 1
+        (pathlib.Path(bundle_dir) / "bundle.json").write_text(json.dumps(meta))
+        (pathlib.Path(bundle_dir) / "checksums.json").unlink()
   result = {"name": args.name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": " ".join(["python", *sys.argv]), "machine": machine_info(),
             "model": {k: v for k, v in rec.metadata().items()
@@ -360,6 +435,8 @@ def main() -> None:
     result["micro"] = micro(rec, args.batch, args.iters, args.k)
   if args.load_test:
     result["load_test"] = load_test(bundle_dir, rec, args)
+  if args.startup_runs:
+    result["startup"] = startup_times(bundle_dir, args)
   out = args.out or str(REPO / "benchmarks" / "results" /
                         f"serving_{args.name}_{datetime.date.today().isoformat()}")
   pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)

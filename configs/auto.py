@@ -1,12 +1,15 @@
 """The recipe for a dataset nobody tuned on: sizes and schedule set from the data at run time.
 
 Run (any format of configs/base.py; a new dataset's own columns as in the README):
-  python train.py --config configs/auto.py --workdir runs/mydata \
-      --config.data.format=seqfile --config.data.path=mydata.txt
+  python train.py --config auto --workdir runs/mydata \
+      --config.data.format=csv --config.data.path=events.csv
   python eval.py --workdir runs/mydata
 The training log's first lines say what the data set ("set from the data (auto): ..."), and
-report.json keeps it under "auto". To pin one of them, drop it from `c.auto` (in a copy of
-this file) and set it: a key left in `c.auto` takes the data's value whatever it is set to.
+report.json keeps it under "auto". An explicit value wins over its rule: a `--config.group.key=v`
+flag, a value `tune.py` samples, or a value a config file built on this one sets (one that
+differs from configs/base.py's default); the key leaves `auto` in the run's config.json, and the
+log says "explicit values win over the auto rules: ...". To pin a key to base.py's default value,
+drop it from `c.auto` in your config file.
 
 What is set from the data (`c.auto` below; lstmrec_jax/auto.py states each rule with the
 measured runs of docs/results.md behind it, R1-R7):

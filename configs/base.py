@@ -46,6 +46,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.download = False  # movielens: download the official release when `path` is missing
   c.data.columns = ml_collections.ConfigDict({  # csv/tsv/parquet column names ("" = absent)
       "user": "user_id", "item": "item_id", "time": "timestamp", "session": "", "rating": "",
+      "feedback": "",  # feedback: event labels (click / purchase) for reward.kind=labels
       "title": "", "lists": "",  # lists: attribute/tag column(s), split on list_separator
       "delimiter": "", "list_separator": "|", "header": True})  # delimiter "": by file type
   # Duplicate events: same user, item and time (without times: a user's item repeated at once).
@@ -55,8 +56,24 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.min_item_events = 0  # k-core: items with fewer events are dropped (0 = off)
   c.data.split = "loo"  # loo (leave-one-out) | temporal (global time cut points)
   c.data.temporal_fractions = (0.8, 0.1, 0.1)  # temporal split: train/valid/test event shares
-  c.data.cache_dir = "cache"  # preprocessed arrays, keyed by source bytes + options ("" = off)
+  # Preprocessed arrays, keyed by source bytes + options, shared by every run on the same data;
+  # "~" is the home folder ("" = off). Never the working directory.
+  c.data.cache_dir = "~/.cache/lstmrec_jax"
   c.data.synthetic = ml_collections.ConfigDict()  # synthetic_log kwargs (num_users, num_items, seed)
+
+  # The reward of each logged event (data/rewards.py): what the offline RL losses (loss.kind =
+  # sqn | sac | sa2c) optimise and what the report's high-reward metrics read. The split, the
+  # ranking and the metrics do not depend on it.
+  c.reward = ml_collections.ConfigDict()
+  c.reward.kind = "constant"  # constant | rating (scale x rating) | threshold | labels
+  c.reward.constant = 1.0  # constant: every event's reward (implicit feedback)
+  c.reward.scale = 0.2  # rating: reward = scale x rating (0.2: MovieLens 1..5 -> 0.2..1.0)
+  c.reward.threshold = 4.0  # threshold: a rating >= this earns `above`, a lower one `below`
+  c.reward.above = 1.0  # threshold: reward of a rating >= threshold
+  c.reward.below = 0.2  # threshold: reward of a rating < threshold
+  c.reward.labels = ml_collections.ConfigDict()  # labels: data.columns.feedback label -> reward,
+  # e.g. {"click": 0.2, "purchase": 1.0}; a label missing here is a data error
+  c.reward.high_min = 1.0  # report: targets with reward >= this are the high-reward targets
 
   c.input = ml_collections.ConfigDict()
   c.input.max_len = 50  # events of history per example (most recent kept)
@@ -84,6 +101,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.attention_dropout = 0.0  # transformer: on the attention weights, in [0, 1)
   c.model.item_bias = False  # a learned per-item score bias
   c.model.tied_output = True  # score with the input item table (else a separate table)
+  c.model.q_head = False  # two Q-value heads beside the softmax one (loss.kind sqn | sac | sa2c)
   # Split the item tables (and their optimizer state) row-wise over this many devices: a
   # data x model mesh with the vocabulary-parallel softmax (losses/vocab_parallel.py); the
   # devices in use must be a multiple of it. 1 = plain data parallelism.
@@ -112,7 +130,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   # full | chunked (exact full softmax, no N x V logits) | sampled (softmax, logQ) | bpr | bce
-  # (sampled negatives) | any name registered with lstmrec_jax.losses.register_loss
+  # (sampled negatives) | sqn | sac | sa2c (offline RL: the chunked softmax plus a Q head's TD
+  # loss, the `rl` group; needs model.q_head) | any name registered with
+  # lstmrec_jax.losses.register_loss
   c.loss.kind = "chunked"
   c.loss.chunk_size = 32768  # items per chunk (chunked); V <= this on CPU: one pass (faster)
   c.loss.num_negatives = 2048  # shared negatives per step (sampled, bpr, bce); >= 1
@@ -128,6 +148,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   # block (None = 128 on CPU, all positions elsewhere)
   # Multi-domain data: each position's softmax over its target's domain only (full / chunked)
   c.loss.domain_softmax = False
+
+  # Offline RL on the logged transitions (losses/rl.py), for loss.kind = sqn | sac | sa2c (with
+  # model.q_head = True): state = the LSTM state, action = the next item, reward = its `reward`.
+  c.rl = ml_collections.ConfigDict()
+  c.rl.discount = 0.5  # gamma of the one-step double-Q TD target, in [0, 1)
+  c.rl.q_weight = 1.0  # weight of the TD loss(es) beside the cross-entropy, >= 0
+  c.rl.warmup_epochs = 10.0  # sac, sa2c: epochs of plain CE + TD before the CE is weighted, >= 0
+  c.rl.negatives = 10  # sa2c: J, unobserved items each position counts (SA2C's N), >= 1
+  c.rl.negative_pool = 64  # sa2c: items drawn uniformly per step, shared by all positions, >= 1
+  c.rl.negative_reward = 0.0  # sa2c: the reward of an unobserved item
+  c.rl.advantage_max = 10.0  # sa2c: the CE weight is the advantage clipped to [0, this], > 0
+  c.rl.td_to_encoder = True  # the TD losses train the encoder too (SQN); False: the Q heads only
+  c.rl.normalize_weights = False  # sac, sa2c: CE weights / their batch mean (keeps the CE scale)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-3  # peak AdamW learning rate

@@ -8,17 +8,23 @@ RNG) and `meta` (JSON: epoch, early-stopping state, validation metrics). Saves a
 
 Reliability (docs/reliability.md): a finished step is sealed with the sha256 of every file
 (`lstmrec_checksums.json` in the step folder); a restore verifies it and falls back to the newest
-intact step, moving a broken one aside to `<workdir>/broken/` (never deleting it). Saving a step
-that is already on disk (a run killed between the `best/` and `checkpoints/` saves, resumed to
-the same step) keeps the saved one: under exact resume it is the same state. `best/` keeps the two
+intact step, moving a broken one aside to `<workdir>/broken/` (never deleting it). Only damage is
+"broken" (unreadable bytes, a failed checksum, a missing file): a step whose parameters have
+other shapes than the model (the data gained an item, the model config changed) is intact, and
+restoring it is one CheckpointError that moves nothing. Saving a step that is already on disk (a
+run killed between the `best/` and `checkpoints/` saves, resumed to the same step) keeps the
+saved one when it verifies (under exact resume it is the same state); a broken one is set aside
+and saved again. `best/` keeps the two
 latest improvements, so a broken best still leaves the one before it. `lock_workdir` keeps a
 second process out of a workdir.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging as std_logging
 import os
 import time
 from typing import Any
@@ -44,6 +50,11 @@ def _step_dir(manager: ocp.CheckpointManager, step: int):
   return manager.directory / str(step)
 
 
+def _plain_path(path) -> str:
+  """A pytree path with every key as text: {"layers": {0: x}} and {"layers": {"0": x}} match."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
 def _digests(step_dir) -> dict[str, str]:
   """sha256 of every file under a step folder but the checksum file, by relative path."""
   out = {}
@@ -64,7 +75,7 @@ def _digests(step_dir) -> dict[str, str]:
 def verify_step(step_dir) -> str | None:
   """None when a sealed step's files match their checksums, else what is wrong (unsealed: None)."""
   sums_path = os.path.join(step_dir, CHECKSUMS)
-  if "://" in str(step_dir) or not os.path.exists(sums_path):
+  if paths.is_uri(step_dir) or not os.path.exists(sums_path):
     return None  # saved before checksums existed, or killed before sealing: the restore decides
   try:
     expected = json.loads(open(sums_path).read())
@@ -128,7 +139,7 @@ def lock_workdir(workdir) -> Any:
   (gs://) are not locked.
   """
   import fcntl  # pylint: disable=g-import-not-at-top
-  if "://" in str(workdir):
+  if paths.is_uri(workdir):
     return None
   path = os.path.join(str(workdir), "lock")
   f = open(path, "a+")  # pylint: disable=consider-using-with
@@ -150,7 +161,7 @@ def lock_workdir(workdir) -> Any:
 
 def check_writable(directory) -> None:
   """Raises a CheckpointError when `directory` cannot be created or written (before any work)."""
-  if "://" in str(directory):
+  if paths.is_uri(directory):
     return
   probe = os.path.join(str(directory), f".write_probe_{os.getpid()}")
   try:
@@ -195,6 +206,25 @@ def _is_legacy(step_dir) -> bool:
     return False
 
 
+class _DropReadOnlyNotice(std_logging.Filter):
+  """Orbax warns "Given directory is read only=..." for every read-only manager it builds: that
+  is what evaluation, export and loading ask for, not a problem to report."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notice():
+  absl_logger = std_logging.getLogger("absl")  # Orbax logs through absl.logging
+  notice = _DropReadOnlyNotice()
+  absl_logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(notice)
+
+
 class Checkpointer:
   """The latest and best checkpoints of one workdir."""
 
@@ -203,19 +233,23 @@ class Checkpointer:
     workdir = paths.workdir_path(workdir)  # gs://bucket/run reaches Orbax as a bucket path
     common = dict(enable_async_checkpointing=async_save, read_only=read_only,
                   create=not read_only)
+    if read_only:  # what Orbax would force (with a warning each) on a read-only manager
+      common.update(save_interval_steps=0)
+    keep_at_most = lambda n: None if read_only else n
     # Both managers save the same step; with several processes Orbax's barriers are named by
     # step, so each manager needs its own prefix or the two saves collide and hang.
     prefixed = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
-    self.latest = ocp.CheckpointManager(
-        workdir / "checkpoints", item_names=("params", "train", "meta"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common,
-                                             multiprocessing_options=prefixed("latest")))
+    with _quiet_read_only_notice():
+      self.latest = ocp.CheckpointManager(
+          workdir / "checkpoints", item_names=("params", "train", "meta"),
+          options=ocp.CheckpointManagerOptions(max_to_keep=keep_at_most(keep), **common,
+                                               multiprocessing_options=prefixed("latest")))
+      self.best = ocp.CheckpointManager(
+          workdir / "best", item_names=("params", "train", "meta"),
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=keep_at_most(BEST_KEEP), best_fn=lambda m: m[BEST_METRIC],
+              best_mode="max", **common, multiprocessing_options=prefixed("best")))
     self.workdir, self.read_only = workdir, read_only
-    self.best = ocp.CheckpointManager(
-        workdir / "best", item_names=("params", "train", "meta"),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=BEST_KEEP, best_fn=lambda m: m[BEST_METRIC], best_mode="max", **common,
-            multiprocessing_options=prefixed("best")))
     self._saved: dict[str, set[int]] = {"latest": set(), "best": set()}
     self._broken: set[tuple[str, int]] = set()
 
@@ -233,7 +267,7 @@ class Checkpointer:
     """
     self.latest.wait_until_finished()
     self.best.wait_until_finished()
-    if jax.process_index() != 0 or "://" in str(self.workdir):
+    if jax.process_index() != 0 or paths.is_uri(self.workdir):
       return  # bucket workdirs (gs://) are not sealed: os.walk cannot read them
     for manager, steps in ((self.latest, self._saved["latest"]), (self.best, self._saved["best"])):
       for step in sorted(steps):
@@ -253,10 +287,15 @@ class Checkpointer:
     step = int(jax.device_get(state.step))
     if step in manager.all_steps():
       # Saved before: by this run (an eval step that is also the stop step) or by a run killed
-      # between the two saves of this step and resumed exactly to it. Same state: keep it.
-      return
+      # between the two saves of this step and resumed exactly to it. Same state: keep it, unless
+      # it is damaged (then the resumed run would train past a best/ it can never restore).
+      problem = verify_step(str(_step_dir(manager, step)))
+      if problem is None:
+        return
+      self._set_aside(manager, step, problem)
     manager.save(step, args=self._args(state, meta), force=True, **kwargs)
     self._saved[kind].add(step)
+    self._broken.discard(("best" if kind == "best" else "checkpoints", step))
 
   def save_latest(self, state: TrainState, meta: dict[str, Any]) -> None:
     """Saves the state for resuming (asynchronously)."""
@@ -295,13 +334,20 @@ class Checkpointer:
       return [first] + sorted((s for s in steps if s != first), reverse=True)
     return sorted(steps, reverse=True)
 
-  def _restore_intact(self, manager: ocp.CheckpointManager, steps, make_args, check):
-    """The first of `steps` that verifies, restores and passes `check`; broken ones set aside."""
+  def _restore_intact(self, manager: ocp.CheckpointManager, steps, make_args, check,
+                      params_like=None):
+    """The first of `steps` that verifies, restores and passes `check`; broken ones set aside.
+
+    A step whose saved parameter shapes differ from `params_like` is not broken: a
+    CheckpointError says so and nothing moves (every other step would differ the same way).
+    """
     for step in steps:
       step_dir = _step_dir(manager, step)
       problem = verify_step(str(step_dir))
       if problem is None:
         legacy = _is_legacy(step_dir)
+        if params_like is not None:
+          self._check_shapes(manager, step, _layout(params_like, legacy))
         try:
           out = manager.restore(step, args=make_args(legacy))
           if legacy:  # read under the old names: rename back (same arrays)
@@ -317,6 +363,32 @@ class Checkpointer:
       self._set_aside(manager, step, problem)
     return None, None
 
+  def _check_shapes(self, manager: ocp.CheckpointManager, step: int, params_like) -> None:
+    """Raises a CheckpointError when the step's saved parameter shapes are not the model's.
+
+    Reads the step's own metadata (shapes, no arrays); metadata that cannot be read is left to
+    the restore, which sets a damaged step aside.
+    """
+    try:
+      saved = ocp.StandardCheckpointHandler().metadata(_step_dir(manager, step) / "params")
+      saved = {_plain_path(p): tuple(leaf.shape)
+               for p, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    except Exception:  # pylint: disable=broad-except
+      return
+    wanted = {_plain_path(p): tuple(x.shape)
+              for p, x in jax.tree_util.tree_flatten_with_path(params_like)[0]}
+    differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    if not differ:
+      return
+    name = "best" if manager is self.best else "checkpoints"
+    first = differ[0]
+    raise CheckpointError(
+        f"checkpoint {name}/{step} of {self.workdir} holds parameters of other shapes than this "
+        f"model ({len(differ)} differ, e.g. {first}: saved {saved.get(first)}, model "
+        f"{wanted.get(first)}): the data (e.g. its item count) or the model config changed since "
+        "it was trained; nothing was moved. Use the run's own data and config, or another "
+        "--workdir")
+
   def restore_train_state(self, like: TrainState, mesh: Mesh | None
                           ) -> tuple[TrainState, dict] | None:
     """Restores the newest intact checkpoint into the structure of `like` (None when none is)."""
@@ -328,7 +400,8 @@ class Checkpointer:
         train=ocp.args.StandardRestore(_abstract(_layout(train_like, legacy), mesh)),
         meta=ocp.args.JsonRestore())
     check = lambda out: None if params_finite(out["params"]) else "non-finite parameters"
-    step, out = self._restore_intact(self.latest, self._candidates(self.latest), args, check)
+    step, out = self._restore_intact(self.latest, self._candidates(self.latest), args, check,
+                                     params_like=like.params)
     if out is None:
       return None
     train = out["train"]
@@ -358,7 +431,8 @@ class Checkpointer:
     args = lambda legacy: ocp.args.Composite(
         params=ocp.args.StandardRestore(_abstract(_layout(params_like, legacy), mesh)),
         meta=ocp.args.JsonRestore())
-    step, out = self._restore_intact(manager, steps, args, lambda out: None)
+    step, out = self._restore_intact(manager, steps, args, lambda out: None,
+                                     params_like=params_like)
     if out is None:
       raise CheckpointError(f"every {which!r} checkpoint of {self.workdir} is broken (moved to "
                             f"{os.path.join(str(self.workdir), 'broken')}); try --checkpoint "

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
@@ -40,13 +40,17 @@ from lstmrec_jax import paths
 from lstmrec_jax.data import augment as augment_lib
 from lstmrec_jax.data import content as content_data
 from lstmrec_jax.data.config import DataConfig
+from lstmrec_jax.data.rewards import RewardConfig
 from lstmrec_jax.errors import ConfigError
 from lstmrec_jax.losses import adversarial as adversarial_lib
+from lstmrec_jax.losses import rl as rl_lib
 
 GROUPS = ("data", "input", "model", "loss", "optim", "train", "eval", "cold_start",
-          "adversarial", "augment")
-# Keys that may differ between a workdir's saved config and the config that resumes it.
-RESUMABLE_KEYS = ("train.stop_after_steps", "train.progress_bar", "train.num_devices")
+          "adversarial", "augment", "reward", "rl")
+# Keys that may differ between a workdir's saved config and the config that resumes it (the
+# dataset cache is keyed by the data's bytes and options: where it lives changes no number).
+RESUMABLE_KEYS = ("train.stop_after_steps", "train.progress_bar", "train.num_devices",
+                  "data.cache_dir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +144,8 @@ class RunSpec:
   cold_start: ColdStartConfig
   adversarial: adversarial_lib.AdversarialConfig
   augment: augment_lib.AugmentConfig
+  reward: RewardConfig  # the reward of each logged event (data/rewards.py)
+  rl: rl_lib.RLConfig  # the offline RL losses' keys (losses/rl.py)
   auto: tuple[str, ...]  # "group.key"s that build_run sets from the data (auto.AUTO_KEYS)
   config: Mapping[str, Any]  # the nested plain dict this spec was built from (config.json)
 
@@ -194,7 +200,8 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 GROUP_CLASSES = {"data": DataConfig, "input": InputConfig, "loss": losses.LossConfig,
                  "optim": optim.OptimConfig, "train": TrainConfig, "eval": EvalConfig,
                  "cold_start": ColdStartConfig, "adversarial": adversarial_lib.AdversarialConfig,
-                 "augment": augment_lib.AugmentConfig}
+                 "augment": augment_lib.AugmentConfig, "reward": RewardConfig,
+                 "rl": rl_lib.RLConfig}
 
 
 def spec_from_config(config: Any) -> RunSpec:
@@ -239,14 +246,36 @@ def spec_from_config(config: Any) -> RunSpec:
   attempt("model", lambda: config_keys.build_group(model_lib.ModelConfig, "model", cfg["model"],
                                                    num_items=None, max_len=max_len,
                                                    domain_starts=()))
+  if not problems:
+    problems += _rl_problems(built)
   if problems:
     raise ConfigError("config: " + "; ".join(problems))
   return RunSpec(seed=cfg["seed"], data=built["data"], input=built["input"],
                  model=built["model"], loss=built["loss"],
                  optim=built["optim"], train=built["train"], eval=built["eval"],
                  cold_start=built["cold_start"], adversarial=built["adversarial"],
-                 augment=built["augment"], auto=tuple(cfg["auto"]),
-                 config=types.MappingProxyType(cfg))
+                 augment=built["augment"], reward=built["reward"], rl=built["rl"],
+                 auto=tuple(cfg["auto"]), config=types.MappingProxyType(cfg))
+
+
+def _rl_problems(built: Mapping[str, Any]) -> list[str]:
+  """What an offline RL loss (`losses.needs_transitions`) needs from the other groups."""
+  kind = built["loss"].kind
+  if not losses.needs_transitions(kind):
+    return []
+  problems = []
+  if not built["model"].q_head:
+    problems.append(f"loss.kind={kind!r} trains the Q heads: set model.q_head=True")
+  aug = built["augment"]
+  if aug.any_transform and not aug.views_only:
+    problems.append(f"loss.kind={kind!r} reads the logged rewards of the targets, which the "
+                    "augment transforms replace: turn them off (or set augment.views_only)")
+  if built["adversarial"].on:
+    problems.append(f"loss.kind={kind!r} does not combine with adversarial training")
+  if built["loss"].domain_softmax:
+    problems.append(f"loss.kind={kind!r} does not combine with loss.domain_softmax (the Q heads "
+                    "are trained over the whole catalogue)")
+  return problems
 
 
 def with_overrides(spec: RunSpec, **group_values: Mapping[str, Any]) -> RunSpec:
@@ -264,8 +293,9 @@ def with_overrides(spec: RunSpec, **group_values: Mapping[str, Any]) -> RunSpec:
 
 
 def load_data(spec: RunSpec):
-  """The dataset of `spec.data` (cached on disk), with the cold-item split when configured."""
-  dataset = data_lib.load_dataset(spec.data)
+  """The dataset of `spec.data` (cached on disk) with the rewards of `spec.reward`, with the
+  cold-item split when configured."""
+  dataset = data_lib.load_dataset(spec.data, spec.reward)
   if spec.cold_start.item_fraction:
     dataset = content_data.cold_item_split(dataset, fraction=spec.cold_start.item_fraction,
                                            seed=spec.cold_start.seed)
@@ -301,9 +331,15 @@ class Run:
   consts: Any  # the model's non-parameter state, replicated over `mesh`
   mesh: Any
 
-  def step_aux(self) -> dict[str, Any]:
-    """What the train step reads but never changes: constants, sampling log-q, candidate mask."""
+  def step_aux(self, steps_per_epoch: int | None = None) -> dict[str, Any]:
+    """What the train step reads but never changes: constants, sampling log-q, candidate mask,
+    and for an RL loss the first step past its warm-up (`rl.warmup_epochs` x steps_per_epoch;
+    0 when steps_per_epoch is None)."""
     aux: dict[str, Any] = {"consts": self.consts, "log_q_V": None}
+    if losses.needs_transitions(self.spec.loss):
+      start = 0 if steps_per_epoch is None else int(round(self.spec.rl.warmup_epochs
+                                                          * steps_per_epoch))
+      aux["rl_start_step"] = mesh_lib.replicate(jnp.asarray(start, jnp.int32), self.mesh)
     counts_V = jnp.asarray(self.dataset.item_counts_V)
     trained_V = counts_V > 0
     if self.spec.loss.train_items_only:
@@ -319,6 +355,25 @@ class Run:
   def optimizer(self, total_steps: int, steps_per_epoch: int | None = None
                 ) -> optax.GradientTransformation:
     return optim.make_optimizer(self.spec.optim, total_steps, steps_per_epoch)
+
+
+def pin_explicit(config: Any, keys: Iterable[str]) -> list[str]:
+  """Takes `keys` out of `config`'s `auto` list (in place): an explicit value wins over the data.
+
+  A key set explicitly (a `--config.group.key=v` flag, a value a tuning trial samples) keeps
+  that value: `build_run` sets only the keys still listed in `auto`, and config.json, the search
+  table and the run agree. Works on a ConfigDict (locked too) or a plain dict.
+
+  Returns:
+    The keys taken out, in `auto`'s order (for the log), e.g. ["train.num_epochs"] for
+    auto ("model.embed_dim", "train.num_epochs") and keys {"train.num_epochs", "seed"}.
+  """
+  keys = set(keys)
+  auto = tuple(config["auto"])
+  removed = [k for k in auto if k in keys]
+  if removed:
+    config["auto"] = tuple(k for k in auto if k not in keys)
+  return removed
 
 
 def resolve_auto(spec: RunSpec, dataset) -> RunSpec:
@@ -348,6 +403,7 @@ def build_run(spec: RunSpec, *, num_devices: int | None = None, dataset=None) ->
     raise ConfigError(f"loss.domain_softmax: {dataset.source} has one catalogue (no domains); "
                       "it needs a multi-domain log (data.format crossdomain)")
   spec = resolve_auto(spec, dataset)
+  check_max_len(spec, dataset)
   model_cfg = spec.model_config(int(dataset.num_items), dataset.domain_starts)
   graphdef, params, consts = model_lib.create_model(model_cfg, spec.seed,
                                                     **model_inputs(dataset, model_cfg))
@@ -363,6 +419,38 @@ def build_run(spec: RunSpec, *, num_devices: int | None = None, dataset=None) ->
                      ("input.eval_batch_size", spec.input.eval_batch_size)):
     mesh_lib.check_global_batch_size(size, mesh, what)
   return Run(spec, dataset, model_cfg, graphdef, params, mesh_lib.replicate(consts, mesh), mesh)
+
+
+def _physical_memory() -> int:
+  """Bytes of RAM of this machine (0 when unknown)."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return 0
+
+
+def check_max_len(spec: RunSpec, dataset) -> None:
+  """Refuses an `input.max_len` far past the data that could not fit in memory, in one line.
+
+  Every evaluation batch is `eval_batch_size x max_len` steps whatever the histories' lengths,
+  and the recurrence's gates over it are `x 4H` floats: `input.max_len=100000` asked for ~52 GB.
+  A max_len longer than every history is refused only when that estimate is over half the
+  machine's memory (a few padded steps past the longest history cost nothing and are kept).
+  """
+  inp, m = spec.input, spec.model
+  longest = max(int(dataset.train.lengths_U.max(initial=0)),
+                int(dataset.test.history.lengths_U.max(initial=0)))
+  if inp.max_len <= longest:
+    return
+  width = 4 * max(m.hidden_size, m.embed_dim)
+  need = inp.eval_batch_size * inp.max_len * width * 4
+  memory = _physical_memory()
+  if memory and need > memory // 2:
+    raise ConfigError(
+        f"input.max_len={inp.max_len} is longer than the longest history in the data ({longest} "
+        f"events) and would need ~{need / 2**30:.0f} GiB per evaluation batch "
+        f"({inp.eval_batch_size} users x {inp.max_len} steps x {width} floats; this machine has "
+        f"{memory / 2**30:.0f} GiB): use input.max_len <= {longest}")
 
 
 def read_workdir_config(workdir: str | os.PathLike) -> dict[str, Any]:
@@ -388,7 +476,9 @@ def data_signature(dataset) -> dict[str, Any]:
           "sha256": h.hexdigest()}
 
 
-def check_data_signature(workdir: str | os.PathLike, dataset) -> None:
+def check_data_signature(workdir: str | os.PathLike, dataset, *,
+                         fix: str = "pass the run's own data, or --allow_other_data to evaluate on "
+                                    "this data anyway") -> None:
   """Refuses data other than what the workdir trained on (its data.json), in one line."""
   path = paths.workdir_path(workdir) / "data.json"
   if not path.is_file():
@@ -398,5 +488,4 @@ def check_data_signature(workdir: str | os.PathLike, dataset) -> None:
     diff = ", ".join(f"{k} {saved.get(k)} -> {now[k]}" for k in ("num_users", "num_items")
                      if saved.get(k) != now[k]) or "same sizes, different events"
     raise ConfigError(f"{workdir} was trained on other data than {dataset.source} ({diff}); "
-                      "metrics would be wrong: pass the run's own data, or --allow_other_data "
-                      "to evaluate on this data anyway")
+                      f"metrics would be wrong: {fix}")

@@ -38,7 +38,7 @@ class RestoredRun:
 
 def restore_run(workdir: str | os.PathLike, *, which: str = "best",
                 spec: run_lib.RunSpec | None = None, num_devices: int = 0,
-                allow_other_data: bool = False) -> RestoredRun:
+                allow_other_data: bool = False, trust_plugins: bool = False) -> RestoredRun:
   """Rebuilds a workdir's data and model and restores the 'best', 'latest' or a step's params.
 
   Args:
@@ -47,8 +47,12 @@ def restore_run(workdir: str | os.PathLike, *, which: str = "best",
     spec: the run spec; None reads the workdir's config.json.
     num_devices: devices of the mesh (0 = all).
     allow_other_data: evaluate data other than the run's own (checked against its data.json).
+    trust_plugins: import the plug-ins the workdir's plugins.json names (they run code); without
+      it they must be imported already (e.g. `--plugins`), else a PluginError names them.
   """
-  plugins.load_recorded(workdir)  # the encoders / losses the run was trained with, by name
+  workdir = paths.workdir_path(workdir)
+  # The encoders / losses the run was trained with, by name: only when trusted (plugins.py).
+  plugins.load_recorded(workdir, trust=trust_plugins)
   spec = spec if spec is not None else run_lib.spec_from_config(
       run_lib.read_workdir_config(workdir))
   run = run_lib.build_run(spec, num_devices=num_devices)
@@ -94,7 +98,8 @@ def evaluate_checkpoint(workdir: str | os.PathLike, *, which: str = "best",
   inp, ev = run.spec.input, run.spec.eval
   common = dict(mesh=run.mesh, batch_size=inp.eval_batch_size, max_len=inp.max_len,
                 exclude_seen=exclude_seen, chunk_size=ev.chunk_size,
-                seen_targets=ev.seen_targets if seen_targets is None else seen_targets)
+                seen_targets=ev.seen_targets if seen_targets is None else seen_targets,
+                high_reward_min=run.spec.reward.high_min, q_head=run.model_cfg.q_head)
   report = cross_domain.evaluate_params(run.graphdef, params, run.consts, run.dataset,
                                         splits=splits, sampled_negatives=ev.sampled_negatives,
                                         sampled_seed=ev.sampled_seed, **common)

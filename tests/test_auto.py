@@ -107,3 +107,33 @@ def test_schedules_in_epochs():
   peak = optim_config().learning_rate
   # Adam's update of a constant gradient is the learning rate itself: 2 epochs of 5 steps.
   assert np.argmax(np.isclose(lrs, peak, rtol=1e-4)) == 10 and lrs[9] < 0.95 * peak
+
+
+@pytest.mark.slow
+def test_tuned_values_win_over_the_auto_rules(tmp_path):
+  """Issue 23, item 1: a key the space samples is what the trial runs, and its config.json and the
+  results table show it; the auto rules set only the keys the space leaves alone."""
+  import json
+  from lstmrec_jax.tuning import search
+  base = _auto_config(tmp_path, 240, 80)
+  base.input.max_len = 16
+  base.input.eval_batch_size = 64
+  space = {"model.embed_dim": ("choice", [16]), "model.hidden_size": ("choice", [12]),
+           "train.num_epochs": ("choice", [1]), "optim.learning_rate": ("loguniform", 1e-3, 3e-3)}
+  rows = search.tune(base, space, tmp_path / "tune", num_trials=1)
+  sampled = search.sample_params(space, 0, 0)
+  assert rows[0]["params"] == sampled and rows[0]["epochs"] == 1
+  trial = tmp_path / "tune" / "trial_0"
+  saved = json.loads((trial / "config.json").read_text())
+  flat = run_lib.flatten(saved)
+  assert {k: flat[k] for k in sampled} == sampled  # config.json shows the sampled values ...
+  assert not set(sampled) & set(saved["auto"])  # ... and none of them is left to the data
+  ran = run_lib.build_run(run_lib.spec_from_config(saved))  # what training and eval build
+  assert (ran.model_cfg.embed_dim, ran.model_cfg.hidden_size) == (16, 12)
+  assert ran.spec.optim.learning_rate == sampled["optim.learning_rate"]
+  assert ran.spec.train.num_epochs == 1
+  assert ran.spec.input.batch_size == 8  # an auto key the space left alone: still the data's
+  table = (tmp_path / "tune" / "results.md").read_text()
+  assert "| 16 | 12 | 1 |" in table
+  report = json.loads((trial / "report.json").read_text())
+  assert set(report["auto"]) == set(saved["auto"]) and not set(sampled) & set(report["auto"])

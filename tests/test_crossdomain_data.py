@@ -108,6 +108,8 @@ def test_keep_domain_is_the_merged_split_restricted(tmp_path):
       np.testing.assert_array_equal(b.history[k], [i for i in m.history[row] if i >= 4])
   assert set(only_b.train.items_N.tolist()) <= {4, 5, 6}
   assert only_b.item_counts_V[1:4].sum() == 0
+  # each kept training event keeps its reward (main's rewards, aligned with train.items_N)
+  assert len(only_b.train_rewards()) == len(only_b.train.items_N) < len(merged.train.items_N)
   with pytest.raises(DataError, match="data.domain='C' is not a domain of .*A, B"):
     load(path, domain="C")
   with pytest.raises(DataError, match="has no domains"):

@@ -120,7 +120,7 @@ def test_sampled_candidates_are_uniform_over_the_untouched_items(synthetic):
 
 def test_keep_last_target_domain_events():
   split = data.EvalSplit(np.array([0, 1]), data.Sequences.from_lists([[1, 6, 2, 3], [5, 1, 7]]),
-                         np.array([4, 8]), np.array([0, 1]))
+                         np.array([4, 8]), domains_U=np.array([0, 1]))
   for keep, expect in ((0, [[6], [1]]), (1, [[6, 3], [1, 7]]), (2, [[6, 2, 3], [5, 1, 7]]),
                        (9, [[1, 6, 2, 3], [5, 1, 7]])):
     got = cross_domain.keep_last_target_domain_events(split, DOMAINS_V, keep)
@@ -159,6 +159,43 @@ def test_report_is_per_domain_and_sampled_ranks_match_brute_force(synthetic, tmp
     mrr = float(np.mean(1.0 / (ranks_U[sel] + 1)))
     got = by_domain[name]["sampled"]["model"]["overall"]
     assert got["HR@10"] == pytest.approx(hr10) and got["MRR"] == pytest.approx(mrr, rel=1e-6)
+
+
+def test_q_head_report_is_per_domain_and_ranks_in_the_targets_domain(synthetic):
+  """A model with Q heads (main's offline RL) on a multi-domain catalogue: each domain's full
+  protocol holds `model_q`, the Q head's ranks among that domain's items (brute force below)."""
+  ds, _ = synthetic
+  from lstmrec_jax import mesh as mesh_lib
+  from lstmrec_jax import model as model_lib
+  from lstmrec_jax.scoring import steps
+  from helpers import model_config
+  cfg = model_config(int(ds.num_items), max_len=16, embed_dim=8, hidden_size=8,
+                     encoder="xd_lstm", lstm_impl="xla", domain_starts=ds.domain_starts,
+                     q_head=True)
+  graphdef, params, consts = model_lib.create_model(cfg, 0)
+  report = cross_domain.evaluate_params(graphdef, params, consts, ds, splits=("test",),
+                                        mesh=mesh_lib.make_mesh(1), batch_size=32, max_len=16,
+                                        exclude_seen=False, chunk_size=64, sampled_negatives=0,
+                                        q_head=True)
+  batch = next(iter(data.eval_batches(ds.test, batch_size=len(ds.test), max_len=16)))
+  user_BxE, q_VxE, q_bias_V = steps.user_vectors(params, consts, batch, graphdef, head="q")
+  scores_BxV = np.asarray(user_BxE) @ np.asarray(q_VxE).T + (
+      0.0 if q_bias_V is None else np.asarray(q_bias_V))
+  rows = np.flatnonzero(np.asarray(batch["valid_B"]))
+  users_B = np.asarray(batch["users_B"])[rows]
+  position = {int(u): k for k, u in enumerate(ds.test.users_U)}
+  k_B = np.array([position[int(u)] for u in users_B])
+  domains_B, targets_B = ds.test.domains_U[k_B], ds.test.targets_U[k_B]
+  in_domain_BxV = ds.item_domains_V[None, :] == domains_B[:, None]
+  target_B = scores_BxV[rows, targets_B]
+  ranks_B = ((scores_BxV[rows] >= target_B[:, None]) & in_domain_BxV).sum(axis=1) - 1
+  for d, name in enumerate(ds.domain_names):
+    entry = report["splits"]["test"]["by_domain"][name]["full"]
+    sel = domains_B == d
+    assert entry["model_q"]["overall"]["users"] == entry["model"]["overall"]["users"] == sel.sum()
+    assert entry["model_q"]["overall"]["HR@10"] == pytest.approx(np.mean(ranks_B[sel] < 10))
+    assert entry["model_q"]["overall"]["MRR"] == pytest.approx(np.mean(1 / (ranks_B[sel] + 1)),
+                                                               rel=1e-5)
 
 
 def test_domain_cold_start_buckets(synthetic):

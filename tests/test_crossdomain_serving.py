@@ -88,12 +88,15 @@ def test_bundle_carries_the_domain_map(served, tmp_path):
   for name in ("d0", "d1"):
     assert loaded.recommend(history, k=5, domain=name).items == rec.recommend(
         history, k=5, domain=name).items
-  if rec.cross_domain:  # the exported top_k takes each row's domain
-    exported = jax.export.deserialize((saved / "top_k.jax").read_bytes())
+  if rec.cross_domain:  # the exported top_k takes the prepared tables and each row's domain
+    prepare, exported = (jax.export.deserialize((saved / name).read_bytes())
+                         for name in ("prepare.jax", "top_k.jax"))
+    tables = prepare.call(dict(np.load(saved / "params.npz")))  # bundle format 2
     state = loaded.start(history).vector_S[None]
-    ids, _ = exported.call(state, np.zeros((1, 8), np.int32), np.array([1], np.int32))
-    assert [loaded.item_keys[int(i)] for i in np.asarray(ids)[0][:5]] == loaded.top_k(
-        loaded.start(history), k=5, domain="d1", exclude_seen=False).items
+    for d, name in enumerate(("d0", "d1")):
+      ids, _ = exported.call(tables, state, np.zeros((1, 8), np.int32), np.array([d], np.int32))
+      assert [loaded.item_keys[int(i)] for i in np.asarray(ids)[0][:5]] == loaded.top_k(
+          loaded.start(history), k=5, domain=name, exclude_seen=False).items
 
 
 def test_server_recommend_takes_a_domain(served):

@@ -228,7 +228,7 @@ def test_load_dataset_takes_config_file_conventions(tmp_path):
       "format": "csv", "path": str(path), "attributes_path": "", "tfds_name": "",
       "tfds_data_dir": "", "download": False, "dedupe": False,
       "columns": {"user": "user_id", "item": "item_id", "time": "timestamp", "session": "",
-                  "rating": "", "title": "", "lists": "genres", "delimiter": "",
+                  "rating": "", "feedback": "", "title": "", "lists": "genres", "delimiter": "",
                   "list_separator": "|", "header": True},
       "min_rating": 0.0, "min_user_events": 0, "min_item_events": 0, "split": "loo",
       "temporal_fractions": (0.8, 0.1, 0.1), "cache_dir": "", "synthetic": {},

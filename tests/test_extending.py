@@ -107,9 +107,13 @@ def test_example_trains_through_train_py_by_name(tmp_path):
   config = json.loads((workdir / "config.json").read_text())
   assert config["model"]["encoder"] == "mean_pool"
   assert json.loads((workdir / "plugins.json").read_text()) == [str(plugin)]
-  # eval.py without --plugins: the workdir's record brings the encoder back.
-  ev = subprocess.run([sys.executable, "eval.py", f"--workdir={workdir}"], cwd=repo,
-                      capture_output=True, text=True, timeout=600)
+  # eval.py without --plugins: the workdir's record brings the encoder back once trusted (a
+  # plug-in runs code: without --trust_plugins it is refused in one line naming it).
+  untrusted = subprocess.run([sys.executable, "eval.py", f"--workdir={workdir}"], cwd=repo,
+                             capture_output=True, text=True, timeout=600)
+  assert untrusted.returncode != 0 and str(plugin) in untrusted.stderr.strip().splitlines()[-1]
+  ev = subprocess.run([sys.executable, "eval.py", f"--workdir={workdir}", "--trust_plugins"],
+                      cwd=repo, capture_output=True, text=True, timeout=600)
   assert ev.returncode == 0, ev.stderr[-3000:]
   report = json.loads((workdir / "eval_best.json").read_text())
   trained = json.loads((workdir / "report.json").read_text())

@@ -119,3 +119,39 @@ def test_report_renders_reduced_run_and_marks_failed_checks(reduced_run, tmp_pat
       row["check"] = "fail"
   path.write_text(json.dumps(doc))
   assert "FAIL" in gpu_report.render([path])
+
+
+def test_the_suite_times_the_step_train_py_runs(reduced_run):
+  """The training-step rows come from `train.steps.compile_train_step` of a run built by
+  `run.build_run` (the step train.py runs), not from a step of the suite's own."""
+  rows = [r for r in reduced_run["rows"] if r["kind"] == "train_step" and r["status"] == "ok"]
+  assert rows
+  for r in rows:
+    assert r["info"]["step"] == "train.py's", r["info"]
+    assert r["info"]["loss"] == "chunked"  # configs/base.py's loss, not a stand-in softmax
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import gpu_suite  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.train import steps  # pylint: disable=g-import-not-at-top
+  calls = []
+  real = steps.compile_train_step
+
+  def spy(run, tx, **kwargs):
+    calls.append(type(run).__name__)
+    return real(run, tx, **kwargs)
+
+  settings = gpu_suite.Settings(
+      reduced=True, runs=1, warmup=0, budget_s=60, out=pathlib.Path("/dev/null"), shapes=[],
+      variants=[], step_impls=["xla"], step_dtypes=["f32"], step_shape=(40, 8, 4, 6),
+      step_batches=[4], interpret=True)
+  steps.compile_train_step = spy
+  try:
+    step, state, make_batch, check, info = gpu_suite.build_train_step("xla", "f32", settings)
+    state, loss = step(state, make_batch(0), None)
+  finally:
+    steps.compile_train_step = real
+  assert calls == ["Run"] and bool(jax_isfinite(loss))
+
+
+def jax_isfinite(x) -> bool:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return bool(np.isfinite(np.asarray(x)).all())

@@ -28,8 +28,9 @@ def random_sequences(num_users: int, seed: int = 0) -> Sequences:
 @pytest.mark.parametrize("process_index", [0, 1])
 def test_numpy_batches_equal_tf_over_two_epochs_and_a_resume(pack, process_index):
   train = random_sequences(300)
+  rewards_N = np.random.default_rng(1).random(len(train.items_N)).astype(np.float32)
   kwargs = dict(batch_size=8, max_len=12, seed=5, pack=pack, process_index=process_index,
-                process_count=2)
+                process_count=2, rewards_N=rewards_N)
   tf_b = pipeline.TrainBatches(train, backend="tf", **kwargs)
   np_b = pipeline.TrainBatches(train, backend="numpy", **kwargs)
   assert (tf_b.backend, np_b.backend) == ("tf", "numpy")
@@ -40,6 +41,7 @@ def test_numpy_batches_equal_tf_over_two_epochs_and_a_resume(pack, process_index
     assert len(got) == len(want) == tf_b.steps_per_epoch - skip_batches
     for g, w in zip(got, want):
       assert list(g) == list(w)  # same keys in the same order
+      assert "rewards_BxL" in w
       for name in w:
         assert g[name].dtype == w[name].dtype and g[name].shape == w[name].shape, name
         np.testing.assert_array_equal(g[name], w[name], err_msg=name)

@@ -95,6 +95,17 @@ def test_metrics_from_ranks_hand_example():
   assert m["users"] == 2
 
 
+def test_mrr_at_10_counts_only_the_top_10():
+  """MRR over the whole catalog credits a rank-500 target; MRR@10 (papers, RecBole) does not."""
+  m = metrics.metrics_from_ranks(np.array([0, 12, 499]))
+  assert m["MRR"] == pytest.approx((1 + 1 / 13 + 1 / 500) / 3)
+  assert m["MRR@10"] == pytest.approx(1 / 3)
+  assert metrics.metrics_from_ranks(np.array([9]))["MRR@10"] == pytest.approx(0.1)
+  # A miss (repeated target under "miss", non-finite scores) adds 0; no user: None.
+  miss = metrics.metrics_from_ranks(np.array([metrics.SEEN_TARGET_RANK, metrics.NONFINITE_RANK]))
+  assert miss["MRR@10"] == 0.0 and metrics.metrics_from_ranks(np.array([]))["MRR@10"] is None
+
+
 def test_history_buckets():
   out = metrics.metrics_by_history_length(np.array([0, 50, 0, 0]), np.array([1, 2, 4, 30]))
   assert out["1-2"]["users"] == 2 and out["1-2"]["HR@10"] == 0.5

@@ -1,4 +1,5 @@
-"""The requirement sets agree: CI's requirements.txt is the CPU set; one JAX version everywhere."""
+"""The requirement sets agree: CI's requirements.txt is the CPU set plus TensorFlow; one JAX
+version everywhere; TensorFlow is optional (in no platform set, only in tf.txt and the tf extra)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,28 @@ def pins(path: pathlib.Path) -> dict[str, str]:
   return out
 
 
-def test_ci_requirements_are_the_cpu_set():
-  assert pins(REPO / "requirements.txt") == pins(REPO / "requirements" / "cpu.txt")
+def test_ci_requirements_are_the_cpu_set_and_tensorflow():
+  """CI installs TensorFlow so the tf.data backend and TFDS tests run there (they skip without)."""
+  cpu, tf = pins(REPO / "requirements" / "cpu.txt"), pins(REPO / "requirements" / "tf.txt")
+  assert pins(REPO / "requirements.txt") == {**cpu, **tf}
+  assert "tensorflow-cpu" in tf and "tensorflow-datasets" in tf
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_tensorflow_is_optional_in_every_platform_set(name):
+  """The default install has no TensorFlow (1.3 GB, docs/install.md); tf.txt adds it."""
+  got = pins(REPO / "requirements" / f"{name}.txt")
+  assert not {"tensorflow", "tensorflow-cpu", "tensorflow-datasets"} & set(got), name
+
+
+def test_the_pyproject_extras_match_the_pins():
+  """`pip install lstmrec-jax[tf]` is tf.txt; matplotlib (eval.py --plot) is an extra too."""
+  import tomllib  # pylint: disable=g-import-not-at-top
+  project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+  names = lambda reqs: {re.split(r"[<>=\[ ]", r, maxsplit=1)[0].lower() for r in reqs}
+  assert names(project["optional-dependencies"]["tf"]) == set(pins(REPO / "requirements" / "tf.txt"))
+  assert not {"tensorflow", "tensorflow-cpu"} & names(project["dependencies"])
+  assert "matplotlib" in names(project["optional-dependencies"]["plot"])
 
 
 @pytest.mark.parametrize("name", SETS)
@@ -38,7 +59,3 @@ def test_every_set_pins_one_jax_and_the_same_libraries(name):
   for lib in ("flax", "optax", "orbax-checkpoint", "etils", "numpy"):
     assert got[lib] == cpu[lib], lib
   assert "driver" in (REPO / "requirements" / f"{name}.txt").read_text().lower()
-
-
-def test_the_tpu_set_runs_without_tensorflow():
-  assert "tensorflow-cpu" not in pins(REPO / "requirements" / "tpu.txt")

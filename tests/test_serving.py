@@ -158,19 +158,20 @@ def test_exported_functions_run_without_the_project(tmp_path):
       import jax, numpy as np
       assert importlib.util.find_spec("lstmrec_jax") is None, "the project is importable"
       d = {str(out)!r}
-      observe = jax.export.deserialize(open(d + "/observe.jax", "rb").read())
-      top_k = jax.export.deserialize(open(d + "/top_k.jax", "rb").read())
+      load = lambda name: jax.export.deserialize(open(d + "/" + name, "rb").read())
+      prepare, observe, top_k = load("prepare.jax"), load("observe.jax"), load("top_k.jax")
       meta = json.load(open(d + "/bundle.json"))
       keys = json.load(open(d + "/items.json"))
+      tables = prepare.call(dict(np.load(d + "/params.npz")))  # the parameters' only copy
       ids = {ids!r}
       state = np.zeros((len(ids), meta["exported"]["state_size"]), np.float32)
       for t in range(max(map(len, ids))):
         step = np.array([h[t] if t < len(h) else 0 for h in ids], np.int32)
-        state = observe.call(state, step)
+        state = observe.call(tables, state, step)
       seen = np.zeros((len(ids), 16), np.int32)
       for r, h in enumerate(ids):
         seen[r, :len(h)] = h
-      top, _ = top_k.call(state, seen)
+      top, _ = top_k.call(tables, state, seen)
       print(json.dumps([[keys[int(i)] for i in row] for row in np.asarray(top)]))
   """)
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
@@ -180,6 +181,10 @@ def test_exported_functions_run_without_the_project(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   import json  # pylint: disable=g-import-not-at-top
   assert json.loads(proc.stdout.strip().splitlines()[-1]) == want
+  # The parameters are stored once (params.npz): the exported functions hold none of them.
+  largest = max(rec.bundle.params.values(), key=lambda a: a.size)
+  for name in ("prepare.jax", "observe.jax", "top_k.jax"):
+    assert largest.tobytes()[:4096] not in (out / name).read_bytes(), name
 
 
 def test_topk_out_ranks_from_the_whole_history(tmp_path):
@@ -240,3 +245,21 @@ def test_items_with_content_but_no_training_events_are_scored_by_their_content(t
   for item, score in got:
     np.testing.assert_allclose(score, want[rec.item_id(item)], rtol=1e-5, atol=1e-6)
   assert len({round(s, 6) for _, s in got}) > 1  # content tells the cold items apart
+
+
+def test_format_1_bundles_still_load_and_unfinished_exports_do_not(tmp_path, caplog):
+  """A bundle exported before checksums (format 1) loads with a warning; a format-2 folder
+  without checksums.json (an export that did not finish) is refused in one line."""
+  import json  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.errors import CheckpointError  # pylint: disable=g-import-not-at-top
+  rec, _ = _recommender(tmp_path)
+  history = list(rec.item_keys[3:9])
+  out = bundle_lib.save(rec.bundle, tmp_path / "bundle", export_functions=False)
+  (out / "checksums.json").unlink()
+  with pytest.raises(CheckpointError, match="did not finish"):
+    Recommender.load(out)
+  meta = json.loads((out / "bundle.json").read_text())
+  (out / "bundle.json").write_text(json.dumps({**meta, "format_version": 1}))
+  caplog.set_level("WARNING")
+  assert Recommender.load(out).recommend(history, k=5) == rec.recommend(history, k=5)
+  assert "no checksums" in caplog.text

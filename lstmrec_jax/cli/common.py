@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import pathlib
 from typing import Any
+
+from lstmrec_jax.cli import recipes
 
 # Before TensorFlow is imported anywhere: quiet C++ logs. The pipeline hides accelerators from TF.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -49,32 +50,59 @@ def initialize_distributed() -> None:
   jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
 
 
-def define_config_flag(name: str, default: str, help_text: str) -> None:
-  """config_flags.DEFINE_config_file(lock_config=True), with a bad override as one line.
+CONFIG_HELP = ("A recipe by name (beauty, games, auto, ...: listed below) or a config file; "
+               "NAME:ARG / FILE:ARG passes an argument (beauty_content:cold).")
 
-  config_flags applies `--config.a.b=v` overrides while the flag is defined (at import), so an
-  unknown key raises three chained ml_collections tracebacks there; this names the flag instead.
+
+def define_config_flag(name: str, default: str, help_text: str) -> None:
+  """config_flags.DEFINE_config_file(lock_config=True): a recipe by name, errors as one line.
+
+  `--config beauty` (or `beauty_content:cold`) names a recipe shipped with the package; a path
+  (`--config my_config.py`, `--config configs/beauty.py`) is still a file. The value is resolved
+  in sys.argv before config_flags reads it; a path that is no file and no recipe's name ends the
+  program in one line. config_flags applies `--config.a.b=v` overrides while the flag is
+  defined (at import), so an unknown key raises three chained ml_collections tracebacks there;
+  this names the flag instead.
   """
   import sys  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.cli import logs  # pylint: disable=g-import-not-at-top
+  sys.argv[:] = recipes.resolve_config_argv(sys.argv, name)
   try:
     config_flags.DEFINE_config_file(name, default, help_text, lock_config=True)
-  except Exception as e:  # pylint: disable=broad-except
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
     raise SystemExit(logs.config_override_error(sys.argv, e)) from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise SystemExit(logs.config_file_error(sys.argv, e)) from None
 
 
-def configs_dir() -> pathlib.Path:
-  """The recipes shipped with the package: `lstmrec_jax.configs` (the repository's configs/).
+def pin_explicit_overrides(name: str = "config") -> list[str]:
+  """Explicit values win over the config's `auto` rules: their keys leave its `auto` list.
 
-  Never ./configs of the working directory: an entry point runs no code from where it is started.
+  Explicit: a --config.group.key flag, or a value the config file sets that differs from
+  configs/base.py's default (a file that keeps a key in `auto` but sets it means that value; a
+  value equal to the default cannot be told apart and stays the data's). Logs which auto keys
+  were overridden and the values that run; returns them.
   """
-  return pathlib.Path(__file__).resolve().parents[1] / "configs"
-
-
-def default_config_path(name: str = "default.py") -> str:
-  """The path of a bundled config file, for a flag's default."""
-  return str(configs_dir() / name)
+  import json  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  config = flags.FLAGS[name].value
+  overrides = config_flags.get_override_values(flags.FLAGS[name])
+  flat = run_lib.flatten(json.loads(config.to_json_best_effort()))
+  defaults = base_defaults()
+  in_file = {k: flat[k] for k in config.auto
+             if k not in overrides and k in defaults and flat.get(k) != defaults[k]}
+  pinned = run_lib.pin_explicit(config, {**overrides, **in_file})
+  if pinned:
+    said = [f"{k}={overrides[k]!r}" for k in pinned if k in overrides]
+    said += [f"{k}={in_file[k]!r} (set in the config file)" for k in pinned if k in in_file]
+    logging.info("explicit values win over the auto rules (lstmrec_jax/auto.py): %s; %s",
+                 ", ".join(said), f"the data sets the other {len(config.auto)}" if config.auto
+                 else "nothing is left to the data")
+  return pinned
 
 
 @functools.cache
@@ -82,7 +110,7 @@ def base_defaults() -> dict[str, Any]:
   """configs/base.py's values flattened ("group.key" -> value), for resuming older workdirs."""
   import json  # pylint: disable=g-import-not-at-top
   from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
-  path = configs_dir() / "base.py"
+  path = recipes.configs_dir() / "base.py"
   if not path.is_file():
     return {}
   spec = importlib.util.spec_from_file_location("_lstmrec_base_config", path)
@@ -96,20 +124,25 @@ def define_plugin_flag() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_list("plugins", [], "Modules (my_pkg.encoders) or .py files imported before the "
                     "config is validated, so model.encoder / item_mode / loss.kind can name what "
-                    "they register; train.py records them in the workdir for eval and serving.")
+                    "they register; train.py records them in the workdir (plugins.json).")
+  flags.DEFINE_bool("trust_plugins", False, "Import the plug-ins a workdir's plugins.json names "
+                    "(they run code): only for a workdir you trust. Without it they must be "
+                    "named with --plugins.")
 
 
 def load_plugins(workdir: str | None = None, *, record: bool = False) -> None:
-  """Imports --plugins and the plug-ins recorded in `workdir`; `record` adds --plugins there."""
+  """Imports --plugins, then the plug-ins recorded in `workdir` when trusted (or named);
+  `record` adds --plugins there."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from lstmrec_jax import plugins  # pylint: disable=g-import-not-at-top
-  if workdir is not None:
-    plugins.load_recorded(workdir)
+  from lstmrec_jax import paths  # pylint: disable=g-import-not-at-top
   loaded = plugins.load(flags.FLAGS.plugins)
+  if workdir is not None:
+    plugins.load_recorded(paths.workdir_path(workdir), trust=flags.FLAGS.trust_plugins)
   if record and workdir is not None:
     import jax  # pylint: disable=g-import-not-at-top
     if jax.process_index() == 0:
-      plugins.record(workdir, loaded)
+      plugins.record(paths.workdir_path(workdir), loaded)
 
 
 def workdir_spec(workdir: str, data_path: str | None = None):

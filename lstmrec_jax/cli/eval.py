@@ -4,6 +4,7 @@
   python eval.py --workdir runs/beauty --checkpoint latest --topk_out top10.tsv
   python eval.py --workdir runs/checkins --seen_targets rankable   # repeats stay rankable
   python eval.py --summarize runs/beauty_s0,runs/beauty_s1,runs/beauty_s2   # mean +- std
+  python eval.py --workdir runs/beauty --plot     # loss and validation curves: runs/beauty/curves.png
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ common.define_plugin_flag()
 flags.DEFINE_list("summarize", None, "Workdirs (e.g. one config, several seeds) whose saved "
                   "eval_<checkpoint>.json reports are summarized as mean +- std; no evaluation.")
 flags.DEFINE_string("summary_split", "test", "The split --summarize reads.")
+flags.DEFINE_bool("plot", False, "Write <workdir>/curves.png: the training loss and the validation "
+                  "NDCG@10 / HR@10 by step, from its metrics.jsonl (also while it trains); no "
+                  "evaluation.")
 FLAGS = flags.FLAGS
 
 
@@ -84,6 +88,10 @@ def check_flags() -> None:
 def main() -> None:
   if FLAGS.summarize:
     summarize()
+    return
+  if FLAGS.plot:
+    from lstmrec_jax.evaluation import curves  # pylint: disable=g-import-not-at-top
+    print(f"curves: {curves.plot_curves(FLAGS.workdir)}")
     return
   check_flags()
   import jax  # pylint: disable=g-import-not-at-top

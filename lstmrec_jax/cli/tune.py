@@ -1,6 +1,6 @@
 """`tune.py` / `lstmrec-tune`: random search; each trial is a train.py run in <tune_dir>/trial_<k>.
 
-  python tune.py --config configs/beauty.py --space configs/spaces/lstm.py \
+  python tune.py --config beauty --space lstm \
       --tune_dir runs/tune_beauty --num_trials 30 --config.train.num_epochs=50
 
 Trials are chosen on validation NDCG@10 only; results.md and results.jsonl in the tune_dir list
@@ -17,11 +17,14 @@ from etils import epath
 
 from lstmrec_jax.cli import common
 from lstmrec_jax.cli import logs
+from lstmrec_jax.cli import recipes
 
-common.define_config_flag("config", common.default_config_path(), "Base config of every "
-                          "trial (configs/*.py); --config.* overrides apply to every trial.")
-flags.DEFINE_string("space", common.default_config_path("spaces/lstm.py"), "Search space: a "
-                    "Python file defining get_space() -> {config key path: distribution spec}.")
+common.define_config_flag("config", recipes.default_config_path(), "Base config of every "
+                          "trial: " + common.CONFIG_HELP + " --config.* overrides apply to every "
+                          "trial.")
+flags.DEFINE_string("space", recipes.default_config_path("spaces/lstm.py"), "Search space: a "
+                    "space shipped by name (lstm) or a Python file defining get_space() -> "
+                    "{config key path: distribution spec}.")
 flags.DEFINE_string("tune_dir", "runs/tune", "Trials (trial_<k>/, each a train.py workdir) and "
                     "results.md / results.jsonl go here; rerunning resumes the search.")
 flags.DEFINE_integer("num_trials", 20, "Trials 0 .. num_trials - 1; raise it later to add trials.")
@@ -37,7 +40,9 @@ def main() -> None:
   common.initialize_distributed()
   from lstmrec_jax.tuning import search  # pylint: disable=g-import-not-at-top
   common.load_plugins()
-  search.tune(FLAGS.config, search.load_space(FLAGS.space), FLAGS.tune_dir,
+  common.pin_explicit_overrides()
+  space = search.load_space(recipes.resolve_config_file(FLAGS.space, "--space", "spaces"))
+  search.tune(FLAGS.config, space, FLAGS.tune_dir,
               num_trials=FLAGS.num_trials, search_seed=FLAGS.search_seed,
               defaults=common.base_defaults())
   if jax.process_index() == 0:

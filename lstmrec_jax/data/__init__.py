@@ -7,6 +7,7 @@ classes live in `pipeline` (imported lazily here; it imports TensorFlow only for
   formats     the registry (name -> Format) and one module per format family: movielens,
               seqfile, pairs, table (csv / tsv / parquet), tfds, synthetic
   config      DataConfig: the `data` config group, validated once
+  rewards     RewardConfig (the `reward` group), event_rewards(log, cfg): a reward per event
   preprocess  build_dataset(log, ...) -> SequenceDataset (Sequences, EvalSplit), npz cache
   synthetic   synthetic_log(num_users, num_items, seed, ...) -> InteractionLog
   download    download_movielens(path) (only with download=True)
@@ -44,14 +45,18 @@ from lstmrec_jax.data.preprocess import Sequences
 from lstmrec_jax.data.preprocess import build_dataset
 from lstmrec_jax.data.preprocess import keep_domain
 from lstmrec_jax.data.formats.crossdomain import read_crossdomain
+from lstmrec_jax.data.rewards import RewardConfig
 from lstmrec_jax.data.synthetic import synthetic_log
 
-def load_dataset(cfg: DataConfig) -> SequenceDataset:
+
+def load_dataset(cfg: DataConfig, reward: RewardConfig | None = None) -> SequenceDataset:
   """Reads, filters, splits (and caches) the dataset a data config describes.
 
   Args:
     cfg: the validated `data` group, `DataConfig.from_mapping(config.data)`. A `path` of the
       form "tfds:<name>" reads that tfds dataset whatever `format` says.
+    reward: the `reward` group (`data/rewards.py`): each event's reward, carried with the
+      training events and the evaluation targets; None: 1.0 for every event.
 
   Returns:
     The `SequenceDataset`. With `cache_dir`, a second call with the same source bytes and
@@ -70,7 +75,7 @@ def load_dataset(cfg: DataConfig) -> SequenceDataset:
     cfg = dataclasses.replace(cfg, format="tfds", tfds_name=cfg.path.removeprefix("tfds:"),
                               path=None)
   fmt = formats.get_format(cfg.format)
-  build_kwargs = cfg.build_kwargs()
+  build_kwargs = {**cfg.build_kwargs(), "reward": reward}
   path = formats.locate_source(fmt, cfg)
   dataset = None
   if cfg.cache_dir is not None and fmt.fingerprint is not None:
@@ -88,8 +93,8 @@ def load_dataset(cfg: DataConfig) -> SequenceDataset:
 
 __all__ = [
     "Columns", "DataConfig", "DataError", "EvalSplit", "Format", "InteractionLog", "ItemSide",
-    "SequenceDataset", "Sequences", "build_dataset", "download_movielens", "keep_domain",
-    "load_dataset", "read_crossdomain",
+    "RewardConfig", "SequenceDataset", "Sequences", "build_dataset", "download_movielens",
+    "keep_domain", "load_dataset", "read_crossdomain",
     "movielens_layout", "read_movielens", "read_pairs", "read_seqfile", "read_table",
     "read_tfds", "register_format", "synthetic_log", "TrainBatches", "eval_batches",
     "num_eval_batches", "seen_width", "first_fit_decreasing",

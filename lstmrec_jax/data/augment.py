@@ -266,6 +266,8 @@ class AugmentedTrainBatches(pipeline.TrainBatches):
       main = augment_rows(batch, rows_B, view=0, **common)
       main.pop("last_B")
       out.update(main)
+      # The transforms move and replace targets: the logged rewards no longer match them.
+      out.pop("rewards_BxL", None)
     if cfg.contrastive_weight > 0:
       for view in (1, 2):
         v = augment_rows(batch, rows_B, view=view, **common)

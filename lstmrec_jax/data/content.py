@@ -268,6 +268,8 @@ def cold_item_split(dataset: SequenceDataset, *, fraction: float = 0.1,
   cold_V = np.zeros(dataset.num_items, bool)
   cold_V[cold] = True
   train, removed = _drop_items(dataset.train, cold_V)
+  # The rewards of the training events that stay (`_drop_items` keeps the rest in order).
+  train_rewards_N = dataset.train_rewards()[~cold_V[dataset.train.items_N]]
   train_len_U = dataset.train.lengths_U
 
   def split_without(split: EvalSplit, name: str) -> EvalSplit:
@@ -278,7 +280,7 @@ def cold_item_split(dataset: SequenceDataset, *, fraction: float = 0.1,
         raise DataError(f"{dataset.source}: the {name} history of user {split.users_U[x]} does"
                         " not start with their training sequence; cannot remove cold items")
     history, _ = _drop_items(hist, cold_V, prefix_X)
-    return EvalSplit(split.users_U, history, split.targets_U)
+    return dataclasses.replace(split, history=history)
 
   valid, test = split_without(dataset.valid, "valid"), split_without(dataset.test, "test")
   counts_V = np.bincount(train.items_N, minlength=dataset.num_items).astype(np.int64)
@@ -289,7 +291,7 @@ def cold_item_split(dataset: SequenceDataset, *, fraction: float = 0.1,
                cold_test_targets=int(cold_V[test.targets_U].sum()),
                cold_empty_train_users=int((train.lengths_U == 0).sum()))
   out = dataclasses.replace(dataset, train=train, valid=valid, test=test, item_counts_V=counts_V,
-                            stats=stats)
+                            stats=stats, train_rewards_N=train_rewards_N)
   logging.info("cold split (fraction %g, seed %d): %d cold items, %d training events removed, "
                "%d valid / %d test targets cold, %d users left without training events",
                fraction, seed, len(cold), removed, stats["cold_valid_targets"],

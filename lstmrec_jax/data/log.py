@@ -50,7 +50,9 @@ class InteractionLog:
 
   `users` / `items` hold raw keys (int64, or str where the file's ids are not all integers);
   `timestamps` is int64 or None (None: file order is time order within each user); `ratings`
-  is float32 or None. `fingerprint` identifies the source bytes and reader options (cache key).
+  is float32 or None; `feedback` is each event's label (str, e.g. "click" / "purchase", from a
+  CSV / Parquet `columns.feedback` column) or None. `fingerprint` identifies the source bytes
+  and reader options (cache key).
   """
 
   users: np.ndarray
@@ -60,10 +62,11 @@ class InteractionLog:
   source: str
   ratings: np.ndarray | None = None
   fingerprint: str = ""
+  feedback: np.ndarray | None = None
 
   def __post_init__(self):
     n = len(self.users)
-    for name in ("items", "timestamps", "ratings"):
+    for name in ("items", "timestamps", "ratings", "feedback"):
       value = getattr(self, name)
       if value is not None and len(value) != n:
         raise DataError(f"{self.source}: {name} has {len(value)} entries, users has {n}")
@@ -292,6 +295,8 @@ class Columns:
   session when `user` is None): the session-based setting. `lists` are columns of attributes or
   tags, either Parquet lists or strings split on `list_separator`; with several list columns
   each raw attribute is prefixed with its column name (`"genres:Comedy"`) so they cannot collide.
+  `feedback` is a column of event labels (a click / purchase type) that `reward.kind="labels"`
+  maps to rewards (data/rewards.py).
   """
 
   user: str | int | None = "user"
@@ -299,6 +304,7 @@ class Columns:
   time: str | int | None = None
   session: str | int | None = None
   rating: str | int | None = None
+  feedback: str | int | None = None
   title: str | int | None = None
   lists: tuple[str | int, ...] = ()
   delimiter: str = ","  # CSV only; TSV is always a tab
@@ -329,7 +335,7 @@ class Columns:
   def used(self) -> dict[str, str | int]:
     """Role -> column for each configured column (list columns as `list0`, `list1`, ...)."""
     roles = {"user": self.user, "item": self.item, "time": self.time, "session": self.session,
-             "rating": self.rating, "title": self.title}
+             "rating": self.rating, "feedback": self.feedback, "title": self.title}
     roles.update({f"list{i}": c for i, c in enumerate(self.lists)})
     return {role: col for role, col in roles.items() if col is not None}
 

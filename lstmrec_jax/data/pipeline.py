@@ -11,7 +11,9 @@ inputs `s[:-1]`, targets `s[1:]`, keeping the most recent `max_len` positions. W
 segments back to back (first-fit decreasing, computed once, deterministically), and
 `resets_BxL` marks where a new user's segment starts inside a row, so the LSTM zeroes its state
 there. Rows are shuffled per epoch with a permutation that depends only on `(seed, epoch)`;
-every process draws the same permutation and takes its own slice of each global batch.
+every process draws the same permutation and takes its own slice of each global batch. Given
+the training events' rewards (`SequenceDataset.train_rewards()`), a batch also carries
+`rewards_BxL`, the reward of each position's target (0 where there is none).
 
 Evaluation (`eval_batches`): one row per user of an `EvalSplit`, the history's last `max_len`
 items right-padded, the target, and `seen_BxS`, the full history to remove from the ranking.
@@ -33,6 +35,7 @@ from typing import TypeVar
 from absl import logging
 import numpy as np
 
+from lstmrec_jax.errors import ConfigError
 from lstmrec_jax.data.preprocess import EvalSplit
 from lstmrec_jax.data.preprocess import Sequences
 
@@ -158,7 +161,7 @@ class TrainBatches:
 
   def __init__(self, train: Sequences, *, batch_size: int, max_len: int, seed: int,
                pack: bool = False, process_index: int = 0, process_count: int = 1,
-               prefetch: int = 2, backend: str = "auto"):
+               prefetch: int = 2, backend: str = "auto", rewards_N: np.ndarray | None = None):
     """Lays out every training row once; epochs only permute rows.
 
     Args:
@@ -172,8 +175,13 @@ class TrainBatches:
       prefetch: batches prepared ahead.
       backend: what prefetches: "tf" (tf.data), "numpy" (a thread, no TensorFlow) or "auto"
         (tf when TensorFlow imports, else numpy); the batches are identical.
+      rewards_N: float reward of each training event, aligned with `train.items_N`; given,
+        batches carry `rewards_BxL` (the reward of each position's target); None: they do not.
     """
     self.backend = resolve_backend(backend)
+    if rewards_N is not None and len(rewards_N) != len(train.items_N):
+      raise ValueError(f"rewards_N has {len(rewards_N)} entries for {len(train.items_N)} "
+                       "training events")
     self.batch_size = batch_size
     self.per_process_batch = _check_processes(batch_size, process_index, process_count)
     if max_len < 1:
@@ -220,8 +228,11 @@ class TrainBatches:
     self.padding_fraction = (1.0 - total / (self.num_rows * max_len)) if self.num_rows else 0.0
     self.steps_per_epoch = self.num_rows // batch_size
     if self.steps_per_epoch == 0:
-      raise ValueError(f"batch_size {batch_size} is larger than the {self.num_rows} training"
-                       f" rows ({self.num_examples} examples, pack={pack}); lower batch_size")
+      # The user's to fix (a small dataset): one line from the entry points, not a traceback.
+      raise ConfigError(f"input.batch_size {batch_size} is larger than the {self.num_rows} "
+                        f"training rows ({self.num_examples} examples, pack={pack}): a dataset "
+                        f"this small needs --config.input.batch_size={max(self.num_rows, 1)} "
+                        "or less")
     # Rows beyond the last full batch are left out each epoch (a different few every epoch).
     self.real_positions_per_epoch = int(round(
         total * self.steps_per_epoch * batch_size / self.num_rows))
@@ -229,6 +240,10 @@ class TrainBatches:
     self._tables = {"inputs_BxL": inputs_RL.reshape(shape),
                     "targets_BxL": targets_RL.reshape(shape),
                     "resets_BxL": resets_RL.reshape(shape)}
+    if rewards_N is not None:
+      rewards_RL = np.zeros(self.num_rows * max_len, np.float32)
+      rewards_RL[slot_P] = np.asarray(rewards_N, np.float32)[src_P + 1]  # the target's reward
+      self._tables["rewards_BxL"] = rewards_RL.reshape(shape)
     if self.backend == "tf":
       from lstmrec_jax.data import tf_setup  # pylint: disable=g-import-not-at-top
       tf = tf_setup.import_tensorflow()
@@ -256,7 +271,8 @@ class TrainBatches:
 
     Yields:
       Dicts of numpy arrays: `inputs_BxL` int32, `targets_BxL` int32 (0 = no target),
-      `mask_BxL` bool (real input positions), `resets_BxL` bool.
+      `mask_BxL` bool (real input positions), `resets_BxL` bool, and with rewards
+      `rewards_BxL` float32 (the target's reward, 0 = no target).
     """
     if not 0 <= skip_batches <= self.steps_per_epoch:
       raise ValueError(f"skip_batches must be in 0..{self.steps_per_epoch}, got {skip_batches}")
@@ -268,6 +284,9 @@ class TrainBatches:
     tf = tf_setup.import_tensorflow()
     tables = self._tf_tables
 
+    # Plain tf ops, no Python control flow: nothing for AutoGraph to convert (it would try,
+    # fail on the enclosing generator and log a warning into every run's log).
+    @tf.autograph.experimental.do_not_convert
     def gather(idx_B):
       batch = {name: tf.gather(table, idx_B) for name, table in tables.items()}
       batch["mask_BxL"] = batch["inputs_BxL"] > 0

@@ -26,11 +26,12 @@ from absl import logging
 import numpy as np
 
 from lstmrec_jax.errors import DataError
+from lstmrec_jax.data import rewards as rewards_lib
 from lstmrec_jax.data.log import InteractionLog
 from lstmrec_jax.data.log import ItemSide
 
 # Bump when the dataset arrays or their meaning change: old caches then miss instead of lying.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-event rewards
 SPLITS = ("loo", "temporal")
 
 
@@ -70,13 +71,15 @@ class Sequences:
 class EvalSplit:
   """One target per user; `history[k]` is everything user `users_U[k]` did before `targets_U[k]`.
 
-  On a multi-domain dataset `domains_U[k]` is the domain of `targets_U[k]` (the user is
-  evaluated in that domain); None on a single catalogue.
+  `rewards_U` is each target's reward (`data/rewards.py`), or None where the split was made
+  without (a built split always has it). On a multi-domain dataset `domains_U[k]` is the domain
+  of `targets_U[k]` (the user is evaluated in that domain); None on a single catalogue.
   """
 
   users_U: np.ndarray  # int32 dense user indices
   history: Sequences
   targets_U: np.ndarray  # int32 dense item ids
+  rewards_U: np.ndarray | None = None  # float32 reward of each target
   domains_U: np.ndarray | None = None  # int32 domain index of each target; None: one domain
 
   def __len__(self) -> int:
@@ -90,6 +93,7 @@ class EvalSplit:
              np.zeros(0, np.int32))
     return EvalSplit(self.users_U[keep], Sequences.from_lengths(lengths, items),
                      self.targets_U[keep],
+                     None if self.rewards_U is None else self.rewards_U[keep],
                      None if self.domains_U is None else self.domains_U[keep])
 
   def sample(self, n: int, seed: int) -> EvalSplit:
@@ -122,11 +126,20 @@ class SequenceDataset:
   item_domains_V: np.ndarray | None = None
   domain_names: tuple[str, ...] = ()
   kept_domain: str | None = None  # data.domain: only this domain's events were kept
+  # float32 reward of each training event, aligned with `train.items_N` (data/rewards.py);
+  # None: a dataset made without rewards (read as 1.0 each: `train_rewards`).
+  train_rewards_N: np.ndarray | None = None
 
   @property
   def domain_starts(self) -> tuple[int, ...]:
     """The first item id of each domain, e.g. (1, 11838); () for a single catalogue."""
     return domain_starts(self.item_domains_V, len(self.domain_names))
+
+  def train_rewards(self) -> np.ndarray:
+    """float32 reward of each training event (1.0 each where the dataset has none)."""
+    if self.train_rewards_N is None:
+      return np.ones(len(self.train.items_N), np.float32)
+    return self.train_rewards_N
 
   def summary(self) -> str:
     """One line: sizes of the catalog and of each split."""
@@ -156,7 +169,8 @@ def domain_starts(item_domains_V: np.ndarray | None, num_domains: int) -> tuple[
 
 def build_options(*, dedupe: bool = False, min_rating: float | None = None,
                   min_user_events: int = 1, min_item_events: int = 1, split: str = "loo",
-                  temporal_fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, Any]:
+                  temporal_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                  reward: rewards_lib.RewardConfig | None = None) -> dict[str, Any]:
   """Validated, canonical options of `build_dataset` (the part of the cache key they set)."""
   if split not in SPLITS:
     raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
@@ -175,13 +189,15 @@ def build_options(*, dedupe: bool = False, min_rating: float | None = None,
                       f" summing to 1, got {list(temporal_fractions)}")
   return {"dedupe": bool(dedupe), "min_rating": None if min_rating is None else float(min_rating),
           "min_user_events": int(min_user_events), "min_item_events": int(min_item_events),
-          "split": split, "temporal_fractions": fractions}
+          "split": split, "temporal_fractions": fractions,
+          "reward": rewards_lib.CONSTANT_ONE if reward is None else reward.options()}
 
 
 def build_dataset(log: InteractionLog, *, dedupe: bool = False,
                   min_rating: float | None = None, min_user_events: int = 1,
                   min_item_events: int = 1, split: str = "loo",
                   temporal_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                  reward: rewards_lib.RewardConfig | None = None,
                   cache_dir: str | os.PathLike[str] | None = None) -> SequenceDataset:
   """Filters, orders and splits an interaction log into a `SequenceDataset`.
 
@@ -223,6 +239,8 @@ def build_dataset(log: InteractionLog, *, dedupe: bool = False,
       applied alternately until neither drops anything.
     split: "loo" or "temporal".
     temporal_fractions: (train, valid, test) fractions of events for the temporal cut points.
+    reward: the `reward` group (`data/rewards.py`): each event's reward, carried beside its item
+      into `train_rewards_N` and each split's `rewards_U`; None: 1.0 for every event.
     cache_dir: where to keep / find the `.npz` + `.json` cache; None disables caching.
 
   Returns:
@@ -234,14 +252,14 @@ def build_dataset(log: InteractionLog, *, dedupe: bool = False,
   """
   options = build_options(dedupe=dedupe, min_rating=min_rating, min_user_events=min_user_events,
                           min_item_events=min_item_events, split=split,
-                          temporal_fractions=temporal_fractions)
+                          temporal_fractions=temporal_fractions, reward=reward)
   key = None
   if cache_dir is not None:
     key = cache_key(log.fingerprint or log_fingerprint(log), options)
     cached = load_cached(cache_dir, key)
     if cached is not None:
       return cached
-  dataset = _build(log, options)
+  dataset = _build(log, options, reward)
   if key is not None:
     save_cached(dataset, cache_dir, key, options)
   return dataset
@@ -250,11 +268,13 @@ def build_dataset(log: InteractionLog, *, dedupe: bool = False,
 # ----------------------------------------------------------------------------- the build
 
 
-def _build(log: InteractionLog, options: dict[str, Any]) -> SequenceDataset:
+def _build(log: InteractionLog, options: dict[str, Any],
+           reward: rewards_lib.RewardConfig | None = None) -> SequenceDataset:
   src = log.source
   n = len(log)
   if n == 0:
     raise DataError(f"{src}: no events")
+  rewards_raw_N = rewards_lib.event_rewards(log, reward)
   stats: dict[str, Any] = {"events_read": n}
   user_raw, user_inv_N = np.unique(log.users, return_inverse=True)
   item_raw, item_inv_N = np.unique(log.items, return_inverse=True)
@@ -302,15 +322,17 @@ def _build(log: InteractionLog, options: dict[str, Any]) -> SequenceDataset:
     order_N = np.argsort(users_N, kind="stable")
     times_N = None
   users_N, items_N = users_N[order_N], items_N[order_N]
+  rewards_N = rewards_raw_N[rows_N][order_N]
 
   if options["split"] == "loo":
-    parts = _split_loo(users_N, items_N, src, stats)
+    parts = _split_loo(users_N, items_N, rewards_N, src, stats)
   else:
     if times_N is None:
       raise DataError(f"{src}: the temporal split needs timestamps; this log has none"
                       " (use split='loo')")
-    parts = _split_temporal(users_N, items_N, times_N, options["temporal_fractions"], src, stats)
-  user_sel, item_sel, train, valid, test = parts
+    parts = _split_temporal(users_N, items_N, rewards_N, times_N, options["temporal_fractions"],
+                            src, stats)
+  user_sel, item_sel, train, valid, test, train_rewards_N = parts
 
   item_keys = item_raw[item_sel]
   item_domains_V, domain_names = None, ()
@@ -338,7 +360,7 @@ def _build(log: InteractionLog, options: dict[str, Any]) -> SequenceDataset:
       user_keys=user_raw[user_sel], train=train, valid=valid, test=test, item_attrs=item_attrs,
       num_attrs=len(attribute_names), item_titles=item_titles, attribute_names=attribute_names,
       item_counts_V=item_counts, split=options["split"], source=src, stats=stats,
-      item_domains_V=item_domains_V, domain_names=domain_names)
+      train_rewards_N=train_rewards_N, item_domains_V=item_domains_V, domain_names=domain_names)
   logging.info("%s", dataset.summary())
   return dataset
 
@@ -373,9 +395,9 @@ def keep_domain(dataset: SequenceDataset, name: str) -> SequenceDataset:
 
   The split is the merged log's (built first): a user is evaluated where their merged target is
   in `name`, from the events of `name` before it; training keeps the events of `name` of each
-  training row. The catalogue (ids, keys, domains) is unchanged, so rankings and sampled
-  candidates line up with the merged dataset's; the other domain's items simply have no
-  training events. Raises DataError when `name` is not a domain of the dataset.
+  training row (with its reward). The catalogue (ids, keys, domains) is unchanged, so rankings
+  and sampled candidates line up with the merged dataset's; the other domain's items simply have
+  no training events. Raises DataError when `name` is not a domain of the dataset.
   """
   if not dataset.domain_names:
     raise DataError(f"data.domain={name!r}: {dataset.source} has no domains (a single-domain "
@@ -397,6 +419,8 @@ def keep_domain(dataset: SequenceDataset, name: str) -> SequenceDataset:
     return dataclasses.replace(sel, history=only_d(sel.history))
 
   train, valid, test = only_d(dataset.train), split_d(dataset.valid), split_d(dataset.test)
+  train_rewards_N = (None if dataset.train_rewards_N is None
+                     else dataset.train_rewards_N[in_d_V[dataset.train.items_N]])
   counts = np.bincount(train.items_N, minlength=dataset.num_items).astype(np.int64)
   stats = {**dataset.stats, "kept_domain": name,
            "kept_train_events": int(len(train.items_N)),
@@ -408,7 +432,7 @@ def keep_domain(dataset: SequenceDataset, name: str) -> SequenceDataset:
                stats["kept_train_events"], len(dataset.train.items_N), len(valid), len(test),
                stats["empty_test_histories"], name)
   return dataclasses.replace(dataset, train=train, valid=valid, test=test, item_counts_V=counts,
-                             stats=stats, kept_domain=name)
+                             stats=stats, kept_domain=name, train_rewards_N=train_rewards_N)
 
 
 def _duplicates(users_N: np.ndarray, items_N: np.ndarray, times_N: np.ndarray | None,
@@ -464,7 +488,7 @@ def _k_core(keep_N, user_inv_N, item_inv_N, num_users, num_items, min_user, min_
   return keep_N
 
 
-def _split_loo(users_N, items_N, src, stats):
+def _split_loo(users_N, items_N, rewards_N, src, stats):
   """Leave-one-out over events sorted by (user, time); see `build_dataset`."""
   counts_U = np.bincount(users_N)
   short_U = (counts_U > 0) & (counts_U < 3)
@@ -477,7 +501,7 @@ def _split_loo(users_N, items_N, src, stats):
   if not keep_N.any():
     raise DataError(f"{src}: too few events for the split: no user has the 3 events"
                     " leave-one-out needs (train, valid, test)")
-  users_N, items_N = users_N[keep_N], items_N[keep_N]
+  users_N, items_N, rewards_N = users_N[keep_N], items_N[keep_N], rewards_N[keep_N]
   stats["num_events"] = int(len(users_N))
   user_sel, users_N = np.unique(users_N, return_inverse=True)
   item_sel, item_ids_N = np.unique(items_N, return_inverse=True)
@@ -488,10 +512,10 @@ def _split_loo(users_N, items_N, src, stats):
   left_N = lengths_U[users_N] - pos_N  # 1 at the last event, 2 at the second-to-last
   train = Sequences.from_lengths(lengths_U - 2, item_ids_N[left_N > 2])
   everyone_U = np.arange(len(user_sel), dtype=np.int32)
-  valid = EvalSplit(everyone_U, train, item_ids_N[left_N == 2])
+  valid = EvalSplit(everyone_U, train, item_ids_N[left_N == 2], rewards_N[left_N == 2])
   test = EvalSplit(everyone_U, Sequences.from_lengths(lengths_U - 1, item_ids_N[left_N > 1]),
-                   item_ids_N[left_N == 1])
-  return user_sel, item_sel, train, valid, test
+                   item_ids_N[left_N == 1], rewards_N[left_N == 1])
+  return user_sel, item_sel, train, valid, test, rewards_N[left_N > 2]
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -504,7 +528,7 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
   return np.repeat(starts - row_starts, lengths) + np.arange(total)
 
 
-def _split_temporal(users_N, items_N, times_N, fractions, src, stats):
+def _split_temporal(users_N, items_N, rewards_N, times_N, fractions, src, stats):
   """Global time cut points; see `build_dataset` for the exact definition."""
   n = len(times_N)
   sorted_times_N = np.sort(times_N)
@@ -567,10 +591,12 @@ def _split_temporal(users_N, items_N, times_N, fractions, src, stats):
   train = Sequences.from_lengths(
       np.bincount(dense_user[train_users], minlength=len(user_sel)), item_ids_N[in_train_N])
   valid = EvalSplit(dense_user[users_N[valid_pos_X]].astype(np.int32),
-                    Sequences.from_lengths(valid_len_X, valid_hist), item_ids_N[valid_pos_X])
+                    Sequences.from_lengths(valid_len_X, valid_hist), item_ids_N[valid_pos_X],
+                    rewards_N[valid_pos_X])
   test = EvalSplit(dense_user[users_N[test_pos_X]].astype(np.int32),
-                   Sequences.from_lengths(test_len_X, test_hist), item_ids_N[test_pos_X])
-  return user_sel, item_sel, train, valid, test
+                   Sequences.from_lengths(test_len_X, test_hist), item_ids_N[test_pos_X],
+                   rewards_N[test_pos_X])
+  return user_sel, item_sel, train, valid, test, rewards_N[in_train_N]
 
 
 def _attr_sort_key(a):
@@ -618,7 +644,7 @@ def cache_key(fingerprint: str, options: dict[str, Any]) -> str:
 
 def cache_paths(cache_dir: str | os.PathLike[str], key: str) -> tuple[pathlib.Path, pathlib.Path]:
   """(npz, json) paths of one cache entry."""
-  base = pathlib.Path(cache_dir) / f"dataset-{key[:24]}"
+  base = pathlib.Path(cache_dir).expanduser() / f"dataset-{key[:24]}"
   return base.with_suffix(".npz"), base.with_suffix(".json")
 
 
@@ -642,11 +668,14 @@ def save_cached(dataset: SequenceDataset, cache_dir, key: str,
   arrays = {"item_keys": dataset.item_keys, "user_keys": dataset.user_keys,
             "train_offsets": dataset.train.offsets_U1, "train_items": dataset.train.items_N,
             "attr_offsets": dataset.item_attrs.offsets_U1,
-            "attr_items": dataset.item_attrs.items_N, "item_counts": dataset.item_counts_V}
+            "attr_items": dataset.item_attrs.items_N, "item_counts": dataset.item_counts_V,
+            "train_rewards": dataset.train_rewards()}
   for name, split in (("valid", dataset.valid), ("test", dataset.test)):
     arrays.update({f"{name}_users": split.users_U, f"{name}_targets": split.targets_U,
                    f"{name}_offsets": split.history.offsets_U1,
-                   f"{name}_items": split.history.items_N})
+                   f"{name}_items": split.history.items_N,
+                   f"{name}_rewards": (np.ones(len(split), np.float32) if split.rewards_U is None
+                                       else split.rewards_U)})
   if dataset.item_domains_V is not None:
     arrays["item_domains"] = dataset.item_domains_V
     arrays.update({f"{name}_domains": sp.domains_U
@@ -670,7 +699,7 @@ def save_cached(dataset: SequenceDataset, cache_dir, key: str,
 
 
 def load_cached(cache_dir, key: str) -> SequenceDataset | None:
-  """The cached dataset for `key`, or None when there is none (or it is unreadable)."""
+  """The cached dataset for `key`, or None when there is none (or it is unreadable: rebuilt)."""
   npz_path, json_path = cache_paths(cache_dir, key)
   if not (npz_path.is_file() and json_path.is_file()):
     return None
@@ -680,22 +709,26 @@ def load_cached(cache_dir, key: str) -> SequenceDataset | None:
       return None
     with np.load(npz_path, allow_pickle=False) as z:
       a = {k: z[k] for k in z.files}
-  except (OSError, ValueError, KeyError) as e:
-    logging.warning("ignoring unreadable dataset cache %s: %s", npz_path, e)
+
+    def split(name):
+      return EvalSplit(a[f"{name}_users"], Sequences(a[f"{name}_offsets"], a[f"{name}_items"]),
+                       a[f"{name}_targets"], a[f"{name}_rewards"], a.get(f"{name}_domains"))
+
+    dataset = SequenceDataset(
+        num_items=meta["num_items"], num_users=meta["num_users"], item_keys=a["item_keys"],
+        user_keys=a["user_keys"], train=Sequences(a["train_offsets"], a["train_items"]),
+        valid=split("valid"), test=split("test"),
+        item_attrs=Sequences(a["attr_offsets"], a["attr_items"]), num_attrs=meta["num_attrs"],
+        item_titles=_unpack_strings(a["titles_blob"], a["titles_offsets"]),
+        attribute_names=_unpack_strings(a["names_blob"], a["names_offsets"]),
+        item_counts_V=a["item_counts"], split=meta["split"], source=meta["source"],
+        stats=meta["stats"], train_rewards_N=a["train_rewards"],
+        item_domains_V=a.get("item_domains"), domain_names=tuple(meta.get("domain_names", ())))
+  except Exception as e:  # pylint: disable=broad-except
+    # A damaged entry (BadZipFile, a bad CRC, EOFError, zlib.error, a missing array, ...) is
+    # rebuilt from the source, never fatal.
+    logging.warning("ignoring unreadable dataset cache %s (%s: %s); rebuilding it", npz_path,
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
     return None
-
-  def split(name):
-    return EvalSplit(a[f"{name}_users"], Sequences(a[f"{name}_offsets"], a[f"{name}_items"]),
-                     a[f"{name}_targets"], a.get(f"{name}_domains"))
-
   logging.info("loaded dataset cache %s", npz_path)
-  return SequenceDataset(
-      num_items=meta["num_items"], num_users=meta["num_users"], item_keys=a["item_keys"],
-      user_keys=a["user_keys"], train=Sequences(a["train_offsets"], a["train_items"]),
-      valid=split("valid"), test=split("test"),
-      item_attrs=Sequences(a["attr_offsets"], a["attr_items"]), num_attrs=meta["num_attrs"],
-      item_titles=_unpack_strings(a["titles_blob"], a["titles_offsets"]),
-      attribute_names=_unpack_strings(a["names_blob"], a["names_offsets"]),
-      item_counts_V=a["item_counts"], split=meta["split"], source=meta["source"],
-      stats=meta["stats"], item_domains_V=a.get("item_domains"),
-      domain_names=tuple(meta.get("domain_names", ())))
+  return dataset

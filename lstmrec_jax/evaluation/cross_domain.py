@@ -130,13 +130,16 @@ def _rows_of(split, users_U: np.ndarray) -> np.ndarray:
 def domain_report(dataset, split, *, full: tuple[np.ndarray, np.ndarray],
                   full_popularity: np.ndarray, seen_targets: str,
                   sampled: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                  sampled_popularity: tuple[np.ndarray, np.ndarray] | None = None
-                  ) -> dict[str, Any]:
-  """{domain name: {"users", "full": {model, popularity}, "sampled": {model, popularity}}}.
+                  sampled_popularity: tuple[np.ndarray, np.ndarray] | None = None,
+                  full_q: tuple[np.ndarray, np.ndarray] | None = None,
+                  high_reward_min: float | None = None) -> dict[str, Any]:
+  """{domain name: {"users", "full": {model, popularity[, model_q]}, "sampled": {model,
+  popularity}}}.
 
   full: (users_U, ranks_U) from `ranking.rank_split`; full_popularity: ranks in split order;
   sampled: (users_U, ranks_U, ties_U) from `sampled_ranks`; sampled_popularity: (ranks, ties)
-  in split order.
+  in split order; full_q: (users_U, ranks_U) ranked by the Q head (a model with Q heads);
+  high_reward_min: the full-ranking reports split by target reward (`reports.split_report`).
   """
   counts_U = target_domain_counts(split, dataset.item_domains_V)
   users_U, ranks_U = full
@@ -146,15 +149,20 @@ def domain_report(dataset, split, *, full: tuple[np.ndarray, np.ndarray],
     in_d = split.domains_U[rows] == d
     if not in_d.any():
       continue
-    model_full = reports.split_report(ranks_U[in_d], users_U[in_d], split,
-                                      seen_targets=seen_targets)
+    by_reward = {"seen_targets": seen_targets, "high_reward_min": high_reward_min}
+    model_full = reports.split_report(ranks_U[in_d], users_U[in_d], split, **by_reward)
     model_full["by_target_domain_history"] = by_buckets(
         metrics.apply_seen_targets(ranks_U[in_d], reports.repeated_targets(split)[rows[in_d]],
                                    seen_targets), counts_U[rows[in_d]])
     in_split_d = split.domains_U == d
     pop_full = reports.split_report(full_popularity[in_split_d], split.users_U[in_split_d],
-                                    split, seen_targets=seen_targets)
+                                    split, **by_reward)
     entry = {"users": int(in_d.sum()), "full": {"model": model_full, "popularity": pop_full}}
+    if full_q is not None:
+      q_users, q_ranks = full_q
+      q_in = split.domains_U[_rows_of(split, q_users)] == d
+      entry["full"]["model_q"] = reports.split_report(q_ranks[q_in], q_users[q_in], split,
+                                                      **by_reward)
     if sampled is not None:
       s_users, s_ranks, s_ties = sampled
       s_rows = _rows_of(split, s_users)
@@ -173,24 +181,32 @@ def domain_report(dataset, split, *, full: tuple[np.ndarray, np.ndarray],
 def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str], mesh: Mesh,
                     batch_size: int, max_len: int, exclude_seen: bool, chunk_size: int,
                     seen_targets: str = "miss", sampled_negatives: int = 999,
-                    sampled_seed: int = 0, beyond_k: int = 10) -> dict[str, Any]:
+                    sampled_seed: int = 0, beyond_k: int = 10,
+                    high_reward_min: float | None = None, q_head: bool = False) -> dict[str, Any]:
   """The report of `ranking.evaluate_params`; on a multi-domain dataset, per domain and protocol.
 
   A single-catalogue dataset goes to `ranking.evaluate_params` unchanged. On a multi-domain one
   the report holds, per split and per domain (never pooled), the full-ranking metrics (model and
   popularity, with the history-length and target-domain-history breakdowns) and, with
   `sampled_negatives` > 0, the sampled protocol's (see the module docstring). Beyond-accuracy
-  metrics are not computed there.
+  metrics are not computed there. `high_reward_min` and `q_head` as in `ranking.evaluate_params`
+  (on a multi-domain dataset: the full protocol's reports split by target reward, and `model_q`
+  beside `model`, ranked by the Q head in the target's domain).
   """
   if not is_multi_domain(dataset):
     return ranking.evaluate_params(graphdef, params, consts, dataset, splits=splits, mesh=mesh,
                                    batch_size=batch_size, max_len=max_len,
                                    exclude_seen=exclude_seen, chunk_size=chunk_size,
-                                   seen_targets=seen_targets, beyond_k=beyond_k)
+                                   seen_targets=seen_targets, beyond_k=beyond_k,
+                                   high_reward_min=high_reward_min, q_head=q_head)
   counts_V = dataset.item_counts_V
   rank_fn = scoring.compile_rank_fn(graphdef, mesh, exclude_seen=exclude_seen,
                                     chunk_size=chunk_size, popularity_V=counts_V,
                                     item_domains_V=dataset.item_domains_V)
+  q_rank_fn = (scoring.compile_rank_fn(graphdef, mesh, exclude_seen=exclude_seen,
+                                        chunk_size=chunk_size, popularity_V=counts_V,
+                                        item_domains_V=dataset.item_domains_V, head="q")
+               if q_head else None)
   sampled_fn = scoring.compile_sampled_fn(graphdef, mesh, popularity_V=counts_V)
   seen_targets = reports.effective_seen_targets(exclude_seen, seen_targets)
   report: dict[str, Any] = {
@@ -220,9 +236,12 @@ def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str],
       sampled = sampled_ranks(sampled_fn, params, consts, split, candidates,
                               batch_size=batch_size, max_len=max_len, mesh=mesh)
       sampled_pop = baselines.popularity_candidate_ranks(counts_V, candidates)
+    full_q = (ranking.rank_split(q_rank_fn, params, consts, split, batch_size=batch_size,
+                                 max_len=max_len, mesh=mesh) if q_rank_fn is not None else None)
     report["splits"][name] = {"by_domain": domain_report(
         dataset, split, full=full, full_popularity=pop, seen_targets=seen_targets,
-        sampled=sampled, sampled_popularity=sampled_pop)}
+        sampled=sampled, sampled_popularity=sampled_pop, full_q=full_q,
+        high_reward_min=high_reward_min)}
   return report
 
 

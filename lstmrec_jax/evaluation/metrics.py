@@ -2,6 +2,11 @@
 
 Shape legend: U users.
 
+MRR is over the whole catalog (a target at rank 500 still adds 1/501); MRR@10 counts only the top
+10 (0 beyond), as most papers and RecBole report it: compare MRR@10 with MRR@10. Every user has one
+held-out target, so RecBole's Recall@k (hits / relevant items) equals HR@k here; it is not
+reported twice.
+
 A rank is 0-based: the number of catalog items ahead of the target (`scoring.ranks.target_ranks`).
 NONFINITE_RANK (a user whose scores were not finite) is a miss at every k and counted as
 `nonfinite_users`, so a broken model can never look good.
@@ -32,12 +37,13 @@ SEEN_TARGETS = config_keys.SEEN_TARGETS  # eval.seen_targets
 def metrics_from_ranks(ranks_U: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float | None]:
   """HR@k, NDCG@k (one relevant item) and MRR from 0-based ranks; NONFINITE_RANK is a miss.
 
-  Example: ranks [0, 3] -> HR@1 0.5, HR@5 1.0, NDCG@5 (1 + 1/log2(5)) / 2, MRR (1 + 1/4) / 2.
+  Example: ranks [0, 3] -> HR@1 0.5, HR@5 1.0, NDCG@5 (1 + 1/log2(5)) / 2, MRR (1 + 1/4) / 2;
+  ranks [0, 12] -> MRR (1 + 1/13) / 2, MRR@10 1 / 2.
   """
   ranks = np.asarray(ranks_U, np.float64)
   if ranks.size == 0:  # None, not NaN: the report stays strict JSON and comparable
     return {**{f"HR@{k}": None for k in ks}, **{f"NDCG@{k}": None for k in ks if k > 1},
-            "MRR": None, "users": 0}
+            "MRR": None, "MRR@10": None, "users": 0}
   out: dict[str, float] = {}
   for k in ks:
     out[f"HR@{k}"] = float(np.mean(ranks < k))
@@ -45,6 +51,7 @@ def metrics_from_ranks(ranks_U: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> d
     if k > 1:
       out[f"NDCG@{k}"] = float(np.mean(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)))
   out["MRR"] = float(np.mean(np.where(ranks >= SEEN_TARGET_RANK, 0.0, 1.0 / (ranks + 1.0))))
+  out["MRR@10"] = float(np.mean(np.where(ranks < 10, 1.0 / (ranks + 1.0), 0.0)))
   out["users"] = int(ranks.size)
   nonfinite = int(np.sum(ranks >= NONFINITE_RANK))
   if nonfinite:  # reported only when it happens: the keys of a healthy report stay the same
@@ -79,6 +86,27 @@ def apply_seen_targets(ranks_U: np.ndarray, repeated_U: np.ndarray, seen_targets
     return ranks
   miss = np.asarray(repeated_U, bool) & (ranks < NONFINITE_RANK)
   return np.where(miss, np.asarray(SEEN_TARGET_RANK, ranks.dtype), ranks)
+
+
+REWARD_KS = (5, 10, 20)
+
+
+def reward_metrics(ranks_U: np.ndarray, rewards_U: np.ndarray,
+                   ks: Sequence[int] = REWARD_KS) -> dict[str, float | None]:
+  """The reward the hits earn: `hit_reward@k` (mean reward of the targets hit at k; None with no
+  hit) and `reward@k` (their summed reward per target: the SQN papers' cumulative reward / U).
+
+  Example: ranks [0, 30], rewards [1.0, 0.2] -> hit_reward@10 1.0, reward@10 0.5,
+  hit_reward@20 1.0.
+  """
+  ranks = np.asarray(ranks_U, np.float64)
+  rewards = np.asarray(rewards_U, np.float64)
+  out: dict[str, float | None] = {}
+  for k in ks:
+    hit = ranks < k
+    out[f"hit_reward@{k}"] = float(rewards[hit].mean()) if hit.any() else None
+    out[f"reward@{k}"] = float(np.where(hit, rewards, 0.0).mean()) if ranks.size else None
+  return out
 
 
 HISTORY_BUCKETS = ((1, 2), (3, 5), (6, 10), (11, None))

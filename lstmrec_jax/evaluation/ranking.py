@@ -8,6 +8,7 @@ items per user, U users in a split, K top-k.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,6 +24,7 @@ from lstmrec_jax.data import pipeline
 from lstmrec_jax.data import preprocess
 from lstmrec_jax.evaluation import baselines
 from lstmrec_jax.evaluation import beyond
+from lstmrec_jax.evaluation import metrics as metrics_lib
 from lstmrec_jax.evaluation import reports
 from lstmrec_jax.scoring import steps as scoring
 
@@ -94,7 +96,8 @@ def rank_split(rank_fn: Callable, params: Any, consts: Any, split, *, batch_size
 def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str], mesh: Mesh,
                     batch_size: int, max_len: int, exclude_seen: bool,
                     chunk_size: int, seen_targets: str = "miss",
-                    beyond_k: int = 10) -> dict[str, Any]:
+                    beyond_k: int = 10, high_reward_min: float | None = None,
+                    q_head: bool = False) -> dict[str, Any]:
   """Model and popularity metrics for each named split ('valid', 'test').
 
   seen_targets: `eval.seen_targets`, "miss" (a target already in the history counts as a miss:
@@ -103,6 +106,11 @@ def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str],
 
   beyond_k: K of the beyond-accuracy metrics (coverage, Gini, ARP, novelty, ILD, ...) of the
   top-K lists, computed in the ranking pass (`beyond.py`); 0 = accuracy only.
+
+  high_reward_min: the report also splits each scorer's metrics by target reward (reward >=
+  this: the high-reward targets) and gives the reward of the hits (`reports.split_report`).
+  q_head: the model has Q heads (`model.q_head`): each split also gets `model_q`, the same
+  metrics with the items ranked by the Q head (`scoring.steps`, head="q").
   """
   if beyond_k:
     rank_fn = scoring.jit_over_batch(functools.partial(
@@ -119,6 +127,10 @@ def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str],
                             "num_items": int(dataset.num_items) - 1, "splits": {}}
   if beyond_k:
     report["beyond_k"] = beyond_k
+  q_rank_fn = (scoring.compile_rank_fn(graphdef, mesh, exclude_seen=exclude_seen,
+                                        chunk_size=chunk_size,
+                                        popularity_V=dataset.item_counts_V, head="q")
+               if q_head else None)
   for name in splits:
     split = getattr(dataset, name)
     acc = beyond.BeyondAccumulator(dataset.item_counts_V, **extra) if beyond_k else None
@@ -126,10 +138,24 @@ def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str],
                                   max_len=max_len, mesh=mesh, on_lists=acc and acc.add)
     pop_U = baselines.popularity_ranks(dataset.item_counts_V, split, exclude_seen=exclude_seen,
                                        chunk_size=chunk_size)
+    by_reward = {"seen_targets": seen_targets, "high_reward_min": high_reward_min}
     report["splits"][name] = {
-        "model": reports.split_report(ranks_U, users_U, split, seen_targets=seen_targets),
+        "model": reports.split_report(ranks_U, users_U, split, **by_reward),
         "popularity": reports.split_report(pop_U, np.asarray(split.users_U), split,
-                                           seen_targets=seen_targets)}
+                                           **by_reward),
+        "candidates": candidate_counts(split, int(dataset.num_items) - 1, exclude_seen)}
+    few = report["splits"][name]["candidates"]
+    if few["users_at_most_max_k"]:
+      logging.warning(
+          "%s: %d of %d users had at most %d candidate items once their history was removed "
+          "(fewest: %d of %d items): HR@k and NDCG@k there are high by construction, not by "
+          "the model", name, few["users_at_most_max_k"], len(split.users_U), few["max_k"],
+          few["min"], int(dataset.num_items) - 1)
+    if q_rank_fn is not None:
+      q_users_U, q_ranks_U = rank_split(q_rank_fn, params, consts, split, batch_size=batch_size,
+                                        max_len=max_len, mesh=mesh)
+      report["splits"][name]["model_q"] = reports.split_report(q_ranks_U, q_users_U, split,
+                                                               **by_reward)
     if beyond_k:
       pop_acc = beyond.BeyondAccumulator(dataset.item_counts_V, **extra)
       for ids_BxK, scores_BxK in beyond.popularity_lists(
@@ -139,6 +165,31 @@ def evaluate_params(graphdef, params, consts, dataset, *, splits: Sequence[str],
       report["splits"][name]["model"]["beyond"] = acc.result()
       report["splits"][name]["popularity"]["beyond"] = pop_acc.result()
   return report
+
+
+def candidate_counts(split, num_items: int, exclude_seen: bool,
+                     max_k: int = max(metrics_lib.DEFAULT_KS)) -> dict[str, int]:
+  """How many items each user's target is ranked among (its other history items removed).
+
+  A catalog of 5 items and a history of 4 leaves 1 candidate: NDCG@10 is 1.0 whatever the model.
+  Example: num_items 5, histories [[1, 2, 3, 4]] with target 5 -> min 1.
+  """
+  users = len(split.users_U)
+  if not users:
+    return {"min": num_items, "median": num_items, "users_at_most_max_k": 0, "max_k": max_k}
+  if exclude_seen:
+    lengths_U = split.history.lengths_U
+    row_N = np.repeat(np.arange(users), lengths_U)
+    items_N = np.asarray(split.history.items_N, np.int64)
+    # The target itself stays rankable: only the other distinct history items are removed.
+    other_N = items_N != np.asarray(split.targets_U, np.int64)[row_N]
+    distinct = np.unique(row_N[other_N] * (num_items + 1) + items_N[other_N]) // (num_items + 1)
+    removed_U = np.bincount(distinct, minlength=users)
+  else:
+    removed_U = np.zeros(users, np.int64)
+  candidates_U = num_items - removed_U
+  return {"min": int(candidates_U.min()), "median": int(np.median(candidates_U)),
+          "users_at_most_max_k": int((candidates_U <= max_k).sum()), "max_k": max_k}
 
 
 def whole_histories(dataset):
@@ -182,5 +233,5 @@ def write_topk(path: str | os.PathLike, graphdef, params, consts, dataset, *, k:
       items = ",".join(str(dataset.item_keys[i]) for i in ids)
       lines.append(f"{dataset.user_keys[user]}\t{items}\n")
   if jax.process_index() == 0:
-    paths.workdir_path(path).write_text("".join(lines))
+    paths.replace_text(paths.workdir_path(path), "".join(lines))  # never half a file
   return len(lines)

@@ -66,8 +66,14 @@ def protocol_ranks(ranks_U: np.ndarray, users_U: np.ndarray, split,
 
 
 def split_report(ranks_U: np.ndarray, users_U: np.ndarray, split, *, seen_targets: str,
-                 ks: Sequence[int] = metrics.DEFAULT_KS) -> dict[str, Any]:
+                 ks: Sequence[int] = metrics.DEFAULT_KS,
+                 high_reward_min: float | None = None) -> dict[str, Any]:
   """Overall metrics and the history-length breakdown for one split, under `seen_targets`.
+
+  With `high_reward_min` and a split that carries its targets' rewards (`EvalSplit.rewards_U`),
+  also the metrics over the high-reward targets (reward >= high_reward_min: ratings >= 4 on
+  MovieLens under the threshold reward) and over the others, and the reward of the hits
+  (`metrics.reward_metrics`), all from the same ranks.
 
   `ranks_U` keep repeated targets rankable (`ranks.target_ranks`); `seen_targets` = "miss"
   turns them into misses. `repeated_targets` counts them; where there are any, `by_seen_targets`
@@ -82,6 +88,14 @@ def split_report(ranks_U: np.ndarray, users_U: np.ndarray, split, *, seen_target
   out = {"overall": metrics.metrics_from_ranks(ranks, ks),
          "by_history_length": metrics.metrics_by_history_length(ranks, lengths),
          "repeated_targets": int(repeated_U.sum())}
+  if high_reward_min is not None and getattr(split, "rewards_U", None) is not None:
+    rewards_U = np.asarray(split.rewards_U, np.float64)[rows]
+    high_U = rewards_U >= high_reward_min
+    out["high_reward"] = metrics.metrics_from_ranks(ranks[high_U], ks)
+    out["low_reward"] = metrics.metrics_from_ranks(ranks[~high_U], ks)
+    out["reward"] = {**metrics.reward_metrics(ranks, rewards_U), "high_reward_min":
+                     float(high_reward_min), "mean_target_reward": float(rewards_U.mean())
+                     if rewards_U.size else None}
   if repeated_U.any():
     out["by_seen_targets"] = {
         name: metrics.metrics_from_ranks(metrics.apply_seen_targets(ranks_U, repeated_U, name), ks)
@@ -94,7 +108,7 @@ def _cell(value: float | None, width: int) -> str:
 
 
 def format_table(report: dict[str, Any], keys: Sequence[str] = (
-    "HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")) -> str:
+    "HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR@10", "MRR")) -> str:
   """A plain-text table of model vs popularity per split, then the history-length breakdown."""
   if is_domain_report(report):
     return format_domain_table(report)
@@ -105,12 +119,13 @@ def format_table(report: dict[str, Any], keys: Sequence[str] = (
   for split_name, split_rep in report["splits"].items():
     for scorer in ("model", "popularity"):
       row = split_rep[scorer]["overall"]
-      lines.append(f"{split_name:<8}{scorer:<26}" + "".join(_cell(row[k], 9) for k in keys))
+      # .get: a report saved before a metric existed (MRR@10) shows "-" there
+      lines.append(f"{split_name:<8}{scorer:<26}" + "".join(_cell(row.get(k), 9) for k in keys))
       both = split_rep[scorer].get("by_seen_targets")
       if both:  # repeated targets in this split: the other protocol's numbers too
         label = f"{scorer}, {OTHER_LABEL[seen_targets]}"
         lines.append(f"{split_name:<8}{label:<26}"
-                     + "".join(_cell(both[other][k], 9) for k in keys))
+                     + "".join(_cell(both[other].get(k), 9) for k in keys))
     n = split_rep["model"].get("repeated_targets", 0)
     if n:
       notes.append(f"{split_name}: {n} of {split_rep['model']['overall']['users']} targets repeat "
@@ -126,11 +141,39 @@ def format_table(report: dict[str, Any], keys: Sequence[str] = (
       cells = [_cell(row["HR@10"], 9), _cell(row["NDCG@10"], 9), _cell(pop["HR@10"], 11),
                _cell(pop["NDCG@10"], 13)]
       lines.append(f"  {bucket:<8}{row['users']:>7}" + "".join(cells))
+  lines.extend(_format_rewards(report))
   extra = beyond.format_beyond(report)  # coverage, Gini, ARP, novelty, ILD, personalization
   return "\n".join(lines) + (("\n" + extra) if extra else "")
 
 
-SUMMARY_KEYS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")
+def _format_rewards(report: dict[str, Any]) -> list[str]:
+  """The high-reward / low-reward targets' metrics and the reward of the hits, where present."""
+  keys = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
+  lines = []
+  for split_name, split_rep in report["splits"].items():
+    scorers = [s for s in ("model", "model_q", "popularity") if "reward" in split_rep.get(s, {})]
+    if not scorers:
+      continue
+    high_min = split_rep[scorers[0]]["reward"]["high_reward_min"]
+    lines.append(f"\n{split_name}: by target reward (high: reward >= {high_min:g})")
+    lines.append(f"  {'scorer':<12}{'targets':<9}{'users':>7}" + "".join(f"{k:>9}" for k in keys)
+                 + f"{'hit_rew@10':>11}{'rew@10':>9}")
+    for scorer in scorers:
+      rep = split_rep[scorer]
+      for part in ("overall", "high_reward", "low_reward"):
+        row = rep[part]
+        extra = ""
+        if part == "overall":
+          extra = _cell(rep["reward"]["hit_reward@10"], 11) + _cell(rep["reward"]["reward@10"], 9)
+        lines.append(f"  {scorer:<12}{part.split('_')[0]:<9}{row['users']:>7}"
+                     + "".join(_cell(row[k], 9) for k in keys) + extra)
+  return lines
+
+
+SUMMARY_KEYS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR@10", "MRR")
+LATER_KEYS = ("MRR@10",)  # reports written before 2026-12-04 lack them
+
+
 PROTOCOLS = ("full", "sampled")
 
 
@@ -148,12 +191,12 @@ def format_domain_table(report: dict[str, Any], keys: Sequence[str] = SUMMARY_KE
   for split_name, split_rep in report["splits"].items():
     for domain, entry in split_rep["by_domain"].items():
       for protocol in PROTOCOLS:
-        for scorer in ("model", "popularity"):
-          if protocol not in entry:
+        for scorer in ("model", "model_q", "popularity"):
+          if scorer not in entry.get(protocol, {}):
             continue
           row = entry[protocol][scorer]["overall"]
           lines.append(f"{split_name:<7}{domain:<14}{protocol:<9}{scorer:<12}{row['users']:>6}"
-                       + "".join(_cell(row[k], 9) for k in keys))
+                       + "".join(_cell(row.get(k), 9) for k in keys))
   for split_name, split_rep in report["splits"].items():
     lines.append(f"\n{split_name}: model by target-domain events before the target")
     lines.append(f"  {'domain':<14}{'protocol':<9}{'bucket':<7}{'users':>7}{'HR@10':>9}"
@@ -183,6 +226,10 @@ def summarize_domain_reports(reports: Sequence[dict[str, Any]], split: str = "te
     raise ValueError("no reports to summarize")
   out: dict[str, Any] = {"runs": len(reports), "split": split, "domains": {}, "per_run": []}
   first = reports[0]["splits"][split]["by_domain"]
+  # A metric added later (MRR@10) is left out when a report saved before it lacks it.
+  keys = [k for k in keys if k not in LATER_KEYS or all(
+      k in entry[p]["model"]["overall"] for r in reports
+      for entry in r["splits"][split]["by_domain"].values() for p in PROTOCOLS if p in entry)]
   for domain, entry in first.items():
     for protocol in PROTOCOLS:
       if protocol not in entry:
@@ -209,7 +256,8 @@ def summarize_domain_reports(reports: Sequence[dict[str, Any]], split: str = "te
 
 def format_domain_summary(summary: dict[str, Any]) -> str:
   """A Markdown table: one row per domain and protocol, model mean +- std, popularity beside."""
-  keys = list(SUMMARY_KEYS)
+  by_scorer = next(iter(next(iter(summary["domains"].values())).values()))
+  keys = [k for k in SUMMARY_KEYS if k in by_scorer["model"]]
   lines = [f"{summary['split']}, {summary['runs']} runs (mean +- std)", "",
            "| domain | protocol | scorer | " + " | ".join(keys) + " |",
            "|---|---|---|" + "---:|" * len(keys)]
@@ -232,6 +280,10 @@ def summarize_reports(reports: Sequence[dict[str, Any]], split: str = "test",
   """
   if not reports:
     raise ValueError("no reports to summarize")
+  # A metric added later (MRR@10) is left out when a report saved before it lacks it.
+  keys = [k for k in keys if k not in LATER_KEYS or all(
+      k in r.get("splits", {}).get(split, {}).get("model", {}).get("overall", {})
+      for r in reports)]
   out: dict[str, Any] = {"runs": len(reports), "split": split, "per_run": []}
   for scorer in ("model", "popularity"):
     values = {}

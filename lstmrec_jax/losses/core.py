@@ -17,7 +17,10 @@ The train step picks a loss by name from a registry (`loss.kind`): each register
 
 with `key` a PRNG key for sampled negatives, `log_q_V` the sampling log-probabilities (None unless
 `needs_log_q(kind)`) and `item_mask_V` the candidates of the training softmax (None: all items).
-Add one with `@register_loss("name")`.
+Add one with `@register_loss("name")`. A loss registered with `needs_transitions=True` (the
+offline RL losses of `rl.py`) also gets `transitions=` (the Q heads, the rewards and the terminal
+flags of the logged transitions, built by the train step) and `rl_cfg=` (the `rl` group), and
+returns `(loss, scalars to log)`.
 """
 
 from __future__ import annotations
@@ -525,27 +528,53 @@ def bce_loss(user_NxE: jax.Array, item_table_VxE: jax.Array, item_bias_V: jax.Ar
 
 _LOSSES: dict[str, Callable[..., jax.Array]] = {}
 _NEEDS_LOG_Q: set[str] = set()
+_ROWS: dict[str, Callable[..., jax.Array]] = {}
+_NEEDS_TRANSITIONS: set[str] = set()
 _VOCAB_PARALLEL: dict[str, Callable[..., jax.Array]] = {}
 
 
-def register_loss(name: str, *, needs_log_q: bool = False, replace: bool = False):
+def register_loss(name: str, *, needs_log_q: bool = False,
+                  rows: Callable[..., jax.Array] | None = None, needs_transitions: bool = False,
+                  replace: bool = False):
   """Decorator registering a loss under `loss.kind = name`.
 
   needs_log_q: the loss samples negatives from `log_q_V` (the trainer then builds it from item
   popularity ** loss.alpha; see `needs_log_q`).
+  rows: for a loss that reads the item table at the targets and a few more rows only,
+  `rows(cfg, key, log_q_V) -> ids` gives those rows (drawn exactly as the loss draws them, from
+  the same key); the step then computes item content at those rows only (`rows_read`). None:
+  the loss reads the whole table.
+  needs_transitions: the loss reads the logged transitions (`transitions=`, `rl_cfg=`; the
+  model needs `model.q_head`) and returns `(loss, scalars)`; see `needs_transitions`.
   """
 
   def decorate(fn):
     if name in _LOSSES and _LOSSES[name] is not fn and not replace:
       raise ValueError(f"loss {name!r} is already registered; pass replace=True to override it")
     _LOSSES[name] = fn
-    if needs_log_q:
-      _NEEDS_LOG_Q.add(name)
+    for flag, names in ((needs_log_q, _NEEDS_LOG_Q), (needs_transitions, _NEEDS_TRANSITIONS)):
+      if flag:
+        names.add(name)
+      else:
+        names.discard(name)
+    if rows is not None:
+      _ROWS[name] = rows
     else:
-      _NEEDS_LOG_Q.discard(name)
+      _ROWS.pop(name, None)
     return fn
 
   return decorate
+
+
+def rows_read(kind: str) -> Callable[..., jax.Array] | None:
+  """The `rows` function loss `kind` registered (None: it reads the whole item table)."""
+  return _ROWS.get(kind)
+
+
+def _sampled_rows(cfg: LossConfig, key: jax.Array, log_q_V: jax.Array) -> jax.Array:
+  """The shared negatives the sampled losses draw from `key` (the rows they read besides the
+  targets)."""
+  return sample_negatives(key, log_q_V, cfg.num_negatives)
 
 
 def get_loss(name: str, *, vocab_parallel: bool = False) -> Callable[..., jax.Array]:
@@ -591,6 +620,11 @@ def loss_names() -> tuple[str, ...]:
 def needs_log_q(kind) -> bool:
   """Whether loss `kind` (a name, or a LossConfig) samples negatives from `log_q_V`."""
   return getattr(kind, "kind", kind) in _NEEDS_LOG_Q
+
+
+def needs_transitions(kind) -> bool:
+  """Whether loss `kind` (a name, or a LossConfig) reads the logged transitions (offline RL)."""
+  return getattr(kind, "kind", kind) in _NEEDS_TRANSITIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -683,7 +717,7 @@ def _chunked(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConf
 
 # The sampled losses leave item_mask_V to the sampling distribution: the trainer gives the items
 # outside it probability 0 in log_q_V.
-@register_loss("sampled", needs_log_q=True)
+@register_loss("sampled", needs_log_q=True, rows=_sampled_rows)
 def _sampled(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
              item_mask_V):
   del item_mask_V
@@ -693,7 +727,7 @@ def _sampled(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConf
                                        in_batch_negatives=cfg.in_batch_negatives)[0]
 
 
-@register_loss("bpr", needs_log_q=True)
+@register_loss("bpr", needs_log_q=True, rows=_sampled_rows)
 def _bpr(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
          item_mask_V):
   del item_mask_V
@@ -701,7 +735,7 @@ def _bpr(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, 
   return bpr_loss(user_NxE, table_VxE, bias_V, targets_N, weights_N, negatives_S)[0]
 
 
-@register_loss("bce", needs_log_q=True)
+@register_loss("bce", needs_log_q=True, rows=_sampled_rows)
 def _bce(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
          item_mask_V):
   del item_mask_V

@@ -45,6 +45,9 @@ class ModelConfig:
   attention_dropout: float
   item_bias: bool
   tied_output: bool
+  # Two Q-value heads beside the softmax head (the offline RL losses, losses/rl.py); scoring
+  # and serving can rank with either (`head="softmax" | "q"`).
+  q_head: bool
   compute_dtype: str = config_keys.key(choices=DTYPES)
   param_dtype: str = config_keys.key(choices=DTYPES)
   hoist_input_projection: bool
@@ -110,6 +113,8 @@ class ModelConfig:
     if self.domain_starts and (list(self.domain_starts) != sorted(self.domain_starts)
                                or self.domain_starts[0] != 1):
       problems.append(f"model.domain_starts={self.domain_starts!r} must start at 1 and increase")
+    if self.q_head and self.vocab_shards > 1:
+      bad("q_head", "does not combine with model.vocab_shards > 1 (the Q tables are not split)")
     if self.id_dropout and self.item_mode not in ("sum", "gate"):
       bad("id_dropout", f"needs model.item_mode 'sum' or 'gate' (an item with content and an "
           f"id), not {self.item_mode!r}")

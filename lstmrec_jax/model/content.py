@@ -100,9 +100,9 @@ class AttributeBag(nnx.Module):
     self.embedding = nnx.Param(
         _normal(embed_dim ** -0.5)(rngs.params(), (num_attrs, embed_dim), param_dtype))
 
-  def __call__(self) -> jax.Array:
-    """content_VxE in f32; zeros for items without attributes."""
-    ids_VxA = self.attrs_VxA[...]
+  def __call__(self, ids_R: jax.Array | None = None) -> jax.Array:
+    """content_VxE in f32 (or the rows of the items `ids_R` only); zeros without attributes."""
+    ids_VxA = self.attrs_VxA[...] if ids_R is None else jnp.take(self.attrs_VxA[...], ids_R, 0)
     real_VxA = ids_VxA > 0
     emb_VxAxE = jnp.take(self.embedding[...], ids_VxA, axis=0).astype(jnp.float32)
     # where, not a multiply: a non-finite padding row must not leak through 0 * inf.
@@ -127,9 +127,10 @@ class TitleEncoder(nnx.Module):
                            rngs=rngs)
     self.compute_dtype = compute_dtype
 
-  def __call__(self) -> jax.Array:
-    """content_VxE in f32; zeros for items without title tokens."""
-    tokens_VxT = self.tokens_VxT[...]
+  def __call__(self, ids_R: jax.Array | None = None) -> jax.Array:
+    """content_VxE in f32 (or the rows of the items `ids_R` only); zeros without title tokens."""
+    tokens_VxT = (self.tokens_VxT[...] if ids_R is None
+                  else jnp.take(self.tokens_VxT[...], ids_R, axis=0))
     mask_VxT = tokens_VxT > 0
     x_VxTxD = jnp.take(self.embedding[...], tokens_VxT, axis=0)
     x_VxTxD = jnp.where(mask_VxT[..., None], x_VxTxD, 0).astype(x_VxTxD.dtype)
@@ -188,21 +189,40 @@ class HybridItemRepr(nnx.Module):
     else:
       self.gate = None
 
-  def content(self) -> jax.Array:
-    """content_VxE in f32: the sum of the enabled towers; zero rows for items without content."""
-    parts = [tower() for tower in (self.attributes, self.title) if tower is not None]
-    return parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
+  # `table(rows=...)` computes the content towers at the given items only (see `content`).
+  computes_rows = True
 
-  def table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
+  def content(self, rows_R: jax.Array | None = None) -> jax.Array:
+    """content_VxE in f32: the sum of the enabled towers; zero rows for items without content.
+
+    rows_R: item ids (repeats and padding 0 allowed): only their rows are computed, the others
+    are zero. A step whose loss reads the table at a few rows only (inputs, targets, sampled
+    negatives) pays for those rather than for the whole catalog; the rows it reads are exactly
+    the full table's, and so are their gradients (each distinct item is computed once).
+    """
+    if rows_R is None:
+      parts = [tower() for tower in (self.attributes, self.title) if tower is not None]
+      return parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
+    # Distinct ids (static size, padded with 0): a repeated item must not be counted twice.
+    ids_U = jnp.unique(rows_R.reshape(-1), size=rows_R.size, fill_value=0)
+    parts = [tower(ids_U) for tower in (self.attributes, self.title) if tower is not None]
+    rows_UxE = parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
+    rows_UxE = jnp.where((ids_U > 0)[:, None], rows_UxE, 0.0)
+    return jnp.zeros((self.num_items, rows_UxE.shape[1]), jnp.float32).at[ids_U].set(rows_UxE)
+
+  def table(self, id_keep_V: jax.Array | None = None, *, rows: jax.Array | None = None
+            ) -> jax.Array:
     """The V x E item table; compute it once per step and pass it on (`SeqRecModel.item_tables`).
 
     id_keep_V: bool (V,), items keeping their id part this step (id dropout); None: all.
+    rows: compute the content part at these item ids only (`content`); None: every item.
     """
-    return self.padded_table(id_keep_V)[:self.num_items]
+    return self.padded_table(id_keep_V, rows=rows)[:self.num_items]
 
-  def padded_table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
+  def padded_table(self, id_keep_V: jax.Array | None = None, *,
+                   rows: jax.Array | None = None) -> jax.Array:
     """`table` with the zero rows up to the id table's rows (ModelConfig.table_rows)."""
-    content_VxE = pad_rows(self.content(), self.rows)
+    content_VxE = pad_rows(self.content(rows), self.rows)
     known_V1 = pad_rows(self.known_V[...], self.rows, False)[:, None]
     if id_keep_V is not None:
       id_keep_V = pad_rows(id_keep_V, self.rows, False)

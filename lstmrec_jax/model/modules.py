@@ -97,6 +97,19 @@ class SeqRecModel(nnx.Module):
       self.output_embedding = nnx.Param(
           table_param(rngs.params(), cfg.num_items, cfg.table_rows, e, param_dtype))
     self.bias = (nnx.Param(jnp.zeros((cfg.table_rows,), param_dtype)) if cfg.item_bias else None)
+    if cfg.q_head:
+      # The Q-value head of the offline RL losses (losses/rl.py): Q(s, a) = u . q_table[a] +
+      # q_bias[a], two heads for the double-Q target (each the other's target). Untied from the
+      # item tables: Q is on the reward / (1 - discount) scale, and tying would drag the input
+      # embeddings toward it; N(0, 0.01) rows and zero bias as in the SQN code. Drawn last, so a
+      # model with a Q head starts every other parameter where the model without one does.
+      init = jax.nn.initializers.normal(stddev=0.01)
+      rows = jnp.pad(init(rngs.params(), (2, cfg.num_items, e), param_dtype),
+                     ((0, 0), (0, cfg.table_rows - cfg.num_items), (0, 0)))
+      self.q_table = nnx.Param(rows)
+      self.q_bias = nnx.Param(jnp.zeros((2, cfg.table_rows), param_dtype))
+    else:
+      self.q_table = self.q_bias = None
 
   def id_keep_mask(self, dropout_key: jax.Array | None) -> jax.Array | None:
     """bool (V,): items that keep their id part this step; None without id dropout or key."""
@@ -105,7 +118,13 @@ class SeqRecModel(nnx.Module):
     key = jax.random.fold_in(dropout_key, 0x1D)  # a stream apart from the activation dropouts
     return jax.random.bernoulli(key, 1.0 - self.cfg.id_dropout, (self.cfg.num_items,))
 
-  def item_tables(self, id_keep_V: jax.Array | None = None, *, padded: bool = False
+  @property
+  def computes_rows(self) -> bool:
+    """Whether `item_tables(rows=...)` saves work: the item side computes rows on demand."""
+    return bool(getattr(self.item_repr, "computes_rows", False))
+
+  def item_tables(self, id_keep_V: jax.Array | None = None, *, padded: bool = False,
+                  rows: jax.Array | None = None
                   ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """(input_VxE, output_VxE, bias_V or None): compute once per step, pass the input table on.
 
@@ -113,15 +132,19 @@ class SeqRecModel(nnx.Module):
     and (when tied) the output table alike.
     padded: hand out `cfg.table_rows` rows (the zero rows past V included, as the parameters
     hold them: what the vocabulary-parallel softmax splits over devices) instead of V.
+    rows: item ids whose rows the caller will read (inputs, targets, sampled negatives): an
+    item side that `computes_rows` computes its content there only; the other rows of the
+    tables are then not the items' vectors and must not be read. None: every row.
     """
+    kw = {"rows": rows} if rows is not None and self.computes_rows else {}
     if padded:
-      rows = self.cfg.table_rows
+      n = self.cfg.table_rows
       padded_table = getattr(self.item_repr, "padded_table", None)
-      input_VxE = (padded_table(id_keep_V) if padded_table is not None
-                   else pad_rows(self.item_repr.table(id_keep_V), rows))
+      input_VxE = (padded_table(id_keep_V, **kw) if padded_table is not None
+                   else pad_rows(self.item_repr.table(id_keep_V, **kw), n))
       output_VxE = input_VxE if self.output_embedding is None else self.output_embedding[...]
       return input_VxE, output_VxE, None if self.bias is None else self.bias[...]
-    input_VxE = self.item_repr.table(id_keep_V)
+    input_VxE = self.item_repr.table(id_keep_V, **kw)
     output_VxE = input_VxE if self.output_embedding is None else self.item_table()
     return input_VxE, output_VxE, self.item_bias()
 
@@ -243,6 +266,30 @@ class SeqRecModel(nnx.Module):
   def item_bias(self) -> jax.Array | None:
     """The per-item score bias (V,), or None without one."""
     return None if self.bias is None else self.bias[:self.cfg.num_items]
+
+  @property
+  def has_q_head(self) -> bool:
+    return self.q_table is not None
+
+  def q_tables(self) -> tuple[jax.Array, jax.Array]:
+    """(q_table_2xVxE, q_bias_2xV): both Q heads (`model.q_head`), V rows each."""
+    if self.q_table is None:
+      raise ValueError("this model has no Q head (model.q_head=False)")
+    v = self.cfg.num_items
+    return self.q_table[:, :v], self.q_bias[:, :v]
+
+  def head_tables(self, head: str = "softmax") -> tuple[jax.Array, jax.Array | None]:
+    """(table_VxE, bias_V or None) a head scores items with: `u . table[i] + bias[i]`.
+
+    "softmax": the output item table and bias (the recommender's own head); "q": the mean of
+    the two Q heads (their two estimates averaged; linear, so one table).
+    """
+    if head == "softmax":
+      return self.item_table(), self.item_bias()
+    if head == "q":
+      q_2xVxE, b_2xV = self.q_tables()
+      return q_2xVxE.mean(axis=0), b_2xV.mean(axis=0)
+    raise ValueError(f"unknown head {head!r}; expected 'softmax' or 'q'")
 
   def score(self, user_NxE: jax.Array) -> jax.Array:
     """Logits of every item for each user state (any leading shape), f32; padding item 0 is -inf."""

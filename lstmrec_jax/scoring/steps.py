@@ -7,12 +7,16 @@ items per user, K top-k, F = E + 2 (the fallback table's width).
 A user with no known event has a zero encoder state (every item would tie): such a user is ranked
 by training popularity (`fallback_table` / `fallback_user`), the same path for `eval.py` and the
 Recommender. An optional `extra_bias_V` (-inf outside a candidate set) restricts a ranking to a
-subset of the catalog (the cold items of a cold-start report).
+subset of the catalog (the cold items of a cold-start report, one domain of a catalogue).
 
 Domains (a multi-domain catalogue): a batch that carries `domains_B` (each row's target domain)
 is scored for that domain (a cross-domain encoder reads it) and, given `item_domains_V`, ranked
 among that domain's items only (`ranks.target_ranks`). The sampled protocol (`sampled_step`)
 ranks each target among the candidates the batch carries (`candidates_BxM`).
+
+`head` picks the item scores: "softmax" (the output item table, what every model has) or "q"
+(the Q heads of a model trained with an offline RL loss, `SeqRecModel.head_tables`). The user
+vector, the fallback and the ranking are the same path for both.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ def last_state(user_BxLxE: jax.Array, mask_BxL: jax.Array) -> jax.Array:
   return jnp.take_along_axis(user_BxLxE, last_B[:, None, None], axis=1)[:, 0]
 
 
+HEADS = ("softmax", "q")
+
+
 def target_domains(batch: dict[str, jax.Array]) -> jax.Array | None:
   """The target domain of every position of a batch row (its `domains_B`), or None."""
   domains_B = batch.get("domains_B")
@@ -44,13 +51,16 @@ def target_domains(batch: dict[str, jax.Array]) -> jax.Array | None:
   return jnp.broadcast_to(domains_B.astype(jnp.int32)[:, None], batch["inputs_BxL"].shape)
 
 
-def user_vectors(params: Any, consts: Any, batch: dict[str, jax.Array], graphdef: nnx.GraphDef):
-  """(user_BxE, output item table VxE, item bias V or None) for a batch of histories.
+def user_vectors(params: Any, consts: Any, batch: dict[str, jax.Array], graphdef: nnx.GraphDef,
+                 head: str = "softmax"):
+  """(user_BxE, item table VxE, item bias V or None) of `head` for a batch of histories.
 
   A cross-domain encoder scores each row for its target domain (`domains_B`).
   """
   model = nnx.merge(graphdef, params, consts)
   input_VxE, output_VxE, bias_V = model.item_tables()
+  if head != "softmax":
+    output_VxE, bias_V = model.head_tables(head)
   user_BxLxE = model(batch["inputs_BxL"], batch["mask_BxL"], item_table_VxE=input_VxE,
                      target_domains_BxL=target_domains(batch))
   return last_state(user_BxLxE, batch["mask_BxL"]), output_VxE, bias_V
@@ -106,15 +116,16 @@ def _domain_args(batch: dict[str, jax.Array], item_domains_V: jax.Array | None
 def eval_step(params: Any, consts: Any, batch: dict[str, jax.Array],
               popularity_V: jax.Array | None = None, extra_bias_V: jax.Array | None = None,
               item_domains_V: jax.Array | None = None, *,
-              graphdef: nnx.GraphDef, exclude_seen: bool, chunk_size: int) -> jax.Array:
-  """0-based full-catalog rank of each row's target (see `ranks.target_ranks`).
+              graphdef: nnx.GraphDef, exclude_seen: bool, chunk_size: int,
+              head: str = "softmax") -> jax.Array:
+  """0-based full-catalog rank of each row's target (see `ranks.target_ranks`) under `head`.
 
   With `popularity_V` (training counts), a row without history is ranked by popularity
   (`fallback_table`), as the Recommender serves it; without, such a row ties every item.
   `extra_bias_V` is added to every item's score (-inf: never ranked, never ahead of a target).
   With `item_domains_V` and the batch's `domains_B`, each row is ranked in its own domain.
   """
-  user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef)
+  user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef, head)
   user, table, bias = _scoring(user_BxE, table_VxE, bias_V, batch["mask_BxL"], popularity_V,
                                extra_bias_V)
   return ranks.target_ranks(user, table, bias, batch["targets_B"], batch.get("seen_BxS"),
@@ -126,10 +137,10 @@ def topk_step(params: Any, consts: Any, batch: dict[str, jax.Array],
               popularity_V: jax.Array | None = None, extra_bias_V: jax.Array | None = None,
               item_domains_V: jax.Array | None = None, *,
               graphdef: nnx.GraphDef, k: int, exclude_seen: bool,
-              chunk_size: int) -> tuple[jax.Array, jax.Array]:
-  """Each row's top-k next items and scores, seen items excluded unless asked otherwise (with
-  `item_domains_V` and `domains_B`: from the row's domain)."""
-  user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef)
+              chunk_size: int, head: str = "softmax") -> tuple[jax.Array, jax.Array]:
+  """Each row's top-k next items and scores under `head`, seen items excluded unless asked
+  otherwise (with `item_domains_V` and `domains_B`: from the row's domain)."""
+  user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef, head)
   user, table, bias = _scoring(user_BxE, table_VxE, bias_V, batch["mask_BxL"], popularity_V,
                                extra_bias_V)
   return ranks.top_k_items(user, table, bias, k, batch.get("seen_BxS"),
@@ -140,13 +151,14 @@ def topk_step(params: Any, consts: Any, batch: dict[str, jax.Array],
 def rank_topk_step(params: Any, consts: Any, batch: dict[str, jax.Array],
                    popularity_V: jax.Array | None = None, extra_bias_V: jax.Array | None = None,
                    item_domains_V: jax.Array | None = None,
-                   *, graphdef: nnx.GraphDef, k: int, exclude_seen: bool, chunk_size: int):
+                   *, graphdef: nnx.GraphDef, k: int, exclude_seen: bool, chunk_size: int,
+                   head: str = "softmax"):
   """`eval_step` and `topk_step` over one user computation: (ranks_B, ids_BxK, scores_BxK).
 
   The top-K lists feed the beyond-accuracy metrics (`evaluation/beyond.py`); both are chunked
   over items.
   """
-  user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef)
+  user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef, head)
   user, table, bias = _scoring(user_BxE, table_VxE, bias_V, batch["mask_BxL"], popularity_V,
                                extra_bias_V)
   seen = batch.get("seen_BxS")
@@ -190,15 +202,18 @@ def jit_over_batch(fn, mesh: Mesh, popularity_V=None, extra_bias_V=None,
 
 
 def compile_rank_fn(graphdef, mesh: Mesh, *, exclude_seen: bool, chunk_size: int,
-                    popularity_V=None, extra_bias_V=None, item_domains_V=None) -> Callable:
+                    popularity_V=None, extra_bias_V=None, item_domains_V=None,
+                    head: str = "softmax") -> Callable:
   """The jitted eval step: batch sharded over `data`, ranks returned replicated.
 
   popularity_V: training counts for the popularity fallback of empty histories (`eval_step`);
   extra_bias_V: an added per-item score (-inf outside a candidate set); item_domains_V: each
-  item's domain, so that a batch with `domains_B` is ranked per row in the row's domain.
+  item's domain, so that a batch with `domains_B` is ranked per row in the row's domain;
+  head: "softmax" | "q".
   """
   return jit_over_batch(functools.partial(eval_step, graphdef=graphdef,
-                                          exclude_seen=exclude_seen, chunk_size=chunk_size),
+                                          exclude_seen=exclude_seen, chunk_size=chunk_size,
+                                          head=head),
                         mesh, popularity_V, extra_bias_V, item_domains_V)
 
 

@@ -15,6 +15,9 @@ A user's serving state is ONE flat f32 vector `state_S` = [encoder state, user_E
     next item's domain is chosen only when recommending (`user_of(..., domains_B)`).
 One flat vector per user is what the state stores keep (bytes in Redis, a row in memory) and what
 the `jax.export`ed functions take, so nothing outside this module knows the encoder's pytree.
+
+`rank` and `score_items` score with a `head`: "softmax" (every model) or "q" (the Q heads of a
+model trained with an offline RL loss; `steps.user_vectors` ranks the same way in evaluation).
 """
 
 from __future__ import annotations
@@ -99,10 +102,26 @@ class Tables:
   consts: Any
   input_VxE: jax.Array  # the encoder's lookup table (hybrid items: content part included)
   fallback_VxF: jax.Array  # output table + bias + log popularity (`steps.fallback_table`)
+  # The Q head's table + bias + log popularity; None for a model without Q heads.
+  q_fallback_VxF: jax.Array | None = None
+
+  def head_table(self, head: str) -> jax.Array:
+    """The fallback table `head` ("softmax" | "q") ranks with."""
+    if head == "softmax":
+      return self.fallback_VxF
+    if head == "q" and self.q_fallback_VxF is not None:
+      return self.q_fallback_VxF
+    raise ValueError(f"head={head!r}: this model has the heads {', '.join(self.heads)}"
+                     + ("" if head != "q" else " (a Q head needs model.q_head and an RL loss)"))
+
+  @property
+  def heads(self) -> tuple[str, ...]:
+    return ("softmax",) if self.q_fallback_VxF is None else ("softmax", "q")
 
 
 jax.tree_util.register_dataclass(Tables, data_fields=["params", "consts", "input_VxE",
-                                                      "fallback_VxF"], meta_fields=[])
+                                                      "fallback_VxF", "q_fallback_VxF"],
+                                 meta_fields=[])
 
 
 def make_tables(graphdef, params, consts, popularity_V) -> Tables:
@@ -112,10 +131,13 @@ def make_tables(graphdef, params, consts, popularity_V) -> Tables:
   def build(params, consts, popularity_V):
     model = nnx.merge(graphdef, params, consts)
     input_VxE, output_VxE, bias_V = model.item_tables()
-    return input_VxE, steps.fallback_table(output_VxE, bias_V, popularity_V)
+    q_fallback_VxF = (steps.fallback_table(*model.head_tables("q"), popularity_V)
+                      if model.has_q_head else None)
+    return input_VxE, steps.fallback_table(output_VxE, bias_V, popularity_V), q_fallback_VxF
 
-  input_VxE, fallback_VxF = build(params, consts, jnp.asarray(popularity_V, jnp.float32))
-  return Tables(params, consts, input_VxE, fallback_VxF)
+  input_VxE, fallback_VxF, q_fallback_VxF = build(params, consts,
+                                                  jnp.asarray(popularity_V, jnp.float32))
+  return Tables(params, consts, input_VxE, fallback_VxF, q_fallback_VxF)
 
 
 def initial_state(layout: StateLayout, batch: int) -> np.ndarray:
@@ -192,23 +214,23 @@ def user_of(layout: StateLayout, state_BxS: jax.Array, domains_B: jax.Array | No
 
 
 def rank(tables: Tables, user_BxE: jax.Array, count_B: jax.Array, exclude_BxX: jax.Array, *,
-         k: int, item_domains_V: jax.Array | None = None,
+         k: int, head: str = "softmax", item_domains_V: jax.Array | None = None,
          domains_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """Top-k (ids_BxK, scores_BxK) over the catalog without the excluded ids (0 = none); with
-  `item_domains_V` and `domains_B` (-1: any), over each row's domain only.
+  """Top-k (ids_BxK, scores_BxK) of `head` over the catalog without the excluded ids (0 = none);
+  with `item_domains_V` and `domains_B` (-1: any), over each row's domain only.
 
   Users with count 0 get the popularity fallback (`steps.fallback_user`, as `eval_step`).
   """
   user_BxF = steps.fallback_user(user_BxE, count_B > 0)
-  return ranks.top_k_items(user_BxF, tables.fallback_VxF, None, k, exclude_BxX,
+  return ranks.top_k_items(user_BxF, tables.head_table(head), None, k, exclude_BxX,
                            exclude_seen=True, chunk_size=CHUNK, item_domains_V=item_domains_V,
                            domains_B=domains_B)
 
 
 def score_items(tables: Tables, user_BxE: jax.Array, count_B: jax.Array,
-                items_BxA: jax.Array) -> jax.Array:
+                items_BxA: jax.Array, head: str = "softmax") -> jax.Array:
   """Scores of given items only (an allow list), f32; -inf at padding id 0."""
   user_BxF = steps.fallback_user(user_BxE, count_B > 0)
-  rows_BxAxF = jnp.take(tables.fallback_VxF, items_BxA, axis=0)
+  rows_BxAxF = jnp.take(tables.head_table(head), items_BxA, axis=0)
   scores_BxA = jnp.einsum("bf,baf->ba", user_BxF, rows_BxAxF)
   return jnp.where(items_BxA > 0, scores_BxA, -jnp.inf)

@@ -4,18 +4,34 @@ Shape legend: V catalog size (row 0 padding), A attributes per item, T title tok
 S flat serving-state size (see scoring/streaming.py), X excluded items per user, K top-k.
 
 A bundle folder holds:
-  bundle.json   format version, the model config group, V, max_len, seed, state layout size,
-                source workdir / checkpoint / step / validation metrics, data fingerprint, date;
-                a multi-domain model's domain names
-  items.json    the raw item ids by dense id (index 0 is the padding placeholder)
-  arrays.npz    popularity_V (training counts), the item content arrays of hybrid models and,
-                for a multi-domain catalogue, item_domains_V (the domain map by dense id)
-  params.npz    the parameters, one entry per leaf path
-  observe.jax   jax.export (StableHLO) of observe(state_BxS f32, item_ids_B i32) -> state_BxS
-  top_k.jax     jax.export of top_k(state_BxS f32, exclude_BxX i32) -> (ids_BxK i32,
-                scores_BxK f32), K = bundle.json's export_k; both with a symbolic batch (and X)
-The exported functions carry the parameters as constants: a process with only jax and numpy
-(not this project) deserializes and calls them (`jax.export.deserialize(bytes).call(...)`).
+  bundle.json     format version, the model config group, V, max_len, seed, state layout size,
+                  source checkpoint / step / validation metrics, data fingerprint, date; a
+                  multi-domain model's domain names
+  items.json      the raw item ids by dense id (index 0 is the padding placeholder)
+  arrays.npz      popularity_V (training counts), the item content arrays of hybrid models and,
+                  for a multi-domain catalogue, item_domains_V (the domain map by dense id)
+  params.npz      the parameters, one entry per leaf path: the only copy of them
+  prepare.jax     jax.export of prepare(params) -> tables: the item tables computed once
+  observe.jax     observe(tables, state_BxS f32, item_ids_B i32) -> state_BxS
+  top_k.jax       top_k(tables, state_BxS f32, exclude_BxX i32) -> (ids_BxK i32, scores_BxK f32),
+                  K = bundle.json's export_k; observe and top_k with a symbolic batch (and X);
+                  a multi-domain model's top_k takes domains_B i32 (the domain asked about) last
+  top_k_q.jax     the same ranked by the Q head, for a model with Q heads (an offline RL loss);
+                  `Recommender.recommend(..., head="q")` on a loaded bundle ranks the same way
+  checksums.json  the sha256 of every other file; its own sha256 is the bundle's digest
+
+The exported functions take the parameters as an argument (format 2; format 1 carried them as
+constants, so a bundle held them three times): a process with only jax and numpy (not this
+project) calls `tables = prepare.call(dict(np.load("params.npz")))` once, then observe and top_k
+with those tables; per event that stays one cell step, not a pass over the catalog. prepare holds
+the model's non-parameter constants (item content, popularity, a multi-domain catalogue's item
+domains: data, not parameters).
+
+`load` verifies a bundle before anything uses it: every file's checksum (and the digest, when the
+caller pins one: `serve.py --bundle_sha256`), unique raw ids, counts that agree with each other,
+finite parameters of the model's shapes. Any failure is one CheckpointError line. Checksums catch
+damage and edits by mistake; someone who can rewrite the folder can rewrite checksums.json too,
+which only a pinned digest catches.
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import logging
 import os
 import pathlib
 from typing import Any
@@ -40,7 +57,12 @@ from lstmrec_jax.data import preprocess
 from lstmrec_jax.errors import CheckpointError
 from lstmrec_jax.scoring import streaming as fns
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before checksums and prepare.jax (loaded with a warning)
+CHECKSUMS = "checksums.json"
+FILES = ("bundle.json", "items.json", "arrays.npz", "params.npz")
+EXPORTED = ("prepare.jax", "observe.jax", "top_k.jax")
+EXPORTED_HEADS = ("top_k_q.jax",)  # written for a model with Q heads only
 
 
 @dataclasses.dataclass
@@ -114,12 +136,19 @@ def _fill(template, flat: dict[str, np.ndarray]):
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def from_workdir(workdir: str | os.PathLike, *, which: str = "best", spec=None) -> Bundle:
-  """A bundle from a train.py workdir's checkpoint (reads the training data once, here only)."""
-  restored = workdir_lib.restore_run(workdir, which=which, spec=spec, num_devices=1)
+def from_workdir(workdir: str | os.PathLike, *, which: str = "best", spec=None,
+                 trust_plugins: bool = False) -> Bundle:
+  """A bundle from a train.py workdir's checkpoint (reads the training data once, here only).
+
+  `trust_plugins`: import the plug-ins the workdir's plugins.json names (`workdir.restore_run`).
+  """
+  restored = workdir_lib.restore_run(workdir, which=which, spec=spec, num_devices=1,
+                                     trust_plugins=trust_plugins)
   checkpoint_meta = {k: v for k, v in restored.meta.items() if isinstance(v, (int, float, str))}
+  # The workdir's name only: a bundle travels, the folder layout of the machine it came from not.
+  name = os.path.basename(os.path.normpath(os.fspath(workdir)))
   return from_run(restored.run, restored.params,
-                  source={"workdir": str(workdir), "checkpoint": str(which),
+                  source={"workdir": name, "checkpoint": str(which),
                           "step": restored.step, "checkpoint_meta": checkpoint_meta})
 
 
@@ -144,11 +173,28 @@ def from_run(run, params, *, source: dict[str, Any] | None = None) -> Bundle:
                                 else np.asarray(run.dataset.item_domains_V, np.int32)))
 
 
+def _sha256(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def digest(path: str | os.PathLike) -> str:
+  """The bundle's digest: sha256 of its checksums.json (which holds every other file's)."""
+  return _sha256(pathlib.Path(path) / CHECKSUMS)
+
+
 def save(bundle: Bundle, out: str | os.PathLike, *, export_k: int = 10,
          export_functions: bool = True) -> pathlib.Path:
-  """Writes `bundle` to the folder `out` (created), with the jax.export'ed observe / top_k."""
+  """Writes `bundle` to the folder `out` (created), with the jax.export'ed functions, sealed last
+  by checksums.json (an export killed half-way is refused at load, never served)."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
+  (out / CHECKSUMS).unlink(missing_ok=True)  # a half-written bundle must not verify
+  for name in (*EXPORTED, *EXPORTED_HEADS):
+    (out / name).unlink(missing_ok=True)
   np.savez(out / "params.npz", **bundle.params)
   arrays = {"popularity_V": bundle.popularity_V}
   if bundle.item_domains_V is not None:
@@ -170,76 +216,219 @@ def save(bundle: Bundle, out: str | os.PathLike, *, export_k: int = 10,
   if export_functions:
     meta["exported"] = export_functions_to(bundle, out, k=export_k)
   (out / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
+  names = [*FILES, *(EXPORTED if export_functions else ()),
+           *(name for name in EXPORTED_HEADS if (out / name).is_file())]
+  sums = {"sha256": {name: _sha256(out / name) for name in names}}
+  tmp = out / (CHECKSUMS + ".tmp")
+  tmp.write_text(json.dumps(sums, indent=1, sort_keys=True))
+  os.replace(tmp, out / CHECKSUMS)
   return out
 
 
-def load(path: str | os.PathLike) -> Bundle:
-  """Reads a bundle folder; never touches the training data."""
+def _bad(path: pathlib.Path, problem: str) -> CheckpointError:
+  return CheckpointError(f"bundle {path}: {problem}; re-export it (python export.py --workdir "
+                         "... --out ...)")
+
+
+def verify(path: str | os.PathLike, *, expect_sha256: str | None = None) -> str | None:
+  """Checks every file of a bundle against checksums.json; returns the digest (None: format 1).
+
+  Raises:
+    CheckpointError: a file missing or changed, no checksums in a format-2 bundle, or a digest
+      other than `expect_sha256`.
+  """
+  path = pathlib.Path(path)
+  sums_path = path / CHECKSUMS
+  if not sums_path.is_file():
+    if expect_sha256:
+      raise _bad(path, f"no {CHECKSUMS}, so its digest cannot be {expect_sha256}")
+    return None
+  try:
+    expected = json.loads(sums_path.read_text())["sha256"]
+    if not isinstance(expected, dict) or not expected:
+      raise ValueError("no files listed")
+  except (ValueError, KeyError, TypeError) as e:
+    raise _bad(path, f"{CHECKSUMS} is unreadable ({e})") from None
+  got = digest(path)
+  if expect_sha256 and got != expect_sha256.lower():
+    raise _bad(path, f"digest {got} is not the expected {expect_sha256} (the bundle was changed "
+                     "or replaced)")
+  for name, want in sorted(expected.items()):
+    file = path / name
+    if os.path.basename(name) != name or not file.is_file():
+      raise _bad(path, f"{name} is missing")
+    if _sha256(file) != want:
+      raise _bad(path, f"{name} does not match its checksum (damaged or edited)")
+  return got
+
+
+def _check_contents(path: pathlib.Path, b: Bundle) -> None:
+  """Ids unique, counts that agree, finite parameters (shapes are checked by `Bundle.build`)."""
+  keys = b.item_keys
+  if not isinstance(keys, list) or len(keys) != b.num_items:
+    raise _bad(path, f"items.json holds {len(keys) if isinstance(keys, list) else 'no list of'} "
+                     f"ids but bundle.json says {b.num_items} (padding included)")
+  seen: dict[str, int] = {}
+  for i, key in enumerate(keys[1:], 1):
+    if key is None or isinstance(key, (list, dict)):
+      raise _bad(path, f"items.json entry {i} is not an id: {key!r}")
+    if str(key) in seen:
+      raise _bad(path, f"items.json names item {key!r} twice (dense ids {seen[str(key)]} and {i})")
+    seen[str(key)] = i
+  if b.popularity_V.shape != (b.num_items,):
+    raise _bad(path, f"popularity_V has shape {b.popularity_V.shape}, expected ({b.num_items},)")
+  if (b.popularity_V < 0).any():
+    raise _bad(path, "popularity_V has negative counts")
+  if b.item_domains_V is not None:
+    doms = b.item_domains_V
+    if doms.shape != (b.num_items,) or not np.issubdtype(doms.dtype, np.integer):
+      raise _bad(path, f"item_domains_V has shape {doms.shape} ({doms.dtype}), expected "
+                       f"({b.num_items},) integers")
+    if not b.domain_names or (doms[1:] < 0).any() or (doms[1:] >= len(b.domain_names)).any():
+      raise _bad(path, f"item_domains_V holds domains outside the {len(b.domain_names)} named "
+                       "in bundle.json")
+  for name, value in b.params.items():
+    if not np.issubdtype(value.dtype, np.number):
+      raise _bad(path, f"parameter {name} is not numeric ({value.dtype})")
+    if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
+      raise _bad(path, f"parameter {name} is not finite (NaN or inf): the run diverged")
+
+
+def load(path: str | os.PathLike, *, expect_sha256: str | None = None) -> Bundle:
+  """Reads and verifies a bundle folder (`verify`, `_check_contents`); never touches the data."""
   path = pathlib.Path(path)
   if not (path / "bundle.json").is_file():
     raise FileNotFoundError(f"{path / 'bundle.json'} not found: is {path} an export.py bundle?")
-  meta = json.loads((path / "bundle.json").read_text())
-  if meta.get("format_version") != FORMAT_VERSION:
-    raise CheckpointError(f"{path}: bundle format {meta.get('format_version')}, this code reads "
-                     f"{FORMAT_VERSION}; re-export it")
-  with np.load(path / "params.npz") as z:
-    params = {k: z[k] for k in z.files}
-  content = None
-  with np.load(path / "arrays.npz") as z:
-    popularity_V = z["popularity_V"]
-    item_domains_V = z["item_domains_V"] if "item_domains_V" in z.files else None
-    if meta["has_content"]:
-      content = {k.split(".", 1)[1]: z[k] for k in z.files if k.startswith("content.")}
-      content.update(meta.get("content_scalars", {}))
-      content.setdefault("attrs_VxA", None)
-      content.setdefault("tokens_VxT", None)
-  item_keys = json.loads((path / "items.json").read_text())
-  rest = {k: meta[k] for k in ("source", "dataset", "exported", "created", "jax_version")
-          if k in meta}
-  # Bundles written before model.vocab_shards existed hold unsplit tables.
-  model = {"vocab_shards": 1, **meta["model"]}
-  return Bundle(model=model, num_items=meta["num_items"], max_len=meta["max_len"],
-                seed=meta["seed"], params=params, item_keys=item_keys,
-                popularity_V=popularity_V, content=content, meta=rest,
-                domain_names=tuple(meta.get("domain_names", ())), item_domains_V=item_domains_V)
+  sha = verify(path, expect_sha256=expect_sha256)
+  try:
+    meta = json.loads((path / "bundle.json").read_text())
+    version = meta.get("format_version")
+  except (ValueError, AttributeError) as e:
+    raise _bad(path, f"bundle.json is not a JSON object ({e})") from None
+  if version not in READABLE_VERSIONS:
+    raise CheckpointError(f"{path}: bundle format {version}, this code reads "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}; re-export it")
+  if sha is None:
+    if version != 1:
+      raise _bad(path, f"no {CHECKSUMS} (an export that did not finish)")
+    logging.warning("bundle %s has no checksums (format 1, exported before they existed): its "
+                    "integrity is not verified; re-export it", path)
+  try:
+    with np.load(path / "params.npz", allow_pickle=False) as z:
+      params = {k: z[k] for k in z.files}
+    content = None
+    with np.load(path / "arrays.npz", allow_pickle=False) as z:
+      popularity_V = z["popularity_V"]
+      item_domains_V = z["item_domains_V"] if "item_domains_V" in z.files else None
+      if meta["has_content"]:
+        content = {k.split(".", 1)[1]: z[k] for k in z.files if k.startswith("content.")}
+        content.update(meta.get("content_scalars", {}))
+        content.setdefault("attrs_VxA", None)
+        content.setdefault("tokens_VxT", None)
+    item_keys = json.loads((path / "items.json").read_text())
+    rest = {k: meta[k] for k in ("source", "dataset", "exported", "created", "jax_version")
+            if k in meta}
+    # Bundles written before model.vocab_shards / model.q_head existed: unsplit, no Q heads.
+    model = {"vocab_shards": 1, "q_head": False, **meta["model"]}
+    b = Bundle(model=model, num_items=int(meta["num_items"]), max_len=int(meta["max_len"]),
+               seed=int(meta["seed"]), params=params, item_keys=item_keys,
+               popularity_V=np.asarray(popularity_V), content=content, meta=rest,
+               domain_names=tuple(meta.get("domain_names", ())), item_domains_V=item_domains_V)
+  except CheckpointError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # A damaged file (BadZipFile, truncated JSON, a missing key) is one line, not a traceback.
+    raise _bad(path, f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+               ) from None
+  _check_contents(path, b)
+  if sha is not None:
+    b.meta["sha256"] = sha
+  return b
+
+
+def _flat_like(template, flat):
+  """The template pytree with its leaves taken from a {keystr: leaf} dict (traced or not)."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+  return jax.tree_util.tree_unflatten(treedef,
+                                      [flat[jax.tree_util.keystr(p)] for p, _ in leaves])
 
 
 def export_functions_to(bundle: Bundle, out: pathlib.Path, *, k: int) -> dict[str, Any]:
-  """Serializes observe and top_k with jax.export (parameters as constants); returns their spec."""
+  """Serializes prepare, observe and top_k with jax.export (the parameters an argument); returns
+  their spec for bundle.json."""
   graphdef, params, consts = bundle.build()
   model = nnx.merge(graphdef, params, consts)
   layout = fns.layout_of(model)
-  tables = fns.make_tables(graphdef, params, consts, bundle.popularity_V)
+  popularity_V = np.asarray(bundle.popularity_V, np.float32)
   k = min(k, bundle.num_items - 1)
 
-  def observe(state_BxS, item_ids_B):
-    return fns.observe(graphdef, layout, tables, state_BxS, item_ids_B)
+  def tables_of(t):
+    return fns.Tables(_flat_like(params, t["params"]), consts, t["input_VxE"], t["fallback_VxF"],
+                      t.get("q_fallback_VxF"))
 
-  def top_k(state_BxS, exclude_BxX):
-    user_BxE, count_B = fns.user_of(layout, state_BxS)
-    return fns.rank(tables, user_BxE, count_B, exclude_BxX, k=k)
+  item_domains_V = (None if bundle.item_domains_V is None
+                    else np.asarray(bundle.item_domains_V, np.int32))
 
-  domains = bundle.item_domains_V
-  if domains is not None:  # a multi-domain model: top_k takes each row's domain as well
+  def prepare(flat_params):
+    built = fns.make_tables(graphdef, _flat_like(params, flat_params), consts, popularity_V)
+    out = {"params": flat_params, "input_VxE": built.input_VxE,
+           "fallback_VxF": built.fallback_VxF}
+    if built.q_fallback_VxF is not None:  # a model with Q heads (an offline RL loss)
+      out["q_fallback_VxF"] = built.q_fallback_VxF
+    if item_domains_V is not None:  # a multi-domain catalogue: each dense id's domain
+      out["item_domains_V"] = jnp.asarray(item_domains_V)
+    return out
 
-    def top_k(state_BxS, exclude_BxX, domains_B):  # pylint: disable=function-redefined
-      user_BxE, count_B = fns.user_of(layout, state_BxS, domains_B)
-      return fns.rank(tables, user_BxE, count_B, exclude_BxX, k=k,
-                      item_domains_V=jnp.asarray(domains), domains_B=domains_B)
+  def observe(t, state_BxS, item_ids_B):
+    return fns.observe(graphdef, layout, tables_of(t), state_BxS, item_ids_B)
 
+  def ranked_by(head: str):
+    """top_k of `head`: (t, state, exclude) -> (ids, scores); a multi-domain model's also takes
+    each row's domain (domains_B, the index into domain_names; -1: any domain, a model without a
+    cross-domain encoder only)."""
+    if item_domains_V is None:
+
+      def top_k(t, state_BxS, exclude_BxX):
+        user_BxE, count_B = fns.user_of(layout, state_BxS)
+        return fns.rank(tables_of(t), user_BxE, count_B, exclude_BxX, k=k, head=head)
+
+      return top_k
+
+    def top_k_in_domain(t, state_BxS, exclude_BxX, domains_B):
+      user_BxE, count_B = fns.user_of(layout, state_BxS, jnp.maximum(domains_B, 0))
+      return fns.rank(tables_of(t), user_BxE, count_B, exclude_BxX, k=k, head=head,
+                      item_domains_V=t["item_domains_V"], domains_B=domains_B)
+
+    return top_k_in_domain
+
+  flat = {name: jax.ShapeDtypeStruct(v.shape, v.dtype) for name, v in bundle.params.items()}
+  prepared = jax.export.export(jax.jit(prepare))(flat)
+  tables = jax.tree_util.tree_unflatten(
+      prepared.out_tree, [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in prepared.out_avals])
   b, x = jax.export.symbolic_shape("b, x")
   state = jax.ShapeDtypeStruct((b, layout.size), jnp.float32)
-  observed = jax.export.export(jax.jit(observe))(state, jax.ShapeDtypeStruct((b,), jnp.int32))
-  top_k_args = [state, jax.ShapeDtypeStruct((b, x), jnp.int32)]
-  if domains is not None:
+  top_k_args = [tables, state, jax.ShapeDtypeStruct((b, x), jnp.int32)]
+  if item_domains_V is not None:
     top_k_args.append(jax.ShapeDtypeStruct((b,), jnp.int32))
-  ranked = jax.export.export(jax.jit(top_k))(*top_k_args)
+  observed = jax.export.export(jax.jit(observe))(tables, state,
+                                                 jax.ShapeDtypeStruct((b,), jnp.int32))
+  ranked = jax.export.export(jax.jit(ranked_by("softmax")))(*top_k_args)
+  (out / "prepare.jax").write_bytes(prepared.serialize())
   (out / "observe.jax").write_bytes(observed.serialize())
   (out / "top_k.jax").write_bytes(ranked.serialize())
-  return {"state_size": layout.size, "k": k, "platforms": list(observed.platforms),
-          "observe": "observe.jax: (state_BxS f32, item_ids_B i32; 0 = no event) -> state_BxS",
-          "top_k": "top_k.jax: (state_BxS f32, exclude_BxX i32; 0 = none" + (
-              ", domains_B i32: the domain index asked about (domain_names)"
-              if domains is not None else "") + ") -> (ids_BxK i32 dense, scores_BxK f32)",
+  heads = {}
+  if bundle.model.get("q_head"):
+    ranked_q = jax.export.export(jax.jit(ranked_by("q")))(*top_k_args)
+    (out / "top_k_q.jax").write_bytes(ranked_q.serialize())
+    heads = {"top_k_q": "top_k_q.jax: top_k ranked by the Q head (same arguments and results)"}
+  domains = (", domains_B i32: the domain index asked about (domain_names; -1: any, for a "
+             "model without a cross-domain encoder)" if item_domains_V is not None else "")
+  return {"state_size": layout.size, "k": k, "platforms": list(observed.platforms), **heads,
+          "prepare": "prepare.jax: (params: dict(np.load('params.npz'))) -> tables (a dict); "
+                     "call once",
+          "observe": "observe.jax: (tables, state_BxS f32, item_ids_B i32; 0 = no event) -> "
+                     "state_BxS",
+          "top_k": "top_k.jax: (tables, state_BxS f32, exclude_BxX i32; 0 = none" + domains
+                   + ") -> (ids_BxK i32 dense, scores_BxK f32)",
           "start_state": f"zeros (B, {layout.size}) f32",
           "ids": "dense ids index items.json (raw ids)"}

@@ -7,6 +7,7 @@ items, K top-k, E item embedding size.
   rec.recommend(["i1", "i7"], k=10)               # one pass over the history
   state = rec.observe(rec.start(), "i1")          # streaming: O(1) per event (LSTM, GRU)
   rec.top_k(state, k=10)
+  rec.recommend(["i1", "i7"], k=10, head="q")   # a model trained with an RL loss: its Q head
   rec.recommend(["i1", "k3"], k=10, domain="Kitchen")   # a multi-domain model: one domain's
   rec.top_k(state, k=10, domain="Food")                  # items, its user state for that domain
 
@@ -39,7 +40,8 @@ from lstmrec_jax.serving import bundle as bundle_lib
 
 
 class Recommendations(list):
-  """`[(raw item id, score), ...]`, best first; `.unknown` counts skipped unknown history ids.
+  """`[(raw item id, score), ...]`, best first (`.items`, `.scores`); `.unknown` counts skipped
+  unknown history ids.
 
   `.fallback` is True when the user had no known event (popularity ranked the catalog).
   """
@@ -53,6 +55,11 @@ class Recommendations(list):
   def items(self) -> list[Any]:
     """The raw item ids alone."""
     return [item for item, _ in self]
+
+  @property
+  def scores(self) -> list[float]:
+    """The scores alone, in the order of `items`."""
+    return [score for _, score in self]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,33 +117,41 @@ class Recommender:
     self._observe = jax.jit(functools.partial(fns.observe, g, lay))
     self._observe_seq = jax.jit(functools.partial(fns.observe_sequence, g, lay))
     self._encode = jax.jit(functools.partial(fns.encode, g, lay))
-    self._rank = jax.jit(fns.rank, static_argnames="k")
-    self._score_items = jax.jit(fns.score_items)
+    self._rank = jax.jit(fns.rank, static_argnames=("k", "head"))
+    self._score_items = jax.jit(fns.score_items, static_argnames="head")
+    self.heads = self.tables.heads  # ("softmax",), or ("softmax", "q") with Q heads
     self._user_of = functools.partial(fns.user_of, lay)
 
   # ------------------------------------------------------------------ loading
 
   @classmethod
-  def load(cls, path: str | os.PathLike, *, which: str = "best", spec=None) -> Recommender:
+  def load(cls, path: str | os.PathLike, *, which: str = "best", spec=None,
+           trust_plugins: bool = False, expect_sha256: str | None = None) -> Recommender:
     """From an export.py bundle folder, or a train.py workdir (its `which` checkpoint).
 
     A workdir reads its training data once (the raw-id vocabulary, popularity, item content);
-    a bundle never does.
+    a bundle never does, and is verified first (`bundle.load`: checksums, ids, finite
+    parameters; `expect_sha256` pins its digest). A workdir's recorded plug-ins are imported
+    only with `trust_plugins=True` (they run code; see plugins.py).
     """
     path = pathlib.Path(path)
     if (path / "bundle.json").is_file():
-      return cls(bundle_lib.load(path))
-    return cls(bundle_lib.from_workdir(path, which=which, spec=spec))
+      return cls(bundle_lib.load(path, expect_sha256=expect_sha256))
+    return cls(bundle_lib.from_workdir(path, which=which, spec=spec,
+                                       trust_plugins=trust_plugins))
 
   def metadata(self) -> dict[str, Any]:
     """What the model is: encoder, sizes, streaming, source, data fingerprint."""
     m = self.bundle.model
+    meta = dict(self.bundle.meta)
+    # Where the model was trained is no business of a client (it named a local folder).
+    meta["source"] = {k: v for k, v in meta.get("source", {}).items() if k != "workdir"}
     return {"encoder": m.get("encoder"), "item_mode": m.get("item_mode"),
             "num_layers": m.get("num_layers"), "embed_dim": m.get("embed_dim"),
             "hidden_size": m.get("hidden_size"), "num_items": self.num_items - 1,
             "max_len": self.max_len, "streams": self.streams, "state_size": self.layout.size,
             "domains": list(self.domain_names), "cross_domain": self.cross_domain,
-            **self.bundle.meta}
+            "heads": list(self.heads), **meta}
 
   # ------------------------------------------------------------------ ids
 
@@ -183,24 +198,30 @@ class Recommender:
 
   def recommend(self, history: Sequence[Any], k: int = 10, *, exclude_seen: bool = True,
                 exclude: Iterable[Any] = (), allow: Iterable[Any] | None = None,
-                domain: Any = None) -> Recommendations:
-    """The top-k next items for one history of raw ids (oldest first); with `domain` (a name
-    or index of a multi-domain model), among that domain's items only."""
+                domain: Any = None, head: str = "softmax") -> Recommendations:
+    """The top-k next items for one history of raw ids (oldest first).
+
+    domain: a name or index of a multi-domain model's domains: among that domain's items only.
+    head: "softmax" (the recommender's own head) or "q" (the Q head of a model trained with an
+    offline RL loss: items ranked by their estimated return); `self.heads` lists the model's.
+    """
     return self.recommend_batch([history], k, exclude_seen=exclude_seen, exclude=[exclude],
                                 allow=None if allow is None else [allow],
-                                domains=None if domain is None else [domain])[0]
+                                domains=None if domain is None else [domain], head=head)[0]
 
   def recommend_batch(self, histories: Sequence[Sequence[Any]], k: int = 10, *,
                       exclude_seen: bool = True, exclude: Sequence[Iterable[Any]] | None = None,
                       allow: Sequence[Iterable[Any] | None] | None = None,
-                      domains: Sequence[Any] | None = None) -> list[Recommendations]:
+                      domains: Sequence[Any] | None = None,
+                      head: str = "softmax") -> list[Recommendations]:
     """`recommend` for many histories in one jitted call (per bucket)."""
+    self.check_head(head)
     domains_B = self._domains(domains, len(histories))
     dense = [self.dense(h) for h in histories]
     user_BxE, count_B = self.encode_ids([ids for ids, _ in dense], domains_B)
     seen = [ids if exclude_seen else [] for ids, _ in dense]
     return self._finish(user_BxE, count_B, k, seen, exclude, allow,
-                        [u for _, u in dense], domains_B)
+                        [u for _, u in dense], domains_B, head)
 
   def encode_ids(self, histories: Sequence[Sequence[int]], domains_B: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -261,53 +282,63 @@ class Recommender:
 
   def top_k(self, state: UserState, k: int = 10, *, exclude_seen: bool = True,
             exclude: Iterable[Any] = (), allow: Iterable[Any] | None = None,
-            domain: Any = None) -> Recommendations:
-    """The top-k next items of a streaming state (with `domain`: that domain's)."""
+            domain: Any = None, head: str = "softmax") -> Recommendations:
+    """The top-k next items of a streaming state (with `domain`: that domain's; `head` as in
+    `recommend`)."""
     return self.top_k_batch([state], k, exclude_seen=exclude_seen, exclude=[exclude],
                             allow=None if allow is None else [allow],
-                            domains=None if domain is None else [domain])[0]
+                            domains=None if domain is None else [domain], head=head)[0]
 
   def top_k_batch(self, states: Sequence[UserState], k: int = 10, *, exclude_seen: bool = True,
                   exclude: Sequence[Iterable[Any]] | None = None,
                   allow: Sequence[Iterable[Any] | None] | None = None,
-                  domains: Sequence[Any] | None = None) -> list[Recommendations]:
+                  domains: Sequence[Any] | None = None,
+                  head: str = "softmax") -> list[Recommendations]:
     """`top_k` of many users' states in one jitted call."""
+    self.check_head(head)
     domains_B = self._domains(domains, len(states))
     user_BxE, count_B = self._user_of(np.stack([s.vector_S for s in states]),
                                       None if domains_B is None else np.maximum(domains_B, 0))
     seen = [list(s.seen) if exclude_seen else [] for s in states]
     return self._finish(np.asarray(user_BxE), np.asarray(count_B), k, seen, exclude, allow,
-                        [s.unknown for s in states], domains_B)
+                        [s.unknown for s in states], domains_B, head)
 
   # ------------------------------------------------------------------ ranking
+
+  def check_head(self, head: str) -> None:
+    if head not in self.heads:
+      raise ValueError(f"head={head!r} must be one of {', '.join(self.heads)} (this model's; a "
+                       "'q' head needs a model trained with an RL loss, model.q_head=True)")
 
   def check_k(self, k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < self.num_items:
       raise ValueError(f"k={k!r} must be an integer in [1, {self.num_items - 1}] (the catalog)")
 
   def rank_ids(self, user_BxE, count_B, k: int, exclude: Sequence[Sequence[int]],
-               domains_B: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(ids_BxK, scores_BxK) over the catalog without each row's excluded dense ids (with
-    `domains_B`, over each row's domain; -1: all)."""
+               domains_B: np.ndarray | None = None,
+               head: str = "softmax") -> tuple[np.ndarray, np.ndarray]:
+    """(ids_BxK, scores_BxK) of `head` over the catalog without each row's excluded dense ids
+    (with `domains_B`, over each row's domain; -1: all)."""
     b = len(user_BxE)
     users, counts, exclude_BxX = _bucketed(user_BxE, count_B, exclude)
     if domains_B is None:
-      ids_BxK, scores_BxK = self._rank(self.tables, users, counts, exclude_BxX, k=k)
+      ids_BxK, scores_BxK = self._rank(self.tables, users, counts, exclude_BxX, k=k, head=head)
     else:
       d_B = np.full(len(users), -1, np.int32)
       d_B[:b] = domains_B
-      ids_BxK, scores_BxK = self._rank(self.tables, users, counts, exclude_BxX, k=k,
+      ids_BxK, scores_BxK = self._rank(self.tables, users, counts, exclude_BxX, k=k, head=head,
                                        item_domains_V=self.item_domains_V, domains_B=d_B)
     return np.asarray(ids_BxK)[:b], np.asarray(scores_BxK)[:b]
 
-  def score_allowed(self, user_BxE, count_B, allowed: Sequence[Sequence[int]]) -> np.ndarray:
+  def score_allowed(self, user_BxE, count_B, allowed: Sequence[Sequence[int]],
+                    head: str = "softmax") -> np.ndarray:
     """Scores of each row's allowed dense ids (-inf past a row's own list)."""
     b = len(user_BxE)
     users, counts, items_BxA = _bucketed(user_BxE, count_B, allowed)
-    return np.asarray(self._score_items(self.tables, users, counts, items_BxA))[:b]
+    return np.asarray(self._score_items(self.tables, users, counts, items_BxA, head=head))[:b]
 
   def _finish(self, user_BxE, count_B, k, seen, exclude, allow, unknown,
-              domains_B=None) -> list[Recommendations]:
+              domains_B=None, head: str = "softmax") -> list[Recommendations]:
     self.check_k(k)
     b = len(user_BxE)
     exclude = [[] for _ in range(b)] if exclude is None else exclude
@@ -317,7 +348,7 @@ class Recommender:
     if rows:
       ids_BxK, scores_BxK = self.rank_ids(user_BxE[rows], count_B[rows], k,
                                           [drop[i] for i in rows],
-                                          None if domains_B is None else domains_B[rows])
+                                          None if domains_B is None else domains_B[rows], head)
       for i, ids, scores in zip(rows, ids_BxK, scores_BxK):
         out[i] = self._answer(ids, scores, unknown[i], count_B[i])
     rest = [i for i in range(b) if out[i] is None]
@@ -326,7 +357,7 @@ class Recommender:
                                 or self.item_domains_V[j] == domains_B[i])
       allowed = [[j for j in dict.fromkeys(self.item_id(x) for x in allow[i])
                   if j and j not in set(drop[i]) and in_domain(i, j)] for i in rest]
-      scores = self.score_allowed(user_BxE[rest], count_B[rest], allowed)
+      scores = self.score_allowed(user_BxE[rest], count_B[rest], allowed, head)
       for i, ids, row_scores in zip(rest, allowed, scores):
         order = np.argsort(-row_scores[:len(ids)], kind="stable")[:k]
         out[i] = self._answer(np.asarray(ids, np.int64)[order], row_scores[order], unknown[i],

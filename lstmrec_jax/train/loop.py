@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -39,35 +40,52 @@ def check_saved_config(workdir: epath.Path, config: Mapping[str, Any],
                        defaults: Mapping[str, Any] | None = None) -> None:
   """Writes config.json on a fresh run; on resume, refuses a config that changed the run.
 
+  A workdir whose earlier run stopped before its first checkpoint (a config or data error) has
+  nothing to resume: its config.json (and data.json) are replaced, so the corrected command runs.
+
   `defaults` (flattened "group.key" -> value, from configs/base.py via the entry point) lets a
   workdir saved before a key existed resume while the key holds its default.
   """
   path = workdir / "config.json"
   current = json.loads(json.dumps(config_keys.plain(config)))  # tuples as JSON lists, as saved
+  changed = []
   if path.exists():
     a, b = run_lib.flatten(run_lib.read_workdir_config(workdir)), run_lib.flatten(current)
     defaults = defaults or {}
     changed = sorted(k for k in set(a) | set(b)
                      if a.get(k) != b.get(k) and k not in run_lib.RESUMABLE_KEYS
                      and not (k not in a and k in defaults and b[k] == defaults[k]))
-    if changed:
+    if changed and _trained(workdir):
       raise ConfigError(
           f"{workdir} holds a run with a different config ({', '.join(changed)}); use another "
           "--workdir or the same config to resume")
-  elif jax.process_index() == 0:
+    if changed:  # a run that stopped before its first checkpoint (e.g. a config error): retry
+      logging.info("%s: nothing trained yet, its config is replaced (%s changed)", workdir,
+                   ", ".join(changed))
+  if (not path.exists() or changed) and jax.process_index() == 0:
+    (workdir / "data.json").unlink(missing_ok=True)  # of the earlier attempt's data, if any
     paths.replace_text(path, json.dumps(current, indent=2, sort_keys=True))
+
+
+def _trained(workdir: epath.Path) -> bool:
+  """Whether any checkpoint (a step folder of checkpoints/ or best/) was written in `workdir`."""
+  for name in ("checkpoints", "best"):
+    folder = workdir / name
+    if folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir()):
+      return True
+  return False
 
 
 class _Logger:
   """Scalars to TensorBoard and to metrics.jsonl in the workdir (process 0 only)."""
 
-  def __init__(self, workdir: epath.Path):
+  def __init__(self, workdir: epath.Path, step: int = 0):
     self.active = jax.process_index() == 0
     if self.active:
       from tensorboardX import SummaryWriter
       self.tb = SummaryWriter(str(workdir / "tb"))
       path = workdir / "metrics.jsonl"
-      repair_jsonl(path)
+      repair_jsonl(path, through_step=step)
       self.jsonl = path.open("a")
 
   def write(self, step: int, scalars: dict[str, float], prefix: str = "") -> None:
@@ -87,20 +105,41 @@ class _Logger:
       self.jsonl.close()
 
 
-def repair_jsonl(path: epath.Path) -> bool:
-  """Cuts a torn last line (a kill in the middle of a write) so appends start on a fresh line.
+def repair_jsonl(path: epath.Path, through_step: int | None = None) -> bool:
+  """Cuts a torn last line (a kill in the middle of a write) so appends start on a fresh line,
+  and, resuming at `through_step`, the rows of later steps (the resumed run writes them again).
 
   Example: b'{"step": 1}\\n{"ste' -> b'{"step": 1}\\n'. Returns whether the file was cut.
   """
-  if "://" in str(path) or not path.exists():
+  if paths.is_uri(path) or not path.exists():
     return False
   with open(path, "rb+") as f:
     data = f.read()
-    if not data or data.endswith(b"\n"):
+    keep = data if not data or data.endswith(b"\n") else data[:data.rfind(b"\n") + 1]
+    if keep != data:
+      logging.warning("%s: cut a torn last line (%d bytes)", path, len(data) - len(keep))
+    if through_step is not None:
+      lines = keep.splitlines(keepends=True)
+      kept = [line for line in lines if _row_step(line) <= through_step]
+      if len(kept) != len(lines):
+        logging.warning("%s: dropped %d rows after step %d (written before the kill; the "
+                        "resumed run writes them again)", path, len(lines) - len(kept),
+                        through_step)
+        keep = b"".join(kept)
+    if keep == data:
       return False
-    f.truncate(data.rfind(b"\n") + 1)
-  logging.warning("%s: cut a torn last line (%d bytes)", path, len(data) - data.rfind(b"\n") - 1)
+    f.seek(0)
+    f.write(keep)
+    f.truncate(len(keep))
   return True
+
+
+def _row_step(line: bytes) -> int:
+  """The step of a metrics.jsonl row (-1 when unreadable: kept)."""
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return -1
 
 
 class _LossGuard:
@@ -187,6 +226,13 @@ def _pretrained(init_from: str, params):
   return new
 
 
+def _stderr_is_terminal() -> bool:
+  try:
+    return sys.stderr.isatty()
+  except (AttributeError, ValueError):  # replaced or closed stderr
+    return False
+
+
 def eval_period(tr: run_lib.TrainConfig, steps_per_epoch: int) -> int:
   """Steps between validations: `eval_every_steps` when set, else `eval_every_epochs` of the data.
 
@@ -231,7 +277,11 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
         f"{k}={v}" for k, v in run_lib.auto_resolved(spec).items()))
   dataset, mesh, inp, tr = run.dataset, run.mesh, spec.input, spec.train
   signature_path = workdir / "data.json"
-  if jax.process_index() == 0 and not signature_path.exists():
+  if signature_path.exists():
+    # A resumed run on other data (items swapped, one more item) would train on it silently.
+    run_lib.check_data_signature(workdir, dataset, fix="resume on the run's own data, or train "
+                                                       "on this data in another --workdir")
+  elif jax.process_index() == 0:
     paths.replace_text(signature_path, json.dumps(run_lib.data_signature(dataset), indent=2))
 
   # Plain TrainBatches unless the `augment` group turns a transform on (data/augment.py).
@@ -239,11 +289,12 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
                                   num_items=int(dataset.num_items), batch_size=inp.batch_size,
                                   max_len=inp.max_len, seed=spec.seed, pack=inp.pack,
                                   backend=inp.backend, process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+                                  process_count=jax.process_count(),
+                                  rewards_N=dataset.train_rewards())
   steps_per_epoch = batches.steps_per_epoch
   if steps_per_epoch < 1:
-    raise ValueError(f"fewer training examples ({batches.num_examples}) than one batch "
-                     f"({inp.batch_size}); lower input.batch_size")
+    raise ConfigError(f"fewer training examples ({batches.num_examples}) than one batch "
+                      f"({inp.batch_size}); lower input.batch_size")
   total_steps = tr.num_epochs * steps_per_epoch
   eval_every = eval_period(tr, steps_per_epoch)
   tx = run.optimizer(total_steps, steps_per_epoch)
@@ -267,9 +318,7 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
 
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=tr.keep_checkpoints)
   meta = {"best": None, "best_step": None, "evals_since_best": 0, "stopped_early": False}
-  if tr.init_from and checkpointer.latest_step() is None:
-    state = state._replace(params=jax.device_put(_pretrained(tr.init_from, state.params),
-                                                 state_sh.params))
+  restored = None
   if checkpointer.latest_step() is not None:
     restored = checkpointer.restore_train_state(state, mesh)
     if restored is None:
@@ -277,8 +326,11 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
     else:
       state, meta = restored
       logging.info("resumed from %s at step %d", workdir, int(state.step))
+  if tr.init_from and restored is None:  # a resumed run keeps its own parameters
+    state = state._replace(params=jax.device_put(_pretrained(tr.init_from, state.params),
+                                                 state_sh.params))
 
-  aux = run.step_aux()
+  aux = run.step_aux(steps_per_epoch)
   if "item_mask_V" in aux:
     trained = int(np.asarray(dataset.item_counts_V)[1:].astype(bool).sum())
     logging.info("training softmax over the %d items with training events (%d left out)",
@@ -316,11 +368,14 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
       raise DivergenceError(f"non-finite parameters at step {step}: training diverged; lower "
                             "optim.learning_rate; no checkpoint of this step was written")
 
-  logger = _Logger(workdir)
   step = int(state.step)
+  logger = _Logger(workdir, step)
   stop_after = tr.stop_after_steps
+  # No bar into a file or pipe: its carriage returns would fill a redirected log (validation
+  # lines are still written, and metrics.jsonl has every loss).
   bar = tqdm.tqdm(total=total_steps, initial=step, disable=not tr.progress_bar
-                  or jax.process_index() != 0, mininterval=1.0, unit="step", dynamic_ncols=True)
+                  or jax.process_index() != 0 or not _stderr_is_terminal(), mininterval=1.0,
+                  unit="step", dynamic_ncols=True)
   window_loss, window_positions, window_start = [], 0, time.perf_counter()
   stopped = meta["stopped_early"] or step >= total_steps
   start_epoch = step // steps_per_epoch
@@ -359,6 +414,9 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
                      "epoch": step / steps_per_epoch}
           if tr.skip_nonfinite_steps:
             scalars["skipped_steps"] = guard.skipped
+          # An RL loss's scalars (mean Q of the logged actions, ...): the last step's values.
+          scalars.update({k: float(v) for k, v in jax.device_get(
+              {k: v for k, v in out.items() if k.startswith("rl/")}).items()})
           logger.write(step, scalars)
           bar.set_postfix(loss=f"{loss:.4f}", ev_s=f"{events_per_s:,.0f}", epoch=epoch + 1)
           bar.update(step - bar.n)
@@ -414,7 +472,9 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
                                         chunk_size=spec.eval.chunk_size,
                                         seen_targets=spec.eval.seen_targets,
                                         sampled_negatives=spec.eval.sampled_negatives,
-                                        sampled_seed=spec.eval.sampled_seed)
+                                        sampled_seed=spec.eval.sampled_seed,
+                                        high_reward_min=spec.reward.high_min,
+                                        q_head=run.model_cfg.q_head)
   report.update(checkpoint="best", step=best_step, workdir=str(workdir),
                 epochs_trained=step / steps_per_epoch, dataset=spec.data.format)
   if spec.auto:

@@ -12,6 +12,12 @@ zero padding rows, `ModelConfig.table_rows`) and their optimizer moments are spl
 `losses/vocab_parallel.py`) runs it, through the same registry, with the same value and
 gradients. The sampled losses gather their few rows from the split table through XLA's
 partitioner.
+
+An offline RL loss (`losses.needs_transitions`: sqn, sac, sa2c) also gets the logged transitions
+of the batch (`losses/rl.py`): the model's two Q heads, the targets' rewards (`rewards_BxL`), the
+terminal flags from the mask and resets, which Q head is the main one this step (a coin of
+`fold_in(dropout key, 2)`) and whether the step is past the warm-up (`aux["rl_start_step"]`);
+its log scalars join the step's metrics.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from lstmrec_jax import optim
 from lstmrec_jax.losses import LossConfig
 from lstmrec_jax.losses import adversarial
 from lstmrec_jax.losses import contrastive
+from lstmrec_jax.losses import rl as rl_lib
 from lstmrec_jax.optim import TrainState
 
 
@@ -39,12 +46,56 @@ def uses_vocab_parallel(mesh, loss_cfg: LossConfig) -> bool:
           and mesh.shape[mesh_lib.MODEL_AXIS] > 1 and losses.has_vocab_parallel(loss_cfg.kind))
 
 
+def _rows_read(model, batch, loss_cfg: LossConfig, neg_key, log_q_V, adv_cfg, aug_cfg):
+  """The item ids whose table rows this step reads, or None for the whole table.
+
+  A loss that reads the targets and a few rows more (sampled negatives: `losses.rows_read`) and
+  an item side that computes content per row (`model.computes_rows`) let the step compute item
+  content at the inputs, targets and those rows only; the values and gradients it reads are the
+  whole table's. Terms that read other rows (the adversarial scale is a mean over every item;
+  the contrastive views look up their own inputs; the domain softmax slices the table per
+  domain) keep the whole table.
+  """
+  extra = losses.rows_read(loss_cfg.kind)
+  if (extra is None or neg_key is None or not model.computes_rows or loss_cfg.domain_softmax
+      or (adv_cfg is not None and adv_cfg.on)
+      or (aug_cfg is not None and aug_cfg.contrastive_weight > 0)):
+    return None
+  return jnp.concatenate([batch["inputs_BxL"].reshape(-1), batch["targets_BxL"].reshape(-1),
+                          extra(loss_cfg, neg_key, log_q_V)]).astype(jnp.int32)
+
+
 def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | None,
                   loss_cfg: LossConfig, log_q_V: jax.Array | None,
-                  item_mask_V: jax.Array | None = None, *,
-                  adv_cfg: adversarial.AdversarialConfig | None = None,
-                  aug_cfg: Any = None, mesh=None) -> jax.Array:
-  """The `loss_cfg.kind` loss at every real position of the batch (a scalar).
+                  item_mask_V: jax.Array | None = None, **kwargs) -> jax.Array:
+  """The `loss_cfg.kind` loss at every real position of the batch (a scalar); the keyword
+  arguments are `sequence_loss_and_logs`'s."""
+  return sequence_loss_and_logs(model, batch, dropout_key, loss_cfg, log_q_V, item_mask_V,
+                                **kwargs)[0]
+
+
+def _transitions(model, batch, dropout_key, step, rl_start_step) -> rl_lib.Transitions:
+  """The logged transitions of a batch for an RL loss (see the module docstring)."""
+  if "rewards_BxL" not in batch:
+    raise ValueError("an offline RL loss needs batches with rewards_BxL (TrainBatches with "
+                     "rewards_N; the augment transforms drop them)")
+  q_2xVxE, q_bias_2xV = model.q_tables()
+  main = (jnp.zeros((), jnp.int32) if dropout_key is None
+          else rl_lib.head_draw(jax.random.fold_in(dropout_key, 2)))
+  weighted = jnp.asarray(True) if step is None else step >= rl_start_step
+  return rl_lib.Transitions(
+      q_2xVxE, q_bias_2xV, batch["rewards_BxL"].reshape(-1),
+      rl_lib.done_mask(batch["mask_BxL"], batch.get("resets_BxL")).reshape(-1), main, weighted)
+
+
+def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.Array | None,
+                           loss_cfg: LossConfig, log_q_V: jax.Array | None,
+                           item_mask_V: jax.Array | None = None, *,
+                           adv_cfg: adversarial.AdversarialConfig | None = None,
+                           aug_cfg: Any = None, mesh=None, rl_cfg: rl_lib.RLConfig | None = None,
+                           step: jax.Array | None = None, rl_start_step: Any = 0
+                           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(the `loss_cfg.kind` loss at every real position of the batch, scalars to log).
 
   item_mask_V (bool, V) restricts the softmax losses to the items where it is True (the targets
   must be among them); None scores every item. Sampled negatives use fold_in(dropout_key, 1).
@@ -52,17 +103,27 @@ def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | N
   `aug_cfg.contrastive_weight > 0` and the batch's `view1_*` / `view2_*` keys (from
   `data.augment`), the InfoNCE term between the two views (`losses/contrastive.py`). `mesh`:
   the step's mesh; one with a `model` axis makes the softmax vocabulary-parallel.
+  An RL loss (`losses.needs_transitions`) reads `rl_cfg` (the `rl` group), the batch's
+  `rewards_BxL` and `step` (None: past the warm-up) against `rl_start_step`; its scalars (mean
+  Q of the logged actions, ...) are the second value. Other losses log nothing here.
   """
   id_keep_V = model.id_keep_mask(dropout_key)  # None unless model.id_dropout > 0
   split = uses_vocab_parallel(mesh, loss_cfg)
-  # Split: the tables as the parameters hold them (padding rows included, sharded by row).
-  input_VxE, output_VxE, bias_V = model.item_tables(id_keep_V, padded=split)
   targets_N = batch["targets_BxL"].reshape(-1)
   weights_N = (targets_N > 0).astype(jnp.float32)
   neg_key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
+  rows = _rows_read(model, batch, loss_cfg, neg_key, log_q_V, adv_cfg, aug_cfg)
+  # Split: the tables as the parameters hold them (padding rows included, sharded by row).
+  input_VxE, output_VxE, bias_V = model.item_tables(id_keep_V, padded=split, rows=rows)
   loss_fn = losses.get_loss(loss_cfg.kind, vocab_parallel=split)
   split_args = {"mesh": mesh, "num_items": model.cfg.num_items} if split else {}
   mask_BxL = batch["mask_BxL"]
+  logs: dict[str, jax.Array] = {}
+  if losses.needs_transitions(loss_cfg.kind):
+    if rl_cfg is None:
+      raise ValueError(f"loss.kind={loss_cfg.kind!r} needs rl_cfg (the `rl` group)")
+    split_args = {**split_args, "rl_cfg": rl_cfg, "transitions": _transitions(
+        model, batch, dropout_key, step, rl_start_step)}
 
   # A cross-domain encoder reads each position's target domain (the next item's).
   target_domains_BxL = (model.item_domains(batch["targets_BxL"]) if model.cross_domain
@@ -81,8 +142,13 @@ def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | N
     if user_delta is not None:
       user_BxLxE = user_BxLxE + jnp.where(mask_BxL[..., None], user_delta, 0.0)
     user_NxE = user_BxLxE.reshape(-1, user_BxLxE.shape[-1])
-    return loss_fn(user_NxE, output_VxE, bias_V, targets_N, weights_N, cfg=loss_cfg, key=neg_key,
-                   log_q_V=log_q_V, item_mask_V=item_mask_V, **split_args)
+    out = loss_fn(user_NxE, output_VxE, bias_V, targets_N, weights_N, cfg=loss_cfg, key=neg_key,
+                  log_q_V=log_q_V, item_mask_V=item_mask_V, **split_args)
+    if "transitions" in split_args:
+      out, scalars = out
+      if not logs:  # the clean pass's: a perturbed pass (adversarial) runs in an inner trace
+        logs.update(scalars)
+    return out
 
   loss = loss_at()
   if adv_cfg is not None and adv_cfg.on:
@@ -107,13 +173,14 @@ def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | N
     valid_B = views[0][1] & views[1][1]
     loss = loss + aug_cfg.contrastive_weight * contrastive.info_nce(
         views[0][0], views[1][0], valid_B, aug_cfg.temperature)
-  return loss
+  return loss, logs
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, Any], *,
                graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                loss_cfg: LossConfig, adv_cfg: adversarial.AdversarialConfig | None = None,
-               aug_cfg: Any = None, mesh=None) -> tuple[TrainState, dict[str, jax.Array]]:
+               aug_cfg: Any = None, mesh=None, rl_cfg: rl_lib.RLConfig | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a (global) batch; returns the new state and scalar metrics.
 
   `aux` holds what the step reads but never changes: `consts` (the model's non-parameter state),
@@ -121,19 +188,22 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, An
   and optionally `item_mask_V` (the candidates of the training softmax,
   `LossConfig.train_items_only`). `adv_cfg` (the `adversarial` group) and `aug_cfg` (the
   `augment` group: its contrastive term) add their loss terms when on (`sequence_loss`).
-  `mesh`: the step's mesh (a `model` axis makes the softmax vocabulary-parallel).
+  `mesh`: the step's mesh (a `model` axis makes the softmax vocabulary-parallel). `rl_cfg`: the
+  `rl` group, for an offline RL loss (which also reads `aux["rl_start_step"]`, default 0).
   """
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, aux["consts"])
-    return sequence_loss(model, batch, dropout_key, loss_cfg, aux.get("log_q_V"),
-                         aux.get("item_mask_V"), adv_cfg=adv_cfg, aug_cfg=aug_cfg, mesh=mesh)
+    return sequence_loss_and_logs(
+        model, batch, dropout_key, loss_cfg, aux.get("log_q_V"), aux.get("item_mask_V"),
+        adv_cfg=adv_cfg, aug_cfg=aug_cfg, mesh=mesh, rl_cfg=rl_cfg, step=state.step,
+        rl_start_step=aux.get("rl_start_step", 0))
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  (loss, logs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  out = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  out = {"loss": loss, "grad_norm": optax.global_norm(grads), **logs}
   return state._replace(step=state.step + 1, params=params, opt_state=opt_state), out
 
 
@@ -165,7 +235,7 @@ def compile_train_step(run, tx: optax.GradientTransformation, *, skip_nonfinite:
   state_sh = mesh_lib.state_shardings(like, mesh, run.model_cfg.table_rows)
   step_fn = functools.partial(train_step, graphdef=run.graphdef, tx=tx, loss_cfg=spec.loss,
                               adv_cfg=spec.adversarial, aug_cfg=spec.augment,
-                              mesh=mesh if split_tables else None)
+                              mesh=mesh if split_tables else None, rl_cfg=spec.rl)
   if skip_nonfinite:
     step_fn = functools.partial(_guarded_step, step_fn=step_fn)
   repl = mesh_lib.replicated(mesh)

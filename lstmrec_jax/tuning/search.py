@@ -208,10 +208,15 @@ def sample_params(space: Mapping[str, Any], search_seed: int, trial: int) -> dic
 
 def trial_config(base_config: ml_collections.ConfigDict,
                  params: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of `base_config` with `params` (leaf key path -> value) set."""
+  """A copy of `base_config` with `params` (leaf key path -> value) set.
+
+  A sampled key the config leaves to the data (its `auto` list) is taken out of that list: the
+  trial runs the sampled value, which config.json and the results table show.
+  """
   config = copy.deepcopy(base_config)
   for path, value in params.items():
     _set(config, path, value)
+  run_lib.pin_explicit(config, params)
   return config
 
 
@@ -402,6 +407,10 @@ def tune(base_config: ml_collections.ConfigDict, space: Mapping[str, Any],
   validate_space(space, base_config)
   trials = {k: sample_params(space, search_seed, k) for k in range(num_trials)}
   configs = {k: trial_config(base_config, p) for k, p in trials.items()}
+  won = sorted(set(base_config.get("auto", ())) & {key for p in trials.values() for key in p})
+  if won:
+    logging.info("sampled values win over the auto rules for %s: each trial runs (and its "
+                 "config.json shows) the values it sampled", ", ".join(won))
   for k, config in configs.items():
     _check_trial_config(config, k)
     _check_same_trial(trial_dir(tune_dir, k), config, k)

@@ -80,6 +80,9 @@ def read_table(path: PathLike, *, format: str = "csv",  # pylint: disable=redefi
   ratings = None
   if cols.rating is not None:
     ratings = _numeric_column(path, get("rating"), "rating", error_at).astype(np.float32)
+  feedback = None
+  if cols.feedback is not None:
+    feedback = _label_column(get("feedback"), error_at)
 
   side = ItemSide()
   if cols.title is not None or cols.lists:
@@ -99,7 +102,7 @@ def read_table(path: PathLike, *, format: str = "csv",  # pylint: disable=redefi
         side.attributes.setdefault(key, []).extend(prefix + a for a in attrs)
 
   log = InteractionLog(users=seq_keys, items=items, timestamps=timestamps, item_side=side,
-                       source=str(path), ratings=ratings,
+                       source=str(path), ratings=ratings, feedback=feedback,
                        fingerprint=log_lib.fingerprint_files(format, [path],
                                                              _columns_options(cols, format)))
   logging.info("%s: %d events", path, len(log))
@@ -254,6 +257,20 @@ def _key_column(column, role: str, error_at) -> np.ndarray:
     except pa.ArrowInvalid:  # beyond int64: keep the strings
       pass
   return np.asarray(column.to_numpy(zero_copy_only=False), dtype=str)
+
+
+def _label_column(column, error_at) -> np.ndarray:
+  """The feedback labels as str (numbers too: `reward.labels` is keyed by their text)."""
+  import pyarrow as pa
+  import pyarrow.compute as pc
+
+  column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+  row = _first_bad(column.is_null().to_numpy(zero_copy_only=False))
+  if row is not None:
+    raise error_at(row, "missing feedback label")
+  if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+    column = column.cast(pa.string())
+  return np.asarray(pc.utf8_trim_whitespace(column).to_numpy(zero_copy_only=False), dtype=str)
 
 
 def _numeric_column(path, column, role: str, error_at) -> np.ndarray:

@@ -43,7 +43,11 @@ def read_tfds(name: str, *, data_dir: PathLike | None = None,
                     " (e.g. movielens/1m-ratings)")
   # Accelerators hidden from TensorFlow before tfds starts it.
   tf = import_tensorflow()
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DataError(f"{source}: needs tensorflow-datasets ({e}): pip install -r "
+                    "requirements/tf.txt (or pip install 'lstmrec-jax[tf]')") from None
 
   try:
     builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))

@@ -1,0 +1,272 @@
+"""Hardware efficiency of the training step train.py runs: achieved FLOP/s beside a matmul roofline.
+
+Shape legend: B packed rows, L history length, E item embedding size, H LSTM hidden size,
+V catalog size, S shared sampled negatives, N = B * L positions, A attributes per item.
+
+For each variant (configs/beauty.py with overrides, on the real Beauty file) and each way of
+using the cores, a child process builds the run with `run.build_run`, compiles the step with
+`train.steps.compile_train_step` (the function train.py calls), and times `--steps` steps on
+real batches after a warm-up. In the same process it times a plain jitted matmul of the step's
+largest shape (N x E by E x V for the exact softmax, N x E by E x S for the sampled one): the
+practical roofline of these cores for this shape. Reported:
+
+  step_ms, events/s            wall time per step (median of --rounds rounds), real events / s
+  GFLOP / step (shapes)        counted from the shapes (`flops_from_shapes`, below, per phase)
+  GFLOP / step (XLA)           XLA's own count of the compiled step (cost_analysis)
+  achieved GFLOP/s             shape-counted FLOPs / step time
+  roofline GFLOP/s             the matmul's FLOP/s in the same process
+  efficiency                   achieved / roofline
+
+Ways of using the cores (`--modes`):
+  1core        taskset to one core, XLA's intra-op pool on it
+  2core        both cores, XLA's intra-op threads (the default of train.py)
+  2dev         both cores as two XLA CPU devices, the data-parallel mesh over them
+               (--xla_force_host_platform_device_count=2, one thread each)
+
+  python benchmarks/step_efficiency.py --out benchmarks/results/cpu_step_efficiency_$(date +%F)
+
+Time it alone on the machine: the wall time is the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+# name -> (description, overrides of configs/beauty.py)
+VARIANTS = {
+    "recipe": ("the Beauty recipe: E = H = 256, exact softmax (one pass), 32 packed rows", {}),
+    "recipe_h64": ("the recipe at E = H = 64", {"model.embed_dim": 64, "model.hidden_size": 64}),
+    "recipe_bf16": ("the recipe with bf16 matmul operands (f32 sums and cell state)",
+                    {"model.compute_dtype": "bfloat16", "loss.compute_dtype": "bfloat16"}),
+    "sampled": ("E = H = 256, sampled softmax over 2,048 shared negatives (logQ)",
+                {"loss.kind": "sampled", "loss.num_negatives": 2048}),
+    "sampled_h128": ("E = H = 128, sampled softmax, 2,048 negatives",
+                     {"model.embed_dim": 128, "model.hidden_size": 128, "loss.kind": "sampled",
+                      "loss.num_negatives": 2048}),
+    "fast": ("the fast recipe (configs/beauty_fast.py): E = H = 128, sampled softmax over 2,048 "
+             "negatives, 8 packed rows",
+             {"model.embed_dim": 128, "model.hidden_size": 128, "loss.kind": "sampled",
+              "loss.num_negatives": 2048, "input.batch_size": 8, "model.embed_dropout": 0.2,
+              "model.output_dropout": 0.2}),
+    "sampled_h64": ("E = H = 64, sampled softmax, 2,048 negatives",
+                    {"model.embed_dim": 64, "model.hidden_size": 64, "loss.kind": "sampled",
+                     "loss.num_negatives": 2048}),
+}
+MODES = ("1core", "2core", "2dev")
+
+
+def flops_from_shapes(*, n: int, e: int, h: int, v: int, layers: int, loss: str,
+                      negatives: int, attrs: int) -> dict[str, float]:
+  """FLOPs of one training step by phase (multiply-add = 2 FLOPs; backward = 2 x forward).
+
+  Per position: the LSTM's hoisted input projection (E -> 4H) and recurrence (H -> 4H) per
+  layer; a projection H -> E when they differ; the item side (an attribute bag of A rows is
+  additions only, counted as E per attribute); the loss: logits against V items (exact) or
+  S + 1 (sampled) and their two gradients. The Adam update (~12 FLOPs a parameter) is
+  counted apart. Example: n=1600, e=h=256, v=12102, exact -> softmax 29.7 GFLOP.
+  """
+  lstm = n * layers * 2 * (e * 4 * h + h * 4 * h) * 3
+  proj = n * 2 * h * e * 3 if h != e else 0
+  items = n * e * attrs * 3
+  scored = v if loss in ("full", "chunked") else negatives + 1
+  softmax = n * 2 * e * scored * 3
+  return {"lstm": lstm, "projection": proj, "items": items, "softmax": softmax,
+          "total": lstm + proj + items + softmax}
+
+
+def child(args) -> None:
+  """One (variant, mode) in this process: prints one JSON line."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import optim  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.configs import beauty  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.mesh import to_global  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.train import steps  # pylint: disable=g-import-not-at-top
+
+  _, overrides = VARIANTS[args.variant]
+  c = beauty.get_config()
+  c.data.path = args.data
+  c.data.attributes_path = str(pathlib.Path(args.data).parent / "Beauty_item2attributes.json")
+  c.data.cache_dir = args.cache_dir
+  c.input.backend = "numpy"
+  for key, value in overrides.items():
+    group, name = key.split(".")
+    c[group][name] = value
+  devices = 2 if args.mode == "2dev" else 1
+  c.train.num_devices = devices
+  run = run_lib.build_run(run_lib.spec_from_config(c))
+  spec, cfg = run.spec, run.model_cfg
+  batches = pipeline.TrainBatches(run.dataset.train, batch_size=spec.input.batch_size,
+                                  max_len=spec.input.max_len, seed=0, pack=True)
+  host = [b for _, b in zip(range(args.steps), batches.epoch(0))]
+  events = float(np.mean([b["mask_BxL"].sum() for b in host]))
+  placed = [to_global(b, run.mesh) for b in host]
+  tx = run.optimizer(10_000, batches.steps_per_epoch)
+  train_fn, state_sh = steps.compile_train_step(run, tx)
+  state = jax.device_put(optim.init_state(run.params, tx, 0), state_sh)
+  aux = run.step_aux()
+  lowered = train_fn.lower(state, placed[0], aux)
+  t0 = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  for b in placed[:2]:  # warm-up
+    state, out = train_fn(state, b, aux)
+  jax.block_until_ready(out)
+  rounds = []
+  for _ in range(args.rounds):
+    t0 = time.perf_counter()
+    for b in placed:
+      state, out = train_fn(state, b, aux)
+    jax.block_until_ready((state, out))
+    rounds.append((time.perf_counter() - t0) / len(placed))
+  step_s = statistics.median(rounds)
+  n = spec.input.batch_size * spec.input.max_len
+  attrs = int(getattr(run.dataset, "num_attrs", 0) and cfg.item_mode != "id")
+  avg_attrs = 0
+  if attrs:
+    from lstmrec_jax.data import content  # pylint: disable=g-import-not-at-top
+    a_VxA = content.attribute_array(run.dataset, known_V=np.ones(run.dataset.num_items, bool))
+    avg_attrs = float((a_VxA > 0).sum(1).mean())
+  shapes = flops_from_shapes(n=n, e=cfg.embed_dim, h=cfg.hidden_size, v=int(cfg.num_items),
+                             layers=cfg.num_layers, loss=spec.loss.kind,
+                             negatives=spec.loss.num_negatives, attrs=int(round(avg_attrs)))
+  num_params = sum(x.size for x in jax.tree.leaves(run.params))
+  # The practical roofline: the step's largest matmuls (the softmax's logits N x E @ E x W and
+  # its two gradients N x W @ W x E, W x N @ N x E), jitted, same process, same cores; the
+  # fastest of the three is the roofline (the step runs all three).
+  width = int(cfg.num_items) if spec.loss.kind in ("full", "chunked") else spec.loss.num_negatives
+  k = jax.random.split(jax.random.key(0), 3)
+  u = jax.random.normal(k[0], (n, cfg.embed_dim))
+  w = jax.random.normal(k[1], (width, cfg.embed_dim))
+  g = jax.random.normal(k[2], (n, width))
+  if devices > 1:  # as the step: positions split over the data axis
+    from lstmrec_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+    u, g = (jax.device_put(x, mesh_lib.batch_sharding(run.mesh)) for x in (u, g))
+    w = mesh_lib.replicate(w, run.mesh)
+  matmuls = {"logits NxE@ExW": (jax.jit(lambda u, w, g: u @ w.T), (u, w, g)),
+             "dU NxW@WxE": (jax.jit(lambda u, w, g: g @ w), (u, w, g)),
+             "dW WxN@NxE": (jax.jit(lambda u, w, g: g.T @ u), (u, w, g))}
+  roofs = {}
+  for name, (fn, xs) in matmuls.items():
+    jax.block_until_ready(fn(*xs))
+    mm_rounds = []
+    for _ in range(args.rounds):
+      t0 = time.perf_counter()
+      for _ in range(5):
+        r = fn(*xs)
+      jax.block_until_ready(r)
+      mm_rounds.append((time.perf_counter() - t0) / 5)
+    roofs[name] = 2 * n * cfg.embed_dim * width / statistics.median(mm_rounds) / 1e9
+  roofline = max(roofs.values())
+  achieved = shapes["total"] / step_s / 1e9
+  print("RESULT " + json.dumps({
+      "variant": args.variant, "mode": args.mode, "devices": devices,
+      "shape": {"B": spec.input.batch_size, "L": spec.input.max_len, "N": n,
+                "E": cfg.embed_dim, "H": cfg.hidden_size, "V": int(cfg.num_items),
+                "loss": spec.loss.kind, "S": spec.loss.num_negatives, "attrs_per_item":
+                avg_attrs, "params": int(num_params)},
+      "events_per_step": events, "step_ms": step_s * 1e3, "events_per_s": events / step_s,
+      "rounds_ms": [round(r * 1e3, 2) for r in rounds], "compile_s": round(compile_s, 2),
+      "gflop_per_step_shapes": {k: v / 1e9 for k, v in shapes.items()},
+      "mflop_per_event_shapes": shapes["total"] / events / 1e6,
+      "adam_gflop_per_step": 12 * num_params / 1e9,
+      "gflop_per_step_xla": xla_flops / 1e9,
+      "achieved_gflops": achieved, "roofline_matmuls_gflops": roofs, "W": width,
+      "roofline_gflops": roofline,
+      "efficiency": achieved / roofline}), flush=True)
+
+
+def markdown(result: dict[str, Any]) -> str:
+  lines = [f"# Training-step efficiency on {result['machine'].get('cpu_model')} "
+           f"({result['date']})", "",
+           f"- command: `{result['command']}`", f"- machine: {json.dumps(result['machine'])}",
+           f"- load average before: {result['load_before']}, after: {result['load_after']}",
+           "- FLOPs per step are counted from the shapes (`flops_from_shapes` in the script: "
+           "multiply-add = 2, backward = 2x forward); XLA's own count of the compiled step is "
+           "beside them, but it counts a loop body (the scan over time, the loss's chunks) "
+           "once. The roofline is the fastest of the step's three largest matmuls (the "
+           "softmax's logits and its two gradients), jitted alone in the same process on the "
+           "same cores.", "",
+           "| variant | mode | events/s | step ms | MFLOP/event | GFLOP/step (shapes) | "
+           "GFLOP/step (XLA) | achieved GFLOP/s | roofline GFLOP/s | efficiency | "
+           "softmax / LSTM share |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+  for r in result["rows"]:
+    if "error" in r:
+      lines.append(f"| {r['variant']} | {r['mode']} | failed: {r['error'][:80]} |"
+                   + " |" * 8)
+      continue
+    g = r["gflop_per_step_shapes"]
+    lines.append(
+        f"| {r['variant']} | {r['mode']} | {r['events_per_s']:,.0f} | {r['step_ms']:.1f} | "
+        f"{r['mflop_per_event_shapes']:.2f} | {g['total']:.2f} | "
+        f"{r['gflop_per_step_xla']:.2f} | {r['achieved_gflops']:.1f} | "
+        f"{r['roofline_gflops']:.1f} | {r['efficiency']:.0%} | "
+        f"{g['softmax'] / g['total']:.0%} / {g['lstm'] / g['total']:.0%} |")
+  lines += ["", "Variants:"] + [f"- `{k}`: {d}" for k, (d, _) in VARIANTS.items()
+                                if k in {r['variant'] for r in result['rows']}]
+  return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--variants", default="recipe,recipe_h64,sampled,sampled_h128")
+  p.add_argument("--modes", default=",".join(MODES))
+  p.add_argument("--steps", type=int, default=8, help="timed steps per round")
+  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--data", default=None)
+  p.add_argument("--cache_dir", default=str(REPO / "cache"))
+  p.add_argument("--out", default="")
+  p.add_argument("--child", nargs=2, metavar=("VARIANT", "MODE"), help=argparse.SUPPRESS)
+  args = p.parse_args()
+  from train_throughput import default_data_path, load_average, machine_info, write_result  # pylint: disable=g-import-not-at-top
+  args.data = args.data or default_data_path()
+  if args.child:
+    args.variant, args.mode = args.child
+    child(args)
+    return
+  rows = []
+  load_before = load_average()
+  for variant in args.variants.split(","):
+    for mode in args.modes.split(","):
+      env = dict(os.environ)
+      cmd = [sys.executable, __file__, "--child", variant, mode, "--steps", str(args.steps),
+             "--rounds", str(args.rounds), "--data", args.data, "--cache_dir", args.cache_dir]
+      if mode == "1core":
+        cmd = ["taskset", "-c", "0", *cmd]
+      if mode == "2dev":
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+                            " --xla_cpu_multi_thread_eigen=false").strip()
+      proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+      found = [line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+      row = (json.loads(found[0]) if found else
+             {"variant": variant, "mode": mode, "error": (proc.stderr or "no output")[-400:]})
+      rows.append(row)
+      print(json.dumps({k: row.get(k) for k in ("variant", "mode", "events_per_s",
+                                                 "efficiency", "error")}), flush=True)
+  result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(
+      ["python", *sys.argv]), "machine": machine_info(), "load_before": load_before,
+            "load_after": load_average(), "rows": rows}
+  write_result(result, args.out, "cpu_step_efficiency", markdown)
+
+
+if __name__ == "__main__":
+  main()
