@@ -72,7 +72,7 @@ def test_help_lists_the_entry_points_own_flags_and_exits_0(script, tmp_path):
     assert "--logtostderr" not in proc.stdout and "--helpfull" in proc.stdout  # absl's: helpfull
   if "--config" in ENTRY_POINTS[script]:
     assert "configs/base.py" in proc.stdout and "beauty_content (:cold)" in proc.stdout
-    assert "data, input, model" in proc.stdout  # the config groups
+    assert "data, reward, input, model" in proc.stdout  # the config groups
 
 
 @pytest.mark.parametrize("overrides", [

@@ -24,11 +24,13 @@ def default_config_path(name: str = "default.py") -> str:
 def recipes(folder: str = "") -> dict[str, pathlib.Path]:
   """The bundled recipes by name ("beauty" -> .../configs/beauty.py); `folder`: e.g. "spaces".
 
-  A module without `get_config` (a part the recipes share, e.g. xd_recipe.py) is not a recipe.
+  A config module without `get_config` (a part the recipes share, e.g. xd_recipe.py) is not a
+  recipe; a folder's files (spaces: get_space) are all listed.
   """
   root = configs_dir() / folder
   return {p.stem: p for p in sorted(root.glob("*.py"))
-          if p.stem not in ("__init__", "base") and "def get_config(" in p.read_text()}
+          if p.stem not in ("__init__", "base")
+          and (folder or "def get_config(" in p.read_text())}
 
 
 def takes_argument(path: pathlib.Path) -> bool:
