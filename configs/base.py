@@ -31,9 +31,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.auto = ()
 
   c.data = ml_collections.ConfigDict()
-  c.data.format = "synthetic"  # synthetic|movielens|seqfile|pairs|csv|tsv|parquet|tfds
+  c.data.format = "synthetic"  # synthetic|movielens|seqfile|pairs|csv|tsv|parquet|tfds|crossdomain
   c.data.path = ""  # file or directory of the raw data
   c.data.attributes_path = ""  # seqfile: optional item2attributes.json
+  # crossdomain (merged multi-domain sequences, `user item|time ...`): the JSON item -> domain
+  # map ({"ASIN": [id, domain]} or {"id": domain}); "" = map_item.json beside the file
+  c.data.domains_path = ""
+  c.data.domain_names = ()  # names of the domains in index order, e.g. ("Food", "Kitchen"); () = from the map
+  # Keep one domain's events only (by name): the single-domain baseline on a multi-domain log,
+  # split exactly as the merged log (same users, same targets of that domain); "" keeps all
+  c.data.domain = ""
   c.data.tfds_name = ""  # tfds: e.g. "movielens/1m-ratings"
   c.data.tfds_data_dir = ""  # tfds: data folder ("" = TFDS's default, ~/tensorflow_datasets)
   c.data.download = False  # movielens: download the official release when `path` is missing
@@ -139,6 +146,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # the forward pass (3 matmuls, 1 exp per logit); None = on CPU when V <= chunk_size
   c.loss.row_block = ml_collections.config_dict.placeholder(int)  # chunked: positions per cache
   # block (None = 128 on CPU, all positions elsewhere)
+  # Multi-domain data: each position's softmax over its target's domain only (full / chunked)
+  c.loss.domain_softmax = False
 
   # Offline RL on the logged transitions (losses/rl.py), for loss.kind = sqn | sac | sa2c (with
   # model.q_head = True): state = the LSTM state, action = the next item, reward = its `reward`.
@@ -179,6 +188,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.progress_bar = True  # tqdm bar with loss, events/s and ETA
   c.train.divergence_factor = 10.0  # stop when a step's loss > this x the running median; >= 1 (0 = off)
   c.train.skip_nonfinite_steps = False  # drop (and count) steps with a NaN/inf loss instead of stopping
+  # Transfer / pre-training: a train.py workdir whose best checkpoint's parameters start this run
+  # (every parameter whose path and shape match, e.g. a merged-log LSTM fine-tuned on one domain
+  # with data.domain; the rest as initialized; counted in the log); "" = a fresh start
+  c.train.init_from = ""
 
   # Adversarial training (losses/adversarial.py): loss + weight * loss at the worst-case
   # perturbation of the input item embeddings (and optionally the user state), L2 <= eps each.
@@ -216,6 +229,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   # none exist on Beauty or Games, whose numbers are the same under both.
   c.eval.seen_targets = "miss"
   c.eval.chunk_size = 8192  # items per ranking chunk (bounds memory at large V)
+  # Multi-domain data (data.format crossdomain): besides full ranking over the target domain's
+  # items, the published sampled protocol: this many negatives drawn uniformly from the target's
+  # domain among the items the user never touched (0 = off), from a seed of (sampled_seed,
+  # split, user), so every model and rerun sees the same candidates. Metrics per domain, never
+  # pooled; model selection on the mean over domains of the full-ranking validation NDCG@10.
+  c.eval.sampled_negatives = 999
+  c.eval.sampled_seed = 0
   return c
 
 

@@ -103,6 +103,29 @@ def _all_finite(leaves) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+def transfer_params(target: Any, source: Any) -> tuple[Any, list[str], list[str]]:
+  """`target` with every leaf whose path and shape `source` shares taken from `source`.
+
+  Returns (params, copied paths, kept paths): the pre-training -> fine-tuning step, where the
+  models may differ in parts (a new head, another encoder's extra streams). Example: target
+  {"a": zeros(2), "b": zeros(3)}, source {"a": ones(2), "b": ones(4)} -> a copied, b kept.
+  """
+  source_leaves = {jax.tree_util.keystr(path): leaf
+                   for path, leaf in jax.tree_util.tree_leaves_with_path(source)}
+  copied, kept = [], []
+
+  def pick(path, leaf):
+    key = jax.tree_util.keystr(path)
+    other = source_leaves.get(key)
+    if other is not None and tuple(other.shape) == tuple(leaf.shape):
+      copied.append(key)
+      return jnp.asarray(other, leaf.dtype)
+    kept.append(key)
+    return leaf
+
+  return jax.tree_util.tree_map_with_path(pick, target), copied, kept
+
+
 def params_finite(params) -> bool:
   """Whether every parameter is finite: checked before any save and after any restore."""
   return _finite(params)

@@ -84,6 +84,9 @@ class TrainConfig:
   progress_bar: bool
   divergence_factor: float  # stop when a loss exceeds this x the running median, >= 1 (0 = off)
   skip_nonfinite_steps: bool  # drop (and count) a step with a non-finite loss instead of stopping
+  # Transfer: a train.py workdir whose best parameters start this run (each parameter whose path
+  # and shape match; the rest as initialized); "" = none. A resumed run ignores it.
+  init_from: str
 
   def __post_init__(self):
     _check_positive(self, "train", ("num_epochs", "log_every_steps", "keep_checkpoints"))
@@ -105,9 +108,13 @@ class EvalConfig:
   # in the ranking while the rest of the history is removed); no effect when exclude_seen is off
   seen_targets: str = config_keys.key(choices=config_keys.SEEN_TARGETS)
   chunk_size: int  # items per ranking chunk, >= 1
+  # Multi-domain data: the sampled protocol's negatives per target (0 = full ranking only), >= 0
+  sampled_negatives: int
+  sampled_seed: int  # the sampled negatives' seed (with the split and the user)
 
   def __post_init__(self):
     _check_positive(self, "eval", ("chunk_size",))
+    _check_non_negative(self, "eval", ("sampled_negatives",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,9 +149,16 @@ class RunSpec:
   auto: tuple[str, ...]  # "group.key"s that build_run sets from the data (auto.AUTO_KEYS)
   config: Mapping[str, Any]  # the nested plain dict this spec was built from (config.json)
 
-  def model_config(self, num_items: int) -> model_lib.ModelConfig:
-    """The model hyper-parameters with the catalog size V (padding item 0 included)."""
-    return dataclasses.replace(self.model, num_items=int(num_items))
+  def model_config(self, num_items: int,
+                   domain_starts: tuple[int, ...] = ()) -> model_lib.ModelConfig:
+    """The model hyper-parameters with the catalog size V (padding item 0 included) and, for a
+    multi-domain catalogue, the first item id of each domain (validated again: a cross-domain
+    encoder needs domains)."""
+    try:
+      return dataclasses.replace(self.model, num_items=int(num_items),
+                                 domain_starts=tuple(int(s) for s in domain_starts))
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
 
 
 def _check_positive(obj, group: str, names) -> None:
@@ -230,7 +244,8 @@ def spec_from_config(config: Any) -> RunSpec:
   max_len = built["input"].max_len if "input" in built else 1
   # V is known only from the data (build_run fills it in).
   attempt("model", lambda: config_keys.build_group(model_lib.ModelConfig, "model", cfg["model"],
-                                                   num_items=None, max_len=max_len))
+                                                   num_items=None, max_len=max_len,
+                                                   domain_starts=()))
   if not problems:
     problems += _rl_problems(built)
   if problems:
@@ -257,6 +272,9 @@ def _rl_problems(built: Mapping[str, Any]) -> list[str]:
                     "augment transforms replace: turn them off (or set augment.views_only)")
   if built["adversarial"].on:
     problems.append(f"loss.kind={kind!r} does not combine with adversarial training")
+  if built["loss"].domain_softmax:
+    problems.append(f"loss.kind={kind!r} does not combine with loss.domain_softmax (the Q heads "
+                    "are trained over the whole catalogue)")
   return problems
 
 
@@ -381,9 +399,12 @@ def build_run(spec: RunSpec, *, num_devices: int | None = None, dataset=None) ->
   The returned `Run.spec` is the resolved spec: use it, not the one passed in.
   """
   dataset = load_data(spec) if dataset is None else dataset
+  if spec.loss.domain_softmax and not dataset.domain_names:
+    raise ConfigError(f"loss.domain_softmax: {dataset.source} has one catalogue (no domains); "
+                      "it needs a multi-domain log (data.format crossdomain)")
   spec = resolve_auto(spec, dataset)
   check_max_len(spec, dataset)
-  model_cfg = spec.model_config(int(dataset.num_items))
+  model_cfg = spec.model_config(int(dataset.num_items), dataset.domain_starts)
   graphdef, params, consts = model_lib.create_model(model_cfg, spec.seed,
                                                     **model_inputs(dataset, model_cfg))
   num_devices = spec.train.num_devices if num_devices is None else num_devices

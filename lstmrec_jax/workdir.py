@@ -21,6 +21,7 @@ from lstmrec_jax import plugins
 from lstmrec_jax import run as run_lib
 from lstmrec_jax.errors import ConfigError
 from lstmrec_jax.evaluation import cold_start
+from lstmrec_jax.evaluation import cross_domain
 from lstmrec_jax.evaluation import ranking
 from lstmrec_jax.evaluation import reports
 
@@ -99,8 +100,9 @@ def evaluate_checkpoint(workdir: str | os.PathLike, *, which: str = "best",
                 exclude_seen=exclude_seen, chunk_size=ev.chunk_size,
                 seen_targets=ev.seen_targets if seen_targets is None else seen_targets,
                 high_reward_min=run.spec.reward.high_min, q_head=run.model_cfg.q_head)
-  report = ranking.evaluate_params(run.graphdef, params, run.consts, run.dataset,
-                                   splits=splits, **common)
+  report = cross_domain.evaluate_params(run.graphdef, params, run.consts, run.dataset,
+                                        splits=splits, sampled_negatives=ev.sampled_negatives,
+                                        sampled_seed=ev.sampled_seed, **common)
   report.update(checkpoint=str(which), step=restored.step, workdir=str(workdir),
                 dataset=run.spec.data.format, epochs_trained=restored.meta.get("epoch"))
   if topk_out:
@@ -148,4 +150,32 @@ def evaluate_cold_start(workdir: str | os.PathLike, *, which: str = "best",
                 epochs_trained=restored.meta.get("epoch"), item_mode=run.model_cfg.item_mode,
                 cold_id=run.model_cfg.cold_id, dataset=run.dataset.source)
   reports.write_report(workdir / f"cold_start_{which}.json", report)
+  return report
+
+
+def evaluate_domain_cold_start(workdir: str | os.PathLike, *, which: str = "best", spec=None,
+                               num_devices: int = 0) -> dict[str, Any]:
+  """Test metrics of a multi-domain run by target-domain events before the test item.
+
+  `cross_domain.domain_cold_start`: per domain and protocol, buckets 0-2, 3-5 and 6+, the test
+  histories cut to their last m events of the target domain (m = 0..5) besides the users' own.
+
+  Returns:
+    The report (also written to workdir/domain_cold_start_<which>.json).
+  """
+  workdir = paths.workdir_path(workdir)
+  restored = restore_run(workdir, which=which, spec=spec, num_devices=num_devices)
+  run = restored.run
+  if not cross_domain.is_multi_domain(run.dataset):
+    raise ConfigError(f"{workdir}: its data has one catalogue; the target-domain cold-start "
+                      "report needs a multi-domain dataset (data.format crossdomain)")
+  inp, ev = run.spec.input, run.spec.eval
+  report = cross_domain.domain_cold_start(
+      run.graphdef, restored.params, run.consts, run.dataset, mesh=run.mesh,
+      batch_size=inp.eval_batch_size, max_len=inp.max_len, exclude_seen=ev.exclude_seen,
+      chunk_size=ev.chunk_size, sampled_negatives=ev.sampled_negatives,
+      sampled_seed=ev.sampled_seed, seen_targets=ev.seen_targets)
+  report.update(workdir=str(workdir), checkpoint=str(which), step=restored.step,
+                encoder=run.model_cfg.encoder, kept_domain=run.dataset.kept_domain)
+  reports.write_report(workdir / f"domain_cold_start_{which}.json", report)
   return report

@@ -22,8 +22,9 @@ def data_config(**overrides) -> DataConfig:
   return DataConfig.from_mapping(group)
 
 
-def model_config(num_items: int = 40, max_len: int = 8, **overrides):
-  """configs/base.py's model group with `overrides`, validated, for a catalog of `num_items`.
+def model_config(num_items: int = 40, max_len: int = 8, *, domain_starts=(), **overrides):
+  """configs/base.py's model group with `overrides`, validated, for a catalog of `num_items`
+  (with `domain_starts`, a multi-domain catalogue: the first id of each domain).
 
   Example: `model_config(embed_dim=8, hidden_size=8, encoder="gru")`.
   """
@@ -35,7 +36,8 @@ def model_config(num_items: int = 40, max_len: int = 8, **overrides):
   if unknown:
     raise ValueError(f"unknown model keys {unknown}")
   group.update(overrides)
-  return ModelConfig.from_mapping(group, num_items=num_items, max_len=max_len)
+  return ModelConfig.from_mapping(group, num_items=num_items, max_len=max_len,
+                                  domain_starts=domain_starts)
 
 
 def loss_config(**overrides):

@@ -231,7 +231,8 @@ def test_load_dataset_takes_config_file_conventions(tmp_path):
                   "rating": "", "feedback": "", "title": "", "lists": "genres", "delimiter": "",
                   "list_separator": "|", "header": True},
       "min_rating": 0.0, "min_user_events": 0, "min_item_events": 0, "split": "loo",
-      "temporal_fractions": (0.8, 0.1, 0.1), "cache_dir": "", "synthetic": {}}
+      "temporal_fractions": (0.8, 0.1, 0.1), "cache_dir": "", "synthetic": {},
+      "domains_path": "", "domain_names": (), "domain": ""}
   ds = data.load_dataset(data.DataConfig.from_mapping(group))
   assert raw(ds, ds.test.targets_U) == [5, 7]  # user 1 in time order: 6, 7, 5
   assert ds.attribute_names == ["", "a", "b"] and rows(ds.item_attrs)[1] == [1, 2]

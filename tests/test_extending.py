@@ -158,3 +158,50 @@ def test_topk_out_reads_a_streaming_plugin_encoders_whole_history(mean_pool, tmp
     history = [dataset.item_keys[i] for i in whole.history[u]]
     want = [str(x) for x in rec.recommend(history, k=10).items]
     assert lines[str(dataset.user_keys[u])].split(",") == want, u
+
+
+@pytest.fixture
+def last_item():
+  """Runs the doc's cross-domain ```py block (it registers "xd_last_item")."""
+  blocks = re.findall(r"```py\n(.*?)```", DOC.read_text(), flags=re.S)
+  assert len(blocks) == 1, "docs/extending.md should hold exactly one ```py (cross-domain) example"
+  namespace = {"__name__": "extending_cross_domain_example"}
+  exec(compile(blocks[0], str(DOC), "exec"), namespace)  # pylint: disable=exec-used
+  try:
+    yield namespace["LastItemCrossDomain"]
+  finally:
+    ENCODERS.unregister("xd_last_item")
+
+
+def test_cross_domain_example_streams_per_domain_and_trains(last_item):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  assert ENCODERS.get("xd_last_item") is last_item
+  cfg = model_config(V, max_len=L, encoder="xd_last_item", embed_dim=8, hidden_size=8,
+                     lstm_impl="xla", domain_starts=(1, 16))
+  model = model_lib.SeqRecModel(cfg, rngs=nnx.Rngs(0))
+  graphdef, params, consts = nnx.split(model, nnx.Param, ...)
+  params = params.to_pure_dict()
+  # make the per-domain maps matter, then check the streaming path against the full call
+  params["encoder"]["maps"] = 0.3 * jax.random.normal(jax.random.key(1),
+                                                      params["encoder"]["maps"].shape)
+  model = nnx.merge(graphdef, params, consts)
+  ids = jnp.array([[1, 20, 3, 17, 0, 0], [16, 2, 2, 29, 5, 0]])
+  table = model.item_tables()[0]
+  state, outs = model.initial_state(2), []
+  for t in range(L):
+    state, user = model.step(state, ids[:, t], item_table_VxE=table)
+    outs.append(user)
+  stepped = jnp.stack(outs, axis=1)
+  for d in range(2):
+    full = model(ids, ids > 0, item_table_VxE=table, target_domains_BxL=jnp.full((2, L), d))
+    np.testing.assert_allclose(jnp.where((ids > 0)[..., None], stepped[:, :, d], 0), full,
+                               atol=1e-5)
+  tx = optim.make_optimizer(optim_config(learning_rate=1e-2, warmup_steps=0), 10)
+  state0 = optim.init_state(params, tx, 0)
+  batch = {"inputs_BxL": ids, "targets_BxL": jnp.roll(ids, -1, axis=1) * (ids > 0),
+           "mask_BxL": ids > 0, "resets_BxL": jnp.zeros((2, L), bool)}
+  new, out = steps.train_step(state0, batch, {"consts": consts.to_pure_dict(), "log_q_V": None},
+                              graphdef=graphdef, tx=tx,
+                              loss_cfg=loss_config(kind="full", domain_softmax=True))
+  assert np.isfinite(float(out["loss"]))
+  assert bool(jnp.any(new.params["encoder"]["maps"] != params["encoder"]["maps"]))

@@ -17,7 +17,7 @@ from helpers import data_config
 
 def test_builtin_formats_are_registered():
   assert formats.format_names() == ("synthetic", "movielens", "seqfile", "pairs", "csv", "tsv",
-                                    "parquet", "tfds")
+                                    "parquet", "tfds", "crossdomain")
   with pytest.raises(data.DataError, match="unknown format 'txt'"):
     formats.get_format("txt")
   with pytest.raises(ValueError, match="already registered"):

@@ -47,7 +47,7 @@ def _ce(graphdef, state, key=None, loss=losses.softmax_cross_entropy):
 def test_config_fields_are_exactly_base_model_keys_plus_data_sizes():
   base_keys = set(base_config.get_base_config().model)
   fields = {f.name for f in dataclasses.fields(ModelConfig)}
-  assert fields == base_keys | {"num_items", "max_len"}
+  assert fields == base_keys | {"num_items", "max_len", "domain_starts"}
   assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(ModelConfig))
 
 

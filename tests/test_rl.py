@@ -20,6 +20,7 @@ from lstmrec_jax.configs import base
 from lstmrec_jax.data import pipeline
 from lstmrec_jax.data import preprocess
 from lstmrec_jax.data import rewards as rewards_lib
+from lstmrec_jax.errors import CheckpointError
 from lstmrec_jax.errors import ConfigError
 from lstmrec_jax.errors import DataError
 from lstmrec_jax.losses import rl
@@ -187,6 +188,9 @@ def test_an_rl_loss_needs_the_q_head_and_no_transforms(tmp_path):
   with pytest.raises(ConfigError, match="augment transforms"):
     run_lib.spec_from_config(tiny_config(tmp_path, **{
         "loss.kind": "sa2c", "model.q_head": True, "augment.crop_prob": 0.5}))
+  with pytest.raises(ConfigError, match="does not combine with loss.domain_softmax"):
+    run_lib.spec_from_config(tiny_config(tmp_path, **{
+        "loss.kind": "sqn", "model.q_head": True, "loss.domain_softmax": True}))
 
 
 def _losses(workdir: pathlib.Path) -> dict[int, float]:
@@ -398,6 +402,10 @@ def test_q_head_served_equals_the_evaluation_path(tmp_path):
   ids, _ = exported.call(tables, states, exclude)
   assert [[rec.item_keys[int(i)] for i in row] for row in np.asarray(ids)] == [
       r.items for r in rec.recommend_batch(keys, k=6, head="q")]
+  # top_k_q.jax is sealed by checksums.json like the other exported functions
+  (saved / "top_k_q.jax").write_bytes((saved / "top_k_q.jax").read_bytes()[:-1] + b"x")
+  with pytest.raises(CheckpointError, match="top_k_q.jax does not match its checksum"):
+    bundle_lib.load(saved)
   # The server: the same answer, and a head the model lacks is refused.
   service = server_lib.Service(rec, store_lib.MemoryStore(), server_lib.ServerConfig(
       max_batch=4, max_k=10, max_history=32, max_exclude=8, max_allow=8, max_events=8))

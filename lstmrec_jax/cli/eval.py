@@ -31,6 +31,9 @@ flags.DEFINE_string("topk_out", None, "Write every user's next K items here (TSV
                     "evaluation's input (see evaluation.ranking.write_topk).")
 flags.DEFINE_integer("topk", 10, "K for --topk_out.")
 flags.DEFINE_string("data_path", None, "Override the run's data.path.")
+flags.DEFINE_bool("domain_cold_start", False, "Multi-domain runs: test metrics by target-domain "
+                  "events before the test item (0-2, 3-5, 6+; histories cut to their last m "
+                  "events of the target domain), per domain and protocol, instead of the report.")
 flags.DEFINE_bool("allow_other_data", False, "Evaluate even when the data differs from what the "
                   "run trained on (its data.json); otherwise refused, the metrics would be wrong.")
 common.define_distributed_flags()
@@ -53,6 +56,10 @@ def summarize() -> None:
     if not path.is_file():
       raise FileNotFoundError(f"{path}: no report; run python eval.py --workdir {workdir} first")
     loaded.append(json.loads(path.read_text()))
+  if reports.is_domain_report(loaded[0]):  # a multi-domain dataset: per domain and protocol
+    print(reports.format_domain_summary(reports.summarize_domain_reports(loaded,
+                                                                        FLAGS.summary_split)))
+    return
   print(reports.format_summary(reports.summarize_reports(loaded, FLAGS.summary_split)))
 
 
@@ -94,6 +101,14 @@ def main() -> None:
   from lstmrec_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.evaluation import reports  # pylint: disable=g-import-not-at-top
   common.load_plugins(FLAGS.workdir)
+  if FLAGS.domain_cold_start:
+    report = workdir_lib.evaluate_domain_cold_start(
+        FLAGS.workdir, which=FLAGS.checkpoint,
+        spec=common.workdir_spec(FLAGS.workdir, FLAGS.data_path))
+    if jax.process_index() == 0:
+      print(reports.format_domain_cold_start(report))
+      print(f"report: {os.path.join(FLAGS.workdir, f'domain_cold_start_{FLAGS.checkpoint}.json')}")
+    return
   report = workdir_lib.evaluate_checkpoint(
       FLAGS.workdir, which=FLAGS.checkpoint, splits=FLAGS.splits,
       exclude_seen=not FLAGS.keep_seen, topk_out=FLAGS.topk_out, topk=FLAGS.topk,

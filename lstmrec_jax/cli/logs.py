@@ -111,7 +111,7 @@ def _config_file_line(argv: list[str], problem: str) -> str:
             "(README, Configuration)")
   elif "get_config() takes 0 positional arguments" in problem:
     takes = [name for name, path in recipes.recipes().items() if recipes.takes_argument(path)]
-    hint = f"; this recipe takes no ':' argument (':cold' is for {', '.join(takes)})"
+    hint = f"; this recipe takes no ':' argument (the recipes that take one: {', '.join(takes)})"
   return f"error: --config {_config_arg(argv) or 'the default config'}: {problem}{hint}"
 
 
@@ -194,11 +194,15 @@ def config_help() -> list[str]:
          "--config.GROUP.KEY=VALUE (e.g. --config.train.num_epochs=4). Groups:"]
   out += textwrap.wrap(", ".join(groups), 92, initial_indent="  ", subsequent_indent="  ")
   out += [f"Every key with its default and unit: {base}", "Recipes:"]
+  rows = []
   for name, path in recipes.recipes().items():
     source = path.read_text()
     summary = (ast.get_docstring(ast.parse(source)) or "").strip().splitlines()
-    arg = " (:cold)" if recipes.takes_argument(path) else ""
-    out.append(f"  {name + arg:<24}{summary[0] if summary else ''}")
+    arg = ("" if not recipes.takes_argument(path)
+           else " (:cold)" if '"cold"' in source else " (:ARG)")
+    rows.append((name + arg, summary[0] if summary else ""))
+  width = max([24, *(len(label) + 2 for label, _ in rows)])
+  out += [f"  {label:<{width}}{summary}" for label, summary in rows]
   return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 
 
 def configs_dir() -> pathlib.Path:
@@ -21,14 +22,21 @@ def default_config_path(name: str = "default.py") -> str:
 
 
 def recipes(folder: str = "") -> dict[str, pathlib.Path]:
-  """The bundled recipes by name ("beauty" -> .../configs/beauty.py); `folder`: e.g. "spaces"."""
+  """The bundled recipes by name ("beauty" -> .../configs/beauty.py); `folder`: e.g. "spaces".
+
+  A config module without `get_config` (a part the recipes share, e.g. xd_recipe.py) is not a
+  recipe; a folder's files (spaces: get_space) are all listed.
+  """
   root = configs_dir() / folder
-  return {p.stem: p for p in sorted(root.glob("*.py")) if p.stem not in ("__init__", "base")}
+  return {p.stem: p for p in sorted(root.glob("*.py"))
+          if p.stem not in ("__init__", "base")
+          and (folder or "def get_config(" in p.read_text())}
 
 
 def takes_argument(path: pathlib.Path) -> bool:
-  """Whether a recipe's get_config takes an argument (NAME:ARG), e.g. beauty_content:cold."""
-  return "def get_config(arg" in path.read_text()
+  """Whether a recipe's get_config takes an argument (NAME:ARG), e.g. beauty_content:cold,
+  food_kitchen:merged."""
+  return re.search(r"def get_config\(\s*\w", path.read_text()) is not None
 
 
 def resolve_config_file(value: str, flag: str = "--config", folder: str = "") -> str:

@@ -43,6 +43,8 @@ from lstmrec_jax.data.preprocess import EvalSplit
 from lstmrec_jax.data.preprocess import SequenceDataset
 from lstmrec_jax.data.preprocess import Sequences
 from lstmrec_jax.data.preprocess import build_dataset
+from lstmrec_jax.data.preprocess import keep_domain
+from lstmrec_jax.data.formats.crossdomain import read_crossdomain
 from lstmrec_jax.data.rewards import RewardConfig
 from lstmrec_jax.data.synthetic import synthetic_log
 
@@ -59,7 +61,8 @@ def load_dataset(cfg: DataConfig, reward: RewardConfig | None = None) -> Sequenc
   Returns:
     The `SequenceDataset`. With `cache_dir`, a second call with the same source bytes and
     options loads the `.npz` cache (without parsing the source, for formats with a
-    fingerprint).
+    fingerprint). With `domain`, only that domain's events of the split merged log
+    (`preprocess.keep_domain`).
 
   Raises:
     DataError: a missing path (naming what the format expects, or downloading a MovieLens
@@ -74,20 +77,24 @@ def load_dataset(cfg: DataConfig, reward: RewardConfig | None = None) -> Sequenc
   fmt = formats.get_format(cfg.format)
   build_kwargs = {**cfg.build_kwargs(), "reward": reward}
   path = formats.locate_source(fmt, cfg)
+  dataset = None
   if cfg.cache_dir is not None and fmt.fingerprint is not None:
     # Look up the cache before paying for a parse.
     key = _preprocess.cache_key(fmt.fingerprint(path, cfg),
                                 _preprocess.build_options(**build_kwargs))
-    cached = _preprocess.load_cached(cfg.cache_dir, key)
-    if cached is not None:
-      return cached
-  log = fmt.read(path, cfg)
-  return build_dataset(log, **build_kwargs, cache_dir=cfg.cache_dir)
+    dataset = _preprocess.load_cached(cfg.cache_dir, key)
+  if dataset is None:
+    dataset = build_dataset(fmt.read(path, cfg), **build_kwargs, cache_dir=cfg.cache_dir)
+  if cfg.domain is not None:
+    # The merged log is split first, so the single-domain run has the same users and targets.
+    dataset = _preprocess.keep_domain(dataset, cfg.domain)
+  return dataset
 
 
 __all__ = [
     "Columns", "DataConfig", "DataError", "EvalSplit", "Format", "InteractionLog", "ItemSide",
-    "RewardConfig", "SequenceDataset", "Sequences", "build_dataset", "download_movielens", "load_dataset",
+    "RewardConfig", "SequenceDataset", "Sequences", "build_dataset", "download_movielens",
+    "keep_domain", "load_dataset", "read_crossdomain",
     "movielens_layout", "read_movielens", "read_pairs", "read_seqfile", "read_table",
     "read_tfds", "register_format", "synthetic_log", "TrainBatches", "eval_batches",
     "num_eval_batches", "seen_width", "first_fit_decreasing",

@@ -66,6 +66,16 @@ def _columns(value) -> Columns:
     raise config_keys.Invalid(f": {e}") from None
 
 
+def _names(value) -> tuple[str, ...]:
+  if isinstance(value, str):
+    value = [v.strip() for v in value.split(",")] if value else []
+  if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+    raise config_keys.Invalid(f": expected a list of non-empty names (or \"\"), got {value!r}")
+  if len(set(value)) != len(value):
+    raise config_keys.Invalid(f": names must differ, got {value!r}")
+  return tuple(value)
+
+
 def _min_rating(value) -> float | None:
   if value is None:
     return None
@@ -116,6 +126,11 @@ class DataConfig:
   path: str | None = config_keys.key(convert=_text)  # raw data; "tfds:<name>" reads tfds
   # seqfile: None looks beside the file, False: none
   attributes_path: str | bool | None = config_keys.key(convert=_attributes_path)
+  # crossdomain: the item -> domain JSON map (None: map_item.json beside the file)
+  domains_path: str | None = config_keys.key(convert=_text)
+  domain_names: tuple[str, ...] = config_keys.key(convert=_names)  # () = as the map names them
+  # keep one domain's events only (a single-domain run on a multi-domain log); None keeps all
+  domain: str | None = config_keys.key(convert=_text)
   tfds_name: str | None = config_keys.key(convert=_text)  # e.g. "movielens/1m-ratings"
   tfds_data_dir: str | None = config_keys.key(convert=_text)  # None: tfds' default
   download: bool = config_keys.key(convert=_bool)  # movielens: fetch the release

@@ -280,7 +280,7 @@ def cold_item_split(dataset: SequenceDataset, *, fraction: float = 0.1,
         raise DataError(f"{dataset.source}: the {name} history of user {split.users_U[x]} does"
                         " not start with their training sequence; cannot remove cold items")
     history, _ = _drop_items(hist, cold_V, prefix_X)
-    return EvalSplit(split.users_U, history, split.targets_U, split.rewards_U)
+    return dataclasses.replace(split, history=history)
 
   valid, test = split_without(dataset.valid, "valid"), split_without(dataset.test, "test")
   counts_V = np.bincount(train.items_N, minlength=dataset.num_items).astype(np.int64)

@@ -38,6 +38,10 @@ class ItemSide:
   attributes: dict[Key, list[Key]] = dataclasses.field(default_factory=dict)
   # Readable names of raw attribute keys, where the file has them; other keys name themselves.
   attribute_names: dict[Key, str] = dataclasses.field(default_factory=dict)
+  # Multi-domain logs (several catalogues, e.g. Food and Kitchen): raw item key -> domain index
+  # into `domain_names`. Empty for a single catalogue. When set, every item of the log has one.
+  domains: dict[Key, int] = dataclasses.field(default_factory=dict)
+  domain_names: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(eq=False)
@@ -257,6 +261,15 @@ def keys_from_bytes(values: np.ndarray) -> np.ndarray:
   if ints is not None and np.array_equal(ints.astype("S"), values):
     return ints
   return np.char.decode(values, "utf-8")
+
+
+def line_of_json_key(text: str, key: str) -> int:
+  """1-based line of a JSON object key's first appearance (json reports no line for values).
+
+  Example: line_of_json_key('{\n "a": 1,\n "b": 2}', "b") -> 3.
+  """
+  at = text.find(json.dumps(key))
+  return text.count("\n", 0, max(at, 0)) + 1
 
 
 def is_int(token: str) -> bool:

@@ -330,7 +330,8 @@ def _right_aligned_rows(seqs: Sequences, rows_B: np.ndarray, width: int,
 
 
 def eval_batches(split: EvalSplit, *, batch_size: int, max_len: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                 process_count: int = 1, candidates_UxM: np.ndarray | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields this process's evaluation batches of `split`, every user exactly once overall.
 
   Global batch k holds users `k*batch_size ...`; process p takes its slice of it. No shuffling
@@ -342,12 +343,15 @@ def eval_batches(split: EvalSplit, *, batch_size: int, max_len: int, process_ind
     max_len: L, positions of `inputs_BxL`.
     process_index: this process.
     process_count: processes.
+    candidates_UxM: the sampled protocol's candidates of each user of the split, in its order
+      (column 0 the target), passed on as `candidates_BxM`; None: none.
 
   Yields:
     Dicts of numpy arrays: `inputs_BxL` int32 (the history's last L items, right-padded),
     `mask_BxL` bool, `targets_B` int32, `users_B` int32 (dense user index, -1 on padding rows),
     `valid_B` bool (False on padding rows), `seen_BxS` int32 (the full history, 0-padded; S from
-    `seen_width(split)`).
+    `seen_width(split)`); on a multi-domain split `domains_B` int32 (the target's domain, 0 on
+    padding rows); with candidates, `candidates_BxM` int32 (0 on padding rows).
   """
   b = _check_processes(batch_size, process_index, process_count)
   if max_len < 1:
@@ -362,7 +366,13 @@ def eval_batches(split: EvalSplit, *, batch_size: int, max_len: int, process_ind
     seen_BxS = _right_aligned_rows(split.history, rows_B, width, last=False)
     inputs_BxL[~valid_B] = 0
     seen_BxS[~valid_B] = 0
-    yield {"inputs_BxL": inputs_BxL, "mask_BxL": inputs_BxL > 0,
-           "targets_B": np.where(valid_B, split.targets_U[rows_B], 0).astype(np.int32),
-           "users_B": np.where(valid_B, split.users_U[rows_B], -1).astype(np.int32),
-           "valid_B": valid_B, "seen_BxS": seen_BxS}
+    batch = {"inputs_BxL": inputs_BxL, "mask_BxL": inputs_BxL > 0,
+             "targets_B": np.where(valid_B, split.targets_U[rows_B], 0).astype(np.int32),
+             "users_B": np.where(valid_B, split.users_U[rows_B], -1).astype(np.int32),
+             "valid_B": valid_B, "seen_BxS": seen_BxS}
+    if split.domains_U is not None:
+      batch["domains_B"] = np.where(valid_B, split.domains_U[rows_B], 0).astype(np.int32)
+    if candidates_UxM is not None:
+      batch["candidates_BxM"] = np.where(valid_B[:, None], candidates_UxM[rows_B],
+                                         0).astype(np.int32)
+    yield batch

@@ -72,26 +72,33 @@ class EvalSplit:
   """One target per user; `history[k]` is everything user `users_U[k]` did before `targets_U[k]`.
 
   `rewards_U` is each target's reward (`data/rewards.py`), or None where the split was made
-  without (a built split always has it).
+  without (a built split always has it). On a multi-domain dataset `domains_U[k]` is the domain
+  of `targets_U[k]` (the user is evaluated in that domain); None on a single catalogue.
   """
 
   users_U: np.ndarray  # int32 dense user indices
   history: Sequences
   targets_U: np.ndarray  # int32 dense item ids
   rewards_U: np.ndarray | None = None  # float32 reward of each target
+  domains_U: np.ndarray | None = None  # int32 domain index of each target; None: one domain
 
   def __len__(self) -> int:
     return len(self.users_U)
 
-  def sample(self, n: int, seed: int) -> EvalSplit:
-    """`n` of its users (a seeded draw, kept in their order) with their histories and targets."""
-    keep = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+  def select(self, keep: np.ndarray) -> EvalSplit:
+    """The split restricted to rows `keep` (sorted indices), histories and domains included."""
+    keep = np.asarray(keep, np.int64)
     lengths = self.history.lengths_U[keep]
-    items = (np.concatenate([self.history[int(i)] for i in keep]) if n else
+    items = (np.concatenate([self.history[int(i)] for i in keep]) if len(keep) else
              np.zeros(0, np.int32))
     return EvalSplit(self.users_U[keep], Sequences.from_lengths(lengths, items),
                      self.targets_U[keep],
-                     None if self.rewards_U is None else self.rewards_U[keep])
+                     None if self.rewards_U is None else self.rewards_U[keep],
+                     None if self.domains_U is None else self.domains_U[keep])
+
+  def sample(self, n: int, seed: int) -> EvalSplit:
+    """`n` of its users (a seeded draw, kept in their order) with their histories and targets."""
+    return self.select(np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False)))
 
 
 @dataclasses.dataclass(eq=False)
@@ -113,9 +120,20 @@ class SequenceDataset:
   split: str = "loo"
   source: str = ""
   stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+  # Multi-domain catalogues: the domain of each item id (-1 at the padding id 0) and the domains'
+  # names. Item ids are contiguous per domain (domain d holds ids domain_starts[d] .. the next
+  # start - 1), so a domain is an id range. None / () for a single catalogue.
+  item_domains_V: np.ndarray | None = None
+  domain_names: tuple[str, ...] = ()
+  kept_domain: str | None = None  # data.domain: only this domain's events were kept
   # float32 reward of each training event, aligned with `train.items_N` (data/rewards.py);
   # None: a dataset made without rewards (read as 1.0 each: `train_rewards`).
   train_rewards_N: np.ndarray | None = None
+
+  @property
+  def domain_starts(self) -> tuple[int, ...]:
+    """The first item id of each domain, e.g. (1, 11838); () for a single catalogue."""
+    return domain_starts(self.item_domains_V, len(self.domain_names))
 
   def train_rewards(self) -> np.ndarray:
     """float32 reward of each training event (1.0 each where the dataset has none)."""
@@ -125,10 +143,28 @@ class SequenceDataset:
 
   def summary(self) -> str:
     """One line: sizes of the catalog and of each split."""
+    domains = ""
+    if self.domain_names:
+      counts = np.bincount(self.item_domains_V[1:], minlength=len(self.domain_names))
+      domains = "; domains " + ", ".join(f"{n} ({c} items)"
+                                          for n, c in zip(self.domain_names, counts))
+      if self.kept_domain is not None:
+        domains += f"; only {self.kept_domain} events kept"
     return (f"{self.source}: {self.num_users} users, {self.num_items - 1} items,"
             f" {self.stats.get('num_events', '?')} events; split {self.split}: train"
             f" {len(self.train.items_N)} events, valid {len(self.valid)}, test {len(self.test)};"
-            f" {self.num_attrs - 1} attributes")
+            f" {self.num_attrs - 1} attributes{domains}")
+
+
+def domain_starts(item_domains_V: np.ndarray | None, num_domains: int) -> tuple[int, ...]:
+  """The first id of each domain of a domain-contiguous catalogue; () without domains.
+
+  Example: item_domains_V [-1, 0, 0, 1] -> (1, 3).
+  """
+  if item_domains_V is None or not num_domains:
+    return ()
+  doms = np.asarray(item_domains_V[1:])
+  return tuple(int(np.searchsorted(doms, d, side="left")) + 1 for d in range(num_domains))
 
 
 def build_options(*, dedupe: bool = False, min_rating: float | None = None,
@@ -299,6 +335,18 @@ def _build(log: InteractionLog, options: dict[str, Any],
   user_sel, item_sel, train, valid, test, train_rewards_N = parts
 
   item_keys = item_raw[item_sel]
+  item_domains_V, domain_names = None, ()
+  if log.item_side.domains:
+    domain_names = tuple(log.item_side.domain_names)
+    item_keys, item_domains_V, (train, valid, test) = _order_by_domain(
+        item_keys, log.item_side.domains, len(domain_names), (train, valid, test), src)
+    valid, test = (dataclasses.replace(sp, domains_U=item_domains_V[sp.targets_U])
+                   for sp in (valid, test))
+    for name, sp in (("valid", valid), ("test", test)):
+      counts = np.bincount(sp.domains_U, minlength=len(domain_names))
+      stats[f"{name}_targets_by_domain"] = dict(zip(domain_names, counts.tolist()))
+    stats["train_events_by_domain"] = dict(zip(domain_names, np.bincount(
+        item_domains_V[train.items_N], minlength=len(domain_names)).tolist()))
   placeholder = np.array([-1 if item_keys.dtype.kind in "iu" else ""], item_keys.dtype)
   item_keys = np.concatenate([placeholder, item_keys])
   num_items = len(item_keys)
@@ -312,9 +360,79 @@ def _build(log: InteractionLog, options: dict[str, Any],
       user_keys=user_raw[user_sel], train=train, valid=valid, test=test, item_attrs=item_attrs,
       num_attrs=len(attribute_names), item_titles=item_titles, attribute_names=attribute_names,
       item_counts_V=item_counts, split=options["split"], source=src, stats=stats,
-      train_rewards_N=train_rewards_N)
+      train_rewards_N=train_rewards_N, item_domains_V=item_domains_V, domain_names=domain_names)
   logging.info("%s", dataset.summary())
   return dataset
+
+
+def _order_by_domain(item_keys, domains, num_domains, splits, src):
+  """Item ids renumbered so that each domain is one contiguous id range (stable by raw key).
+
+  Returns (item keys in the new order, item_domains_V with -1 at 0, the splits renumbered).
+  """
+  doms = np.array([domains.get(k, -1) for k in item_keys.tolist()], np.int32)
+  if (doms < 0).any():
+    missing = item_keys[doms < 0]
+    raise DataError(f"{src}: item {missing[0]} has no domain ({len(missing)} items without one)")
+  if (doms >= num_domains).any():
+    raise DataError(f"{src}: item {item_keys[doms >= num_domains][0]} has domain "
+                    f"{int(doms.max())}; there are {num_domains} domains")
+  order = np.argsort(doms, kind="stable")
+  new_id = np.zeros(len(item_keys) + 1, np.int32)
+  new_id[order + 1] = np.arange(1, len(item_keys) + 1, dtype=np.int32)
+  train, valid, test = splits
+  if not np.array_equal(order, np.arange(len(order))):
+    renumber = lambda seqs: Sequences(seqs.offsets_U1, new_id[seqs.items_N])
+    train = renumber(train)
+    valid, test = (dataclasses.replace(sp, history=renumber(sp.history),
+                                       targets_U=new_id[sp.targets_U]) for sp in (valid, test))
+  return item_keys[order], np.concatenate([[-1], doms[order]]).astype(np.int32), (train, valid,
+                                                                                   test)
+
+
+def keep_domain(dataset: SequenceDataset, name: str) -> SequenceDataset:
+  """The dataset with one domain's events only: the single-domain baseline on the same split.
+
+  The split is the merged log's (built first): a user is evaluated where their merged target is
+  in `name`, from the events of `name` before it; training keeps the events of `name` of each
+  training row (with its reward). The catalogue (ids, keys, domains) is unchanged, so rankings
+  and sampled candidates line up with the merged dataset's; the other domain's items simply have
+  no training events. Raises DataError when `name` is not a domain of the dataset.
+  """
+  if not dataset.domain_names:
+    raise DataError(f"data.domain={name!r}: {dataset.source} has no domains (a single-domain "
+                    "format); data.domain needs a multi-domain log such as format crossdomain")
+  if name not in dataset.domain_names:
+    raise DataError(f"data.domain={name!r} is not a domain of {dataset.source} (its domains: "
+                    f"{', '.join(dataset.domain_names)})")
+  d = dataset.domain_names.index(name)
+  in_d_V = dataset.item_domains_V == d
+
+  def only_d(seqs: Sequences) -> Sequences:
+    keep_N = in_d_V[seqs.items_N]
+    owner_N = np.repeat(np.arange(len(seqs)), seqs.lengths_U)
+    return Sequences.from_lengths(np.bincount(owner_N[keep_N], minlength=len(seqs)),
+                                  seqs.items_N[keep_N])
+
+  def split_d(sp: EvalSplit) -> EvalSplit:
+    sel = sp.select(np.flatnonzero(sp.domains_U == d))
+    return dataclasses.replace(sel, history=only_d(sel.history))
+
+  train, valid, test = only_d(dataset.train), split_d(dataset.valid), split_d(dataset.test)
+  train_rewards_N = (None if dataset.train_rewards_N is None
+                     else dataset.train_rewards_N[in_d_V[dataset.train.items_N]])
+  counts = np.bincount(train.items_N, minlength=dataset.num_items).astype(np.int64)
+  stats = {**dataset.stats, "kept_domain": name,
+           "kept_train_events": int(len(train.items_N)),
+           "dropped_train_events": int(len(dataset.train.items_N) - len(train.items_N)),
+           "kept_valid_examples": len(valid), "kept_test_examples": len(test),
+           "empty_test_histories": int((test.history.lengths_U == 0).sum())}
+  logging.info("%s: data.domain=%s keeps %d of %d training events, %d valid and %d test targets"
+               " (%d test users without a %s event before the target)", dataset.source, name,
+               stats["kept_train_events"], len(dataset.train.items_N), len(valid), len(test),
+               stats["empty_test_histories"], name)
+  return dataclasses.replace(dataset, train=train, valid=valid, test=test, item_counts_V=counts,
+                             stats=stats, kept_domain=name, train_rewards_N=train_rewards_N)
 
 
 def _duplicates(users_N: np.ndarray, items_N: np.ndarray, times_N: np.ndarray | None,
@@ -512,6 +630,8 @@ def log_fingerprint(log: InteractionLog) -> str:
   side = log.item_side
   h.update(repr((sorted(side.titles.items(), key=repr), sorted(side.attributes.items(), key=repr),
                  sorted(side.attribute_names.items(), key=repr))).encode())
+  if side.domains:  # only then: the fingerprints of single-domain logs stay what they were
+    h.update(repr((sorted(side.domains.items(), key=repr), list(side.domain_names))).encode())
   return h.hexdigest()
 
 
@@ -556,12 +676,16 @@ def save_cached(dataset: SequenceDataset, cache_dir, key: str,
                    f"{name}_items": split.history.items_N,
                    f"{name}_rewards": (np.ones(len(split), np.float32) if split.rewards_U is None
                                        else split.rewards_U)})
+  if dataset.item_domains_V is not None:
+    arrays["item_domains"] = dataset.item_domains_V
+    arrays.update({f"{name}_domains": sp.domains_U
+                   for name, sp in (("valid", dataset.valid), ("test", dataset.test))})
   arrays["titles_blob"], arrays["titles_offsets"] = _pack_strings(dataset.item_titles)
   arrays["names_blob"], arrays["names_offsets"] = _pack_strings(dataset.attribute_names)
   meta = {"key": key, "version": CACHE_VERSION, "num_items": dataset.num_items,
           "num_users": dataset.num_users, "num_attrs": dataset.num_attrs,
           "split": dataset.split, "source": dataset.source, "stats": dataset.stats,
-          "options": options}
+          "options": options, "domain_names": list(dataset.domain_names)}
   tmp = npz_path.with_name(npz_path.name + f".tmp{os.getpid()}")
   with open(tmp, "wb") as f:
     np.savez(f, **arrays)
@@ -588,7 +712,7 @@ def load_cached(cache_dir, key: str) -> SequenceDataset | None:
 
     def split(name):
       return EvalSplit(a[f"{name}_users"], Sequences(a[f"{name}_offsets"], a[f"{name}_items"]),
-                       a[f"{name}_targets"], a[f"{name}_rewards"])
+                       a[f"{name}_targets"], a[f"{name}_rewards"], a.get(f"{name}_domains"))
 
     dataset = SequenceDataset(
         num_items=meta["num_items"], num_users=meta["num_users"], item_keys=a["item_keys"],
@@ -598,7 +722,8 @@ def load_cached(cache_dir, key: str) -> SequenceDataset | None:
         item_titles=_unpack_strings(a["titles_blob"], a["titles_offsets"]),
         attribute_names=_unpack_strings(a["names_blob"], a["names_offsets"]),
         item_counts_V=a["item_counts"], split=meta["split"], source=meta["source"],
-        stats=meta["stats"], train_rewards_N=a["train_rewards"])
+        stats=meta["stats"], train_rewards_N=a["train_rewards"],
+        item_domains_V=a.get("item_domains"), domain_names=tuple(meta.get("domain_names", ())))
   except Exception as e:  # pylint: disable=broad-except
     # A damaged entry (BadZipFile, a bad CRC, EOFError, zlib.error, a missing array, ...) is
     # rebuilt from the source, never fatal.

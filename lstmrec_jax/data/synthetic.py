@@ -44,7 +44,7 @@ def synthetic_log(num_users: int = 3000, num_items: int = 1000, seed: int = 0, *
                   num_clusters: int = 20, min_interests: int = 1, max_interests: int = 3,
                   mean_length: float = 30.0, min_length: int = 5, max_length: int = 200,
                   num_successors: int = 3, p_follow: float = 0.8, p_switch: float = 0.1,
-                  zipf: float = 1.1) -> InteractionLog:
+                  zipf: float = 1.1, num_domains: int = 1) -> InteractionLog:
   """Generates a synthetic log: clustered interests, Zipf popularity and Markov sequences.
 
   Args:
@@ -61,6 +61,9 @@ def synthetic_log(num_users: int = 3000, num_items: int = 1000, seed: int = 0, *
     p_follow: probability that the next item is a successor of the current one.
     p_switch: probability of jumping to another interest.
     zipf: exponent of popularity within a cluster.
+    num_domains: > 1 makes a multi-domain log (several catalogues): cluster c belongs to domain
+      c % num_domains (`ItemSide.domains`, names "d0", "d1", ...), so a user's interests, and
+      their switches between them, cross domains. The events are those of num_domains = 1.
 
   Returns:
     An `InteractionLog` with int64 ids, int64 timestamps (seconds), titles and cluster
@@ -70,6 +73,10 @@ def synthetic_log(num_users: int = 3000, num_items: int = 1000, seed: int = 0, *
               min_interests=min_interests, max_interests=max_interests, mean_length=mean_length,
               min_length=min_length, max_length=max_length, num_successors=num_successors,
               p_follow=p_follow, p_switch=p_switch, zipf=zipf)
+  if num_domains != 1:  # the fingerprint of a one-domain log stays what it was
+    args["num_domains"] = num_domains
+  if not 1 <= num_domains <= num_clusters:
+    raise ValueError(f"need 1 <= num_domains <= num_clusters, got {num_domains}")
   if num_items < 2 * num_clusters or num_clusters < 1:
     raise ValueError(f"need at least 2 items per cluster, got {num_items} items, "
                      f"{num_clusters} clusters")
@@ -150,6 +157,9 @@ def synthetic_log(num_users: int = 3000, num_items: int = 1000, seed: int = 0, *
               for i in range(1, num_items + 1)},
       attributes={i: [int(cluster_of[i - 1])] for i in range(1, num_items + 1)},
       attribute_names={c: f"cluster {c} ({words[c]})" for c in range(num_clusters)})
+  if num_domains > 1:
+    side.domains = {i: int(cluster_of[i - 1]) % num_domains for i in range(1, num_items + 1)}
+    side.domain_names = [f"d{d}" for d in range(num_domains)]
   fingerprint = hashlib.sha256(json.dumps({"synthetic": SYNTHETIC_VERSION, **args},
                                           sort_keys=True).encode()).hexdigest()
   log = InteractionLog(users=np.asarray(users, np.int64), items=np.asarray(items, np.int64),

@@ -28,7 +28,8 @@ from lstmrec_jax.evaluation import metrics as metrics_lib
 from lstmrec_jax.evaluation import reports
 from lstmrec_jax.scoring import steps as scoring
 
-_MODEL_KEYS = ("inputs_BxL", "mask_BxL", "targets_B", "seen_BxS")
+# What a scoring step reads of an evaluation batch (the domain and candidates where present).
+_MODEL_KEYS = ("inputs_BxL", "mask_BxL", "targets_B", "seen_BxS", "domains_B", "candidates_BxM")
 
 
 def _gather(x: np.ndarray) -> np.ndarray:
@@ -38,10 +39,34 @@ def _gather(x: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _eval_batches(split, *, batch_size: int, max_len: int):
+def _eval_batches(split, *, batch_size: int, max_len: int, candidates_UxM=None):
   return pipeline.eval_batches(split, batch_size=batch_size, max_len=max_len,
                                process_index=jax.process_index(),
-                               process_count=jax.process_count())
+                               process_count=jax.process_count(),
+                               candidates_UxM=candidates_UxM)
+
+
+def run_split(fn: Callable, params: Any, consts: Any, split, *, batch_size: int, max_len: int,
+              mesh: Mesh, candidates_UxM: np.ndarray | None = None
+              ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+  """(users_U, outputs): a scoring step's per-user outputs over a split, each user once.
+
+  `fn(params, consts, batch)` returns one [B] array or a tuple of them (e.g.
+  `scoring.sampled_step`'s ranks and ties); `candidates_UxM` feeds the batches' candidates_BxM.
+  """
+  users, outs = [], []
+  for batch in _eval_batches(split, batch_size=batch_size, max_len=max_len,
+                             candidates_UxM=candidates_UxM):
+    inputs = {k: batch[k] for k in _MODEL_KEYS if k in batch}
+    out = fn(params, consts, mesh_lib.to_global(inputs, mesh))
+    out = out if isinstance(out, tuple) else (out,)
+    valid_B = _gather(batch["valid_B"])
+    users.append(_gather(batch["users_B"])[valid_B])
+    outs.append(tuple(np.asarray(o)[valid_B] for o in out))
+  users_U = np.concatenate(users)
+  if len(np.unique(users_U)) != len(users_U):
+    raise AssertionError("a user was evaluated twice; the evaluation batches are wrong")
+  return users_U, tuple(np.concatenate(parts) for parts in zip(*outs))
 
 
 def rank_split(rank_fn: Callable, params: Any, consts: Any, split, *, batch_size: int,
@@ -54,7 +79,7 @@ def rank_split(rank_fn: Callable, params: Any, consts: Any, split, *, batch_size
   """
   users, ranks = [], []
   for batch in _eval_batches(split, batch_size=batch_size, max_len=max_len):
-    inputs = {k: batch[k] for k in _MODEL_KEYS}
+    inputs = {k: batch[k] for k in _MODEL_KEYS if k in batch}
     out = rank_fn(params, consts, mesh_lib.to_global(inputs, mesh))
     ranks_B = np.asarray(out[0] if isinstance(out, tuple) else out)
     valid_B = _gather(batch["valid_B"])
@@ -200,7 +225,7 @@ def write_topk(path: str | os.PathLike, graphdef, params, consts, dataset, *, k:
                               mesh, dataset.item_counts_V)
   lines = []
   for batch in _eval_batches(whole, batch_size=batch_size, max_len=window):
-    inputs = {k_: batch[k_] for k_ in _MODEL_KEYS}
+    inputs = {k_: batch[k_] for k_ in _MODEL_KEYS if k_ in batch}
     ids_BxK, _ = fn(params, consts, mesh_lib.to_global(inputs, mesh))
     ids_BxK = np.asarray(ids_BxK)
     valid_B, users_B = _gather(batch["valid_B"]), _gather(batch["users_B"])

@@ -110,6 +110,8 @@ def _cell(value: float | None, width: int) -> str:
 def format_table(report: dict[str, Any], keys: Sequence[str] = (
     "HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR@10", "MRR")) -> str:
   """A plain-text table of model vs popularity per split, then the history-length breakdown."""
+  if is_domain_report(report):
+    return format_domain_table(report)
   seen_targets = report.get("seen_targets", "rankable")  # reports from before the key: rankable
   other = [s for s in metrics.SEEN_TARGETS if s != seen_targets][0]
   lines = [f"{'split':<8}{'scorer':<26}" + "".join(f"{k:>9}" for k in keys)]
@@ -173,6 +175,103 @@ SUMMARY_KEYS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR@1
 LATER_KEYS = ("MRR@10",)  # reports written before 2026-12-04 lack them
 
 
+PROTOCOLS = ("full", "sampled")
+
+
+def is_domain_report(report: dict[str, Any]) -> bool:
+  """Whether a report is per domain (a multi-domain dataset, `evaluation.cross_domain`)."""
+  return any("by_domain" in rep for rep in report.get("splits", {}).values())
+
+
+def format_domain_table(report: dict[str, Any], keys: Sequence[str] = SUMMARY_KEYS) -> str:
+  """Per split, domain, protocol and scorer (never pooled), then the model's metrics by
+  target-domain events before the target."""
+  lines = [f"protocol {name}: {text}" for name, text in report.get("protocols", {}).items()]
+  lines.append(f"{'split':<7}{'domain':<14}{'protocol':<9}{'scorer':<12}{'users':>6}"
+               + "".join(f"{k:>9}" for k in keys))
+  for split_name, split_rep in report["splits"].items():
+    for domain, entry in split_rep["by_domain"].items():
+      for protocol in PROTOCOLS:
+        for scorer in ("model", "model_q", "popularity"):
+          if scorer not in entry.get(protocol, {}):
+            continue
+          row = entry[protocol][scorer]["overall"]
+          lines.append(f"{split_name:<7}{domain:<14}{protocol:<9}{scorer:<12}{row['users']:>6}"
+                       + "".join(_cell(row.get(k), 9) for k in keys))
+  for split_name, split_rep in report["splits"].items():
+    lines.append(f"\n{split_name}: model by target-domain events before the target")
+    lines.append(f"  {'domain':<14}{'protocol':<9}{'bucket':<7}{'users':>7}{'HR@10':>9}"
+                 f"{'NDCG@10':>9}")
+    for domain, entry in split_rep["by_domain"].items():
+      for protocol in PROTOCOLS:
+        for bucket, row in entry.get(protocol, {}).get("model", {}).get(
+            "by_target_domain_history", {}).items():
+          lines.append(f"  {domain:<14}{protocol:<9}{bucket:<7}{row['users']:>7}"
+                       + _cell(row["HR@10"], 9) + _cell(row["NDCG@10"], 9))
+    tied = {d: e["sampled"]["model"]["tied_users"] for d, e in split_rep["by_domain"].items()
+            if "sampled" in e}
+    if any(tied.values()):
+      lines.append(f"  sampled: users with a negative tied with the target (counted against "
+                   f"it): {tied}")
+  return "\n".join(lines)
+
+
+def summarize_domain_reports(reports: Sequence[dict[str, Any]], split: str = "test",
+                             keys: Sequence[str] = SUMMARY_KEYS) -> dict[str, Any]:
+  """Mean and sample std (ddof 1) over runs of each domain's metrics, per protocol and scorer.
+
+  Returns {"runs", "split", "domains": {domain: {protocol: {scorer: {key: (mean, std)}}}},
+  "per_run": [{"workdir", "step", domain: {protocol: {key: value}}}]}.
+  """
+  if not reports:
+    raise ValueError("no reports to summarize")
+  out: dict[str, Any] = {"runs": len(reports), "split": split, "domains": {}, "per_run": []}
+  first = reports[0]["splits"][split]["by_domain"]
+  # A metric added later (MRR@10) is left out when a report saved before it lacks it.
+  keys = [k for k in keys if k not in LATER_KEYS or all(
+      k in entry[p]["model"]["overall"] for r in reports
+      for entry in r["splits"][split]["by_domain"].values() for p in PROTOCOLS if p in entry)]
+  for domain, entry in first.items():
+    for protocol in PROTOCOLS:
+      if protocol not in entry:
+        continue
+      for scorer in ("model", "popularity"):
+        values = {}
+        for k in keys:
+          try:
+            xs = np.array([r["splits"][split]["by_domain"][domain][protocol][scorer]["overall"][k]
+                           for r in reports], np.float64)
+          except KeyError as e:
+            raise ValueError(f"a report has no {split}/{domain}/{protocol}/{scorer}/{k}: {e}"
+                             ) from e
+          values[k] = (float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0)
+        out["domains"].setdefault(domain, {}).setdefault(protocol, {})[scorer] = values
+  for r in reports:
+    row = {"workdir": r.get("workdir"), "step": r.get("step")}
+    for domain, entry in r["splits"][split]["by_domain"].items():
+      row[domain] = {p: {k: entry[p]["model"]["overall"][k] for k in keys}
+                     for p in PROTOCOLS if p in entry}
+    out["per_run"].append(row)
+  return out
+
+
+def format_domain_summary(summary: dict[str, Any]) -> str:
+  """A Markdown table: one row per domain and protocol, model mean +- std, popularity beside."""
+  by_scorer = next(iter(next(iter(summary["domains"].values())).values()))
+  keys = [k for k in SUMMARY_KEYS if k in by_scorer["model"]]
+  lines = [f"{summary['split']}, {summary['runs']} runs (mean +- std)", "",
+           "| domain | protocol | scorer | " + " | ".join(keys) + " |",
+           "|---|---|---|" + "---:|" * len(keys)]
+  for domain, by_protocol in summary["domains"].items():
+    for protocol, by_scorer in by_protocol.items():
+      model, pop = by_scorer["model"], by_scorer["popularity"]
+      lines.append(f"| {domain} | {protocol} | model | " + " | ".join(
+          f"**{model[k][0]:.4f}** +- {model[k][1]:.4f}" for k in keys) + " |")
+      lines.append(f"| {domain} | {protocol} | popularity | " + " | ".join(
+          f"{pop[k][0]:.4f}" for k in keys) + " |")
+  return "\n".join(lines)
+
+
 def summarize_reports(reports: Sequence[dict[str, Any]], split: str = "test",
                       keys: Sequence[str] = SUMMARY_KEYS) -> dict[str, Any]:
   """Mean and sample standard deviation (ddof 1; 0 for one run) of each metric over runs.
@@ -222,3 +321,19 @@ def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:
   if jax.process_index() == 0:
     paths.replace_text(paths.workdir_path(path), json.dumps(report, indent=2, sort_keys=True))
     logging.info("wrote %s", path)
+
+
+def format_domain_cold_start(report: dict[str, Any]) -> str:
+  """The target-domain cold-start buckets: per domain and protocol, HR@10 / NDCG@10 / MRR."""
+  lines = [f"protocol {name}: {text}" for name, text in report.get("protocols", {}).items()]
+  lines.append("test users by target-domain events before the target (own histories, and "
+               f"histories cut to the last m = {report.get('truncations')} of them)")
+  lines.append(f"  {'domain':<14}{'protocol':<9}{'bucket':<7}{'pairs':>7}{'HR@10':>9}"
+               f"{'NDCG@10':>9}{'MRR':>9}")
+  for domain, by_protocol in report["buckets"].items():
+    for protocol, buckets in by_protocol.items():
+      for bucket, row in buckets.items():
+        lines.append(f"  {domain:<14}{protocol:<9}{bucket:<7}{row['users']:>7}"
+                     + _cell(row["HR@10"], 9) + _cell(row["NDCG@10"], 9) + _cell(row["MRR"], 9))
+  lines.append(f"own histories per bucket: {report.get('natural_counts')}")
+  return "\n".join(lines)

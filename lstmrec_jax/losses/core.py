@@ -644,6 +644,10 @@ class LossConfig:
   compute_dtype: str = config_keys.key(choices=("float32", "bfloat16"))
   one_pass: bool | None
   row_block: int | None
+  # Multi-domain catalogues: each position's softmax runs over the items of its target's domain
+  # only (`domain_softmax_loss`); the loss must be an exact softmax (full, chunked, or a
+  # registered loss that samples nothing).
+  domain_softmax: bool
 
   def __post_init__(self):
     problems = []
@@ -665,6 +669,9 @@ class LossConfig:
       bad("row_block", "must be None or >= 1")
     if self.one_pass not in (None, True, False):
       bad("one_pass", "must be None, True or False")
+    if self.domain_softmax and self.kind in _NEEDS_LOG_Q:
+      bad("domain_softmax", f"needs an exact softmax loss (loss.kind full or chunked), not "
+          f"{self.kind!r}, which samples its negatives")
     if problems:
       raise ValueError("invalid loss config: " + "; ".join(problems))
 
@@ -734,3 +741,38 @@ def _bce(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, 
   del item_mask_V
   negatives_S = sample_negatives(key, log_q_V, cfg.num_negatives)
   return bce_loss(user_NxE, table_VxE, bias_V, targets_N, weights_N, negatives_S)[0]
+
+
+def domain_softmax_loss(loss_fn: Callable[..., jax.Array], user_NxE: jax.Array,
+                        table_VxE: jax.Array, bias_V: jax.Array | None, targets_N: jax.Array,
+                        weights_N: jax.Array, *, domain_starts: tuple[int, ...],
+                        item_mask_V: jax.Array | None = None, **kwargs) -> jax.Array:
+  """A registered loss with each position's softmax over its target's domain only.
+
+  Item ids are contiguous per domain (`domain_starts`: the first id of each), so domain d is the
+  table slice `[start_d - 1, start_{d+1})`, whose row 0 (the item before the domain, or the
+  padding item) is never a class: `loss_fn` runs once per domain on its slice, with the targets
+  shifted into it and the other domains' positions weighted 0, and the per-domain means are
+  combined by their weights. The cost is one softmax over the whole catalogue.
+
+  Example: domain_starts (1, 4), V 7: targets [2, 5] -> slice [0, 4) with targets [2, 0] and
+  slice [3, 7) with targets [0, 2]; the loss is the weighted mean over both positions.
+  """
+  user_NxE, targets_N, weights_N = flatten_positions(user_NxE, targets_N, weights_N)
+  bounds = (*domain_starts, table_VxE.shape[0])
+  total, weight_total = 0.0, 0.0
+  for start, end in zip(bounds[:-1], bounds[1:]):
+    if end <= start:
+      continue  # a domain without items
+    base = start - 1
+    inside_N = (targets_N >= start) & (targets_N < end)
+    weights_d = jnp.where(inside_N, weights_N, 0.0)
+    mean_d = loss_fn(user_NxE, table_VxE[base:end],
+                     None if bias_V is None else bias_V[base:end],
+                     jnp.where(inside_N, targets_N - base, 0), weights_d,
+                     item_mask_V=None if item_mask_V is None else item_mask_V[base:end],
+                     **kwargs)
+    weight_d = weights_d.sum()
+    total = total + mean_d * weight_d
+    weight_total = weight_total + weight_d
+  return total / jnp.maximum(weight_total, 1e-12)

@@ -12,6 +12,7 @@ from lstmrec_jax.model.registry import register_item_repr
 from lstmrec_jax.model import content  # registers "content", "sum", "gate"
 from lstmrec_jax.model.content import ContentInputs
 from lstmrec_jax.model import encoders  # registers "lstm", "gru", "transformer"
+from lstmrec_jax.model import cross_domain  # registers "xd_lstm", "xd_shared"
 from lstmrec_jax.model.modules import ItemEmbedding  # registers "id"
 from lstmrec_jax.model.modules import SeqRecModel
 from lstmrec_jax.model.modules import create_model

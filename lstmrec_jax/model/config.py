@@ -18,7 +18,7 @@ from lstmrec_jax.model.registry import ENCODERS, ITEM_REPRS
 DTYPES = ("float32", "bfloat16")
 COLD_ID_MODES = ("drop", "keep")
 # Fields filled in from the data, not from the config group.
-DATA_FIELDS = ("num_items", "max_len")
+DATA_FIELDS = ("num_items", "max_len", "domain_starts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,9 @@ class ModelConfig:
 
   num_items: int | None  # V, including the padding item 0; from the data (None: not read yet).
   max_len: int  # L, history length of a row (positional embeddings); from input.max_len.
+  # Multi-domain catalogues: the first item id of each domain (ids are contiguous per domain,
+  # data/preprocess.py), e.g. (1, 11838); () for a single catalogue. From the data.
+  domain_starts: tuple[int, ...]
   encoder: str = config_keys.key(choices=ENCODERS.names)  # a registered encoder
   embed_dim: int
   hidden_size: int
@@ -102,6 +105,14 @@ class ModelConfig:
       bad("lstm_impl", "must be a non-empty string")
     elif not self.hoist_input_projection and self.lstm_impl not in ("xla", "auto"):
       bad("hoist_input_projection", f"False needs model.lstm_impl='xla', not {self.lstm_impl!r}")
+    cross_domain = (self.encoder in ENCODERS
+                    and getattr(ENCODERS.get(self.encoder), "cross_domain", False))
+    if cross_domain and self.num_items is not None and len(self.domain_starts) < 2:
+      bad("encoder", "is a cross-domain encoder: it needs a multi-domain dataset (format "
+          "crossdomain, or synthetic with num_domains > 1)")
+    if self.domain_starts and (list(self.domain_starts) != sorted(self.domain_starts)
+                               or self.domain_starts[0] != 1):
+      problems.append(f"model.domain_starts={self.domain_starts!r} must start at 1 and increase")
     if self.q_head and self.vocab_shards > 1:
       bad("q_head", "does not combine with model.vocab_shards > 1 (the Q tables are not split)")
     if self.id_dropout and self.item_mode not in ("sum", "gate"):
@@ -110,19 +121,25 @@ class ModelConfig:
     if problems:
       raise ValueError("invalid model config: " + "; ".join(problems))
 
+  @property
+  def num_domains(self) -> int:
+    """Domains of the catalogue; 0 for a single catalogue."""
+    return len(self.domain_starts)
+
   @classmethod
   def from_mapping(cls, d: Mapping[str, Any], *, num_items: int | None,
-                   max_len: int) -> ModelConfig:
+                   max_len: int, domain_starts: tuple[int, ...] = ()) -> ModelConfig:
     """ModelConfig from the `model` config group (e.g. `config.model.to_dict()`) and the data.
 
     Args:
       d: every key of configs/base.py's `model` group, and no other.
       num_items: V from the data, including the padding item 0 (None: not known yet).
       max_len: L, the history length of a row (`input.max_len`).
+      domain_starts: the first item id of each domain of a multi-domain catalogue; ().
 
     Raises:
       ConfigError: naming every unknown and missing `model.<key>`, and every invalid value.
     """
     return config_keys.build_group(
         cls, "model", d, num_items=None if num_items is None else int(num_items),
-        max_len=int(max_len))
+        max_len=int(max_len), domain_starts=tuple(int(s) for s in domain_starts))

@@ -25,6 +25,7 @@ from flax import nnx
 from lstmrec_jax import core
 from lstmrec_jax.mesh import pad_rows
 from lstmrec_jax.model import content as content_lib
+from lstmrec_jax.model import cross_domain  # pylint: disable=unused-import  (registers xd_*)
 from lstmrec_jax.model import encoders  # pylint: disable=unused-import  (registers encoders)
 from lstmrec_jax.model.config import ModelConfig
 from lstmrec_jax.model.registry import ENCODERS, ITEM_REPRS, register_item_repr
@@ -165,10 +166,32 @@ class SeqRecModel(nnx.Module):
     # Projection, FFN and norm biases would otherwise make padded positions nonzero.
     return jnp.where(mask[..., None], u, 0.0)
 
+  @property
+  def cross_domain(self) -> bool:
+    """Whether the encoder reads each position's target domain (`cross_domain = True`)."""
+    return bool(getattr(self.encoder, "cross_domain", False))
+
+  @property
+  def user_slots(self) -> int:
+    """User vectors a streaming step returns per user: one per domain for a cross-domain encoder
+    (the next item's domain is chosen when recommending), else one."""
+    return self.cfg.num_domains if self.cross_domain else 1
+
+  def item_domains(self, ids: jax.Array) -> jax.Array:
+    """The domain index of each item id (any shape); 0 at padding and for a single catalogue.
+
+    Example: domain_starts (1, 4): ids [0, 1, 3, 4, 6] -> [0, 0, 0, 1, 1].
+    """
+    domains = jnp.zeros(jnp.shape(ids), jnp.int32)
+    for start in self.cfg.domain_starts[1:]:
+      domains = domains + (ids >= start).astype(jnp.int32)
+    return domains
+
   def __call__(self, inputs_BxL: jax.Array, mask_BxL: jax.Array,
                resets_BxL: jax.Array | None = None, *, item_table_VxE: jax.Array,
                dropout_key: jax.Array | None = None,
-               input_delta_BxLxE: jax.Array | None = None) -> jax.Array:
+               input_delta_BxLxE: jax.Array | None = None,
+               target_domains_BxL: jax.Array | None = None) -> jax.Array:
     """Encodes histories into one user state per position.
 
     Args:
@@ -180,6 +203,9 @@ class SeqRecModel(nnx.Module):
         evaluation.
       input_delta_BxLxE: added to the looked-up input item embeddings at real positions (the
         adversarial perturbation of `losses/adversarial.py`, `evaluation/attacks.py`); None: none.
+      target_domains_BxL: the domain of the item each position predicts (training: the next
+        item's; evaluation: the target's). Read by cross-domain encoders only, which need it;
+        other encoders ignore it.
 
     Returns:
       user_BxLxE in f32: the state after each position's item, zeros at padded positions.
@@ -194,7 +220,15 @@ class SeqRecModel(nnx.Module):
       x_BxLxE = x_BxLxE + jnp.where(mask_BxL[..., None], input_delta_BxLxE, 0).astype(
           x_BxLxE.dtype)
     x_BxLxE = core.dropout(k_embed, x_BxLxE, cfg.embed_dropout)
-    h_BxLxD = self.encoder(x_BxLxE, mask_BxL, resets_BxL, dropout_key=k_encoder)
+    if self.cross_domain:
+      if target_domains_BxL is None:
+        raise ValueError(f"model.encoder={cfg.encoder!r} is cross-domain: it needs each "
+                         "position's target domain (target_domains_BxL; a batch's domains_B)")
+      h_BxLxD = self.encoder(x_BxLxE, mask_BxL, resets_BxL, dropout_key=k_encoder,
+                             input_domains_BxL=self.item_domains(inputs_BxL),
+                             target_domains_BxL=target_domains_BxL.astype(jnp.int32))
+    else:
+      h_BxLxD = self.encoder(x_BxLxE, mask_BxL, resets_BxL, dropout_key=k_encoder)
     return self._head(h_BxLxD, mask_BxL, k_out)
 
   @property
@@ -208,9 +242,18 @@ class SeqRecModel(nnx.Module):
 
   def step(self, state: Any, item_ids_B: jax.Array, *,
            item_table_VxE: jax.Array) -> tuple[Any, jax.Array]:
-    """One new event per user (id 0: none): (new state, user_BxE), as `__call__` without dropout."""
+    """One new event per user (id 0: none): (new state, user_BxE), as `__call__` without dropout.
+
+    A cross-domain encoder gives the user state for every domain, user_BxNxE (N domains): the
+    state `__call__` gives at this position with that target domain.
+    """
     mask_B = item_ids_B > 0
     x_BxE = self._lookup(item_table_VxE, item_ids_B, mask_B)
+    if self.cross_domain:
+      state, h_BxNxD = self.encoder.step(state, x_BxE, mask_B,
+                                         input_domains_B=self.item_domains(item_ids_B))
+      return state, self._head(h_BxNxD, jnp.broadcast_to(mask_B[:, None], h_BxNxD.shape[:2]),
+                               None)
     state, h_BxD = self.encoder.step(state, x_BxE, mask_B)
     return state, self._head(h_BxD, mask_B, None)
 

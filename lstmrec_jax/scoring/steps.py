@@ -9,6 +9,11 @@ by training popularity (`fallback_table` / `fallback_user`), the same path for `
 Recommender. An optional `extra_bias_V` (-inf outside a candidate set) restricts a ranking to a
 subset of the catalog (the cold items of a cold-start report, one domain of a catalogue).
 
+Domains (a multi-domain catalogue): a batch that carries `domains_B` (each row's target domain)
+is scored for that domain (a cross-domain encoder reads it) and, given `item_domains_V`, ranked
+among that domain's items only (`ranks.target_ranks`). The sampled protocol (`sampled_step`)
+ranks each target among the candidates the batch carries (`candidates_BxM`).
+
 `head` picks the item scores: "softmax" (the output item table, what every model has) or "q"
 (the Q heads of a model trained with an offline RL loss, `SeqRecModel.head_tables`). The user
 vector, the fallback and the ranking are the same path for both.
@@ -38,14 +43,26 @@ def last_state(user_BxLxE: jax.Array, mask_BxL: jax.Array) -> jax.Array:
 HEADS = ("softmax", "q")
 
 
+def target_domains(batch: dict[str, jax.Array]) -> jax.Array | None:
+  """The target domain of every position of a batch row (its `domains_B`), or None."""
+  domains_B = batch.get("domains_B")
+  if domains_B is None:
+    return None
+  return jnp.broadcast_to(domains_B.astype(jnp.int32)[:, None], batch["inputs_BxL"].shape)
+
+
 def user_vectors(params: Any, consts: Any, batch: dict[str, jax.Array], graphdef: nnx.GraphDef,
                  head: str = "softmax"):
-  """(user_BxE, item table VxE, item bias V or None) of `head` for a batch of histories."""
+  """(user_BxE, item table VxE, item bias V or None) of `head` for a batch of histories.
+
+  A cross-domain encoder scores each row for its target domain (`domains_B`).
+  """
   model = nnx.merge(graphdef, params, consts)
   input_VxE, output_VxE, bias_V = model.item_tables()
   if head != "softmax":
     output_VxE, bias_V = model.head_tables(head)
-  user_BxLxE = model(batch["inputs_BxL"], batch["mask_BxL"], item_table_VxE=input_VxE)
+  user_BxLxE = model(batch["inputs_BxL"], batch["mask_BxL"], item_table_VxE=input_VxE,
+                     target_domains_BxL=target_domains(batch))
   return last_state(user_BxLxE, batch["mask_BxL"]), output_VxE, bias_V
 
 
@@ -88,8 +105,17 @@ def _scoring(user_BxE, table_VxE, bias_V, mask_BxL, popularity_V, extra_bias_V):
   return user_BxE, table_VxE, bias_V
 
 
+def _domain_args(batch: dict[str, jax.Array], item_domains_V: jax.Array | None
+                 ) -> dict[str, Any]:
+  """`ranks`' domain restriction for a batch: its rows' domains, given the items' domains."""
+  if item_domains_V is None or batch.get("domains_B") is None:
+    return {}
+  return {"item_domains_V": item_domains_V, "domains_B": batch["domains_B"]}
+
+
 def eval_step(params: Any, consts: Any, batch: dict[str, jax.Array],
-              popularity_V: jax.Array | None = None, extra_bias_V: jax.Array | None = None, *,
+              popularity_V: jax.Array | None = None, extra_bias_V: jax.Array | None = None,
+              item_domains_V: jax.Array | None = None, *,
               graphdef: nnx.GraphDef, exclude_seen: bool, chunk_size: int,
               head: str = "softmax") -> jax.Array:
   """0-based full-catalog rank of each row's target (see `ranks.target_ranks`) under `head`.
@@ -97,29 +123,34 @@ def eval_step(params: Any, consts: Any, batch: dict[str, jax.Array],
   With `popularity_V` (training counts), a row without history is ranked by popularity
   (`fallback_table`), as the Recommender serves it; without, such a row ties every item.
   `extra_bias_V` is added to every item's score (-inf: never ranked, never ahead of a target).
+  With `item_domains_V` and the batch's `domains_B`, each row is ranked in its own domain.
   """
   user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef, head)
   user, table, bias = _scoring(user_BxE, table_VxE, bias_V, batch["mask_BxL"], popularity_V,
                                extra_bias_V)
   return ranks.target_ranks(user, table, bias, batch["targets_B"], batch.get("seen_BxS"),
-                            exclude_seen=exclude_seen, chunk_size=chunk_size)
+                            exclude_seen=exclude_seen, chunk_size=chunk_size,
+                            **_domain_args(batch, item_domains_V))
 
 
 def topk_step(params: Any, consts: Any, batch: dict[str, jax.Array],
-              popularity_V: jax.Array | None = None, extra_bias_V: jax.Array | None = None, *,
+              popularity_V: jax.Array | None = None, extra_bias_V: jax.Array | None = None,
+              item_domains_V: jax.Array | None = None, *,
               graphdef: nnx.GraphDef, k: int, exclude_seen: bool,
               chunk_size: int, head: str = "softmax") -> tuple[jax.Array, jax.Array]:
   """Each row's top-k next items and scores under `head`, seen items excluded unless asked
-  otherwise."""
+  otherwise (with `item_domains_V` and `domains_B`: from the row's domain)."""
   user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef, head)
   user, table, bias = _scoring(user_BxE, table_VxE, bias_V, batch["mask_BxL"], popularity_V,
                                extra_bias_V)
   return ranks.top_k_items(user, table, bias, k, batch.get("seen_BxS"),
-                           exclude_seen=exclude_seen, chunk_size=chunk_size)
+                           exclude_seen=exclude_seen, chunk_size=chunk_size,
+                           **_domain_args(batch, item_domains_V))
 
 
 def rank_topk_step(params: Any, consts: Any, batch: dict[str, jax.Array],
                    popularity_V: jax.Array | None = None, extra_bias_V: jax.Array | None = None,
+                   item_domains_V: jax.Array | None = None,
                    *, graphdef: nnx.GraphDef, k: int, exclude_seen: bool, chunk_size: int,
                    head: str = "softmax"):
   """`eval_step` and `topk_step` over one user computation: (ranks_B, ids_BxK, scores_BxK).
@@ -131,36 +162,61 @@ def rank_topk_step(params: Any, consts: Any, batch: dict[str, jax.Array],
   user, table, bias = _scoring(user_BxE, table_VxE, bias_V, batch["mask_BxL"], popularity_V,
                                extra_bias_V)
   seen = batch.get("seen_BxS")
+  domain_args = _domain_args(batch, item_domains_V)
   ranks_B = ranks.target_ranks(user, table, bias, batch["targets_B"], seen,
-                               exclude_seen=exclude_seen, chunk_size=chunk_size)
-  ids_BxK, scores_BxK = ranks.top_k_items(user, table, bias, k, seen,
-                                          exclude_seen=exclude_seen, chunk_size=chunk_size)
+                               exclude_seen=exclude_seen, chunk_size=chunk_size, **domain_args)
+  ids_BxK, scores_BxK = ranks.top_k_items(user, table, bias, k, seen, exclude_seen=exclude_seen,
+                                          chunk_size=chunk_size, **domain_args)
   return ranks_B, ids_BxK, scores_BxK
 
 
-def jit_over_batch(fn, mesh: Mesh, popularity_V=None, extra_bias_V=None) -> Callable:
-  """`fn(params, consts, batch, popularity_V, extra_bias_V)` jitted with the batch sharded over
-  `data`, as `f(params, consts, batch)` with the two (optional) item vectors bound.
+def sampled_step(params: Any, consts: Any, batch: dict[str, jax.Array],
+                 popularity_V: jax.Array | None = None, extra_bias_V: jax.Array | None = None,
+                 item_domains_V: jax.Array | None = None, *,
+                 graphdef: nnx.GraphDef) -> tuple[jax.Array, jax.Array]:
+  """The sampled protocol: (ranks_B, ties_B) of each target among the batch's `candidates_BxM`
+  (column 0 the target; `ranks.candidate_ranks`), scored as `eval_step` scores (the user vector
+  for the row's domain, the popularity fallback for an empty history)."""
+  del item_domains_V  # the candidates are already drawn from the row's domain
+  user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef)
+  user, table, bias = _scoring(user_BxE, table_VxE, bias_V, batch["mask_BxL"], popularity_V,
+                               extra_bias_V)
+  return ranks.candidate_ranks(user, table, bias, batch["candidates_BxM"])
+
+
+def jit_over_batch(fn, mesh: Mesh, popularity_V=None, extra_bias_V=None,
+                   item_domains_V=None) -> Callable:
+  """`fn(params, consts, batch, popularity_V, extra_bias_V, item_domains_V)` jitted with the
+  batch sharded over `data`, as `f(params, consts, batch)` with the (optional) item vectors bound.
 
   The parameters are taken as they are placed: replicated, or with the item tables split over
   the mesh's `model` axis (`model.vocab_shards`).
   """
   repl = mesh_lib.replicated(mesh)
-  jitted = jax.jit(fn, in_shardings=(None, repl, mesh_lib.batch_sharding(mesh), repl, repl),
+  jitted = jax.jit(fn, in_shardings=(None, repl, mesh_lib.batch_sharding(mesh), repl, repl, repl),
                    out_shardings=repl)
-  bound = [None if v is None else mesh_lib.replicate(jnp.asarray(v, jnp.float32), mesh)
-           for v in (popularity_V, extra_bias_V)]
+  bound = [None if v is None else mesh_lib.replicate(jnp.asarray(v, dtype), mesh)
+           for v, dtype in ((popularity_V, jnp.float32), (extra_bias_V, jnp.float32),
+                            (item_domains_V, jnp.int32))]
   return lambda params, consts, batch: jitted(params, consts, batch, *bound)
 
 
 def compile_rank_fn(graphdef, mesh: Mesh, *, exclude_seen: bool, chunk_size: int,
-                    popularity_V=None, extra_bias_V=None, head: str = "softmax") -> Callable:
+                    popularity_V=None, extra_bias_V=None, item_domains_V=None,
+                    head: str = "softmax") -> Callable:
   """The jitted eval step: batch sharded over `data`, ranks returned replicated.
 
   popularity_V: training counts for the popularity fallback of empty histories (`eval_step`);
-  extra_bias_V: an added per-item score (-inf outside a candidate set); head: "softmax" | "q".
+  extra_bias_V: an added per-item score (-inf outside a candidate set); item_domains_V: each
+  item's domain, so that a batch with `domains_B` is ranked per row in the row's domain;
+  head: "softmax" | "q".
   """
   return jit_over_batch(functools.partial(eval_step, graphdef=graphdef,
                                           exclude_seen=exclude_seen, chunk_size=chunk_size,
                                           head=head),
-                        mesh, popularity_V, extra_bias_V)
+                        mesh, popularity_V, extra_bias_V, item_domains_V)
+
+
+def compile_sampled_fn(graphdef, mesh: Mesh, *, popularity_V=None) -> Callable:
+  """The jitted sampled-protocol step (`sampled_step`): (ranks_B, ties_B), replicated."""
+  return jit_over_batch(functools.partial(sampled_step, graphdef=graphdef), mesh, popularity_V)

@@ -10,7 +10,9 @@ A user's serving state is ONE flat f32 vector `state_S` = [encoder state, user_E
   - the transformer has no O(1) step: its "encoder state" is the window of its last `max_len`
     item ids (as f32, exact below 2^24), and `observe` re-encodes that window (O(max_len));
   - user_E is the user vector after the last known event (what `top_k` scores with), count the
-    number of known events seen (0: popularity fallback, the same path as `steps.eval_step`).
+    number of known events seen (0: popularity fallback, the same path as `steps.eval_step`);
+    a cross-domain encoder keeps one user vector per domain (N x E, `user_slots`), since the
+    next item's domain is chosen only when recommending (`user_of(..., domains_B)`).
 One flat vector per user is what the state stores keep (bytes in Redis, a row in memory) and what
 the `jax.export`ed functions take, so nothing outside this module knows the encoder's pytree.
 
@@ -44,6 +46,7 @@ class StateLayout:
   encoder_treedef: Any  # None for the transformer's id window
   embed_dim: int  # E
   window: int  # ids kept by a non-streaming encoder (its max_len); 0 when streaming
+  user_slots: int = 1  # user vectors kept: one per domain for a cross-domain encoder, else one
 
   @property
   def encoder_size(self) -> int:
@@ -51,8 +54,8 @@ class StateLayout:
 
   @property
   def size(self) -> int:
-    """S = encoder state + E + 1."""
-    return self.encoder_size + self.embed_dim + 1
+    """S = encoder state + user_slots x E + 1."""
+    return self.encoder_size + self.user_slots * self.embed_dim + 1
 
 
 def layout_of(model) -> StateLayout:
@@ -61,14 +64,16 @@ def layout_of(model) -> StateLayout:
   if not model.streams:
     return StateLayout((), None, e, model.cfg.max_len)
   leaves, treedef = jax.tree.flatten(jax.eval_shape(lambda: model.initial_state(1)))
-  return StateLayout(tuple(tuple(x.shape[1:]) for x in leaves), treedef, e, 0)
+  return StateLayout(tuple(tuple(x.shape[1:]) for x in leaves), treedef, e, 0,
+                     getattr(model, "user_slots", 1))
 
 
 def _unpack(layout: StateLayout, state_BxS: jax.Array):
-  """(encoder state pytree or id window, user_BxE, count_B)."""
+  """(encoder state pytree or id window, user vectors B x (user_slots * E), count_B)."""
   b = state_BxS.shape[0]
   n = layout.encoder_size
-  enc, user_BxE, count_B = state_BxS[:, :n], state_BxS[:, n:n + layout.embed_dim], state_BxS[:, -1]
+  width = layout.user_slots * layout.embed_dim
+  enc, user_BxE, count_B = state_BxS[:, :n], state_BxS[:, n:n + width], state_BxS[:, -1]
   if layout.window:
     return enc.astype(jnp.int32), user_BxE, count_B
   leaves, at = [], 0
@@ -152,7 +157,8 @@ def observe(graphdef, layout: StateLayout, tables: Tables, state_BxS: jax.Array,
     enc = jnp.where(known_B[:, None], shifted, enc)
     new_user_BxE = _encode_window(model, tables, enc)
   else:
-    enc, new_user_BxE = model.step(enc, item_ids_B, item_table_VxE=tables.input_VxE)
+    enc, new_user = model.step(enc, item_ids_B, item_table_VxE=tables.input_VxE)
+    new_user_BxE = new_user.reshape(new_user.shape[0], -1)  # cross-domain: N x E per user
   # A row without an event keeps its user vector (the model outputs zeros at masked steps).
   user_BxE = jnp.where(known_B[:, None], new_user_BxE, user_BxE)
   return _pack(layout, enc, user_BxE, count_B + known_B)
@@ -177,34 +183,48 @@ def observe_sequence(graphdef, layout: StateLayout, tables: Tables, state_BxS: j
   return state_BxS
 
 
-def encode(graphdef, layout: StateLayout, tables: Tables, items_BxL: jax.Array):
+def encode(graphdef, layout: StateLayout, tables: Tables, items_BxL: jax.Array,
+           domains_B: jax.Array | None = None):
   """(user_BxE, count_B) of left-aligned histories (0-padded) by one full pass of the model.
 
   The training / evaluation path (`model.__call__`), not the streaming one: tests hold the two
-  equal. Unknown ids must already be removed (0 only as right padding).
+  equal. Unknown ids must already be removed (0 only as right padding). `domains_B`: the domain
+  each row is asked about (what a cross-domain encoder reads, as `steps.user_vectors`).
   """
   del layout
   model = nnx.merge(graphdef, tables.params, tables.consts)
   mask_BxL = items_BxL > 0
-  user_BxLxE = model(items_BxL, mask_BxL, item_table_VxE=tables.input_VxE)
+  target_domains = steps.target_domains({"inputs_BxL": items_BxL, "domains_B": domains_B})
+  user_BxLxE = model(items_BxL, mask_BxL, item_table_VxE=tables.input_VxE,
+                     target_domains_BxL=target_domains)
   return steps.last_state(user_BxLxE, mask_BxL), mask_BxL.sum(axis=1)
 
 
-def user_of(layout: StateLayout, state_BxS: jax.Array):
-  """(user_BxE, count_B) of flat states."""
+def user_of(layout: StateLayout, state_BxS: jax.Array, domains_B: jax.Array | None = None):
+  """(user_BxE, count_B) of flat states; with one user vector per domain, the `domains_B` one."""
   n = layout.encoder_size
-  return state_BxS[:, n:n + layout.embed_dim], state_BxS[:, -1]
+  users = state_BxS[:, n:n + layout.user_slots * layout.embed_dim]
+  if layout.user_slots > 1:
+    if domains_B is None:
+      raise ValueError("a cross-domain state holds one user vector per domain: name the domain")
+    users = users.reshape(users.shape[0], layout.user_slots, layout.embed_dim)
+    d_B = jnp.clip(jnp.asarray(domains_B, jnp.int32), 0, layout.user_slots - 1)
+    users = jnp.take_along_axis(users, d_B[:, None, None], axis=1)[:, 0]
+  return users, state_BxS[:, -1]
 
 
 def rank(tables: Tables, user_BxE: jax.Array, count_B: jax.Array, exclude_BxX: jax.Array, *,
-         k: int, head: str = "softmax") -> tuple[jax.Array, jax.Array]:
-  """Top-k (ids_BxK, scores_BxK) over the catalog without the excluded ids (0 = none).
+         k: int, head: str = "softmax", item_domains_V: jax.Array | None = None,
+         domains_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Top-k (ids_BxK, scores_BxK) of `head` over the catalog without the excluded ids (0 = none);
+  with `item_domains_V` and `domains_B` (-1: any), over each row's domain only.
 
   Users with count 0 get the popularity fallback (`steps.fallback_user`, as `eval_step`).
   """
   user_BxF = steps.fallback_user(user_BxE, count_B > 0)
   return ranks.top_k_items(user_BxF, tables.head_table(head), None, k, exclude_BxX,
-                             exclude_seen=True, chunk_size=CHUNK)
+                           exclude_seen=True, chunk_size=CHUNK, item_domains_V=item_domains_V,
+                           domains_B=domains_B)
 
 
 def score_items(tables: Tables, user_BxE: jax.Array, count_B: jax.Array,

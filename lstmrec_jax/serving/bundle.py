@@ -5,14 +5,17 @@ S flat serving-state size (see scoring/streaming.py), X excluded items per user,
 
 A bundle folder holds:
   bundle.json     format version, the model config group, V, max_len, seed, state layout size,
-                  source checkpoint / step / validation metrics, data fingerprint, date
+                  source checkpoint / step / validation metrics, data fingerprint, date; a
+                  multi-domain model's domain names
   items.json      the raw item ids by dense id (index 0 is the padding placeholder)
-  arrays.npz      popularity_V (training counts) and the item content arrays of hybrid models
+  arrays.npz      popularity_V (training counts), the item content arrays of hybrid models and,
+                  for a multi-domain catalogue, item_domains_V (the domain map by dense id)
   params.npz      the parameters, one entry per leaf path: the only copy of them
   prepare.jax     jax.export of prepare(params) -> tables: the item tables computed once
   observe.jax     observe(tables, state_BxS f32, item_ids_B i32) -> state_BxS
   top_k.jax       top_k(tables, state_BxS f32, exclude_BxX i32) -> (ids_BxK i32, scores_BxK f32),
-                  K = bundle.json's export_k; observe and top_k with a symbolic batch (and X)
+                  K = bundle.json's export_k; observe and top_k with a symbolic batch (and X);
+                  a multi-domain model's top_k takes domains_B i32 (the domain asked about) last
   top_k_q.jax     the same ranked by the Q head, for a model with Q heads (an offline RL loss);
                   `Recommender.recommend(..., head="q")` on a loaded bundle ranks the same way
   checksums.json  the sha256 of every other file; its own sha256 is the bundle's digest
@@ -21,7 +24,8 @@ The exported functions take the parameters as an argument (format 2; format 1 ca
 constants, so a bundle held them three times): a process with only jax and numpy (not this
 project) calls `tables = prepare.call(dict(np.load("params.npz")))` once, then observe and top_k
 with those tables; per event that stays one cell step, not a pass over the catalog. prepare holds
-the model's non-parameter constants (item content, popularity: data, not parameters).
+the model's non-parameter constants (item content, popularity, a multi-domain catalogue's item
+domains: data, not parameters).
 
 `load` verifies a bundle before anything uses it: every file's checksum (and the digest, when the
 caller pins one: `serve.py --bundle_sha256`), unique raw ids, counts that agree with each other,
@@ -49,6 +53,7 @@ from flax import nnx
 from lstmrec_jax import model as model_lib
 from lstmrec_jax import run as run_lib
 from lstmrec_jax import workdir as workdir_lib
+from lstmrec_jax.data import preprocess
 from lstmrec_jax.errors import CheckpointError
 from lstmrec_jax.scoring import streaming as fns
 
@@ -57,6 +62,7 @@ READABLE_VERSIONS = (1, 2)  # 1: before checksums and prepare.jax (loaded with a
 CHECKSUMS = "checksums.json"
 FILES = ("bundle.json", "items.json", "arrays.npz", "params.npz")
 EXPORTED = ("prepare.jax", "observe.jax", "top_k.jax")
+EXPORTED_HEADS = ("top_k_q.jax",)  # written for a model with Q heads only
 
 
 @dataclasses.dataclass
@@ -72,10 +78,14 @@ class Bundle:
   popularity_V: np.ndarray  # int64 training counts
   content: dict[str, Any] | None  # ContentInputs fields (numpy), None for id-only models
   meta: dict[str, Any]
+  # A multi-domain catalogue: the domains' names and each dense id's domain (-1 at 0); () / None
+  domain_names: tuple[str, ...] = ()
+  item_domains_V: np.ndarray | None = None
 
   def model_config(self):
-    return model_lib.ModelConfig.from_mapping(dict(self.model), num_items=self.num_items,
-                                              max_len=self.max_len)
+    return model_lib.ModelConfig.from_mapping(
+        dict(self.model), num_items=self.num_items, max_len=self.max_len,
+        domain_starts=preprocess.domain_starts(self.item_domains_V, len(self.domain_names)))
 
   def build(self):
     """(graphdef, params, consts) of the model with this bundle's parameters."""
@@ -158,7 +168,9 @@ def from_run(run, params, *, source: dict[str, Any] | None = None) -> Bundle:
                 params=_flat(params),
                 item_keys=[None] + [_plain_key(k) for k in run.dataset.item_keys[1:]],
                 popularity_V=np.asarray(run.dataset.item_counts_V, np.int64), content=content,
-                meta=meta)
+                meta=meta, domain_names=tuple(run.dataset.domain_names),
+                item_domains_V=(None if run.dataset.item_domains_V is None
+                                else np.asarray(run.dataset.item_domains_V, np.int32)))
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -181,10 +193,12 @@ def save(bundle: Bundle, out: str | os.PathLike, *, export_k: int = 10,
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   (out / CHECKSUMS).unlink(missing_ok=True)  # a half-written bundle must not verify
-  for name in EXPORTED:
+  for name in (*EXPORTED, *EXPORTED_HEADS):
     (out / name).unlink(missing_ok=True)
   np.savez(out / "params.npz", **bundle.params)
   arrays = {"popularity_V": bundle.popularity_V}
+  if bundle.item_domains_V is not None:
+    arrays["item_domains_V"] = bundle.item_domains_V
   content_scalars = {}
   for name, value in (bundle.content or {}).items():
     if isinstance(value, np.ndarray):
@@ -196,12 +210,14 @@ def save(bundle: Bundle, out: str | os.PathLike, *, export_k: int = 10,
   meta = {**bundle.meta, "format_version": FORMAT_VERSION, "model": bundle.model,
           "num_items": bundle.num_items, "max_len": bundle.max_len, "seed": bundle.seed,
           "has_content": bundle.content is not None, "content_scalars": content_scalars,
+          "domain_names": list(bundle.domain_names),
           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "jax_version": jax.__version__}
   if export_functions:
     meta["exported"] = export_functions_to(bundle, out, k=export_k)
   (out / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
-  names = [*FILES, *(EXPORTED if export_functions else ())]
+  names = [*FILES, *(EXPORTED if export_functions else ()),
+           *(name for name in EXPORTED_HEADS if (out / name).is_file())]
   sums = {"sha256": {name: _sha256(out / name) for name in names}}
   tmp = out / (CHECKSUMS + ".tmp")
   tmp.write_text(json.dumps(sums, indent=1, sort_keys=True))
@@ -263,6 +279,14 @@ def _check_contents(path: pathlib.Path, b: Bundle) -> None:
     raise _bad(path, f"popularity_V has shape {b.popularity_V.shape}, expected ({b.num_items},)")
   if (b.popularity_V < 0).any():
     raise _bad(path, "popularity_V has negative counts")
+  if b.item_domains_V is not None:
+    doms = b.item_domains_V
+    if doms.shape != (b.num_items,) or not np.issubdtype(doms.dtype, np.integer):
+      raise _bad(path, f"item_domains_V has shape {doms.shape} ({doms.dtype}), expected "
+                       f"({b.num_items},) integers")
+    if not b.domain_names or (doms[1:] < 0).any() or (doms[1:] >= len(b.domain_names)).any():
+      raise _bad(path, f"item_domains_V holds domains outside the {len(b.domain_names)} named "
+                       "in bundle.json")
   for name, value in b.params.items():
     if not np.issubdtype(value.dtype, np.number):
       raise _bad(path, f"parameter {name} is not numeric ({value.dtype})")
@@ -295,6 +319,7 @@ def load(path: str | os.PathLike, *, expect_sha256: str | None = None) -> Bundle
     content = None
     with np.load(path / "arrays.npz", allow_pickle=False) as z:
       popularity_V = z["popularity_V"]
+      item_domains_V = z["item_domains_V"] if "item_domains_V" in z.files else None
       if meta["has_content"]:
         content = {k.split(".", 1)[1]: z[k] for k in z.files if k.startswith("content.")}
         content.update(meta.get("content_scalars", {}))
@@ -307,7 +332,8 @@ def load(path: str | os.PathLike, *, expect_sha256: str | None = None) -> Bundle
     model = {"vocab_shards": 1, "q_head": False, **meta["model"]}
     b = Bundle(model=model, num_items=int(meta["num_items"]), max_len=int(meta["max_len"]),
                seed=int(meta["seed"]), params=params, item_keys=item_keys,
-               popularity_V=np.asarray(popularity_V), content=content, meta=rest)
+               popularity_V=np.asarray(popularity_V), content=content, meta=rest,
+               domain_names=tuple(meta.get("domain_names", ())), item_domains_V=item_domains_V)
   except CheckpointError:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -340,20 +366,40 @@ def export_functions_to(bundle: Bundle, out: pathlib.Path, *, k: int) -> dict[st
     return fns.Tables(_flat_like(params, t["params"]), consts, t["input_VxE"], t["fallback_VxF"],
                       t.get("q_fallback_VxF"))
 
+  item_domains_V = (None if bundle.item_domains_V is None
+                    else np.asarray(bundle.item_domains_V, np.int32))
+
   def prepare(flat_params):
     built = fns.make_tables(graphdef, _flat_like(params, flat_params), consts, popularity_V)
     out = {"params": flat_params, "input_VxE": built.input_VxE,
            "fallback_VxF": built.fallback_VxF}
     if built.q_fallback_VxF is not None:  # a model with Q heads (an offline RL loss)
       out["q_fallback_VxF"] = built.q_fallback_VxF
+    if item_domains_V is not None:  # a multi-domain catalogue: each dense id's domain
+      out["item_domains_V"] = jnp.asarray(item_domains_V)
     return out
 
   def observe(t, state_BxS, item_ids_B):
     return fns.observe(graphdef, layout, tables_of(t), state_BxS, item_ids_B)
 
-  def top_k(t, state_BxS, exclude_BxX):
-    user_BxE, count_B = fns.user_of(layout, state_BxS)
-    return fns.rank(tables_of(t), user_BxE, count_B, exclude_BxX, k=k)
+  def ranked_by(head: str):
+    """top_k of `head`: (t, state, exclude) -> (ids, scores); a multi-domain model's also takes
+    each row's domain (domains_B, the index into domain_names; -1: any domain, a model without a
+    cross-domain encoder only)."""
+    if item_domains_V is None:
+
+      def top_k(t, state_BxS, exclude_BxX):
+        user_BxE, count_B = fns.user_of(layout, state_BxS)
+        return fns.rank(tables_of(t), user_BxE, count_B, exclude_BxX, k=k, head=head)
+
+      return top_k
+
+    def top_k_in_domain(t, state_BxS, exclude_BxX, domains_B):
+      user_BxE, count_B = fns.user_of(layout, state_BxS, jnp.maximum(domains_B, 0))
+      return fns.rank(tables_of(t), user_BxE, count_B, exclude_BxX, k=k, head=head,
+                      item_domains_V=t["item_domains_V"], domains_B=domains_B)
+
+    return top_k_in_domain
 
   flat = {name: jax.ShapeDtypeStruct(v.shape, v.dtype) for name, v in bundle.params.items()}
   prepared = jax.export.export(jax.jit(prepare))(flat)
@@ -361,30 +407,28 @@ def export_functions_to(bundle: Bundle, out: pathlib.Path, *, k: int) -> dict[st
       prepared.out_tree, [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in prepared.out_avals])
   b, x = jax.export.symbolic_shape("b, x")
   state = jax.ShapeDtypeStruct((b, layout.size), jnp.float32)
+  top_k_args = [tables, state, jax.ShapeDtypeStruct((b, x), jnp.int32)]
+  if item_domains_V is not None:
+    top_k_args.append(jax.ShapeDtypeStruct((b,), jnp.int32))
   observed = jax.export.export(jax.jit(observe))(tables, state,
                                                  jax.ShapeDtypeStruct((b,), jnp.int32))
-  ranked = jax.export.export(jax.jit(top_k))(tables, state,
-                                             jax.ShapeDtypeStruct((b, x), jnp.int32))
+  ranked = jax.export.export(jax.jit(ranked_by("softmax")))(*top_k_args)
   (out / "prepare.jax").write_bytes(prepared.serialize())
   (out / "observe.jax").write_bytes(observed.serialize())
   (out / "top_k.jax").write_bytes(ranked.serialize())
   heads = {}
   if bundle.model.get("q_head"):
-
-    def top_k_q(t, state_BxS, exclude_BxX):
-      user_BxE, count_B = fns.user_of(layout, state_BxS)
-      return fns.rank(tables_of(t), user_BxE, count_B, exclude_BxX, k=k, head="q")
-
-    ranked_q = jax.export.export(jax.jit(top_k_q))(tables, state,
-                                                   jax.ShapeDtypeStruct((b, x), jnp.int32))
+    ranked_q = jax.export.export(jax.jit(ranked_by("q")))(*top_k_args)
     (out / "top_k_q.jax").write_bytes(ranked_q.serialize())
     heads = {"top_k_q": "top_k_q.jax: top_k ranked by the Q head (same arguments and results)"}
+  domains = (", domains_B i32: the domain index asked about (domain_names; -1: any, for a "
+             "model without a cross-domain encoder)" if item_domains_V is not None else "")
   return {"state_size": layout.size, "k": k, "platforms": list(observed.platforms), **heads,
           "prepare": "prepare.jax: (params: dict(np.load('params.npz'))) -> tables (a dict); "
                      "call once",
           "observe": "observe.jax: (tables, state_BxS f32, item_ids_B i32; 0 = no event) -> "
                      "state_BxS",
-          "top_k": "top_k.jax: (tables, state_BxS f32, exclude_BxX i32; 0 = none) -> (ids_BxK "
-                   "i32 dense, scores_BxK f32)",
+          "top_k": "top_k.jax: (tables, state_BxS f32, exclude_BxX i32; 0 = none" + domains
+                   + ") -> (ids_BxK i32 dense, scores_BxK f32)",
           "start_state": f"zeros (B, {layout.size}) f32",
           "ids": "dense ids index items.json (raw ids)"}

@@ -8,6 +8,13 @@ items, K top-k, E item embedding size.
   state = rec.observe(rec.start(), "i1")          # streaming: O(1) per event (LSTM, GRU)
   rec.top_k(state, k=10)
   rec.recommend(["i1", "i7"], k=10, head="q")   # a model trained with an RL loss: its Q head
+  rec.recommend(["i1", "k3"], k=10, domain="Kitchen")   # a multi-domain model: one domain's
+  rec.top_k(state, k=10, domain="Food")                  # items, its user state for that domain
+
+A multi-domain model (a catalogue of several domains, `domain_names`) recommends within the
+domain asked for: only that domain's items are ranked and, for a cross-domain encoder, the user
+state is the one for that domain (it needs `domain=`). A streaming state keeps every domain's
+user vector, so one state answers for any domain.
 
 Every call is jitted at a bucketed shape (batch and length rounded up to a power of two), so a
 new history length does not recompile. Streaming encoders read the whole history (the carried
@@ -101,6 +108,9 @@ class Recommender:
     self.num_items = bundle.num_items
     self.max_len = bundle.max_len
     self.item_keys = bundle.item_keys
+    self.domain_names = tuple(bundle.domain_names)
+    self.item_domains_V = bundle.item_domains_V
+    self.cross_domain = model.cross_domain
     # Raw ids as given in JSON or Python: "42" and 42 name the same item.
     self._ids = {str(key): i for i, key in enumerate(bundle.item_keys) if i > 0}
     g, lay = self.graphdef, self.layout
@@ -140,6 +150,7 @@ class Recommender:
             "num_layers": m.get("num_layers"), "embed_dim": m.get("embed_dim"),
             "hidden_size": m.get("hidden_size"), "num_items": self.num_items - 1,
             "max_len": self.max_len, "streams": self.streams, "state_size": self.layout.size,
+            "domains": list(self.domain_names), "cross_domain": self.cross_domain,
             "heads": list(self.heads), **meta}
 
   # ------------------------------------------------------------------ ids
@@ -154,6 +165,31 @@ class Recommender:
     known = [i for i in ids if i]
     return known, len(ids) - len(known)
 
+  def domain_index(self, domain: Any) -> int:
+    """The index of a domain given by name or index; -1 (all items) for None on a model without
+    a cross-domain encoder. A ValueError names the domains otherwise."""
+    if domain is None:
+      if self.cross_domain:
+        raise ValueError("this model is cross-domain: name the domain to recommend in "
+                         f"(domain= one of {', '.join(self.domain_names)})")
+      return -1
+    if not self.domain_names:
+      raise ValueError(f"domain={domain!r}: this model's catalogue has no domains")
+    if isinstance(domain, (int, np.integer)) and not isinstance(domain, bool) and (
+        0 <= domain < len(self.domain_names)):
+      return int(domain)
+    if str(domain) in self.domain_names:
+      return self.domain_names.index(str(domain))
+    raise ValueError(f"unknown domain {domain!r}; the domains are "
+                     f"{', '.join(self.domain_names)}")
+
+  def _domains(self, domains, n: int) -> np.ndarray | None:
+    """[n] domain indices (-1: any) of a batch's `domains`, or None without domains."""
+    if domains is None and not self.cross_domain:
+      return None
+    domains = [None] * n if domains is None else list(domains)
+    return np.asarray([self.domain_index(d) for d in domains], np.int32)
+
   def _window(self, ids: Sequence[int]) -> Sequence[int]:
     """What the encoder reads of a history: all of it when streaming, else the last max_len."""
     return ids if self.streams else ids[-self.max_len:]
@@ -162,36 +198,47 @@ class Recommender:
 
   def recommend(self, history: Sequence[Any], k: int = 10, *, exclude_seen: bool = True,
                 exclude: Iterable[Any] = (), allow: Iterable[Any] | None = None,
-                head: str = "softmax") -> Recommendations:
+                domain: Any = None, head: str = "softmax") -> Recommendations:
     """The top-k next items for one history of raw ids (oldest first).
 
+    domain: a name or index of a multi-domain model's domains: among that domain's items only.
     head: "softmax" (the recommender's own head) or "q" (the Q head of a model trained with an
     offline RL loss: items ranked by their estimated return); `self.heads` lists the model's.
     """
     return self.recommend_batch([history], k, exclude_seen=exclude_seen, exclude=[exclude],
-                                allow=None if allow is None else [allow], head=head)[0]
+                                allow=None if allow is None else [allow],
+                                domains=None if domain is None else [domain], head=head)[0]
 
   def recommend_batch(self, histories: Sequence[Sequence[Any]], k: int = 10, *,
                       exclude_seen: bool = True, exclude: Sequence[Iterable[Any]] | None = None,
                       allow: Sequence[Iterable[Any] | None] | None = None,
+                      domains: Sequence[Any] | None = None,
                       head: str = "softmax") -> list[Recommendations]:
     """`recommend` for many histories in one jitted call (per bucket)."""
     self.check_head(head)
+    domains_B = self._domains(domains, len(histories))
     dense = [self.dense(h) for h in histories]
-    user_BxE, count_B = self.encode_ids([ids for ids, _ in dense])
+    user_BxE, count_B = self.encode_ids([ids for ids, _ in dense], domains_B)
     seen = [ids if exclude_seen else [] for ids, _ in dense]
     return self._finish(user_BxE, count_B, k, seen, exclude, allow,
-                        [u for _, u in dense], head)
+                        [u for _, u in dense], domains_B, head)
 
-  def encode_ids(self, histories: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """(user_BxE, count_B) of dense-id histories, one full pass of the model per bucket."""
+  def encode_ids(self, histories: Sequence[Sequence[int]], domains_B: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(user_BxE, count_B) of dense-id histories, one full pass of the model per bucket (for a
+    cross-domain encoder, each row's user state for its domain in `domains_B`)."""
     windows = [self._window(h) for h in histories]
     b = len(windows)
     length = bucket(max((len(w) for w in windows), default=1), 8)
     items_BxL = np.zeros((bucket(b), length), np.int32)
     for row, w in enumerate(windows):
       items_BxL[row, :len(w)] = w
-    user_BxE, count_B = self._encode(self.tables, items_BxL)
+    if domains_B is None:
+      user_BxE, count_B = self._encode(self.tables, items_BxL)
+    else:
+      d_B = np.zeros(bucket(b), np.int32)
+      d_B[:b] = np.maximum(domains_B, 0)
+      user_BxE, count_B = self._encode(self.tables, items_BxL, d_B)
     return np.asarray(user_BxE)[:b], np.asarray(count_B)[:b]
 
   # ------------------------------------------------------------------ streaming
@@ -235,21 +282,26 @@ class Recommender:
 
   def top_k(self, state: UserState, k: int = 10, *, exclude_seen: bool = True,
             exclude: Iterable[Any] = (), allow: Iterable[Any] | None = None,
-            head: str = "softmax") -> Recommendations:
-    """The top-k next items of a streaming state (`head` as in `recommend`)."""
+            domain: Any = None, head: str = "softmax") -> Recommendations:
+    """The top-k next items of a streaming state (with `domain`: that domain's; `head` as in
+    `recommend`)."""
     return self.top_k_batch([state], k, exclude_seen=exclude_seen, exclude=[exclude],
-                            allow=None if allow is None else [allow], head=head)[0]
+                            allow=None if allow is None else [allow],
+                            domains=None if domain is None else [domain], head=head)[0]
 
   def top_k_batch(self, states: Sequence[UserState], k: int = 10, *, exclude_seen: bool = True,
                   exclude: Sequence[Iterable[Any]] | None = None,
                   allow: Sequence[Iterable[Any] | None] | None = None,
+                  domains: Sequence[Any] | None = None,
                   head: str = "softmax") -> list[Recommendations]:
     """`top_k` of many users' states in one jitted call."""
     self.check_head(head)
-    user_BxE, count_B = self._user_of(np.stack([s.vector_S for s in states]))
+    domains_B = self._domains(domains, len(states))
+    user_BxE, count_B = self._user_of(np.stack([s.vector_S for s in states]),
+                                      None if domains_B is None else np.maximum(domains_B, 0))
     seen = [list(s.seen) if exclude_seen else [] for s in states]
     return self._finish(np.asarray(user_BxE), np.asarray(count_B), k, seen, exclude, allow,
-                        [s.unknown for s in states], head)
+                        [s.unknown for s in states], domains_B, head)
 
   # ------------------------------------------------------------------ ranking
 
@@ -263,11 +315,19 @@ class Recommender:
       raise ValueError(f"k={k!r} must be an integer in [1, {self.num_items - 1}] (the catalog)")
 
   def rank_ids(self, user_BxE, count_B, k: int, exclude: Sequence[Sequence[int]],
+               domains_B: np.ndarray | None = None,
                head: str = "softmax") -> tuple[np.ndarray, np.ndarray]:
-    """(ids_BxK, scores_BxK) over the catalog without each row's excluded dense ids."""
+    """(ids_BxK, scores_BxK) of `head` over the catalog without each row's excluded dense ids
+    (with `domains_B`, over each row's domain; -1: all)."""
     b = len(user_BxE)
     users, counts, exclude_BxX = _bucketed(user_BxE, count_B, exclude)
-    ids_BxK, scores_BxK = self._rank(self.tables, users, counts, exclude_BxX, k=k, head=head)
+    if domains_B is None:
+      ids_BxK, scores_BxK = self._rank(self.tables, users, counts, exclude_BxX, k=k, head=head)
+    else:
+      d_B = np.full(len(users), -1, np.int32)
+      d_B[:b] = domains_B
+      ids_BxK, scores_BxK = self._rank(self.tables, users, counts, exclude_BxX, k=k, head=head,
+                                       item_domains_V=self.item_domains_V, domains_B=d_B)
     return np.asarray(ids_BxK)[:b], np.asarray(scores_BxK)[:b]
 
   def score_allowed(self, user_BxE, count_B, allowed: Sequence[Sequence[int]],
@@ -278,7 +338,7 @@ class Recommender:
     return np.asarray(self._score_items(self.tables, users, counts, items_BxA, head=head))[:b]
 
   def _finish(self, user_BxE, count_B, k, seen, exclude, allow, unknown,
-              head: str = "softmax") -> list[Recommendations]:
+              domains_B=None, head: str = "softmax") -> list[Recommendations]:
     self.check_k(k)
     b = len(user_BxE)
     exclude = [[] for _ in range(b)] if exclude is None else exclude
@@ -287,13 +347,16 @@ class Recommender:
     rows = [i for i in range(b) if allow is None or allow[i] is None]
     if rows:
       ids_BxK, scores_BxK = self.rank_ids(user_BxE[rows], count_B[rows], k,
-                                          [drop[i] for i in rows], head)
+                                          [drop[i] for i in rows],
+                                          None if domains_B is None else domains_B[rows], head)
       for i, ids, scores in zip(rows, ids_BxK, scores_BxK):
         out[i] = self._answer(ids, scores, unknown[i], count_B[i])
     rest = [i for i in range(b) if out[i] is None]
     if rest:
+      in_domain = lambda i, j: (domains_B is None or domains_B[i] < 0
+                                or self.item_domains_V[j] == domains_B[i])
       allowed = [[j for j in dict.fromkeys(self.item_id(x) for x in allow[i])
-                  if j and j not in set(drop[i])] for i in rest]
+                  if j and j not in set(drop[i]) and in_domain(i, j)] for i in rest]
       scores = self.score_allowed(user_BxE[rest], count_B[rest], allowed, head)
       for i, ids, row_scores in zip(rest, allowed, scores):
         order = np.argsort(-row_scores[:len(ids)], kind="stable")[:k]

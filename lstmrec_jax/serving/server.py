@@ -1,6 +1,7 @@
 """The HTTP JSON service of serve.py: a plain ASGI app (msgspec, on uvicorn) over one Recommender.
 
   POST /recommend  {"history": [raw ids]} or {"user_id": u}, plus k, exclude_seen, exclude, allow,
+                   domain (a multi-domain model: a domain's name or index; its items only), and
                    head ("softmax", or "q" for a model trained with an offline RL loss)
                    -> {"items": [raw ids], "scores": [...], "unknown": n, "fallback": bool}
                    (a user_id with no stored event is ranked by popularity: fallback true)
@@ -194,17 +195,29 @@ class Service:
       j = i
     return groups
 
-  def encode(self, histories: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """(users, counts) of dense-id histories, one jitted call per length group and max_batch."""
+  def _domain_rows(self, domains: list[int] | None, part: list[int], batch: int):
+    """The `domains_B` argument of a multi-domain model's calls (0-padded), else ()."""
+    if not self.rec.domain_names:
+      return ()
+    out = np.zeros(batch, np.int32)
+    if domains is not None:
+      out[:len(part)] = [max(domains[i], 0) for i in part]
+    return (out,)
+
+  def encode(self, histories: list[list[int]], domains: list[int] | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(users, counts) of dense-id histories, one jitted call per length group and max_batch
+    (a cross-domain model: each row's user state for its domain in `domains`)."""
     rows = [self.rec._window(h) for h in histories]  # pylint: disable=protected-access
     users = np.zeros((len(rows), self.rec.layout.embed_dim), np.float32)
     counts = np.zeros(len(rows), np.float32)
     for length, members in self._length_groups([len(r) for r in rows]):
       for lo, hi in self._chunks(len(members)):
         part = members[lo:hi]
-        items = self._pad_rows([rows[i] for i in part], [length],
-                               self._pick(self.batch_buckets, len(part)))
-        user_BxE, count_B = self.rec._encode(self.rec.tables, items)  # pylint: disable=protected-access
+        b = self._pick(self.batch_buckets, len(part))
+        items = self._pad_rows([rows[i] for i in part], [length], b)
+        user_BxE, count_B = self.rec._encode(  # pylint: disable=protected-access
+            self.rec.tables, items, *self._domain_rows(domains, part, b))
         users[part] = np.asarray(user_BxE)[:len(part)]
         counts[part] = np.asarray(count_B)[:len(part)]
     return users, counts
@@ -226,7 +239,8 @@ class Service:
       out.append(np.asarray(new)[:hi - lo])
     return np.concatenate(out)
 
-  def rank(self, user_BxE, count_B, exclude: list[list[int]], head: str = "softmax"):
+  def rank(self, user_BxE, count_B, exclude: list[list[int]], domains: list[int] | None = None,
+           head: str = "softmax"):
     ids, scores = [], []
     for lo, hi in self._chunks(len(exclude)):
       b = self._pick(self.batch_buckets, hi - lo)
@@ -234,9 +248,15 @@ class Service:
       users[:hi - lo] = user_BxE[lo:hi]
       counts = np.zeros(b, np.float32)
       counts[:hi - lo] = count_B[lo:hi]
+      by_domain = {}
+      if self.rec.domain_names:  # a multi-domain model: each row's domain (-1: all items)
+        d_B = np.full(b, -1, np.int32)
+        if domains is not None:
+          d_B[:hi - lo] = domains[lo:hi]
+        by_domain = {"item_domains_V": self.rec.item_domains_V, "domains_B": d_B}
       i, s = self.rec._rank(self.rec.tables, users, counts,  # pylint: disable=protected-access
                             self._pad_rows(exclude[lo:hi], self.exclude_buckets, b), k=self.k,
-                            head=head)
+                            head=head, **by_domain)
       ids.append(np.asarray(i)[:hi - lo])
       scores.append(np.asarray(s)[:hi - lo])
     return np.concatenate(ids), np.concatenate(scores)
@@ -267,17 +287,20 @@ class Service:
     e = self.rec.layout.embed_dim
     rec, done = self.rec, jax.block_until_ready
     for b in self.batch_buckets:
+      domains = self._domain_rows(None, [], b)
       for n in self.len_buckets:
-        done(rec._encode(rec.tables, np.zeros((b, n), np.int32)))  # pylint: disable=protected-access
+        done(rec._encode(rec.tables, np.zeros((b, n), np.int32), *domains))  # pylint: disable=protected-access
       states = np.zeros((b, rec.layout.size), np.float32)
       done(rec._observe(rec.tables, states, np.zeros(b, np.int32)))  # pylint: disable=protected-access
       for n in self.event_buckets:
         done(rec._observe_seq(rec.tables, states, np.zeros((b, n), np.int32)))  # pylint: disable=protected-access
       users, counts = np.zeros((b, e), np.float32), np.zeros(b, np.float32)
+      by_domain = ({"item_domains_V": rec.item_domains_V,
+                    "domains_B": np.full(b, -1, np.int32)} if rec.domain_names else {})
       for head in rec.heads:
         for n in self.exclude_buckets:
           done(rec._rank(rec.tables, users, counts, np.zeros((b, n), np.int32), k=self.k,  # pylint: disable=protected-access
-                         head=head))
+                         head=head, **by_domain))
         for n in self.allow_buckets:
           done(rec._score_items(rec.tables, users, counts,  # pylint: disable=protected-access
                                 np.zeros((b, n), np.int32), head=head))
@@ -402,9 +425,11 @@ class Service:
     by_history = [i for i in recs if jobs[i].get("history") is not None]
     users = np.zeros((len(jobs), self.rec.layout.embed_dim), np.float32)
     counts = np.zeros(len(jobs), np.float32)
+    domain_of = [j.get("domain", -1) if j["kind"] == "recommend" else -1 for j in jobs]
     seen: dict[int, list[int]] = {}
     if by_history:
-      u, c = self.encode([jobs[i]["history"] for i in by_history])
+      u, c = self.encode([jobs[i]["history"] for i in by_history],
+                         [domain_of[i] for i in by_history])
       users[by_history], counts[by_history] = u, c
       seen.update({i: jobs[i]["history"] for i in by_history})
     for i in recs:
@@ -414,22 +439,26 @@ class Service:
       if user is None:  # no known event stored: popularity (count 0), as for an empty history
         seen[i] = []
         continue
-      u, c = fns.user_of(self.rec.layout, user.vector_S[None])
+      u, c = fns.user_of(self.rec.layout, user.vector_S[None],
+                         np.asarray([max(domain_of[i], 0)], np.int32))
       users[i], counts[i] = np.asarray(u)[0], np.asarray(c)[0]
       seen[i] = user.seen.tolist()
     ok = list(recs)
     drop = {i: sorted((set(seen[i]) if jobs[i]["exclude_seen"] else set())
                       | set(jobs[i]["exclude"])) for i in ok}
+    in_domain = lambda i, a: domain_of[i] < 0 or self.rec.item_domains_V[a] == domain_of[i]
     for head in self.rec.heads:  # one ranking call per head the batch asks for
       full = [i for i in ok if jobs[i]["allow"] is None and jobs[i].get("head", "softmax") == head]
       if full:
-        ids, scores = self.rank(users[full], counts[full], [drop[i] for i in full], head)
+        ids, scores = self.rank(users[full], counts[full], [drop[i] for i in full],
+                                [domain_of[i] for i in full], head)
         for i, row_ids, row_scores in zip(full, ids, scores):
           results[i] = self._answer(jobs[i], row_ids, row_scores, counts[i])
       restricted = [i for i in ok if jobs[i]["allow"] is not None
                     and jobs[i].get("head", "softmax") == head]
       if restricted:
-        allowed = [[a for a in jobs[i]["allow"] if a not in set(drop[i])] for i in restricted]
+        allowed = [[a for a in jobs[i]["allow"] if a not in set(drop[i]) and in_domain(i, a)]
+                   for i in restricted]
         scores = self.score_allowed(users[restricted], counts[restricted], allowed, head)
         for i, ids, row_scores in zip(restricted, allowed, scores):
           order = np.argsort(-row_scores[:len(ids)], kind="stable")
@@ -641,6 +670,7 @@ def _request_types():
     exclude_seen: bool = True
     exclude: list[RawId] = []
     allow: list[RawId] | None = None
+    domain: RawId | None = None  # a multi-domain model: the domain's name or index
     head: str = "softmax"
 
   class EventsBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -722,6 +752,10 @@ def create_app(service: Service, *, warm_up: bool = True, max_body_bytes: int = 
            "user_id": None if body.user_id is None else user_id(body.user_id), "history": None,
            "unknown": 0, "allow": None, "head": body.head,
            "exclude": dense(body.exclude, "exclude", cfg.max_exclude)[0]}
+    try:
+      job["domain"] = rec.domain_index(body.domain)
+    except ValueError as e:
+      raise RequestError(422, str(e)) from None
     if body.history is not None:
       job["history"], job["unknown"] = dense(body.history, "history", cfg.max_history)
     if body.allow is not None:

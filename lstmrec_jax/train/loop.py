@@ -24,9 +24,11 @@ from lstmrec_jax import mesh as mesh_lib
 from lstmrec_jax import optim
 from lstmrec_jax import paths
 from lstmrec_jax import run as run_lib
+from lstmrec_jax import workdir as workdir_lib
 from lstmrec_jax.data import augment
 from lstmrec_jax.errors import ConfigError
 from lstmrec_jax.errors import DivergenceError
+from lstmrec_jax.evaluation import cross_domain
 from lstmrec_jax.evaluation import metrics
 from lstmrec_jax.evaluation import ranking
 from lstmrec_jax.evaluation import reports
@@ -209,6 +211,21 @@ class _Preemption:
     self.previous = {}
 
 
+def _pretrained(init_from: str, params):
+  """`params` with every parameter of `init_from`'s best checkpoint whose path and shape match
+  (`train.init_from`: pre-training, then this run fine-tunes); the counts are logged."""
+  source = workdir_lib.restore_run(init_from, which="best", num_devices=1)
+  new, copied, kept = ckpt_lib.transfer_params(jax.device_get(params),
+                                               jax.device_get(source.params))
+  if not copied:
+    raise ConfigError(f"train.init_from={init_from}: no parameter of its best checkpoint matches"
+                      " this model's (paths and shapes); nothing to start from")
+  logging.info("train.init_from=%s: %d parameters from its best checkpoint (step %d), %d as "
+               "initialized%s", init_from, len(copied), source.step, len(kept),
+               f" ({', '.join(kept)})" if kept else "")
+  return new
+
+
 def _stderr_is_terminal() -> bool:
   try:
     return sys.stderr.isatty()
@@ -301,6 +318,7 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
 
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=tr.keep_checkpoints)
   meta = {"best": None, "best_step": None, "evals_since_best": 0, "stopped_early": False}
+  restored = None
   if checkpointer.latest_step() is not None:
     restored = checkpointer.restore_train_state(state, mesh)
     if restored is None:
@@ -308,14 +326,19 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
     else:
       state, meta = restored
       logging.info("resumed from %s at step %d", workdir, int(state.step))
+  if tr.init_from and restored is None:  # a resumed run keeps its own parameters
+    state = state._replace(params=jax.device_put(_pretrained(tr.init_from, state.params),
+                                                 state_sh.params))
 
   aux = run.step_aux(steps_per_epoch)
   if "item_mask_V" in aux:
     trained = int(np.asarray(dataset.item_counts_V)[1:].astype(bool).sum())
     logging.info("training softmax over the %d items with training events (%d left out)",
                  trained, int(dataset.num_items) - 1 - trained)
+  # A multi-domain split is ranked per user in the target's domain.
   rank_fn = scoring.compile_rank_fn(run.graphdef, mesh, exclude_seen=spec.eval.exclude_seen,
-                                    chunk_size=spec.eval.chunk_size)
+                                    chunk_size=spec.eval.chunk_size,
+                                    item_domains_V=dataset.item_domains_V)
 
   seen_targets = reports.effective_seen_targets(spec.eval.exclude_seen, spec.eval.seen_targets)
   valid_split = dataset.valid
@@ -328,6 +351,10 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
     users_U, ranks_U = ranking.rank_split(rank_fn, state.params, run.consts, valid_split,
                                           batch_size=inp.eval_batch_size, max_len=inp.max_len,
                                           mesh=mesh)
+    if cross_domain.is_multi_domain(dataset):
+      # Per domain, never pooled: the checkpoint is chosen on the mean over domains.
+      return cross_domain.validation_metrics(ranks_U, users_U, valid_split,
+                                             dataset.domain_names, seen_targets)
     # The checkpoint is chosen under the protocol the report states (eval.seen_targets).
     return metrics.metrics_from_ranks(
         reports.protocol_ranks(ranks_U, users_U, valid_split, seen_targets))
@@ -438,14 +465,16 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
   checkpointer.wait()
 
   params, _, best_step = checkpointer.restore_params(state.params, "best", mesh)
-  report = ranking.evaluate_params(run.graphdef, params, run.consts, dataset,
-                                   splits=("valid", "test"), mesh=mesh,
-                                   batch_size=inp.eval_batch_size, max_len=inp.max_len,
-                                   exclude_seen=spec.eval.exclude_seen,
-                                   chunk_size=spec.eval.chunk_size,
-                                   seen_targets=spec.eval.seen_targets,
-                                   high_reward_min=spec.reward.high_min,
-                                   q_head=run.model_cfg.q_head)
+  report = cross_domain.evaluate_params(run.graphdef, params, run.consts, dataset,
+                                        splits=("valid", "test"), mesh=mesh,
+                                        batch_size=inp.eval_batch_size, max_len=inp.max_len,
+                                        exclude_seen=spec.eval.exclude_seen,
+                                        chunk_size=spec.eval.chunk_size,
+                                        seen_targets=spec.eval.seen_targets,
+                                        sampled_negatives=spec.eval.sampled_negatives,
+                                        sampled_seed=spec.eval.sampled_seed,
+                                        high_reward_min=spec.reward.high_min,
+                                        q_head=run.model_cfg.q_head)
   report.update(checkpoint="best", step=best_step, workdir=str(workdir),
                 epochs_trained=step / steps_per_epoch, dataset=spec.data.format)
   if spec.auto:

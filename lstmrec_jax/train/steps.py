@@ -53,10 +53,11 @@ def _rows_read(model, batch, loss_cfg: LossConfig, neg_key, log_q_V, adv_cfg, au
   an item side that computes content per row (`model.computes_rows`) let the step compute item
   content at the inputs, targets and those rows only; the values and gradients it reads are the
   whole table's. Terms that read other rows (the adversarial scale is a mean over every item;
-  the contrastive views look up their own inputs) keep the whole table.
+  the contrastive views look up their own inputs; the domain softmax slices the table per
+  domain) keep the whole table.
   """
   extra = losses.rows_read(loss_cfg.kind)
-  if (extra is None or neg_key is None or not model.computes_rows
+  if (extra is None or neg_key is None or not model.computes_rows or loss_cfg.domain_softmax
       or (adv_cfg is not None and adv_cfg.on)
       or (aug_cfg is not None and aug_cfg.contrastive_weight > 0)):
     return None
@@ -124,10 +125,20 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
     split_args = {**split_args, "rl_cfg": rl_cfg, "transitions": _transitions(
         model, batch, dropout_key, step, rl_start_step)}
 
+  # A cross-domain encoder reads each position's target domain (the next item's).
+  target_domains_BxL = (model.item_domains(batch["targets_BxL"]) if model.cross_domain
+                        else None)
+  if loss_cfg.domain_softmax:
+    if split:
+      raise ValueError("loss.domain_softmax does not run with the item tables split over "
+                       "devices (model.vocab_shards > 1)")
+    loss_fn = functools.partial(losses.domain_softmax_loss, loss_fn,
+                                domain_starts=model.cfg.domain_starts)
+
   def loss_at(input_delta=None, user_delta=None):
     user_BxLxE = model(batch["inputs_BxL"], mask_BxL, batch.get("resets_BxL"),
                        item_table_VxE=input_VxE, dropout_key=dropout_key,
-                       input_delta_BxLxE=input_delta)
+                       input_delta_BxLxE=input_delta, target_domains_BxL=target_domains_BxL)
     if user_delta is not None:
       user_BxLxE = user_BxLxE + jnp.where(mask_BxL[..., None], user_delta, 0.0)
     user_NxE = user_BxLxE.reshape(-1, user_BxLxE.shape[-1])

@@ -1,7 +1,7 @@
 """The format registry: name -> `Format`, the one place a data config's format is dispatched.
 
-Built in: synthetic, movielens, seqfile, pairs, csv, tsv, parquet, tfds (one module each;
-csv / tsv / parquet share `table`). A new format needs no edit of `load_dataset`:
+Built in: synthetic, movielens, seqfile, pairs, csv, tsv, parquet, tfds, crossdomain (one module
+each; csv / tsv / parquet share `table`). A new format needs no edit of `load_dataset`:
 
   register_format(Format("jsonl", read=lambda path, cfg: my_reader(path),
                          expected="a JSON-lines file, one event per line"))
@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lstmrec_jax.errors import DataError
+from lstmrec_jax.data.formats import crossdomain
 from lstmrec_jax.data.formats import movielens
 from lstmrec_jax.data.formats import pairs
 from lstmrec_jax.data.formats import seqfile
@@ -124,6 +125,11 @@ for _fmt in (
            fingerprint=lambda path, _: pairs.source_fingerprint(path)),
     *(_table(name) for name in table.TABLE_FORMATS),
     Format("tfds", read=_read_tfds, expected=tfds.EXPECTED, reads_path=False),
+    Format("crossdomain", expected=crossdomain.EXPECTED,
+           read=lambda path, cfg: crossdomain.read_crossdomain(
+               path, cfg.domains_path, cfg.domain_names),
+           fingerprint=lambda path, cfg: crossdomain.source_fingerprint(
+               path, crossdomain.domains_file(path, cfg.domains_path), cfg.domain_names)),
 ):
   register_format(_fmt)
 del _fmt

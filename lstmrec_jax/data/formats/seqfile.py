@@ -76,19 +76,13 @@ def _read_item2attributes(path: pathlib.Path) -> ItemSide:
   side = ItemSide()
   for key, attrs in data.items():
     if not log_lib.is_int(key):
-      raise data_error(path, _line_of_key(text, key), f"non-integer item id {key!r}")
+      raise data_error(path, log_lib.line_of_json_key(text, key), f"non-integer item id {key!r}")
     if not isinstance(attrs, list) or not all(
         isinstance(a, (int, str)) and not isinstance(a, bool) for a in attrs):
-      raise data_error(path, _line_of_key(text, key),
+      raise data_error(path, log_lib.line_of_json_key(text, key),
                        f"item {key}: expected a list of attribute ids, got {attrs!r}"[:200])
     side.attributes[int(key)] = list(attrs)
   return side
-
-
-def _line_of_key(text: str, key: str) -> int:
-  """1-based line of a JSON object key's first appearance (json reports no line for values)."""
-  at = text.find(json.dumps(key))
-  return text.count("\n", 0, max(at, 0)) + 1
 
 
 
