@@ -67,7 +67,10 @@ def test_metrics(workdir: pathlib.Path, steps: list[int]) -> dict[int, dict[str,
   sys.path.insert(0, str(REPO))
   from lstmrec_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from lstmrec_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.cli import common  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.evaluation import ranking  # pylint: disable=g-import-not-at-top
+  run_lib.set_older_workdir_defaults(common.base_defaults())  # runs saved before newer keys
   restored = workdir_lib.restore_run(workdir, which=str(steps[0]))
   run, spec = restored.run, restored.run.spec
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)

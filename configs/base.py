@@ -80,8 +80,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.input.batch_size = 256  # global rows per step; a multiple of the device count
   c.input.eval_batch_size = 512  # users per evaluation batch; a multiple of the device count
   c.input.pack = True  # pack several histories per row (state reset at boundaries)
-  c.input.backend = "auto"  # training-batch prefetch: tf (tf.data) | numpy (a thread, no
-  # TensorFlow needed) | auto (tf when TensorFlow imports, else numpy); identical batches
+  c.input.backend = "numpy"  # training-batch prefetch: numpy (a thread, no TensorFlow needed)
+  # | tf (tf.data) | auto (tf when TensorFlow imports, else numpy); identical batches. numpy by
+  # default: the batches are numpy either way, importing TF costs ~5 s of start-up, and tf.data's
+  # per-epoch iterator left the step idle ~30 s at some epoch starts (docs/results.md, 2026-12-04)
 
   c.model = ml_collections.ConfigDict()
   # Sequence encoder: lstm | gru | transformer (SASRec-style, causal) | any name registered with

@@ -453,15 +453,45 @@ def check_max_len(spec: RunSpec, dataset) -> None:
         f"{memory / 2**30:.0f} GiB): use input.max_len <= {longest}")
 
 
+_OLDER_WORKDIR_DEFAULTS: dict[str, Any] = {}
+
+
+def set_older_workdir_defaults(flat: Mapping[str, Any]) -> None:
+  """configs/base.py's values, flattened: the keys a workdir's config.json lacks (it was saved
+  before they existed) take them when the workdir is read. The entry points set this (the
+  library never imports configs/); without it such a workdir is one ConfigError naming the keys.
+  """
+  _OLDER_WORKDIR_DEFAULTS.clear()
+  _OLDER_WORKDIR_DEFAULTS.update(flat)
+
+
 def read_workdir_config(workdir: str | os.PathLike) -> dict[str, Any]:
-  """The config a train.py run saved in its workdir (config.json), as a nested dict."""
+  """The config a train.py run saved in its workdir (config.json), as a nested dict; keys added
+  since it was saved take their defaults (`set_older_workdir_defaults`), logged."""
   path = paths.workdir_path(workdir) / "config.json"
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found: is {workdir} a train.py workdir?")
   try:
-    return json.loads(path.read_text())
+    cfg = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise ConfigError(f"{path}: not valid JSON ({e})") from None
+  if not _OLDER_WORKDIR_DEFAULTS or not isinstance(cfg, dict):
+    return cfg
+  flat = flatten(cfg)
+
+  def present(key: str) -> bool:  # the key, a key below it, or a leaf above it
+    parts = key.split(".")
+    return (key in flat or any(k.startswith(key + ".") for k in flat)
+            or any(".".join(parts[:i]) in flat for i in range(1, len(parts))))
+
+  added = {k: v for k, v in _OLDER_WORKDIR_DEFAULTS.items()
+           if k.split(".", 1)[0] in GROUPS and not present(k)}
+  if added:
+    logging.info("%s was saved before %d config keys existed; they take their defaults: %s",
+                 path, len(added), ", ".join(sorted(added)))
+    flat.update(added)
+    cfg = unflatten(flat)
+  return cfg
 
 
 def data_signature(dataset) -> dict[str, Any]:

@@ -312,3 +312,31 @@ def test_checkpoint_with_pre_registry_parameter_paths_restores_to_the_same_metri
   assert min(old_losses) == 5 and max(old_losses) == max(new_losses)
   for s in old_losses:
     assert old_losses[s] == pytest.approx(new_losses[s], rel=1e-6), f"step {s}"
+
+
+def test_a_workdir_saved_before_keys_existed_is_read_with_their_defaults(tmp_path):
+  """eval.py / export.py / serve.py on a workdir whose config.json predates some keys (here:
+  the reward and rl groups and the cross-domain keys): with the base defaults registered (the
+  entry points do it), the missing keys take them; without, one ConfigError names them."""
+  import json  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.cli import common  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  defaults = common.base_defaults()
+  old = {k: v for k, v in defaults.items()
+         if not k.startswith(("reward.", "rl.")) and k not in ("data.domain", "train.init_from")}
+  old["model.embed_dim"] = 24  # a value of the run's own, kept
+  (tmp_path / "config.json").write_text(json.dumps(run_lib.unflatten(old)))
+  run_lib.set_older_workdir_defaults({})
+  try:
+    with pytest.raises(ConfigError, match="missing"):
+      run_lib.spec_from_config(run_lib.read_workdir_config(tmp_path))
+    run_lib.set_older_workdir_defaults(defaults)
+    cfg = run_lib.read_workdir_config(tmp_path)
+    spec = run_lib.spec_from_config(cfg)
+    assert spec.model.embed_dim == 24
+    assert cfg["reward"] == run_lib.unflatten(
+        {k: v for k, v in defaults.items() if k.startswith("reward.")})["reward"]
+    assert cfg["data"]["domain"] == defaults["data.domain"]
+  finally:
+    run_lib.set_older_workdir_defaults({})

@@ -172,6 +172,9 @@ def load_plugins(workdir: str | None = None, *, record: bool = False) -> None:
   from lstmrec_jax import paths  # pylint: disable=g-import-not-at-top
   loaded = plugins.load(flags.FLAGS.plugins)
   if workdir is not None:
+    # A workdir saved before some config keys existed is read with their defaults (base.py).
+    from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+    run_lib.set_older_workdir_defaults(base_defaults())
     plugins.load_recorded(paths.workdir_path(workdir), trust=flags.FLAGS.trust_plugins)
   if record and workdir is not None:
     import jax  # pylint: disable=g-import-not-at-top
