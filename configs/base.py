@@ -176,6 +176,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.clip_norm = 1.0  # global gradient norm clip (0 = off)
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
+  # Exponential moving average of the parameters, in [0, 1) (0 = off): validation ranks the
+  # average and the best checkpoint keeps it (eval, export and serving read it); training
+  # goes on from the raw parameters. 0.998 averages over the last ~500 steps.
+  c.optim.ema_decay = 0.0
 
   c.train = ml_collections.ConfigDict()
   c.train.num_epochs = 30  # passes over the training examples

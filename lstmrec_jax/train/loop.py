@@ -347,8 +347,12 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
     logging.info("validation during training: %d of the %d validation users (train.valid_users;"
                  " the final report ranks all)", len(valid_split), len(dataset.valid))
 
-  def validate() -> dict[str, float]:
-    users_U, ranks_U = ranking.rank_split(rank_fn, state.params, run.consts, valid_split,
+  if spec.optim.ema_decay:
+    logging.info("validation and the best checkpoint use the moving average of the parameters "
+                 "(optim.ema_decay=%g)", spec.optim.ema_decay)
+
+  def validate(params) -> dict[str, float]:
+    users_U, ranks_U = ranking.rank_split(rank_fn, params, run.consts, valid_split,
                                           batch_size=inp.eval_batch_size, max_len=inp.max_len,
                                           mesh=mesh)
     if cross_domain.is_multi_domain(dataset):
@@ -424,7 +428,8 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
         if step % eval_every == 0 or step == total_steps:
           t0 = time.perf_counter()
           check_before_save()  # a NaN model is never validated, kept as best, or saved
-          val = validate()
+          evaluated = optim.evaluated_params(state, spec.optim)
+          val = validate(evaluated)
           logger.write(step, {k: v for k, v in val.items() if k != "users"}, prefix="valid/")
           improved = meta["best"] is None or val["NDCG@10"] > meta["best"]
           if improved:
@@ -435,7 +440,7 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
           meta["valid"] = val
           meta["stopped_early"] = bool(tr.patience and meta["evals_since_best"] >= tr.patience)
           if improved:
-            checkpointer.save_best(state, meta, val)
+            checkpointer.save_best(state._replace(params=evaluated), meta, val)
           checkpointer.save_latest(state, meta)
           bar.write(f"step {step} epoch {step / steps_per_epoch:.2f}: valid NDCG@10 "
                     f"{val['NDCG@10']:.4f} HR@10 {val['HR@10']:.4f} (best {meta['best']:.4f} at "
