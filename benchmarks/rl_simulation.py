@@ -122,7 +122,7 @@ class ServedModel:
     exclude = [[int(x) for x in self.to_own[list(s) + list(e)] if x]
                for s, e in zip(state["seen"], exclude)]
     ids, scores = self.rec.rank_ids(np.asarray(user_BxE), np.asarray(count_B), k, exclude,
-                                    self.head)
+                                    head=self.head)
     return np.where(np.isfinite(scores), self.to_common[ids], 0)
 
   def probabilities(self, state):

@@ -422,6 +422,34 @@ def test_q_head_served_equals_the_evaluation_path(tmp_path):
 # ----------------------------------------------------------------------------- simulation
 
 
+def test_the_simulation_study_ranks_like_the_served_recommender(tmp_path):
+  """benchmarks/rl_simulation.py's policy wrapper (both heads) shows what `recommend` returns
+  for the same histories: the simulation runs the served model, not a copy of it."""
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+  import rl_simulation  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.serving import bundle as bundle_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.serving.recommender import Recommender  # pylint: disable=g-import-not-at-top
+  run, params = _q_run(tmp_path)
+  rec = Recommender(bundle_lib.from_run(run, params))
+  common_keys = [None] + [str(k) for k in rec.item_keys[1:]]
+  rng = np.random.default_rng(1)
+  histories = [rng.choice(np.arange(1, len(common_keys)), n, replace=False).tolist()
+               for n in (1, 3, 7, 12)]
+  for head in ("softmax", "q"):
+    policy = rl_simulation.ServedModel(rec, common_keys, head)
+    state = policy.start(histories)
+    got = policy.slates(state, 5, [[] for _ in histories])
+    want = rec.recommend_batch([[rec.item_keys[i] for i in h] for h in histories], k=5,
+                               head=head)
+    assert [[common_keys[i] for i in row] for row in got] == [
+        [str(k) for k in r.items] for r in want], head
+    # after one more observed item, that item is excluded from the next slate as well
+    state = policy.observe(state, np.asarray([row[0] for row in got]))
+    again = policy.slates(state, 5, [[] for _ in histories])
+    assert all(row[0] not in nxt for row, nxt in zip(got, again))
+
+
 def test_simulated_user_takes_only_what_it_wants_and_only_once():
   """A user who wants item 3, then item 2: a policy showing them earns the rewards of their
   ratings at steps 1 and 2 (discounted), one that never shows them earns nothing."""

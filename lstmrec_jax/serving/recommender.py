@@ -314,7 +314,7 @@ class Recommender:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < self.num_items:
       raise ValueError(f"k={k!r} must be an integer in [1, {self.num_items - 1}] (the catalog)")
 
-  def rank_ids(self, user_BxE, count_B, k: int, exclude: Sequence[Sequence[int]],
+  def rank_ids(self, user_BxE, count_B, k: int, exclude: Sequence[Sequence[int]], *,
                domains_B: np.ndarray | None = None,
                head: str = "softmax") -> tuple[np.ndarray, np.ndarray]:
     """(ids_BxK, scores_BxK) of `head` over the catalog without each row's excluded dense ids
@@ -348,7 +348,8 @@ class Recommender:
     if rows:
       ids_BxK, scores_BxK = self.rank_ids(user_BxE[rows], count_B[rows], k,
                                           [drop[i] for i in rows],
-                                          None if domains_B is None else domains_B[rows], head)
+                                          domains_B=None if domains_B is None else domains_B[rows],
+                                          head=head)
       for i, ids, scores in zip(rows, ids_BxK, scores_BxK):
         out[i] = self._answer(ids, scores, unknown[i], count_B[i])
     rest = [i for i in range(b) if out[i] is None]
