@@ -92,9 +92,13 @@ def cold_start(runs: pathlib.Path, prefix: str, domains: list[str], models: list
   return out
 
 
+def _mean_std(m: float, s: float, n: int) -> str:
+  """"m +- s" over n > 1 runs; one run has no spread to show (its value alone)."""
+  return f"{m:.4f} +- {s:.4f}" if n > 1 else f"{m:.4f}"
+
+
 def _cell(block, key, bold=False) -> str:
-  m, s = block["mean"][key], block["std"][key]
-  text = f"{m:.4f} +- {s:.4f}"
+  text = _mean_std(block["mean"][key], block["std"][key], len(block["runs"]))
   return f"**{text}**" if bold else text
 
 
@@ -142,7 +146,7 @@ def markdown(table: dict, domains: list[str], models: list[str], title: str,
     for model, by_domain in cold.items():
       for d, by_protocol in by_domain.items():
         for protocol, buckets in by_protocol.items():
-          cells = [f"{buckets[b][0]:.4f} +- {buckets[b][1]:.4f} ({buckets[b][2]})"
+          cells = [f"{_mean_std(buckets[b][0], buckets[b][1], buckets[b][3])} ({buckets[b][2]})"
                    if b in buckets else "-" for b in ("0-2", "3-5", "6+")]
           lines.append(f"| {LABELS.get(model, model)} | {d} | {protocol} | "
                        + " | ".join(cells) + " |")
