@@ -216,6 +216,8 @@ def main(argv=None) -> None:
   from lstmrec_jax.evaluation import simulation  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.serving.recommender import Recommender  # pylint: disable=g-import-not-at-top
 
+  # Workdirs saved before newer config keys (the choice models, the policies) take their defaults.
+  run_lib.set_older_workdir_defaults(common.base_defaults())
   work = pathlib.Path(args.workdir)
   work.mkdir(parents=True, exist_ok=True)
   log = movielens.read_movielens(args.data)

@@ -47,7 +47,7 @@ class OptimConfig:
   clip_norm: float  # global gradient norm clip, >= 0 (0 = off)
   b1: float  # Adam first-moment decay, in [0, 1)
   b2: float  # Adam second-moment decay, in [0, 1)
-  ema_decay: float = 0.0  # moving average of the parameters, in [0, 1) (0 = off)
+  ema_decay: float  # moving average of the parameters, in [0, 1) (0 = off)
 
   def __post_init__(self):
     problems = []

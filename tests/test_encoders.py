@@ -120,7 +120,7 @@ def test_trains_through_the_step_and_every_parameter_moves(name):
   graphdef, params, consts = model_lib.create_model(cfg, 0)
   optim_cfg = optim.OptimConfig(learning_rate=1e-2, warmup_epochs=0.0, warmup_steps=1,
                                 schedule="constant", final_lr_fraction=0.0, weight_decay=0.0,
-                                clip_norm=1.0, b1=0.9, b2=0.999)
+                                clip_norm=1.0, b1=0.9, b2=0.999, ema_decay=0.0)
   tx = optim.make_optimizer(optim_cfg, 10)
   fn = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
                                  loss_cfg=loss_config(kind="full")))
