@@ -54,7 +54,9 @@ def split_users(users: np.ndarray, seed: int) -> set:
 
 def train_user_model(csv: pathlib.Path, workdir: pathlib.Path, seed: int, cache: str,
                      epochs: int | None = None) -> None:
-  """The plain ML-100K recipe on part B's events (a CSV), with its own seed."""
+  """The plain ML-100K recipe on part B's events (a CSV), with its own seed, trained to the end of
+  its schedule (no early stop: on half of the users an epoch is 3 steps, the recipe's 100-step
+  warm-up lasts 33 epochs, and its patience of 10 validations ended one seed during it)."""
   from lstmrec_jax.configs import ml100k  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.train import loop  # pylint: disable=g-import-not-at-top
   if (workdir / "report.json").is_file():
@@ -69,6 +71,7 @@ def train_user_model(csv: pathlib.Path, workdir: pathlib.Path, seed: int, cache:
   c.input.backend = "numpy"
   c.train.progress_bar = False
   c.train.num_devices = 1
+  c.train.patience = 0
   if epochs:
     c.train.num_epochs = epochs
   loop.train_and_evaluate(c, workdir)
@@ -178,6 +181,19 @@ class Greedy:
     return np.argsort(-s, axis=1, kind="stable")[:, :k]
 
 
+class _Popularity:
+  """Training counts as scores, for `offline_check` (the simulator's validity floor)."""
+
+  def __init__(self, counts_V: np.ndarray):
+    self.counts_V = counts_V
+
+  def start(self, histories):
+    return len(histories)
+
+  def scores(self, rows):
+    return np.tile(self.counts_V, (rows, 1))
+
+
 def offline_check(model: ServedModel, histories, targets) -> dict[str, float]:
   """HR@10 / NDCG@10 of `model` on (history, target) pairs, seen items removed."""
   state = model.start(histories)
@@ -273,7 +289,15 @@ def main(argv=None) -> None:
   users = {s: ServedModel(Recommender.load(work / f"user_s{s}"), common_keys) for s in seeds}
   checks["choice_model_on_A_test"] = {s: offline_check(u, test_hist, test_targets)
                                       for s, u in users.items()}
+  checks["popularity_on_A_test"] = offline_check(
+      _Popularity(np.asarray(dataset.item_counts_V, np.float64)), test_hist, test_targets)
   print("validity:", json.dumps(checks, indent=1), flush=True)
+  weak = [s for s, c in checks["choice_model_on_A_test"].items()
+          if c["HR@10"] <= checks["popularity_on_A_test"]["HR@10"]]
+  if weak:
+    raise SystemExit(f"{work}: choice model seed(s) {weak} rank A's test targets no better than "
+                     f"popularity (HR@10 {checks['popularity_on_A_test']['HR@10']:.4f}): not a valid "
+                     "simulator; delete their user_s<seed> folders to retrain, or drop the seeds")
 
   attrs = beyond.dataset_attributes(dataset)
   start = [h for h in histories for _ in range(args.episodes)]
@@ -352,7 +376,10 @@ def markdown(result) -> str:
            f"{v['rating_rmse_global_mean']:.3f}); residual sigma {v['rating_sigma']:.3f}",
            "- choice model (trained on B) on A's test targets: " + ", ".join(
                f"seed {k}: HR@10 {c['HR@10']:.4f} NDCG@10 {c['NDCG@10']:.4f}"
-               for k, c in v["choice_model_on_A_test"].items()), ""]
+               for k, c in v["choice_model_on_A_test"].items())
+           + (f"; popularity: HR@10 {v['popularity_on_A_test']['HR@10']:.4f} NDCG@10 "
+              f"{v['popularity_on_A_test']['NDCG@10']:.4f} (a choice model must beat it)"
+              if "popularity_on_A_test" in v else ""), ""]
   header = ["policy / head", "offline HR@10 on A", *SIM_KEYS, *BEYOND_KEYS]
   lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
   for name, r in result["results"].items():

@@ -450,6 +450,19 @@ def test_the_simulation_study_ranks_like_the_served_recommender(tmp_path):
     assert all(row[0] not in nxt for row, nxt in zip(got, again))
 
 
+def test_the_simulators_popularity_floor_ranks_by_hand():
+  """rl_simulation's validity floor: popularity with the seen items removed (a tie counts
+  against the target). Items 1..12 with counts 12..1; history [1, 2], target 3: rank 0; history
+  [4], target 12: items 1-3, 5-11 outrank it (rank 10, a miss at 10)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+  import rl_simulation  # pylint: disable=g-import-not-at-top
+  counts = np.asarray([0.0] + list(range(12, 0, -1)))
+  got = rl_simulation.offline_check(rl_simulation._Popularity(counts), [[1, 2], [4]],  # pylint: disable=protected-access
+                                    np.asarray([3, 12]))
+  assert got == {"HR@10": 0.5, "NDCG@10": 0.5, "users": 2}
+
+
 def test_simulated_user_takes_only_what_it_wants_and_only_once():
   """A user who wants item 3, then item 2: a policy showing them earns the rewards of their
   ratings at steps 1 and 2 (discounted), one that never shows them earns nothing."""
