@@ -50,6 +50,11 @@ def collect(runs: str, split: str) -> dict:
   return rows
 
 
+def _mean(xs) -> float | None:
+  xs = [x for x in xs if x is not None]
+  return float(np.mean(xs)) if xs else None
+
+
 def _ms(xs) -> str:
   xs = [x for x in xs if x is not None]
   if not xs:
@@ -60,7 +65,8 @@ def _ms(xs) -> str:
 def markdown(result) -> str:
   rows = result["rows"]
   first = next(iter(rows))
-  base = {k: np.mean(v) for k, v in rows[first].items() if k not in ("workdirs", "steps", "users")}
+  # None: a part without targets (with reward 1 every target is high-reward; "others" is empty)
+  base = {k: _mean(v) for k, v in rows[first].items() if k not in ("workdirs", "steps", "users")}
   users = rows[first]["users"]
   lines = [f"# Offline RL on the LSTM, {result['split']} split ({result['date']})", "",
            f"Command: `{result['command']}`; machine: {result['machine'].get('cpu_model')}.",
@@ -73,8 +79,8 @@ def markdown(result) -> str:
   for name, r in rows.items():
     def cell(key):
       text = _ms(r[key])
-      if name != first and base.get(key):
-        text += f" ({100 * (np.mean(r[key]) / base[key] - 1):+.1f}%)"
+      if name != first and base.get(key) and _mean(r[key]) is not None:
+        text += f" ({100 * (_mean(r[key]) / base[key] - 1):+.1f}%)"
       return text
     lines.append(f"| {name} | {len(r['workdirs'])} | " + " | ".join(cell(k) for k in (
         "overall/NDCG@10", "high_reward/NDCG@10", "low_reward/NDCG@10", "overall/HR@10",
