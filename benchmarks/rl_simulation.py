@@ -151,10 +151,14 @@ class FixedScores:
         state["seen"][row].add(int(item))
     return state
 
-  def slates(self, state, k, exclude):
+  def scores(self, state) -> np.ndarray:
+    """[B, V] scores: the fixed ones for every row, or fresh noise."""
     b = len(state["seen"])
-    s = (np.tile(self.scores_V, (b, 1)).astype(np.float64) if self.scores_V is not None
-         else self.rng.random((b, self.num_items)))
+    return (np.tile(self.scores_V, (b, 1)).astype(np.float64) if self.scores_V is not None
+            else self.rng.random((b, self.num_items)))
+
+  def slates(self, state, k, exclude):
+    s = self.scores(state)
     s[:, 0] = -np.inf
     for row, seen in enumerate(state["seen"]):
       s[row, list(seen | exclude[row])] = -np.inf
@@ -179,19 +183,6 @@ class Greedy:
     for row, seen in enumerate(state["seen"]):
       s[row, seen + list(exclude[row])] = -np.inf
     return np.argsort(-s, axis=1, kind="stable")[:, :k]
-
-
-class _Popularity:
-  """Training counts as scores, for `offline_check` (the simulator's validity floor)."""
-
-  def __init__(self, counts_V: np.ndarray):
-    self.counts_V = counts_V
-
-  def start(self, histories):
-    return len(histories)
-
-  def scores(self, rows):
-    return np.tile(self.counts_V, (rows, 1))
 
 
 def offline_check(model: ServedModel, histories, targets) -> dict[str, float]:
@@ -289,8 +280,9 @@ def main(argv=None) -> None:
   users = {s: ServedModel(Recommender.load(work / f"user_s{s}"), common_keys) for s in seeds}
   checks["choice_model_on_A_test"] = {s: offline_check(u, test_hist, test_targets)
                                       for s, u in users.items()}
-  checks["popularity_on_A_test"] = offline_check(
-      _Popularity(np.asarray(dataset.item_counts_V, np.float64)), test_hist, test_targets)
+  counts = np.asarray(dataset.item_counts_V, np.float64)
+  checks["popularity_on_A_test"] = offline_check(  # the simulator's validity floor
+      FixedScores(counts, np.random.default_rng(0), len(counts)), test_hist, test_targets)
   print("validity:", json.dumps(checks, indent=1), flush=True)
   weak = [s for s, c in checks["choice_model_on_A_test"].items()
           if c["HR@10"] <= checks["popularity_on_A_test"]["HR@10"]]
@@ -331,7 +323,6 @@ def main(argv=None) -> None:
       runs = [simulate(lambda s, r=r: ServedModel(r, common_keys, head), f"{name}/{head}/{k}", k)
               for k, r in enumerate(recs)]
       results[f"{name}/{head}"] = {"workdirs": paths, "offline_A_test": offline, "runs": runs}
-  counts = np.asarray(dataset.item_counts_V, np.float64)
   references = {
       "random": lambda s: FixedScores(None, np.random.default_rng(s), num_items),
       "popularity": lambda s: FixedScores(counts, np.random.default_rng(s), num_items),

@@ -143,7 +143,7 @@ def param_ema(decay: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
-def _find_ema(opt_state) -> tuple[ParamEMAState, float] | None:
+def _find_ema(opt_state) -> ParamEMAState | None:
   """The `param_ema` state inside an optimizer state (None without one)."""
   found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ParamEMAState))
            if isinstance(s, ParamEMAState)]

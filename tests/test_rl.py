@@ -458,8 +458,8 @@ def test_the_simulators_popularity_floor_ranks_by_hand():
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
   import rl_simulation  # pylint: disable=g-import-not-at-top
   counts = np.asarray([0.0] + list(range(12, 0, -1)))
-  got = rl_simulation.offline_check(rl_simulation._Popularity(counts), [[1, 2], [4]],  # pylint: disable=protected-access
-                                    np.asarray([3, 12]))
+  popularity = rl_simulation.FixedScores(counts, np.random.default_rng(0), len(counts))
+  got = rl_simulation.offline_check(popularity, [[1, 2], [4]], np.asarray([3, 12]))
   assert got == {"HR@10": 0.5, "NDCG@10": 0.5, "users": 2}
 
 
