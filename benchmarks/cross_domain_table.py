@@ -28,7 +28,16 @@ KEYS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")
 PROTOCOLS = ("full", "sampled")
 LABELS = {"a": "(a) one model per domain", "merged": "(b) merged LSTM",
           "merged_ds": "merged LSTM + domain softmax", "xd_shared": "xd_shared",
-          "xd": "cross-domain LSTM (xd_lstm)"}
+          "xd": "cross-domain LSTM (xd_lstm)",
+          "transfer": "transfer: merged LSTM fine-tuned on the domain"}
+# Models whose runs hold one domain each (named after it): baseline (a) and the transfer runs.
+PER_DOMAIN = {"a": "{prefix}_{domain}_s{seed}", "transfer": "{prefix}_transfer_{domain}_s{seed}"}
+
+
+def run_name(prefix: str, model: str, domain: str, seed: int) -> str:
+  """The workdir name of `model`'s run for `domain` (per-domain models) and `seed`."""
+  return PER_DOMAIN.get(model, "{prefix}_{model}_s{seed}").format(
+      prefix=prefix, model=model, domain=domain, seed=seed)
 
 
 def _load(path: pathlib.Path) -> dict | None:
@@ -49,7 +58,7 @@ def collect(runs: pathlib.Path, prefix: str, domains: list[str], models: list[st
       for protocol in PROTOCOLS:
         rows = []
         for seed in seeds:
-          name = f"{prefix}_{domain if model == 'a' else model}_s{seed}"
+          name = run_name(prefix, model, domain, seed)
           report = _load(runs / name / "report.json")
           if report is None:
             continue
@@ -73,7 +82,7 @@ def cold_start(runs: pathlib.Path, prefix: str, domains: list[str], models: list
     for domain in domains:
       reps = []
       for seed in seeds:
-        name = f"{prefix}_{domain if model == 'a' else model}_s{seed}"
+        name = run_name(prefix, model, domain, seed)
         rep = _load(runs / name / "domain_cold_start_best.json")
         if rep is not None:
           reps.append(rep)
@@ -124,8 +133,9 @@ def markdown(table: dict, domains: list[str], models: list[str], title: str,
                    if protocol in table[m].get(d, {}))
         cells += [_cell(block, "NDCG@10", bold=block["mean"]["NDCG@10"] == best),
                   _cell(block, "HR@10"), _cell(block, "MRR")]
-      n = len(next(iter(table[model].values()))[protocol]["runs"])
-      lines.append(f"| {LABELS.get(model, model)} ({n} runs) | " + " | ".join(cells) + " |")
+      counts = sorted({len(b[protocol]["runs"]) for b in table[model].values() if protocol in b})
+      lines.append(f"| {LABELS.get(model, model)} ({'/'.join(map(str, counts))} runs) | "
+                   + " | ".join(cells) + " |")
     lines.append("")
   lines += ["## every metric (test)", "", "| model | domain | protocol | " + " | ".join(KEYS)
             + " |", "|---|---|---|" + "---:|" * len(KEYS)]
@@ -162,6 +172,7 @@ def main(argv=None) -> None:
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--cold_start", default="", help="models with domain_cold_start reports")
   parser.add_argument("--title", default="")
+  parser.add_argument("--trained_on", default="", help="where the runs were trained (the header)")
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
   runs, domains = pathlib.Path(args.runs), args.domains.split(",")
@@ -178,10 +189,11 @@ def main(argv=None) -> None:
   meta = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
           "machine": f"{platform.processor() or platform.machine()}, "
                      f"{len(__import__('os').sched_getaffinity(0))} cores visible",
-          "commit": commit}
+          "commit": commit, "trained_on": args.trained_on}
   title = args.title or f"Cross-domain results: {args.prefix} ({', '.join(domains)})"
   text = markdown(table, domains, models, title, cold, seeds)
-  header = (f"Date {meta['date']}, commit {meta['commit']}; machine: {meta['machine']}.\n"
+  header = (f"Date {meta['date']}, commit {meta['commit']}; table made on: {meta['machine']}.\n"
+            + (f"Runs trained on: {args.trained_on}.\n" if args.trained_on else "") +
             f"Command: `{meta['command']}`\n\n")
   out = pathlib.Path(args.out)
   out.with_suffix(".md").write_text(text.replace("\n\n", "\n\n" + header, 1))
