@@ -2,6 +2,8 @@
 # The device calls of a GPU session, from the repository root of the device's copy:
 #   bash benchmarks/gpu_session.sh e2e smoke     # first call: train.py timed + a short xd check
 #   XD_DEADLINE_S=420 bash benchmarks/gpu_session.sh xd   # the cross-domain table's runs
+#   XD_PARALLEL=24 XD_DEADLINE_S=420 bash benchmarks/gpu_session.sh levers   # issue 27's levers
+#   XD_PARALLEL=12 XD_DEADLINE_S=420 bash benchmarks/gpu_session.sh xd_ladder  # merged_ds, xd_shared
 # The device lacks TensorFlow (the numpy input backend serves), ml_collections and tensorboardX
 # (wheels for Python 3.12 in the git-ignored .whl/, carried); ../shared/data is the carried
 # .devdata/ (amazon-beauty, amazon-cross-domain). If the device's flax / optax / orbax fail the
@@ -30,6 +32,19 @@ if ! $PY -c "$CHECK" >> "$OUT/session.log" 2>&1; then
 fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc; } >> "$OUT/session.log" 2>&1
 
+# A job file through run_jobs.py: $1 the stage's name (its files in $OUT), $2 the job file, $3
+# eval.py's flags after each run. XD_PARALLEL, XD_DEADLINE_S (leave the call's timeout 40 s more),
+# XD_FLAGS (train.py flags for every job) and XD_MATCH (a regex of job names) apply to every stage.
+jobs_stage() {
+  log "$1 jobs ($2): parallel ${XD_PARALLEL:-12}, deadline ${XD_DEADLINE_S:-420} s"
+  $PY benchmarks/run_jobs.py --jobs "$2" --runs "/tmp/$1" \
+    --parallel "${XD_PARALLEL:-12}" --deadline_s "${XD_DEADLINE_S:-420}" --start_margin_s 60 \
+    --eval_args="$3" --match "${XD_MATCH:-.}" \
+    --common_flags="--config.train.progress_bar=False --config.input.backend=numpy ${XD_FLAGS:-}" \
+    --out "$OUT/$1_jobs.json" --pack "$OUT/$1_runs.tar.gz" > "$OUT/$1.log" 2>&1
+  log "rc $?"
+}
+
 for stage in "$@"; do
   case $stage in
     e2e)
@@ -57,15 +72,9 @@ for stage in "$@"; do
         --out "$OUT/smoke_jobs.json" --pack "$OUT/smoke.tar.gz" > "$OUT/smoke.log" 2>&1
       log "rc $?"
       ;;
-    xd)
-      log "xd jobs: parallel ${XD_PARALLEL:-12}, deadline ${XD_DEADLINE_S:-420} s"
-      $PY benchmarks/run_jobs.py --jobs benchmarks/jobs/cross_domain_3seeds.txt --runs /tmp/xd \
-        --parallel "${XD_PARALLEL:-12}" --deadline_s "${XD_DEADLINE_S:-420}" --start_margin_s 60 \
-        --eval_args=--domain_cold_start --match "${XD_MATCH:-.}" \
-        --common_flags="--config.train.progress_bar=False --config.input.backend=numpy ${XD_FLAGS:-}" \
-        --out "$OUT/xd_jobs.json" --pack "$OUT/xd_runs.tar.gz" > "$OUT/xd.log" 2>&1
-      log "rc $?"
-      ;;
+    xd) jobs_stage xd benchmarks/jobs/cross_domain_3seeds.txt --domain_cold_start;;
+    xd_ladder) jobs_stage xd_ladder benchmarks/jobs/cross_domain_ladder_3seeds.txt --domain_cold_start;;
+    levers) jobs_stage levers benchmarks/jobs/quality_levers_3seeds.txt "";;
     *) log "unknown stage $stage"; exit 2;;
   esac
 done

@@ -100,3 +100,26 @@ def test_deadline_stops_running_jobs_and_starts_no_more(fake_repo):
   assert done["slow"].status == "stopped at the deadline"
   assert done["slow"].record()["wall_s"] < 30
   assert done["later"].status == "not started: no time left before the deadline"
+
+
+JOB_FILES = sorted((pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "jobs").glob("*.txt"))
+
+
+@pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
+def test_committed_job_files_name_real_configs_and_keys(path, tmp_path):
+  """Every job of benchmarks/jobs/ loads its config (with its variant) and every --config.* flag
+  names a key of it: a typo fails here, not on a device call."""
+  import study_common  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  root = path.parents[2]
+  jobs = run_jobs.parse_jobs(path.read_text(), tmp_path, source=path.name)
+  assert jobs
+  for job in jobs:
+    file, _, variant = job["config"].partition(":")
+    spec = importlib.util.spec_from_file_location("job_config", root / file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(variant) if variant else module.get_config()
+    overrides = [f[len("--config."):] for f in job["flags"] if f.startswith("--config.")]
+    assert len(overrides) == len(job["flags"]), job["flags"]
+    study_common.apply_overrides(config, overrides)
