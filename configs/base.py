@@ -198,6 +198,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # (every parameter whose path and shape match, e.g. a merged-log LSTM fine-tuned on one domain
   # with data.domain; the rest as initialized; counted in the log); "" = a fresh start
   c.train.init_from = ""
+  # The id item table's first values: random (N(0, 1/E)) | cooccurrence (rows from the SVD of the
+  # training sequences' co-occurrence PPMI, items within item_init_window positions; once, before
+  # the first step; docs/results.md has what it gave)
+  c.train.item_init = "random"
+  c.train.item_init_window = 3
 
   # Adversarial training (losses/adversarial.py): loss + weight * loss at the worst-case
   # perturbation of the input item embeddings (and optionally the user state), L2 <= eps each.

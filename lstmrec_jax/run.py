@@ -87,9 +87,15 @@ class TrainConfig:
   # Transfer: a train.py workdir whose best parameters start this run (each parameter whose path
   # and shape match; the rest as initialized); "" = none. A resumed run ignores it.
   init_from: str
+  # The id item table's first values: "random" (N(0, 1/E)) | "cooccurrence" (rows from the SVD
+  # of the training sequences' co-occurrence PPMI, model/cooccurrence.py); a resumed run keeps
+  # its own, and init_from's table replaces it.
+  item_init: str = config_keys.key(choices=("random", "cooccurrence"))
+  item_init_window: int  # cooccurrence: positions apart that count as co-occurring, >= 1
 
   def __post_init__(self):
-    _check_positive(self, "train", ("num_epochs", "log_every_steps", "keep_checkpoints"))
+    _check_positive(self, "train", ("num_epochs", "log_every_steps", "keep_checkpoints",
+                                    "item_init_window"))
     _check_non_negative(self, "train", ("eval_every_steps", "patience", "num_devices",
                                         "stop_after_steps", "valid_users"))
     if not (0 < self.eval_every_epochs < float("inf")):

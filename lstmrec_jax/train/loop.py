@@ -32,6 +32,7 @@ from lstmrec_jax.evaluation import cross_domain
 from lstmrec_jax.evaluation import metrics
 from lstmrec_jax.evaluation import ranking
 from lstmrec_jax.evaluation import reports
+from lstmrec_jax.model import cooccurrence
 from lstmrec_jax.scoring import steps as scoring
 from lstmrec_jax.train import steps
 
@@ -305,7 +306,12 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
   # Replicated, but for the item tables and their moments with model.vocab_shards > 1.
   train_fn, state_sh = steps.compile_train_step(run, tx,
                                                 skip_nonfinite=tr.skip_nonfinite_steps)
-  state = jax.device_put(optim.init_state(run.params, tx, spec.seed), state_sh)
+  params = run.params
+  if tr.item_init == "cooccurrence":
+    params = cooccurrence.init_item_table(params, dataset.train.offsets_U1, dataset.train.items_N,
+                                          dataset.num_items, window=tr.item_init_window,
+                                          seed=spec.seed)
+  state = jax.device_put(optim.init_state(params, tx, spec.seed), state_sh)
   if split_tables:
     logging.info("item tables (%d rows) split over %d devices (mesh %s); softmax %s",
                  run.model_cfg.table_rows, mesh.shape[mesh_lib.MODEL_AXIS],

@@ -1,0 +1,109 @@
+"""Item-table initialisation from co-occurrence (`train.item_init="cooccurrence"`).
+
+The id table's rows start from a factorisation of how items occur together in the training
+sequences, instead of N(0, 1/E): items bought close together start close. Counts are taken
+within `window` positions of each other inside one user's training sequence (never across
+users, never from the validation or test targets), weighted into positive pointwise mutual
+information (PPMI), and factored by a truncated SVD: row a = U[a] sqrt(S), scaled to norm 1 (the
+expected norm of the random rows it replaces, so the optimizer starts from the same scale).
+Items without any co-occurrence keep their random row; row 0 (padding) and the padding rows
+below the real ones are untouched.
+
+Cost: the count matrix has at most 2 x window x events entries; the SVD (ARPACK, `dim` vectors)
+took ~10 s for Beauty's 12k items at dim 256 on one core. It is done once per run, before the
+first step.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+
+
+def ppmi_matrix(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int,
+                window: int) -> scipy.sparse.csr_matrix:
+  """The V x V symmetric PPMI matrix of item pairs within `window` positions in one sequence.
+
+  Example: one sequence [1, 2, 3], window 1 -> pairs (1, 2), (2, 3), counted both ways.
+  """
+  if window < 1:
+    raise ValueError(f"window must be >= 1, got {window}")
+  lengths = np.diff(offsets_U1)
+  row_N = np.repeat(np.arange(len(lengths)), lengths)
+  a_parts, b_parts = [], []
+  for k in range(1, window + 1):
+    same = row_N[:-k] == row_N[k:] if len(row_N) > k else np.zeros(0, bool)
+    a_parts.append(items_N[:-k][same])
+    b_parts.append(items_N[k:][same])
+  a = np.concatenate(a_parts + b_parts).astype(np.int64)
+  b = np.concatenate(b_parts + a_parts).astype(np.int64)
+  keep = (a != b) & (a > 0) & (b > 0)
+  a, b = a[keep], b[keep]
+  counts = scipy.sparse.coo_matrix((np.ones(len(a), np.float64), (a, b)),
+                                   shape=(num_items, num_items)).tocsr()
+  counts.sum_duplicates()
+  total = counts.sum()
+  if total == 0:
+    return counts
+  marginal = np.asarray(counts.sum(axis=1)).ravel()
+  coo = counts.tocoo()
+  pmi = np.log(coo.data * total / (marginal[coo.row] * marginal[coo.col]))
+  pos = pmi > 0
+  return scipy.sparse.csr_matrix((pmi[pos], (coo.row[pos], coo.col[pos])),
+                                 shape=(num_items, num_items))
+
+
+def cooccurrence_vectors(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int, dim: int,
+                         *, window: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(V x dim unit-norm item vectors, V bool: which items have one) from the PPMI's SVD."""
+  m = ppmi_matrix(offsets_U1, items_N, num_items, window)
+  has_V = np.asarray((m != 0).sum(axis=1)).ravel() > 0
+  vectors = np.zeros((num_items, dim), np.float32)
+  k = min(dim, num_items - 2)
+  if k < 1 or not has_V.any():
+    return vectors, np.zeros(num_items, bool)
+  v0 = np.random.default_rng(seed).standard_normal(num_items)  # ARPACK's start: seeded
+  u, s, _ = scipy.sparse.linalg.svds(m, k=k, v0=v0)
+  emb = u * np.sqrt(s)[None, :]
+  norms = np.linalg.norm(emb, axis=1)
+  has_V &= norms > 0
+  vectors[:, :k] = np.where(has_V[:, None], emb / np.maximum(norms, 1e-12)[:, None], 0.0)
+  return vectors, has_V
+
+
+def _is_id_table(path) -> bool:
+  """Whether a parameter path is the id table (`item_repr.embedding`, not a content part's)."""
+  keys = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+  return keys[:2] == ["item_repr", "embedding"]
+
+
+def init_item_table(params, offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int, *,
+                    window: int, seed: int = 0):
+  """`params` with the id table's rows of co-occurring items from `cooccurrence_vectors`.
+
+  Raises ValueError when the model has no id table (item_mode="content").
+  """
+  found = []
+
+  def replace(path, leaf):
+    if not _is_id_table(path):
+      return leaf
+    table = np.array(jax.device_get(leaf))
+    vectors, has_V = cooccurrence_vectors(offsets_U1, items_N, num_items, table.shape[1],
+                                          window=window, seed=seed)
+    rows = np.flatnonzero(has_V)
+    table[rows] = vectors[rows].astype(table.dtype)
+    found.append(len(rows))
+    return jax.numpy.asarray(table, leaf.dtype)
+
+  new = jax.tree_util.tree_map_with_path(replace, params)
+  if not found:
+    raise ValueError("train.item_init=cooccurrence needs an id item table (model.item_mode id, "
+                     "sum or gate); this model has none")
+  logging.info("train.item_init=cooccurrence: %d of %d item rows from the co-occurrence SVD "
+               "(window %d), the rest random", found[0], num_items - 1, window)
+  return new

@@ -1,0 +1,88 @@
+"""train.item_init="cooccurrence": the PPMI counts by hand, what the vectors keep, the model's
+id table replaced (and nothing else), a run that trains from it, and the settings it refuses."""
+
+import jax
+import numpy as np
+import pytest
+
+from lstmrec_jax import run as run_lib
+from lstmrec_jax.data.preprocess import Sequences
+from lstmrec_jax.model import cooccurrence
+from lstmrec_jax.train import loop
+from helpers import tiny_config
+from test_train import read_losses
+
+
+def test_ppmi_by_hand_within_the_window_and_never_across_users():
+  # [1, 2, 3] and [1, 2], window 1: counts (1,2) x2, (2,3) x1, both ways; total 6, marginals
+  # 1: 2, 2: 3, 3: 1 -> PMI(1,2) = log(2 * 6 / (2 * 3)) = log 2 = PMI(2,3); (1,3) is 2 apart.
+  s = Sequences.from_lists([[1, 2, 3], [1, 2]])
+  m = cooccurrence.ppmi_matrix(s.offsets_U1, s.items_N, 4, window=1).toarray()
+  want = np.zeros((4, 4))
+  want[1, 2] = want[2, 1] = want[2, 3] = want[3, 2] = np.log(2)
+  np.testing.assert_allclose(m, want, atol=1e-12)
+  # Window 2 adds (1, 3); the second user's [4, 5] never pairs with the first user's last item.
+  s = Sequences.from_lists([[1, 2, 3], [4, 5]])
+  m = cooccurrence.ppmi_matrix(s.offsets_U1, s.items_N, 6, window=2).toarray()
+  assert m[1, 3] > 0 and m[3, 4] == 0 and m[4, 3] == 0 and m[4, 5] > 0
+  with pytest.raises(ValueError, match="window"):
+    cooccurrence.ppmi_matrix(s.offsets_U1, s.items_N, 6, window=0)
+
+
+def test_vectors_put_items_that_occur_together_close():
+  # Two groups of items that never meet (1-6 and 7-12), each user shuffling one group; item 13
+  # never occurs and gets no vector.
+  rng = np.random.default_rng(0)
+  rows = [list(rng.permutation(np.arange(1, 7) + 6 * (u % 2))) for u in range(60)]
+  s = Sequences.from_lists(rows)
+  vectors, has = cooccurrence.cooccurrence_vectors(s.offsets_U1, s.items_N, 14, 8, window=2)
+  assert has[1:13].all() and not has[0] and not has[13]
+  np.testing.assert_allclose(np.linalg.norm(vectors[1:13], axis=1), 1.0, rtol=1e-5)
+  cos = vectors @ vectors.T
+  within = [cos[a, b] for a in range(1, 7) for b in range(1, 7) if a != b]
+  across = [cos[a, b] for a in range(1, 7) for b in range(7, 13)]
+  assert min(within) > 0.2 and max(np.abs(across)) < 1e-5  # the groups are orthogonal
+
+
+@pytest.mark.parametrize("item_mode", ["id", "sum"])
+def test_the_id_table_alone_is_replaced(tmp_path, item_mode):
+  spec = run_lib.spec_from_config(tiny_config(tmp_path, **{"model.item_mode": item_mode}))
+  run = run_lib.build_run(spec, num_devices=1)
+  train = run.dataset.train
+  new = cooccurrence.init_item_table(run.params, train.offsets_U1, train.items_N,
+                                     run.dataset.num_items, window=3, seed=0)
+  vectors, has = cooccurrence.cooccurrence_vectors(train.offsets_U1, train.items_N,
+                                                   run.dataset.num_items,
+                                                   spec.model.embed_dim, window=3, seed=0)
+  assert has.sum() > 0.9 * (run.dataset.num_items - 1)
+  changed = 0
+  for (path, old), new_leaf in zip(jax.tree_util.tree_leaves_with_path(run.params),
+                                   jax.tree.leaves(new)):
+    key = jax.tree_util.keystr(path)
+    old, new_leaf = np.asarray(old), np.asarray(new_leaf)
+    if key.startswith("['item_repr']['embedding']"):
+      changed += 1
+      np.testing.assert_allclose(new_leaf[has], vectors[has], rtol=1e-6)
+      np.testing.assert_array_equal(new_leaf[~has[:len(new_leaf)]], old[~has[:len(old)]])
+    else:
+      np.testing.assert_array_equal(new_leaf, old, err_msg=key)
+  assert changed == 1
+
+
+def test_a_run_trains_from_it_and_bad_settings_are_refused(tmp_path):
+  random_dir, cooc_dir = tmp_path / "random", tmp_path / "cooc"
+  loop.train_and_evaluate(tiny_config(tmp_path), random_dir)
+  report = loop.train_and_evaluate(tiny_config(tmp_path, item_init="cooccurrence"), cooc_dir)
+  random_losses, cooc_losses = read_losses(random_dir), read_losses(cooc_dir)
+  assert all(np.isfinite(v) for v in cooc_losses.values())
+  assert cooc_losses[1] != pytest.approx(random_losses[1], rel=1e-4)  # it starts elsewhere
+  assert np.isfinite(report["splits"]["test"]["model"]["overall"]["NDCG@10"])
+  with pytest.raises(ValueError, match="item_init"):
+    run_lib.spec_from_config(tiny_config(tmp_path, item_init="svd"))
+  with pytest.raises(ValueError, match="item_init_window"):
+    run_lib.spec_from_config(tiny_config(tmp_path, item_init_window=0))
+  content = run_lib.build_run(run_lib.spec_from_config(
+      tiny_config(tmp_path, **{"model.item_mode": "content"})), num_devices=1)
+  with pytest.raises(ValueError, match="needs an id item table"):
+    cooccurrence.init_item_table(content.params, np.array([0, 2]), np.array([1, 2], np.int32),
+                                 content.dataset.num_items, window=1)
