@@ -3,7 +3,8 @@
 Run: python train.py --config configs/games_fast.py --workdir runs/games_fast
 configs/beauty_fast.py's changes applied to configs/games.py (id items: the file has no
 attributes): sampled softmax over 2,048 negatives (logQ), E = H = 128, 8 packed rows a step,
-dropout 0.2, 6 epochs, validation every epoch on 5,000 users. Measured in docs/results.md
+dropout 0.2, 6 epochs, validation every epoch on 5,000 users, the id table started from the
+co-occurrence SVD (train.item_init; here the peer's level after epoch 1). Measured in docs/results.md
 ("Time to quality"). Time it alone on the machine.
 """
 
