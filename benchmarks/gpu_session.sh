@@ -2,7 +2,7 @@
 # The device calls of a GPU session, from the repository root of the device's copy:
 #   bash benchmarks/gpu_session.sh e2e smoke     # first call: train.py timed + a short xd check
 #   XD_DEADLINE_S=420 bash benchmarks/gpu_session.sh xd   # the cross-domain table's runs
-#   XD_PARALLEL=24 XD_DEADLINE_S=420 bash benchmarks/gpu_session.sh levers   # issue 27's levers
+#   XD_PARALLEL=18 XD_DEADLINE_S=540 bash benchmarks/gpu_session.sh levers   # issue 27's levers
 #   XD_PARALLEL=12 XD_DEADLINE_S=420 bash benchmarks/gpu_session.sh xd_ladder  # merged_ds, xd_shared
 # The device lacks TensorFlow (the numpy input backend serves), ml_collections and tensorboardX
 # (wheels for Python 3.12 in the git-ignored .whl/, carried); ../shared/data is the carried
