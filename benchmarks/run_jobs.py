@@ -90,12 +90,11 @@ class _Job:
     self.returncodes: list[int] = []
 
   def start_stage(self) -> None:
-    with open(self.log, "a") as f:
-      f.write(f"$ {shlex.join(self.commands[self.stage])}\n")
-    out = open(self.log, "a")  # pylint: disable=consider-using-with
-    self.proc = subprocess.Popen(self.commands[self.stage], cwd=REPO, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-    out.close()
+    with open(self.log, "a") as out:  # the child keeps its own copy of the descriptor
+      out.write(f"$ {shlex.join(self.commands[self.stage])}\n")
+      out.flush()
+      self.proc = subprocess.Popen(self.commands[self.stage], cwd=REPO, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
 
   def start(self) -> None:
     self.started = time.time()

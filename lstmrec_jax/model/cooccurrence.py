@@ -21,6 +21,8 @@ import jax
 import numpy as np
 import scipy.sparse
 
+from lstmrec_jax.errors import ConfigError
+
 
 def ppmi_matrix(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int,
                 window: int) -> scipy.sparse.csr_matrix:
@@ -42,8 +44,7 @@ def ppmi_matrix(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int,
   keep = (a != b) & (a > 0) & (b > 0)
   a, b = a[keep], b[keep]
   counts = scipy.sparse.coo_matrix((np.ones(len(a), np.float64), (a, b)),
-                                   shape=(num_items, num_items)).tocsr()
-  counts.sum_duplicates()
+                                   shape=(num_items, num_items)).tocsr()  # sums duplicates
   total = counts.sum()
   if total == 0:
     return counts
@@ -102,7 +103,7 @@ def init_item_table(params, offsets_U1: np.ndarray, items_N: np.ndarray, num_ite
                     window: int, seed: int = 0):
   """`params` with the id table's rows of co-occurring items from `cooccurrence_vectors`.
 
-  Raises ValueError when the model has no id table (item_mode="content").
+  Raises ConfigError (printed as one line) when the model has no id table (item_mode="content").
   """
   found = []
 
@@ -119,7 +120,7 @@ def init_item_table(params, offsets_U1: np.ndarray, items_N: np.ndarray, num_ite
 
   new = jax.tree_util.tree_map_with_path(replace, params)
   if not found:
-    raise ValueError("train.item_init=cooccurrence needs an id item table (model.item_mode id, "
+    raise ConfigError("train.item_init=cooccurrence needs an id item table (model.item_mode id, "
                      "sum or gate); this model has none")
   logging.info("train.item_init=cooccurrence: %d of %d item rows from the co-occurrence SVD "
                "(window %d), the rest random", found[0], num_items - 1, window)
