@@ -407,17 +407,21 @@ def test_train_and_cold_start_report_end_to_end(tmp_path):
   assert "content_popularity" in table and "sum" in table
 
 
-@pytest.mark.parametrize("mode,kind", [("sum", "sampled"), ("gate", "bpr"), ("content", "sampled")])
-def test_sampled_losses_compute_content_at_the_rows_they_read(monkeypatch, mode, kind):
+@pytest.mark.parametrize("mode,kind,extra", [
+    ("sum", "sampled", {}), ("gate", "bpr", {}), ("content", "sampled", {}),
+    ("sum", "sampled", {"id_dropout": 0.5}), ("gate", "sampled", {"id_dropout": 0.5}),
+    ("sum", "bce", {"cold_content_grad": False}), ("sum", "sampled", {"cold_id": "keep"})])
+def test_sampled_losses_compute_content_at_the_rows_they_read(monkeypatch, mode, kind, extra):
   """A sampled loss reads the table at the inputs, targets and its negatives only: the step
-  computes item content there only (`model.item_tables(rows=...)`), with the loss and every
-  gradient of the whole-table computation."""
-  graphdef, params, consts = toy_model(mode)
+  computes the item vectors there only (`model.item_tables(rows=...)`), with the loss and every
+  gradient of the whole-table computation (id dropout, the cold item 8 and its masks too)."""
+  extra = dict(extra)
+  graphdef, params, consts = toy_model(mode, cold_id=extra.pop("cold_id", "drop"), **extra)
   cfg = loss_config(kind=kind, num_negatives=5)
   log_q_V = losses_lib.popularity_log_q(jnp.arange(V, dtype=jnp.float32), cfg.alpha)
-  inputs = jnp.array([[1, 2, 3, 0], [4, 5, 1, 6]])
+  inputs = jnp.array([[1, 2, 3, 0], [4, 8, 1, 6]])  # 8: the cold item (no training event)
   batch = {"inputs_BxL": inputs, "mask_BxL": inputs > 0, "resets_BxL": jnp.zeros_like(inputs, bool),
-           "targets_BxL": jnp.array([[2, 3, 7, 0], [5, 1, 6, 3]])}
+           "targets_BxL": jnp.array([[2, 3, 7, 0], [8, 1, 6, 3]])}
   key = jax.random.key(3)
 
   def loss_of(p):
