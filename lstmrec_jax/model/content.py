@@ -103,12 +103,11 @@ class AttributeBag(nnx.Module):
   def __call__(self, ids_R: jax.Array | None = None) -> jax.Array:
     """content_VxE in f32 (or the rows of the items `ids_R` only); zeros without attributes."""
     ids_VxA = self.attrs_VxA[...] if ids_R is None else jnp.take(self.attrs_VxA[...], ids_R, 0)
-    # The padding row set to zero (not multiplied: a non-finite row must not leak through
-    # 0 * inf; its gradient is zero too): the gather and the sum then fuse, with no V x A x E
-    # mask pass.
-    table_NxE = self.embedding[...].astype(jnp.float32).at[0].set(0.0)
-    sum_VxE = jnp.take(table_NxE, ids_VxA, axis=0).sum(axis=1)
-    count_V = (ids_VxA > 0).sum(axis=1, dtype=jnp.float32)
+    real_VxA = ids_VxA > 0
+    emb_VxAxE = jnp.take(self.embedding[...], ids_VxA, axis=0).astype(jnp.float32)
+    # where, not a multiply: a non-finite padding row must not leak through 0 * inf.
+    sum_VxE = jnp.where(real_VxA[..., None], emb_VxAxE, 0.0).sum(axis=1)
+    count_V = real_VxA.sum(axis=1, dtype=jnp.float32)
     return sum_VxE / jnp.maximum(count_V, 1.0)[:, None]
 
 
@@ -202,15 +201,14 @@ class HybridItemRepr(nnx.Module):
     the full table's, and so are their gradients (each distinct item is computed once).
     """
     if rows_R is None:
-      return self._towers(None)
-    ids_U = _distinct(rows_R)
-    rows_UxE = jnp.where((ids_U > 0)[:, None], self._towers(ids_U), 0.0)
+      parts = [tower() for tower in (self.attributes, self.title) if tower is not None]
+      return parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
+    # Distinct ids (static size, padded with 0): a repeated item must not be counted twice.
+    ids_U = jnp.unique(rows_R.reshape(-1), size=rows_R.size, fill_value=0)
+    parts = [tower(ids_U) for tower in (self.attributes, self.title) if tower is not None]
+    rows_UxE = parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
+    rows_UxE = jnp.where((ids_U > 0)[:, None], rows_UxE, 0.0)
     return jnp.zeros((self.num_items, rows_UxE.shape[1]), jnp.float32).at[ids_U].set(rows_UxE)
-
-  def _towers(self, ids_R: jax.Array | None) -> jax.Array:
-    """The sum of the enabled content towers at every item (None) or at the items ids_R."""
-    parts = [tower(ids_R) for tower in (self.attributes, self.title) if tower is not None]
-    return parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
 
   def table(self, id_keep_V: jax.Array | None = None, *, rows: jax.Array | None = None
             ) -> jax.Array:
@@ -223,58 +221,36 @@ class HybridItemRepr(nnx.Module):
 
   def padded_table(self, id_keep_V: jax.Array | None = None, *,
                    rows: jax.Array | None = None) -> jax.Array:
-    """`table` with the zero rows up to the id table's rows (ModelConfig.table_rows).
-
-    With `rows`, the item vectors are computed at those items only and written once into a
-    zero table: no pass over the whole catalog's id rows (masks, sums) forward or backward.
-    """
-    if rows is not None:
-      ids_U = _distinct(rows)
-      id_UxE = (None if self.embedding is None
-                else jnp.take(self.embedding[...], ids_U, axis=0).astype(jnp.float32))
-      keep_U1 = None if id_keep_V is None else jnp.take(id_keep_V, ids_U)[:, None]
-      table_UxE = self._combine(self._towers(ids_U), jnp.take(self.known_V[...], ids_U)[:, None],
-                                id_UxE, keep_U1)
-      # Row 0 is padding (and the fill of _distinct): zero, like the inputs' padding positions.
-      table_UxE = jnp.where((ids_U > 0)[:, None], table_UxE, 0.0).astype(self.param_dtype)
-      return jnp.zeros((self.rows, table_UxE.shape[1]), self.param_dtype).at[ids_U].set(
-          table_UxE)
-    content_VxE = pad_rows(self.content(), self.rows)
+    """`table` with the zero rows up to the id table's rows (ModelConfig.table_rows)."""
+    content_VxE = pad_rows(self.content(rows), self.rows)
     known_V1 = pad_rows(self.known_V[...], self.rows, False)[:, None]
-    keep_V1 = None if id_keep_V is None else pad_rows(id_keep_V, self.rows, False)[:, None]
-    id_VxE = None if self.embedding is None else self.embedding[...].astype(jnp.float32)
-    table_VxE = self._combine(content_VxE, known_V1, id_VxE, keep_V1)
-    # Row 0 is padding: zero, like the inputs' padding positions.
-    return table_VxE.at[0].set(0.0).astype(self.param_dtype)
-
-  def _combine(self, content_RxE: jax.Array, known_R1: jax.Array, id_RxE: jax.Array | None,
-               keep_R1: jax.Array | None) -> jax.Array:
-    """Item vectors (f32) of R items from their content, id rows, known and id-keep masks."""
+    if id_keep_V is not None:
+      id_keep_V = pad_rows(id_keep_V, self.rows, False)
     if not self.cold_content_grad:
       # An item with no training event only ever appears as a softmax negative: its row must not
       # teach the towers to recognise (and bury) exactly the items that are new.
-      content_RxE = jnp.where(known_R1, content_RxE, jax.lax.stop_gradient(content_RxE))
-    if id_RxE is None:
-      return content_RxE
-    if self.cold_id == "drop":
-      id_RxE = jnp.where(known_R1, id_RxE, 0.0)
-    if keep_R1 is not None:  # id dropout: these items are scored like cold ones this step
-      id_RxE = jnp.where(keep_R1, id_RxE, 0.0)
-    if self.gate is None:
-      return id_RxE + content_RxE
-    g_RxE = jax.nn.sigmoid(self.gate(jnp.concatenate([id_RxE, content_RxE], axis=-1))
-                           .astype(jnp.float32))
-    if self.cold_id == "drop":
-      g_RxE = jnp.where(known_R1, g_RxE, 0.0)  # content alone when cold
-    if keep_R1 is not None:
-      g_RxE = jnp.where(keep_R1, g_RxE, 0.0)
-    return g_RxE * id_RxE + (1.0 - g_RxE) * content_RxE
+      content_VxE = jnp.where(known_V1, content_VxE, jax.lax.stop_gradient(content_VxE))
+    if self.embedding is None:
+      table_VxE = content_VxE
+    else:
+      id_VxE = self.embedding[...].astype(jnp.float32)
+      if self.cold_id == "drop":
+        id_VxE = jnp.where(known_V1, id_VxE, 0.0)
+      if id_keep_V is not None:  # id dropout: these items are scored like cold ones this step
+        id_VxE = jnp.where(id_keep_V[:, None], id_VxE, 0.0)
+      if self.gate is None:
+        table_VxE = id_VxE + content_VxE
+      else:
+        g_VxE = jax.nn.sigmoid(self.gate(jnp.concatenate([id_VxE, content_VxE], axis=-1))
+                               .astype(jnp.float32))
+        if self.cold_id == "drop":
+          g_VxE = jnp.where(known_V1, g_VxE, 0.0)  # content alone when cold
+        if id_keep_V is not None:
+          g_VxE = jnp.where(id_keep_V[:, None], g_VxE, 0.0)
+        table_VxE = g_VxE * id_VxE + (1.0 - g_VxE) * content_VxE
+    # Row 0 is padding: zero, like the inputs' padding positions.
+    return table_VxE.at[0].set(0.0).astype(self.param_dtype)
 
-
-def _distinct(rows_R: jax.Array) -> jax.Array:
-  """The distinct ids of rows_R (any shape) at a static size, padded with 0: a repeated item
-  must be computed (and its gradient counted) once."""
-  return jnp.unique(rows_R.reshape(-1), size=rows_R.size, fill_value=0)
 
 
 def _content_builder(mode: str):
