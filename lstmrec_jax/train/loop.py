@@ -306,12 +306,7 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
   # Replicated, but for the item tables and their moments with model.vocab_shards > 1.
   train_fn, state_sh = steps.compile_train_step(run, tx,
                                                 skip_nonfinite=tr.skip_nonfinite_steps)
-  params = run.params
-  if tr.item_init == "cooccurrence":
-    params = cooccurrence.init_item_table(params, dataset.train.offsets_U1, dataset.train.items_N,
-                                          dataset.num_items, window=tr.item_init_window,
-                                          seed=spec.seed)
-  state = jax.device_put(optim.init_state(params, tx, spec.seed), state_sh)
+  state = jax.device_put(optim.init_state(run.params, tx, spec.seed), state_sh)
   if split_tables:
     logging.info("item tables (%d rows) split over %d devices (mesh %s); softmax %s",
                  run.model_cfg.table_rows, mesh.shape[mesh_lib.MODEL_AXIS],
@@ -332,6 +327,11 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
     else:
       state, meta = restored
       logging.info("resumed from %s at step %d", workdir, int(state.step))
+  if tr.item_init == "cooccurrence" and restored is None:  # a resumed run keeps its own table
+    params = cooccurrence.init_item_table(run.params, dataset.train.offsets_U1,
+                                          dataset.train.items_N, dataset.num_items,
+                                          window=tr.item_init_window, seed=spec.seed)
+    state = jax.device_put(optim.init_state(params, tx, spec.seed), state_sh)
   if tr.init_from and restored is None:  # a resumed run keeps its own parameters
     state = state._replace(params=jax.device_put(_pretrained(tr.init_from, state.params),
                                                  state_sh.params))
