@@ -25,6 +25,11 @@ Ways of using the cores (`--modes`):
 
   python benchmarks/step_efficiency.py --out benchmarks/results/cpu_step_efficiency_$(date +%F)
 
+`--host_malloc` sets the child's host allocator as train.py's flag of that name does
+(`lstmrec_jax/hostmem.py`; default reuse, as train.py); `both` runs every (variant, mode) with
+system and then reuse, one after the other, for a side-by-side A/B. Each row also reports the
+minor page faults per timed step (getrusage).
+
 Time it alone on the machine: the wall time is the result.
 """
 
@@ -88,6 +93,9 @@ def flops_from_shapes(*, n: int, e: int, h: int, v: int, layers: int, loss: str,
 
 def child(args) -> None:
   """One (variant, mode) in this process: prints one JSON line."""
+  import resource  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import hostmem  # pylint: disable=g-import-not-at-top
+  malloc_line = hostmem.configure(args.host_malloc)  # first: before jax starts its threads
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -131,12 +139,15 @@ def child(args) -> None:
     state, out = train_fn(state, b, aux)
   jax.block_until_ready(out)
   rounds = []
+  faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(args.rounds):
     t0 = time.perf_counter()
     for b in placed:
       state, out = train_fn(state, b, aux)
     jax.block_until_ready((state, out))
     rounds.append((time.perf_counter() - t0) / len(placed))
+  faults_per_step = ((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0)
+                     / (args.rounds * len(placed)))
   step_s = statistics.median(rounds)
   n = spec.input.batch_size * spec.input.max_len
   attrs = int(getattr(run.dataset, "num_attrs", 0) and cfg.item_mode != "id")
@@ -179,6 +190,8 @@ def child(args) -> None:
   achieved = shapes["total"] / step_s / 1e9
   print("RESULT " + json.dumps({
       "variant": args.variant, "mode": args.mode, "devices": devices,
+      "host_malloc": args.host_malloc, "host_malloc_log": malloc_line,
+      "page_faults_per_step": round(faults_per_step),
       "shape": {"B": spec.input.batch_size, "L": spec.input.max_len, "N": n,
                 "E": cfg.embed_dim, "H": cfg.hidden_size, "V": int(cfg.num_items),
                 "loss": spec.loss.kind, "S": spec.loss.num_negatives, "attrs_per_item":
@@ -205,18 +218,19 @@ def markdown(result: dict[str, Any]) -> str:
            "once. The roofline is the fastest of the step's three largest matmuls (the "
            "softmax's logits and its two gradients), jitted alone in the same process on the "
            "same cores.", "",
-           "| variant | mode | events/s | step ms | MFLOP/event | GFLOP/step (shapes) | "
+           "| variant | mode | host malloc | faults/step | events/s | step ms | MFLOP/event | GFLOP/step (shapes) | "
            "GFLOP/step (XLA) | achieved GFLOP/s | roofline GFLOP/s | efficiency | "
            "softmax / LSTM share |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
   for r in result["rows"]:
     if "error" in r:
-      lines.append(f"| {r['variant']} | {r['mode']} | failed: {r['error'][:80]} |"
-                   + " |" * 8)
+      lines.append(f"| {r['variant']} | {r['mode']} | {r.get('host_malloc', '')} | failed: "
+                   f"{r['error'][:80]} |" + " |" * 9)
       continue
     g = r["gflop_per_step_shapes"]
     lines.append(
-        f"| {r['variant']} | {r['mode']} | {r['events_per_s']:,.0f} | {r['step_ms']:.1f} | "
+        f"| {r['variant']} | {r['mode']} | {r.get('host_malloc', 'system')} | "
+        f"{r.get('page_faults_per_step', float('nan')):,.0f} | {r['events_per_s']:,.0f} | {r['step_ms']:.1f} | "
         f"{r['mflop_per_event_shapes']:.2f} | {g['total']:.2f} | "
         f"{r['gflop_per_step_xla']:.2f} | {r['achieved_gflops']:.1f} | "
         f"{r['roofline_gflops']:.1f} | {r['efficiency']:.0%} | "
@@ -235,6 +249,9 @@ def main() -> None:
   p.add_argument("--data", default=None)
   p.add_argument("--cache_dir", default=str(REPO / "cache"))
   p.add_argument("--out", default="")
+  p.add_argument("--host_malloc", default="reuse", choices=("reuse", "system", "both"),
+                 help="the child's host allocator (lstmrec_jax/hostmem.py); both: system, then "
+                 "reuse, for each (variant, mode)")
   p.add_argument("--child", nargs=2, metavar=("VARIANT", "MODE"), help=argparse.SUPPRESS)
   args = p.parse_args()
   from train_throughput import default_data_path, load_average, machine_info, write_result  # pylint: disable=g-import-not-at-top
@@ -245,23 +262,27 @@ def main() -> None:
     return
   rows = []
   load_before = load_average()
-  for variant in args.variants.split(","):
-    for mode in args.modes.split(","):
-      env = dict(os.environ)
-      cmd = [sys.executable, __file__, "--child", variant, mode, "--steps", str(args.steps),
-             "--rounds", str(args.rounds), "--data", args.data, "--cache_dir", args.cache_dir]
-      if mode == "1core":
-        cmd = ["taskset", "-c", "0", *cmd]
-      if mode == "2dev":
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-                            " --xla_cpu_multi_thread_eigen=false").strip()
-      proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
-      found = [line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-      row = (json.loads(found[0]) if found else
-             {"variant": variant, "mode": mode, "error": (proc.stderr or "no output")[-400:]})
-      rows.append(row)
-      print(json.dumps({k: row.get(k) for k in ("variant", "mode", "events_per_s",
-                                                 "efficiency", "error")}), flush=True)
+  mallocs = ("system", "reuse") if args.host_malloc == "both" else (args.host_malloc,)
+  for variant, mode, malloc in [(v, m, a) for v in args.variants.split(",")
+                                for m in args.modes.split(",") for a in mallocs]:
+    env = dict(os.environ)
+    cmd = [sys.executable, __file__, "--child", variant, mode, "--steps", str(args.steps),
+           "--rounds", str(args.rounds), "--data", args.data, "--cache_dir", args.cache_dir,
+           "--host_malloc", malloc]
+    if mode == "1core":
+      cmd = ["taskset", "-c", "0", *cmd]
+    if mode == "2dev":
+      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+                          " --xla_cpu_multi_thread_eigen=false").strip()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    found = [line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    row = (json.loads(found[0]) if found else
+           {"variant": variant, "mode": mode, "host_malloc": malloc,
+            "error": (proc.stderr or "no output")[-400:]})
+    rows.append(row)
+    print(json.dumps({k: row.get(k) for k in ("variant", "mode", "host_malloc",
+                                               "page_faults_per_step", "events_per_s",
+                                               "efficiency", "error")}), flush=True)
   result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(
       ["python", *sys.argv]), "machine": machine_info(), "load_before": load_before,
             "load_after": load_average(), "rows": rows}

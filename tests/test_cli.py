@@ -179,6 +179,17 @@ def test_train_keeps_its_compiles_in_the_users_cache(trained):
 
 
 @pytest.mark.slow
+def test_train_keeps_freed_host_buffers_for_reuse(trained):
+  """train.py sets the host allocator first (--host_malloc=reuse, lstmrec_jax/hostmem.py) and
+  says so in one line; on glibc the blocks XLA frees are kept for the next step."""
+  _, proc = trained
+  from lstmrec_jax import hostmem
+  expected = ("host malloc: freed blocks kept for reuse" if hostmem._glibc() is not None
+              else "host malloc: the C library's defaults")
+  assert expected in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_a_normal_run_logs_only_the_projects_own_lines(trained):
   """Item 9: train + eval + export + Recommender.load: no TensorFlow oneDNN banner, no Orbax
   "read only" warnings, no progress-bar carriage returns; every log line is from lstmrec_jax."""

@@ -26,7 +26,7 @@ FOLDERS = {"lstmrec_jax": ROOT / "lstmrec_jax", "lstmrec_jax.kernels": ROOT / "k
 # units on lower floors; units on one floor never import each other. docs/architecture.md draws it.
 FLOORS = (
     ("errors",),  # the one error family
-    ("config_keys", "paths", "mesh", "auto", "plugins"),  # foundations
+    ("config_keys", "paths", "mesh", "auto", "plugins", "hostmem"),  # foundations
     ("core",),  # the functional recurrences
     ("kernels",),  # Pallas kernels of core's recurrence
     ("data", "model", "optim", "losses"),  # the pieces a run is made of

@@ -153,6 +153,26 @@ def use_compilation_cache() -> str | None:
   return cache or None
 
 
+def define_host_malloc_flag() -> None:
+  """--host_malloc: how the C library's allocator treats the buffers XLA frees (`hostmem`)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import hostmem  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_enum("host_malloc", "reuse", hostmem.MODES, "reuse: freed host buffers stay with "
+                    "the process for the next step (glibc mallopt; fewer page faults, a faster "
+                    "CPU step); system: the C library's defaults. Environment MALLOC_* settings "
+                    "win over both (lstmrec_jax/hostmem.py).")
+
+
+def use_host_malloc() -> str:
+  """Applies --host_malloc (call first in main, before jax starts its threads); logs one line."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import hostmem  # pylint: disable=g-import-not-at-top
+  line = hostmem.configure(flags.FLAGS.host_malloc)
+  logging.info("%s", line)
+  return line
+
+
 def define_plugin_flag() -> None:
   """--plugins: modules or .py files that register encoders, items or losses (docs/extending.md)."""
   from absl import flags  # pylint: disable=g-import-not-at-top

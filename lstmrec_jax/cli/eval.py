@@ -39,6 +39,7 @@ flags.DEFINE_bool("allow_other_data", False, "Evaluate even when the data differ
 common.define_distributed_flags()
 common.define_plugin_flag()
 common.define_compilation_cache_flag("evaluating the same shapes again skips the compiles")
+common.define_host_malloc_flag()
 flags.DEFINE_list("summarize", None, "Workdirs (e.g. one config, several seeds) whose saved "
                   "eval_<checkpoint>.json reports are summarized as mean +- std; no evaluation.")
 flags.DEFINE_string("summary_split", "test", "The split --summarize reads.")
@@ -95,6 +96,7 @@ def main() -> None:
     print(f"curves: {curves.plot_curves(FLAGS.workdir)}")
     return
   check_flags()
+  common.use_host_malloc()
   import jax  # pylint: disable=g-import-not-at-top
   common.initialize_distributed()
   common.use_compilation_cache()

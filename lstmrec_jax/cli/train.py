@@ -22,10 +22,12 @@ flags.DEFINE_string("workdir", "runs/default", "Checkpoints, logs and the report
 common.define_distributed_flags()
 common.define_plugin_flag()
 common.define_compilation_cache_flag("a rerun or resume of the same shapes skips the compiles")
+common.define_host_malloc_flag()
 FLAGS = flags.FLAGS
 
 
 def main() -> None:
+  common.use_host_malloc()
   import jax  # pylint: disable=g-import-not-at-top
   common.initialize_distributed()
   common.use_compilation_cache()
