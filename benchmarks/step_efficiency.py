@@ -26,8 +26,8 @@ Ways of using the cores (`--modes`):
   python benchmarks/step_efficiency.py --out benchmarks/results/cpu_step_efficiency_$(date +%F)
 
 `--host_malloc` sets the child's host allocator as train.py's flag of that name does
-(`lstmrec_jax/hostmem.py`; default reuse, as train.py); `both` runs every (variant, mode) with
-system and then reuse, one after the other, for a side-by-side A/B. Each row also reports the
+(`lstmrec_jax/hostmem.py`; default reuse, as train.py); a list (`system,reuse,one_arena`; `both`
+= system,reuse) runs every (variant, mode) with each, one after the other, for a side-by-side A/B. Each row also reports the
 minor page faults per timed step (getrusage).
 
 Time it alone on the machine: the wall time is the result.
@@ -249,9 +249,9 @@ def main() -> None:
   p.add_argument("--data", default=None)
   p.add_argument("--cache_dir", default=str(REPO / "cache"))
   p.add_argument("--out", default="")
-  p.add_argument("--host_malloc", default="reuse", choices=("reuse", "system", "both"),
-                 help="the child's host allocator (lstmrec_jax/hostmem.py); both: system, then "
-                 "reuse, for each (variant, mode)")
+  p.add_argument("--host_malloc", default="reuse", help="the child's host allocator "
+                 "(lstmrec_jax/hostmem.py: reuse, one_arena, system), or several separated by "
+                 "commas, run one after the other for each (variant, mode); both = system,reuse")
   p.add_argument("--child", nargs=2, metavar=("VARIANT", "MODE"), help=argparse.SUPPRESS)
   args = p.parse_args()
   from train_throughput import default_data_path, load_average, machine_info, write_result  # pylint: disable=g-import-not-at-top
@@ -262,7 +262,7 @@ def main() -> None:
     return
   rows = []
   load_before = load_average()
-  mallocs = ("system", "reuse") if args.host_malloc == "both" else (args.host_malloc,)
+  mallocs = ("system,reuse" if args.host_malloc == "both" else args.host_malloc).split(",")
   for variant, mode, malloc in [(v, m, a) for v in args.variants.split(",")
                                 for m in args.modes.split(",") for a in mallocs]:
     env = dict(os.environ)

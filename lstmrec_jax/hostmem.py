@@ -18,8 +18,13 @@ so the memory one step freed is there for the next. The process keeps the footpr
 largest step, which it reaches every step anyway. What this leaves: a block larger than a thread
 arena's 64 MiB heap is still mmapped by glibc (it falls back to mmap whatever M_MMAP_MAX says),
 so the Beauty recipe's step (exact softmax; one ~140 MB block a step) still takes ~36,000 faults
-and runs as fast as before. `M_ARENA_MAX = 1` would route that block to the main heap, but it
-serialises the allocations of XLA's threads and made the fast step slower (measured; not set).
+and runs as fast as before. `configure("one_arena")` also sets
+
+  M_ARENA_MAX = 1            every thread allocates from the main heap (no 64 MiB limit)
+
+which keeps that block too: the recipe's step ~13-17% faster. But the threads then share one
+arena's lock, and small steps slow down (the fast step ~5-13%), so it is a choice
+(`--host_malloc=one_arena`) for steps whose temporaries pass 64 MiB, not the default.
 
 Only glibc has these knobs; elsewhere (macOS, musl) `configure` changes nothing and says so.
 Settings the user made in the environment (MALLOC_*_ variables, glibc.malloc tunables in
@@ -33,11 +38,12 @@ import ctypes.util
 import os
 import sys
 
-MODES = ("reuse", "system")
+MODES = ("reuse", "one_arena", "system")
 
 # glibc's <malloc.h> parameter numbers.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 # M_TRIM_THRESHOLD takes an int: its largest value, 2 GiB.
 _TRIM_MAX = 2**31 - 1
 
@@ -69,7 +75,7 @@ def _user_settings(environ) -> list[str]:
 
 
 def configure(mode: str = "reuse", environ=None) -> str:
-  """Sets the host allocator for `mode` ("reuse" or "system"); returns one line for the log.
+  """Sets the host allocator for `mode` (one of MODES); returns one line for the log.
 
   Call it once, before the first large allocation (before jax creates its thread pool); the
   settings hold for the rest of the process. "system" changes nothing.
@@ -87,7 +93,10 @@ def configure(mode: str = "reuse", environ=None) -> str:
   if libc is None:
     return "host malloc: the C library's defaults (not glibc: no mallopt)"
   ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_MAX) == 1
+  if ok and mode == "one_arena":
+    ok = libc.mallopt(_M_ARENA_MAX, 1) == 1
   if not ok:
     return "host malloc: glibc refused mallopt; its defaults stay"
-  return ("host malloc: freed blocks kept for reuse (glibc mallopt M_MMAP_MAX=0, "
-          "M_TRIM_THRESHOLD=2 GiB; --host_malloc=system for the defaults)")
+  arena = ", M_ARENA_MAX=1" if mode == "one_arena" else ""
+  return (f"host malloc: freed blocks kept for reuse (glibc mallopt M_MMAP_MAX=0, "
+          f"M_TRIM_THRESHOLD=2 GiB{arena}; --host_malloc=system for the defaults)")

@@ -159,8 +159,10 @@ def define_host_malloc_flag() -> None:
   from lstmrec_jax import hostmem  # pylint: disable=g-import-not-at-top
   flags.DEFINE_enum("host_malloc", "reuse", hostmem.MODES, "reuse: freed host buffers stay with "
                     "the process for the next step (glibc mallopt; fewer page faults, a faster "
-                    "CPU step); system: the C library's defaults. Environment MALLOC_* settings "
-                    "win over both (lstmrec_jax/hostmem.py).")
+                    "CPU step); one_arena: reuse, and every thread allocates from one heap "
+                    "(faster when a step's temporaries pass 64 MiB, e.g. the exact-softmax "
+                    "recipes on CPU; slower for small steps); system: the C library's defaults. "
+                    "Environment MALLOC_* settings win (lstmrec_jax/hostmem.py).")
 
 
 def use_host_malloc() -> str:
