@@ -447,7 +447,13 @@ def main(argv=None) -> dict[str, Any]:
                  help="an older losses.py to time as before_* variants in the same rounds")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default="", help="output path without extension (.json and .md)")
+  p.add_argument("--host_malloc", default="reuse", help="the host allocator of this process, "
+                 "JAX and PyTorch alike (lstmrec_jax/hostmem.py: reuse as train.py, one_arena, "
+                 "system)")
   args = p.parse_args(argv)
+  from lstmrec_jax import hostmem
+  host_malloc = hostmem.configure(args.host_malloc)
+  print(host_malloc, flush=True)
 
   from lstmrec_jax import data as data_lib
   load_before = load_average()
@@ -468,6 +474,7 @@ def main(argv=None) -> dict[str, Any]:
       print(f"round {r} {v.name}: {events / v.rounds[-1]['wall_s']:,.0f} events/s", flush=True)
   result = {
       "benchmark": "train_throughput", "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "host_malloc": host_malloc,
       "command": " ".join([os.path.relpath(sys.argv[0], REPO)] + (argv or sys.argv[1:])),
       "machine": machine_info(), "load_average_before": load_before,
       "load_average_after": load_average(), "settings": {
