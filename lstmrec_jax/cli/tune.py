@@ -32,10 +32,12 @@ flags.DEFINE_integer("search_seed", 0, "Seeds the sampling; trial k's values dep
                      "k and the space.")
 common.define_distributed_flags()
 common.define_plugin_flag()
+common.define_host_malloc_flag()
 FLAGS = flags.FLAGS
 
 
 def main() -> None:
+  common.use_host_malloc()  # the trials train in this process
   import jax  # pylint: disable=g-import-not-at-top
   common.initialize_distributed()
   from lstmrec_jax.tuning import search  # pylint: disable=g-import-not-at-top
