@@ -8,7 +8,7 @@ E = H = 128, 2,048 sampled negatives, 8 rows) that was ~8,400 page faults a step
 blocks kept, 9-1,300, and the step ran 27-70% more events a second on 2 cores and 59-63% more on
 one (docs/results.md, "Host memory"; `benchmarks/step_efficiency.py --host_malloc both`).
 
-`configure("reuse")` (the default of train.py, eval.py and serve.py, `--host_malloc`) sets, with
+`configure("reuse")` (the default of train.py, eval.py and tune.py, `--host_malloc`) sets, with
 glibc's `mallopt`:
 
   M_MMAP_MAX = 0             no block is mmapped on its own: all come from the heaps
