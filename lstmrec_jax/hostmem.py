@@ -6,7 +6,9 @@ mmapped, trimming for the top of a heap), so the next step writes into fresh pag
 page faults and the kernel zeroes it. On the fast Beauty step (configs/beauty_fast.py:
 E = H = 128, 2,048 sampled negatives, 8 rows) that was ~8,400 page faults a step; with the
 blocks kept, 9-1,300, and the step ran 27-70% more events a second on 2 cores and 59-63% more on
-one (docs/results.md, "Host memory"; `benchmarks/step_efficiency.py --host_malloc both`).
+one (docs/results.md, "Host memory"; `benchmarks/step_efficiency.py --host_malloc both`). How
+much it gives depends on the sizes of a step's buffers: glibc's own adaptive thresholds already
+kept the Games fast step's (~1,000 faults a step either way, the same speed).
 
 `configure("reuse")` (the default of train.py, eval.py and tune.py, `--host_malloc`) sets, with
 glibc's `mallopt`:
