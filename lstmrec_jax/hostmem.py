@@ -24,9 +24,10 @@ and runs as fast as before. `configure("one_arena")` also sets
 
   M_ARENA_MAX = 1            every thread allocates from the main heap (no 64 MiB limit)
 
-which keeps that block too: the recipe's step ~13-17% faster. But the threads then share one
-arena's lock, and small steps slow down (the fast step ~5-13%), so it is a choice
-(`--host_malloc=one_arena`) for steps whose temporaries pass 64 MiB, not the default.
+which keeps that block too: the recipe's step ran 7-12% faster. But the threads then share one
+arena's lock, and small steps can slow down (the fast step: -23% to +6% over four measurements),
+so it is a choice (`--host_malloc=one_arena`) for steps whose temporaries pass 64 MiB, not the
+default.
 
 Only glibc has these knobs; elsewhere (macOS, musl) `configure` changes nothing and says so.
 Settings the user made in the environment (MALLOC_*_ variables, glibc.malloc tunables in
