@@ -26,9 +26,9 @@ Ways of using the cores (`--modes`):
   python benchmarks/step_efficiency.py --out benchmarks/results/cpu_step_efficiency_$(date +%F)
 
 `--host_malloc` sets the child's host allocator as train.py's flag of that name does
-(`lstmrec_jax/hostmem.py`; default reuse, as train.py); a list (`system,reuse,one_arena`; `both`
-= system,reuse) runs every (variant, mode) with each, one after the other, for a side-by-side A/B. Each row also reports the
-minor page faults per timed step (getrusage).
+(`lstmrec_jax/hostmem.py`; default reuse, as train.py); a list (`system,reuse,one_arena`;
+`both` = system,reuse) runs every (variant, mode) with each, one after the other, for a
+side-by-side A/B. Each row also reports the minor page faults per timed step (getrusage).
 
 Time it alone on the machine: the wall time is the result.
 """
@@ -218,7 +218,8 @@ def markdown(result: dict[str, Any]) -> str:
            "once. The roofline is the fastest of the step's three largest matmuls (the "
            "softmax's logits and its two gradients), jitted alone in the same process on the "
            "same cores.", "",
-           "| variant | mode | host malloc | faults/step | events/s | step ms | MFLOP/event | GFLOP/step (shapes) | "
+           "| variant | mode | host malloc | faults/step | events/s | step ms | MFLOP/event | "
+           "GFLOP/step (shapes) | "
            "GFLOP/step (XLA) | achieved GFLOP/s | roofline GFLOP/s | efficiency | "
            "softmax / LSTM share |",
            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -230,7 +231,8 @@ def markdown(result: dict[str, Any]) -> str:
     g = r["gflop_per_step_shapes"]
     lines.append(
         f"| {r['variant']} | {r['mode']} | {r.get('host_malloc', 'system')} | "
-        f"{r.get('page_faults_per_step', float('nan')):,.0f} | {r['events_per_s']:,.0f} | {r['step_ms']:.1f} | "
+        f"{r.get('page_faults_per_step', float('nan')):,.0f} | {r['events_per_s']:,.0f} | "
+        f"{r['step_ms']:.1f} | "
         f"{r['mflop_per_event_shapes']:.2f} | {g['total']:.2f} | "
         f"{r['gflop_per_step_xla']:.2f} | {r['achieved_gflops']:.1f} | "
         f"{r['roofline_gflops']:.1f} | {r['efficiency']:.0%} | "

@@ -99,7 +99,7 @@ def configure(mode: str = "reuse", environ=None) -> str:
   if ok and mode == "one_arena":
     ok = libc.mallopt(_M_ARENA_MAX, 1) == 1
   if not ok:
-    return "host malloc: glibc refused mallopt; its defaults stay"
+    return "host malloc: glibc refused a mallopt setting; its defaults may partly stay"
   arena = ", M_ARENA_MAX=1" if mode == "one_arena" else ""
   return (f"host malloc: freed blocks kept for reuse (glibc mallopt M_MMAP_MAX=0, "
           f"M_TRIM_THRESHOLD=2 GiB{arena}; --host_malloc=system for the defaults)")

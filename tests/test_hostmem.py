@@ -16,7 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 _CHURN = textwrap.dedent("""
     import ctypes, resource, sys, threading
     from lstmrec_jax import hostmem
-    mode, size, count, in_thread = sys.argv[1], int(sys.argv[2]) << 20, int(sys.argv[3]), sys.argv[4]
+    mode, size, count = sys.argv[1], int(sys.argv[2]) << 20, int(sys.argv[3])
+    in_thread = sys.argv[4]
     print(hostmem.configure(mode), file=sys.stderr)
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype = ctypes.c_void_p
@@ -75,7 +76,8 @@ def test_one_arena_keeps_a_threads_blocks_above_64_mib():
 
 
 def test_a_bad_mode_names_the_flag():
-  with pytest.raises(ValueError, match=r"--host_malloc='fast': must be one of reuse, one_arena, system"):
+  with pytest.raises(ValueError,
+                     match=r"--host_malloc='fast': must be one of reuse, one_arena, system"):
     hostmem.configure("fast")
 
 
