@@ -139,3 +139,44 @@ def test_trains_through_the_step_and_every_parameter_moves(name):
   for path, (a, b) in zip(jax.tree_util.tree_leaves_with_path(params),
                           zip(jax.tree.leaves(params), jax.tree.leaves(state.params))):
     assert float(jnp.abs(a - b).max()) > 0, f"{jax.tree_util.keystr(path[0])} did not move"
+
+
+@pytest.mark.parametrize("name", ("lstm", "gru"))
+def test_recurrent_weight_dropout(name):
+  """DropConnect on W_hh: one mask per call (rows with the same input stay equal, which
+  activation dropout would break), the scaled kept weights, no effect at evaluation, and a
+  rate of 0 draws exactly what the encoder drew before the option existed."""
+  key = jax.random.key(5)
+  x = jnp.concatenate([_x()[:1], _x()[:1]], 0)  # two identical rows
+  full = jnp.ones((B, L), bool)
+  plain = _encoder(name, layer_dropout=0.0)
+  dropped = _encoder(name, layer_dropout=0.0, recurrent_weight_dropout=0.5)
+  out = dropped(x, full, None, dropout_key=key)
+  np.testing.assert_array_equal(out[0], out[1])
+  assert float(jnp.abs(out - plain(x, full, None, dropout_key=key)).max()) > 1e-3
+  np.testing.assert_array_equal(dropped(x, full, None, dropout_key=None),
+                                plain(x, full, None, dropout_key=None))
+
+  layers = [layer.as_dict() for layer in dropped.layers]
+  masked = model_lib.encoders.drop_recurrent_weights(layers, key, 0.5)
+  for layer, m in zip(layers, masked):
+    w, wm = np.asarray(layer["w_hh"]), np.asarray(m["w_hh"])
+    kept = wm != 0
+    assert 0.35 < kept.mean() < 0.65
+    np.testing.assert_allclose(wm[kept], 2.0 * w[kept], rtol=1e-6)
+    np.testing.assert_array_equal(m["w_ih"], layer["w_ih"])
+  assert not np.array_equal(np.asarray(masked[0]["w_hh"]) != 0, np.asarray(masked[1]["w_hh"]) != 0)
+
+  # rate 0 (the default) with layer dropout on: the stack's own draw, unchanged.
+  enc = _encoder(name)
+  stack = core.lstm_stack if name == "lstm" else core.gru_stack
+  ref, _ = stack([layer.as_dict() for layer in enc.layers], _x(), MASK_BxL, None,
+                 dropout_rate=0.1, dropout_key=key, residual=True)
+  np.testing.assert_array_equal(enc(_x(), MASK_BxL, None, dropout_key=key), ref)
+
+
+def test_recurrent_weight_dropout_needs_a_recurrent_encoder():
+  with pytest.raises(ValueError, match="recurrent_weight_dropout.*transformer"):
+    _cfg("transformer", recurrent_weight_dropout=0.3)
+  with pytest.raises(ValueError, match="recurrent_weight_dropout"):
+    _cfg("lstm", recurrent_weight_dropout=1.0)

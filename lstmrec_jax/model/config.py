@@ -17,6 +17,9 @@ from lstmrec_jax.model.registry import ENCODERS, ITEM_REPRS
 
 DTYPES = ("float32", "bfloat16")
 COLD_ID_MODES = ("drop", "keep")
+# The encoders that read `recurrent_weight_dropout` (their layers have a W_hh).
+RECURRENT_WEIGHT_ENCODERS = ("lstm", "gru")
+
 # Fields filled in from the data, not from the config group.
 DATA_FIELDS = ("num_items", "max_len", "domain_starts")
 
@@ -58,6 +61,9 @@ class ModelConfig:
   # DropoutNet-style: each training step this share of the items lose their id part (input and
   # output table alike), so the user state also learns to score items by content alone.
   id_dropout: float
+  # AWD-LSTM's weight drop (DropConnect) on the recurrent matrices W_hh of the lstm / gru
+  # layers: one mask a training step, shared by every row and position.
+  recurrent_weight_dropout: float
   content_attributes: bool
   content_titles: bool
   max_attributes: int
@@ -96,7 +102,7 @@ class ModelConfig:
       if getattr(self, key) < 0:
         bad(key, "must be >= 0")
     for key in ("embed_dropout", "layer_dropout", "output_dropout", "attention_dropout",
-                "id_dropout"):
+                "id_dropout", "recurrent_weight_dropout"):
       if not 0.0 <= getattr(self, key) < 1.0:
         bad(key, "must be in [0, 1)")
     if self.encoder == "transformer" and self.num_heads >= 1 and self.embed_dim % self.num_heads:
@@ -118,6 +124,10 @@ class ModelConfig:
     if self.id_dropout and self.item_mode not in ("sum", "gate"):
       bad("id_dropout", f"needs model.item_mode 'sum' or 'gate' (an item with content and an "
           f"id), not {self.item_mode!r}")
+    if self.recurrent_weight_dropout and self.encoder not in RECURRENT_WEIGHT_ENCODERS:
+      bad("recurrent_weight_dropout", f"needs model.encoder "
+          f"{' or '.join(map(repr, RECURRENT_WEIGHT_ENCODERS))} (a recurrent matrix to drop "
+          f"from), not {self.encoder!r}")
     if problems:
       raise ValueError("invalid model config: " + "; ".join(problems))
 

@@ -45,6 +45,21 @@ class LSTMLayerParams(nnx.Module):
     return {"w_ih": self.w_ih[...], "w_hh": self.w_hh[...], "b": self.b[...]}
 
 
+def drop_recurrent_weights(layers: list[dict[str, jax.Array]], dropout_key: jax.Array | None,
+                           rate: float) -> list[dict[str, jax.Array]]:
+  """DropConnect on each layer's W_hh (AWD-LSTM's weight drop): one mask for the whole call.
+
+  The mask's key is folded apart from the layer-dropout key, so a run without this dropout
+  draws exactly the numbers it drew before the option existed. Identity when `dropout_key` is
+  None (evaluation) or `rate` is 0.
+  """
+  if dropout_key is None or rate == 0.0:
+    return layers
+  key = jax.random.fold_in(dropout_key, 0x77)
+  return [dict(layer, w_hh=core.dropout(jax.random.fold_in(key, i), layer["w_hh"], rate))
+          for i, layer in enumerate(layers)]
+
+
 @register_encoder("lstm")
 class LSTMEncoder(SequenceEncoder):
   """Stacked LSTM layers (dropout between them, optional residuals); kernels via lstm_impl."""
@@ -61,8 +76,10 @@ class LSTMEncoder(SequenceEncoder):
 
   def __call__(self, x_BxLxE, mask_BxL, resets_BxL, *, dropout_key=None):
     cfg = self.cfg
+    layers = drop_recurrent_weights([layer.as_dict() for layer in self.layers], dropout_key,
+                                    cfg.recurrent_weight_dropout)
     h_BxLxH, _ = core.lstm_stack(
-        [layer.as_dict() for layer in self.layers], x_BxLxE, mask_BxL, resets_BxL,
+        layers, x_BxLxE, mask_BxL, resets_BxL,
         dropout_rate=cfg.layer_dropout, dropout_key=dropout_key, residual=cfg.residual,
         hoist=cfg.hoist_input_projection, compute_dtype=jnp.dtype(cfg.compute_dtype),
         recurrence=resolve_lstm_recurrence(cfg.lstm_impl, cfg.hoist_input_projection))
@@ -108,8 +125,10 @@ class GRUEncoder(SequenceEncoder):
     self.cfg = cfg
 
   def __call__(self, x_BxLxE, mask_BxL, resets_BxL, *, dropout_key=None):
+    layers = drop_recurrent_weights([layer.as_dict() for layer in self.layers], dropout_key,
+                                    self.cfg.recurrent_weight_dropout)
     h_BxLxH, _ = core.gru_stack(
-        [layer.as_dict() for layer in self.layers], x_BxLxE, mask_BxL, resets_BxL,
+        layers, x_BxLxE, mask_BxL, resets_BxL,
         dropout_rate=self.cfg.layer_dropout, dropout_key=dropout_key,
         residual=self.cfg.residual, compute_dtype=jnp.dtype(self.cfg.compute_dtype))
     return h_BxLxH
