@@ -151,6 +151,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # block (None = 128 on CPU, all positions elsewhere)
   # Multi-domain data: each position's softmax over its target's domain only (full / chunked)
   c.loss.domain_softmax = False
+  # Supervised contrastive term: states of positions with the same next item pulled together,
+  # the batch's other positions pushed apart (losses/contrastive.py); weight >= 0 (0 = off).
+  c.loss.target_contrastive_weight = 0.0
+  c.loss.target_contrastive_temperature = 0.1  # on cosine similarities; > 0
 
   # Offline RL on the logged transitions (losses/rl.py), for loss.kind = sqn | sac | sa2c (with
   # model.q_head = True): state = the LSTM state, action = the next item, reward = its `reward`.

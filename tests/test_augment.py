@@ -171,3 +171,45 @@ def test_the_loop_trains_on_augmented_batches_with_both_extra_terms(tmp_path):
   assert out["stopped_at_step"] == 4
   losses = [r["loss"] for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if "loss" in r]
   assert len(losses) == 4 and np.isfinite(losses).all()
+
+
+def _same_target_by_loop(z, targets, t):
+  """SupCon over positions with the same target, one anchor at a time (the reference)."""
+  z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+  total, anchors = 0.0, 0
+  for i in range(len(z)):
+    if targets[i] <= 0:
+      continue
+    others = [a for a in range(len(z)) if a != i and targets[a] > 0]
+    positives = [p for p in others if targets[p] == targets[i]]
+    if not positives:
+      continue
+    log_den = np.log(sum(np.exp(z[i] @ z[a] / t) for a in others))
+    total += np.mean([log_den - z[i] @ z[p] / t for p in positives])
+    anchors += 1
+  return total / max(anchors, 1)
+
+
+def test_same_target_nce_by_hand_against_a_loop_and_finite_gradients():
+  z = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+  got = contrastive.same_target_nce(z, jnp.array([5, 5, 7]), 1.0)
+  assert float(got) == pytest.approx(-np.log(np.e / (np.e + 1)), rel=1e-5)
+
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(40, 6)).astype(np.float32)
+  targets = rng.integers(0, 6, size=40)  # 0 = padding; several positions share each target
+  for t in (0.1, 1.0):
+    got = contrastive.same_target_nce(jnp.asarray(z), jnp.asarray(targets), t)
+    assert float(got) == pytest.approx(_same_target_by_loop(z, targets, t), rel=1e-4)
+  # no shared target: 0; padding only, and a zero state: finite gradients
+  assert float(contrastive.same_target_nce(jnp.asarray(z[:4]), jnp.array([1, 2, 3, 0]), 0.1)) == 0
+  z0 = jnp.asarray(z[:4]).at[3].set(0.0)
+  for targets4 in (jnp.array([1, 1, 2, 1]), jnp.zeros(4, jnp.int32)):
+    g = jax.grad(lambda a: contrastive.same_target_nce(a, targets4, 0.1))(z0)
+    assert np.isfinite(np.asarray(g)).all()
+  # the term pulls positives together: one gradient step raises their cosine
+  zz = jnp.asarray(z[:6])
+  tt = jnp.array([1, 1, 2, 3, 4, 5])
+  step = zz - 0.1 * jax.grad(lambda a: contrastive.same_target_nce(a, tt, 0.5))(zz)
+  cos = lambda a: float(a[0] @ a[1] / jnp.linalg.norm(a[0]) / jnp.linalg.norm(a[1]))
+  assert cos(step) > cos(zz)

@@ -340,3 +340,27 @@ def test_a_workdir_saved_before_keys_existed_is_read_with_their_defaults(tmp_pat
     assert cfg["data"]["domain"] == defaults["data.domain"]
   finally:
     run_lib.set_older_workdir_defaults({})
+
+
+def test_target_contrastive_term_adds_its_weighted_value(tiny_setup):
+  """loss.target_contrastive_weight adds weight x same_target_nce of the step's user states
+  (the states computed with the step's dropout key); 0 leaves the loss as it was."""
+  from lstmrec_jax.losses import contrastive
+  _, _, graphdef, params, _, batches = tiny_setup
+  batch = next(iter(batches.epoch(0)))
+  key = jax.random.PRNGKey(4)
+  model = nnx.merge(graphdef, params, {})
+  plain = float(steps.sequence_loss(model, batch, key, loss_config(kind="full"), None))
+  cfg = loss_config(kind="full", target_contrastive_weight=0.5,
+                    target_contrastive_temperature=0.2)
+  got = float(steps.sequence_loss(model, batch, key, cfg, None))
+  user = model(batch["inputs_BxL"], batch["mask_BxL"], batch.get("resets_BxL"),
+               item_table_VxE=model.item_tables()[0], dropout_key=key)
+  term = float(contrastive.same_target_nce(user.reshape(-1, user.shape[-1]),
+                                           jnp.asarray(batch["targets_BxL"]).reshape(-1), 0.2))
+  assert term > 0
+  assert got == pytest.approx(plain + 0.5 * term, rel=1e-5)
+  with pytest.raises(ValueError, match="loss.target_contrastive_temperature"):
+    loss_config(target_contrastive_temperature=0.0)
+  with pytest.raises(ValueError, match="loss.target_contrastive_weight"):
+    loss_config(target_contrastive_weight=-1.0)

@@ -1,6 +1,7 @@
-"""The contrastive term between two augmented views of the same histories (InfoNCE / NT-Xent).
+"""Contrastive terms on user states: two augmented views of the same histories (InfoNCE /
+NT-Xent, `info_nce`), and positions that predict the same item (`same_target_nce`).
 
-Shape legend: B rows, E embedding size.
+Shape legend: B rows, E embedding size, N positions.
 
 Each row contributes one history (its first packed example); its two views' user states
 z1_b, z2_b are a positive pair, and the other 2B - 2 states of the batch are the negatives
@@ -42,3 +43,39 @@ def info_nce(z1_BxE: jax.Array, z2_BxE: jax.Array, valid_B: jax.Array,
   count = valid.sum()
   loss = jnp.where(valid, nll, 0.0).sum() / jnp.maximum(count, 1)
   return jnp.where(valid_B.sum() >= 2, loss, 0.0)
+
+
+# A similarity left out of a softmax: exp() of it is exactly 0 in f32, and unlike -inf a row of
+# it alone keeps the log-softmax and its gradient finite.
+_EXCLUDED = -1e9
+
+
+def same_target_nce(user_NxE: jax.Array, targets_N: jax.Array,
+                    temperature: float) -> jax.Array:
+  """Supervised contrastive term over a batch's positions: same next item = positive pair.
+
+  The states of two positions whose targets are the same item (two users, or two moments, that
+  went on to the same item: DuoRec's supervised positives, ICSRec's cross-subsequence intents)
+  are pulled together, every other real position of the batch is a negative (SupCon, Khosla et
+  al. 2020). With cosine similarities s and each real anchor i that has positives P(i):
+
+    -1/|P(i)| sum_{p in P(i)} log exp(s_ip / T) / sum_{a != i real} exp(s_ia / T)
+
+  averaged over those anchors (a scalar; 0 when no two real positions share a target).
+  Positions with target 0 (padding) are neither anchors nor negatives.
+
+  Example: states [[1, 0], [1, 0], [0, 1]], targets [5, 5, 7], T = 1: anchors 0 and 1 each have
+  one positive (cos 1) and one negative (cos 0): loss = -log(e / (e + 1)).
+  """
+  z = user_NxE.astype(jnp.float32)
+  z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-24))
+  real_N = targets_N > 0
+  n = z.shape[0]
+  others_NxN = real_N[None, :] & ~jnp.eye(n, dtype=bool)
+  logits_NxN = jnp.where(others_NxN, (z @ z.T) / temperature, _EXCLUDED)
+  log_p_NxN = jax.nn.log_softmax(logits_NxN, axis=-1)
+  pos_NxN = (targets_N[:, None] == targets_N[None, :]) & others_NxN & real_N[:, None]
+  num_pos_N = pos_NxN.sum(axis=1)
+  per_anchor_N = -jnp.where(pos_NxN, log_p_NxN, 0.0).sum(axis=1) / jnp.maximum(num_pos_N, 1)
+  anchors_N = num_pos_N > 0
+  return jnp.where(anchors_N, per_anchor_N, 0.0).sum() / jnp.maximum(anchors_N.sum(), 1)

@@ -648,6 +648,10 @@ class LossConfig:
   # only (`domain_softmax_loss`); the loss must be an exact softmax (full, chunked, or a
   # registered loss that samples nothing).
   domain_softmax: bool
+  # The supervised contrastive term between positions with the same target item
+  # (`contrastive.same_target_nce`), added to the loss with this weight (0 = off).
+  target_contrastive_weight: float
+  target_contrastive_temperature: float
 
   def __post_init__(self):
     problems = []
@@ -667,6 +671,10 @@ class LossConfig:
           "averages over every item)")
     if self.row_block is not None and self.row_block < 1:
       bad("row_block", "must be None or >= 1")
+    if self.target_contrastive_weight < 0:
+      bad("target_contrastive_weight", "must be >= 0")
+    if self.target_contrastive_temperature <= 0:
+      bad("target_contrastive_temperature", "must be > 0")
     if self.one_pass not in (None, True, False):
       bad("one_pass", "must be None, True or False")
     if self.domain_softmax and self.kind in _NEEDS_LOG_Q:

@@ -148,6 +148,9 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
       out, scalars = out
       if not logs:  # the clean pass's: a perturbed pass (adversarial) runs in an inner trace
         logs.update(scalars)
+    if loss_cfg.target_contrastive_weight > 0 and input_delta is None and user_delta is None:
+      out = out + loss_cfg.target_contrastive_weight * contrastive.same_target_nce(
+          user_NxE, targets_N, loss_cfg.target_contrastive_temperature)
     return out
 
   loss = loss_at()
