@@ -2,6 +2,9 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from lstmrec_jax import config_keys
@@ -41,3 +44,25 @@ def test_every_problem_named_in_one_error():
   for part in ("model.hidden_sise", "optim.learning_rate", "train.patience", "loss.kind"):
     assert part in message, (part, message)
   assert "\n" not in message
+
+
+@pytest.mark.parametrize("train_items_only", [False, True])
+def test_step_aux_counts_are_the_op_by_op_values_exactly(train_items_only):
+  """`_count_aux` (one jitted program for start-up speed) repeats the op-by-op values bit for
+  bit: the candidate mask and the sampling log-q, renormalised over trained items or not."""
+  from lstmrec_jax import losses
+  rng = np.random.default_rng(1)
+  counts = rng.zipf(1.4, 5000)
+  counts[rng.random(5000) < 0.1] = 0
+  counts_V = jnp.asarray(counts)
+  for alpha in (0.0, 0.5, 1.0):
+    trained_V, log_q_V = run_lib._count_aux(counts_V, alpha=alpha,
+                                            train_items_only=train_items_only, log_q=True)
+    want = losses.popularity_log_q(counts_V, alpha)
+    if train_items_only:
+      want = jnp.where(counts_V > 0, want, -jnp.inf)
+      want = want - jax.nn.logsumexp(want)
+    np.testing.assert_array_equal(np.asarray(log_q_V), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(trained_V), counts > 0)
+  assert run_lib._count_aux(counts_V, alpha=0.5, train_items_only=train_items_only,
+                            log_q=False)[1] is None
