@@ -153,6 +153,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.loss.domain_softmax = False
   # Supervised contrastive term: states of positions with the same next item pulled together,
   # the batch's other positions pushed apart (losses/contrastive.py); weight >= 0 (0 = off).
+  # It scores every pair of the step's N = batch_size x max_len positions: N x N floats (1,600
+  # positions: 10 MB; 12,800: 655 MB, each held for the backward pass too).
   c.loss.target_contrastive_weight = 0.0
   c.loss.target_contrastive_temperature = 0.1  # on cosine similarities; > 0
 
