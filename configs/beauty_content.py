@@ -28,4 +28,5 @@ def get_config(arg: str | None = None):
   c.model.output_dropout = 0.3
   c.model.layer_norm = False
   c.optim.weight_decay = 0.0
+  c.model.recurrent_weight_dropout = 0.0
   return base.apply_cold_arg(c, arg, "configs/beauty_content.py")

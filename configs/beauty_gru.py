@@ -14,4 +14,5 @@ from lstmrec_jax.configs import beauty
 def get_config():
   c = beauty.get_config()
   c.model.encoder = "gru"
+  c.model.recurrent_weight_dropout = 0.0  # the run above predates the LSTM recipe's weight drop
   return c

@@ -20,4 +20,5 @@ def get_config():
   c.model.num_heads = 2  # divides embed_dim
   c.model.layer_dropout = 0.5  # inside each block, on both residual branches (SASRec: 0.5)
   c.model.attention_dropout = 0.0  # on the attention weights
+  c.model.recurrent_weight_dropout = 0.0  # the LSTM recipe's weight drop: no W_hh here
   return c
