@@ -18,6 +18,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from lstmrec_jax.losses.core import EXCLUDED_SCORE
+
+
+def _unit_rows(z: jax.Array) -> jax.Array:
+  """Rows scaled to norm 1, in f32; rsqrt of a floored square norm: a zero row (an empty
+  history) stays 0 with a finite gradient."""
+  z = z.astype(jnp.float32)
+  return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-24))
+
 
 def info_nce(z1_BxE: jax.Array, z2_BxE: jax.Array, valid_B: jax.Array,
              temperature: float) -> jax.Array:
@@ -26,9 +35,7 @@ def info_nce(z1_BxE: jax.Array, z2_BxE: jax.Array, valid_B: jax.Array,
   Example: with 2 rows and z1 = z2 = [[1, 0], [0, 1]], T = 1, anchor z1_0 has the positive
   cos 1 and negatives cos 0, 0: loss = -log(e / (e + 2)) for every anchor.
   """
-  z = jnp.concatenate([z1_BxE, z2_BxE], 0).astype(jnp.float32)
-  # rsqrt of a floored square norm: a zero state (an empty row) has a finite gradient.
-  z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-24))
+  z = _unit_rows(jnp.concatenate([z1_BxE, z2_BxE], 0))
   valid = jnp.concatenate([valid_B, valid_B], 0).astype(bool)
   b = z1_BxE.shape[0]
   logits = (z @ z.T) / temperature
@@ -43,11 +50,6 @@ def info_nce(z1_BxE: jax.Array, z2_BxE: jax.Array, valid_B: jax.Array,
   count = valid.sum()
   loss = jnp.where(valid, nll, 0.0).sum() / jnp.maximum(count, 1)
   return jnp.where(valid_B.sum() >= 2, loss, 0.0)
-
-
-# A similarity left out of a softmax: exp() of it is exactly 0 in f32, and unlike -inf a row of
-# it alone keeps the log-softmax and its gradient finite.
-_EXCLUDED = -1e9
 
 
 def same_target_nce(user_NxE: jax.Array, targets_N: jax.Array,
@@ -68,12 +70,11 @@ def same_target_nce(user_NxE: jax.Array, targets_N: jax.Array,
   one positive (cos 1) and one negative (cos 0): loss = -log(e / (e + 1)).
   Memory: N x N similarities (N = 12,800 positions: 655 MB in f32).
   """
-  z = user_NxE.astype(jnp.float32)
-  z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-24))
+  z = _unit_rows(user_NxE)
   real_N = targets_N > 0
   n = z.shape[0]
   others_NxN = real_N[None, :] & ~jnp.eye(n, dtype=bool)
-  logits_NxN = jnp.where(others_NxN, (z @ z.T) / temperature, _EXCLUDED)
+  logits_NxN = jnp.where(others_NxN, (z @ z.T) / temperature, EXCLUDED_SCORE)
   log_p_NxN = jax.nn.log_softmax(logits_NxN, axis=-1)
   pos_NxN = (targets_N[:, None] == targets_N[None, :]) & others_NxN & real_N[:, None]
   num_pos_N = pos_NxN.sum(axis=1)

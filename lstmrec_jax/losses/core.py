@@ -691,18 +691,18 @@ class LossConfig:
 
 # Score of an item left out of the training softmax: exp() of it is exactly 0 in f32, and unlike
 # -inf it keeps every difference and product of the loss's backward pass finite.
-_EXCLUDED_SCORE = -1e9
+EXCLUDED_SCORE = -1e9
 
 
 def candidate_bias(bias_V: jax.Array | None, item_mask_V: jax.Array | None) -> jax.Array | None:
-  """The item bias with `_EXCLUDED_SCORE` where item_mask_V is False (bias unchanged if no mask).
+  """The item bias with `EXCLUDED_SCORE` where item_mask_V is False (bias unchanged if no mask).
 
   Example: candidate_bias(None, [False, True, False]) -> [-1e9, 0, -1e9].
   """
   if item_mask_V is None:
     return bias_V
   base_V = jnp.zeros(item_mask_V.shape, jnp.float32) if bias_V is None else bias_V
-  return jnp.where(item_mask_V, base_V, _EXCLUDED_SCORE)
+  return jnp.where(item_mask_V, base_V, EXCLUDED_SCORE)
 
 
 @register_loss("full")
