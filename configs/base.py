@@ -157,6 +157,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   # positions: 10 MB; 12,800: 655 MB, each held for the backward pass too).
   c.loss.target_contrastive_weight = 0.0
   c.loss.target_contrastive_temperature = 0.1  # on cosine similarities; > 0
+  # Intent prototypes (ICLRec / ICSRec): k-means of the training user states at each epoch start
+  # (train/intents.py), each position's state pulled toward its nearest centroid against the
+  # others (losses/contrastive.py, intent_nce); weight >= 0 (0 = off). Costs one forward pass
+  # over up to 131k positions and a k-means an epoch.
+  c.loss.intent_weight = 0.0
+  c.loss.intent_clusters = 256  # K, >= 2 (and at most an epoch's positions)
+  c.loss.intent_temperature = 0.1  # on cosine similarities; > 0
+  c.loss.intent_start_epoch = 1  # the first epoch with prototypes (0: from the random model)
 
   # Offline RL on the logged transitions (losses/rl.py), for loss.kind = sqn | sac | sa2c (with
   # model.q_head = True): state = the LSTM state, action = the next item, reward = its `reward`.

@@ -1,5 +1,6 @@
 """Contrastive terms on user states: two augmented views of the same histories (InfoNCE /
-NT-Xent, `info_nce`), and positions that predict the same item (`same_target_nce`).
+NT-Xent, `info_nce`), positions that predict the same item (`same_target_nce`), and each
+position against k-means intent prototypes (`intent_nce`).
 
 Shape legend: B rows, E embedding size, N positions.
 
@@ -81,3 +82,32 @@ def same_target_nce(user_NxE: jax.Array, targets_N: jax.Array,
   per_anchor_N = -jnp.where(pos_NxN, log_p_NxN, 0.0).sum(axis=1) / jnp.maximum(num_pos_N, 1)
   anchors_N = num_pos_N > 0
   return jnp.where(anchors_N, per_anchor_N, 0.0).sum() / jnp.maximum(anchors_N.sum(), 1)
+
+
+def intent_nce(user_NxE: jax.Array, weights_N: jax.Array, intents_KxE: jax.Array,
+               temperature: float) -> jax.Array:
+  """Prototype term: each real position's state against K intent prototypes (a scalar).
+
+  The prototypes are the centroids of a k-means over the training user states
+  (`train.intents`; ICLRec's / ICSRec's fine-grained intents). Each state's intent is its
+  nearest prototype by cosine (chosen without gradient), and the term is a softmax over all K
+  prototypes (ProtoNCE, Li et al. 2021: every other prototype is a negative exactly once, so a
+  batch neighbour with the same intent is never pushed away):
+
+    -log exp(cos(z, c_a) / T) / sum_k exp(cos(z, c_k) / T),  a = argmax_k cos(z, c_k)
+
+  averaged over the positions with weight > 0 (weighted mean; 0 without any). The prototypes
+  are constants here (no gradient reaches them). A zero prototype row (none computed yet)
+  scores cos 0.
+
+  Example: states [[1, 0], [0, 2]], prototypes [[1, 0], [0, 1]], T = 1: each state's intent is
+  the prototype it points at, loss = -log(e / (e + 1)) = 0.3133.
+  """
+  z = _unit_rows(user_NxE)
+  c = jax.lax.stop_gradient(intents_KxE.astype(jnp.float32))
+  logits_NxK = (z @ c.T) / temperature
+  assigned_N = jnp.argmax(jax.lax.stop_gradient(logits_NxK), axis=-1)
+  nll_N = (jax.nn.logsumexp(logits_NxK, axis=-1)
+           - jnp.take_along_axis(logits_NxK, assigned_N[:, None], axis=1)[:, 0])
+  w = weights_N.astype(jnp.float32)
+  return jnp.sum(w * nll_N) / jnp.maximum(jnp.sum(w), 1e-9)

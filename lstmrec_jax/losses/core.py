@@ -652,6 +652,12 @@ class LossConfig:
   # (`contrastive.same_target_nce`), added to the loss with this weight (0 = off).
   target_contrastive_weight: float
   target_contrastive_temperature: float
+  # The intent prototype term (`contrastive.intent_nce`; prototypes from `train/intents.py`),
+  # added with this weight (0 = off) from epoch `intent_start_epoch` on.
+  intent_weight: float
+  intent_clusters: int
+  intent_temperature: float
+  intent_start_epoch: int
 
   def __post_init__(self):
     problems = []
@@ -675,6 +681,14 @@ class LossConfig:
       bad("target_contrastive_weight", "must be >= 0")
     if self.target_contrastive_temperature <= 0:
       bad("target_contrastive_temperature", "must be > 0")
+    if self.intent_weight < 0:
+      bad("intent_weight", "must be >= 0")
+    if self.intent_clusters < 2:
+      bad("intent_clusters", "must be >= 2")
+    if self.intent_temperature <= 0:
+      bad("intent_temperature", "must be > 0")
+    if self.intent_start_epoch < 0:
+      bad("intent_start_epoch", "must be >= 0")
     if self.one_pass not in (None, True, False):
       bad("one_pass", "must be None, True or False")
     if self.domain_softmax and self.kind in _NEEDS_LOG_Q:

@@ -34,6 +34,7 @@ from lstmrec_jax.evaluation import ranking
 from lstmrec_jax.evaluation import reports
 from lstmrec_jax.model import cooccurrence
 from lstmrec_jax.scoring import steps as scoring
+from lstmrec_jax.train import intents
 from lstmrec_jax.train import steps
 
 
@@ -337,6 +338,11 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
                                                  state_sh.params))
 
   aux = run.step_aux(steps_per_epoch)
+  prototypes = None
+  if spec.loss.intent_weight > 0:
+    prototypes = intents.Prototypes(run, batches, workdir, clusters=spec.loss.intent_clusters,
+                                    start_epoch=spec.loss.intent_start_epoch, seed=spec.seed)
+    aux.update(prototypes.initial_aux())
   if "item_mask_V" in aux:
     trained = int(np.asarray(dataset.item_counts_V)[1:].astype(bool).sum())
     logging.info("training softmax over the %d items with training events (%d left out)",
@@ -406,6 +412,10 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
       if stopped:
         break
       skip = step - epoch * steps_per_epoch if epoch == start_epoch else 0
+      if prototypes is not None:
+        update = prototypes.for_epoch(epoch, state.params, mid_epoch=skip > 0)
+        if update is not None:
+          aux.update(update)
       for batch in batches.epoch(epoch, skip_batches=skip):
         state, out = train_fn(state, mesh_lib.to_global(batch, mesh), aux)
         step += 1
@@ -424,9 +434,10 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
                      "epoch": step / steps_per_epoch}
           if tr.skip_nonfinite_steps:
             scalars["skipped_steps"] = guard.skipped
-          # An RL loss's scalars (mean Q of the logged actions, ...): the last step's values.
+          # An RL loss's scalars (mean Q of the logged actions, ...) and added terms' values
+          # (terms/intent_nce): the last step's.
           scalars.update({k: float(v) for k, v in jax.device_get(
-              {k: v for k, v in out.items() if k.startswith("rl/")}).items()})
+              {k: v for k, v in out.items() if k.startswith(("rl/", "terms/"))}).items()})
           logger.write(step, scalars)
           bar.set_postfix(loss=f"{loss:.4f}", ev_s=f"{events_per_s:,.0f}", epoch=epoch + 1)
           bar.update(step - bar.n)

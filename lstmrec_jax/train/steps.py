@@ -93,7 +93,9 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
                            item_mask_V: jax.Array | None = None, *,
                            adv_cfg: adversarial.AdversarialConfig | None = None,
                            aug_cfg: Any = None, mesh=None, rl_cfg: rl_lib.RLConfig | None = None,
-                           step: jax.Array | None = None, rl_start_step: Any = 0
+                           step: jax.Array | None = None, rl_start_step: Any = 0,
+                           intents_KxE: jax.Array | None = None,
+                           intent_scale: jax.Array | float = 1.0
                            ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(the `loss_cfg.kind` loss at every real position of the batch, scalars to log).
 
@@ -106,6 +108,9 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
   An RL loss (`losses.needs_transitions`) reads `rl_cfg` (the `rl` group), the batch's
   `rewards_BxL` and `step` (None: past the warm-up) against `rl_start_step`; its scalars (mean
   Q of the logged actions, ...) are the second value. Other losses log nothing here.
+  With `loss_cfg.intent_weight` > 0 and `intents_KxE` (the epoch's prototypes,
+  `train/intents.py`), adds intent_weight x intent_scale x the prototype term
+  (`contrastive.intent_nce`); its value joins the logs as "terms/intent_nce".
   """
   id_keep_V = model.id_keep_mask(dropout_key)  # None unless model.id_dropout > 0
   split = uses_vocab_parallel(mesh, loss_cfg)
@@ -151,6 +156,13 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
     if loss_cfg.target_contrastive_weight > 0 and input_delta is None and user_delta is None:
       out = out + loss_cfg.target_contrastive_weight * contrastive.same_target_nce(
           user_NxE, targets_N, loss_cfg.target_contrastive_temperature)
+    if (loss_cfg.intent_weight > 0 and intents_KxE is not None and input_delta is None
+        and user_delta is None):
+      term = contrastive.intent_nce(user_NxE, weights_N, intents_KxE,
+                                    loss_cfg.intent_temperature)
+      term = intent_scale * term  # 0 before the first prototypes
+      logs["terms/intent_nce"] = term
+      out = out + loss_cfg.intent_weight * term
     return out
 
   loss = loss_at()
@@ -193,6 +205,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, An
   `augment` group: its contrastive term) add their loss terms when on (`sequence_loss`).
   `mesh`: the step's mesh (a `model` axis makes the softmax vocabulary-parallel). `rl_cfg`: the
   `rl` group, for an offline RL loss (which also reads `aux["rl_start_step"]`, default 0).
+  With `loss.intent_weight` > 0, `aux["intents_KxE"]` and `aux["intent_scale"]` are the epoch's
+  intent prototypes and 1.0 (0.0 before the first prototypes; `train/intents.py`).
   """
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
@@ -201,7 +215,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, An
     return sequence_loss_and_logs(
         model, batch, dropout_key, loss_cfg, aux.get("log_q_V"), aux.get("item_mask_V"),
         adv_cfg=adv_cfg, aug_cfg=aug_cfg, mesh=mesh, rl_cfg=rl_cfg, step=state.step,
-        rl_start_step=aux.get("rl_start_step", 0))
+        rl_start_step=aux.get("rl_start_step", 0), intents_KxE=aux.get("intents_KxE"),
+        intent_scale=aux.get("intent_scale", 1.0))
 
   (loss, logs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
