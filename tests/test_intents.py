@@ -166,3 +166,23 @@ def test_a_run_with_intents_trains_logs_the_term_and_resumes_exactly(tmp_path, c
   assert set(resumed) == set(full)
   for s in full:
     assert resumed[s] == pytest.approx(full[s], rel=1e-5), f"step {s}"
+
+
+def test_prototypes_cluster_the_stored_rows_not_an_augment_transforms(tmp_path):
+  """With an `augment` transform on, the k-means still reads the rows as stored."""
+  from lstmrec_jax.data import augment  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path, **{"augment.mask_prob": 1.0, "augment.mask_ratio": 0.5})
+  run = run_lib.build_run(run_lib.spec_from_config(config))
+  inp = run.spec.input
+  kw = dict(batch_size=inp.batch_size, max_len=inp.max_len, seed=run.spec.seed, pack=inp.pack,
+            backend="numpy")
+  plain = run_lib_batches(run)
+  augmented = augment.train_batches(run.dataset.train, augment=run.spec.augment,
+                                    num_items=int(run.dataset.num_items), **kw)
+  assert isinstance(augmented, augment.AugmentedTrainBatches)
+  first = next(iter(augmented.epoch(0)))
+  assert not np.array_equal(first["inputs_BxL"], next(iter(plain.epoch(0)))["inputs_BxL"])
+  got = [intents.Prototypes(run, b, tmp_path, clusters=4, start_epoch=0, seed=0)._collect(
+      0, run.params) for b in (plain, augmented)]  # pylint: disable=protected-access
+  np.testing.assert_array_equal(got[0][0], got[1][0])
+  np.testing.assert_array_equal(got[0][1], got[1][1])

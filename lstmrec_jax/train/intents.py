@@ -7,9 +7,10 @@ the training sequences with the current model, run k-means, and during the epoch
 representation toward its cluster's centroid. Here every real training position is a
 subsequence (packed rows score every prefix), so the states clustered are those of the epoch's
 positions: the model without dropout, on the first batches of the epoch (its own shuffled
-order) up to `MAX_POINTS` real positions. Spherical k-means (cosine, unit centroids) matches the
-cosine of the term; `KMEANS_ITERS` Lloyd iterations from K distinct positions drawn at random;
-a cluster left empty keeps its previous centroid.
+order, the rows as stored, never an `augment` transform's) up to `MAX_POINTS` real positions.
+Spherical k-means (cosine, unit centroids) matches the cosine of the term; `KMEANS_ITERS` Lloyd
+iterations from K distinct positions drawn at random; a cluster left empty keeps its previous
+centroid.
 
 From `loss.intent_start_epoch` on (the states of an untrained model are noise), the prototypes
 are recomputed at each epoch start and handed to the step in `aux` (`intents_KxE`, and
@@ -37,6 +38,7 @@ from flax import nnx
 
 from lstmrec_jax import mesh as mesh_lib
 from lstmrec_jax import paths
+from lstmrec_jax.data import pipeline
 from lstmrec_jax.errors import ConfigError
 
 KMEANS_ITERS = 10
@@ -153,7 +155,8 @@ class Prototypes:
     per_batch = max(1, self.batches.real_positions_per_epoch // self.batches.steps_per_epoch)
     n = min(self.batches.steps_per_epoch, -(-MAX_POINTS // per_batch))
     xs, vs = [], []
-    it = self.batches.epoch(epoch)
+    # The rows as stored: an augmenting subclass's epoch() would cluster altered histories.
+    it = pipeline.TrainBatches.epoch(self.batches, epoch)
     try:
       for batch in itertools.islice(it, n):
         x, v = self._states(params, mesh_lib.to_global({k: batch[k] for k in self.KEYS},
