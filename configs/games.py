@@ -17,14 +17,18 @@ def get_config():
   c.data.path = "../shared/data/amazon-games/Video.txt"
   c.input.max_len = 50
   # The Beauty recipe's model without attributes (Video.txt has none): id items, E = H = 256,
-  # dropout 0.5 on the input embeddings and the user state, layer norm on the user state, weight
-  # decay 0.1. Validation NDCG@10 (seed 0): 0.0646 (E = 64, no norm, 80 epochs) -> 0.0698
-  # (E = H = 128, dropout 0.3, 20 epochs) -> 0.0764 -> 0.0785 (with the co-occurrence init,
-  # below): docs/results.md.
+  # dropout on the input embeddings and the user state (0.6 here, 0.5 on Beauty), layer norm on
+  # the user state, weight decay 0.1. Validation NDCG@10 (seed 0): 0.0646 (E = 64, no norm, 80
+  # epochs) -> 0.0698 (E = H = 128, dropout 0.3, 20 epochs) -> 0.0764 (E = H = 256, dropout 0.5)
+  # -> 0.0785 (the co-occurrence init) -> 0.0796 (the weight drop) -> 0.0826 (dropout 0.6):
+  # docs/results.md.
   c.model.embed_dim = 256
   c.model.hidden_size = 256
-  c.model.embed_dropout = 0.5
-  c.model.output_dropout = 0.5
+  # Dropout 0.6 (2026-12-05, with the weight drop below): test NDCG@10 over seeds 0-2
+  # 0.0673 +- 0.0007 -> 0.0704 +- 0.0004 (0.0702 / 0.0708 / 0.0702; validation 0.0826 / 0.0828 /
+  # 0.0824 against 0.0796 / 0.0789 / 0.0791); the weight drop at 0.7 instead gave 0.0674 on seed 0.
+  c.model.embed_dropout = 0.6
+  c.model.output_dropout = 0.6
   c.model.layer_norm = True
   c.input.batch_size = 32  # packed rows; see configs/beauty.py
   c.optim.learning_rate = 2e-3
