@@ -127,7 +127,8 @@ class ModelConfig:
     if self.recurrent_weight_dropout and self.encoder not in RECURRENT_WEIGHT_ENCODERS:
       bad("recurrent_weight_dropout", f"needs model.encoder "
           f"{' or '.join(map(repr, RECURRENT_WEIGHT_ENCODERS))} (a recurrent matrix to drop "
-          f"from), not {self.encoder!r}")
+          f"from), not {self.encoder!r}; set --config.model.recurrent_weight_dropout=0 "
+          "(configs/beauty.py, games.py and auto.py set 0.5)")
     if problems:
       raise ValueError("invalid model config: " + "; ".join(problems))
 
