@@ -352,9 +352,27 @@ def test_user_os_errors_are_one_line(monkeypatch):
   monkeypatch.setattr(app, "run", lambda main, flags_parser=None: main([]))
   with pytest.raises(SystemExit, match="^error: No space left on device"):
     logs.run_main(body)
+
+  # Orbax reports a full disk during a save as a ValueError (seen on a real run, 2026-12-05).
+  def save_body():
+    raise ValueError('RESOURCE_EXHAUSTED: Error writing "item_repr.embedding/0.0" in OCDBT '
+                     'database at local file "/w/best/1808.orbax-checkpoint-tmp/params.orbax-'
+                     'checkpoint-tmp/ocdbt.process_0/": Failed writing: "/w/best/1808.orbax-'
+                     'checkpoint-tmp/params.orbax-checkpoint-tmp/ocdbt.process_0/d/1f.__lock"')
+
+  with pytest.raises(SystemExit, match="^error: out of disk space .* writing a checkpoint to "
+                                       "/w/best/1808.*rerun the same command"):
+    logs.run_main(save_body)
+
+  def other_value_error():
+    raise ValueError("some other bug")
+
+  with pytest.raises(ValueError, match="some other bug"):  # not swallowed into one line
+    logs.run_main(other_value_error)
   with pytest.raises(errors.CheckpointError, match="cannot write"):
     ckpt_lib.check_writable(pathlib.Path(__file__) / "not_a_dir")  # a file as the parent
-  record("disk full / read-only workdir", "one `error:` line before any work")
+  record("disk full / read-only workdir", "one `error:` line before any work; a full disk during a "
+         "checkpoint save: one `error:` line, rerun resumes")
 
 
 def test_ids_longer_than_int64_are_kept_as_strings(tmp_path):

@@ -47,6 +47,22 @@ def _os_error_line(e: OSError) -> str:
   return f"error: {e.strerror or e}{where}"
 
 
+def _storage_full_line(e: ValueError) -> str | None:
+  """One line for a checkpoint write that ran out of space, else None.
+
+  Orbax's tensorstore writes report a full disk or quota as a ValueError, not an OSError:
+  'RESOURCE_EXHAUSTED: Error writing "<array>" in OCDBT database at local file "<path>": Failed
+  writing: ...'. The saves already finished are intact (a save is sealed only when complete).
+  """
+  text = _message(e)
+  if "RESOURCE_EXHAUSTED" not in text or "writing" not in text.lower():
+    return None
+  where = re.search(r'at local file "([^"]+)"', text)
+  path = where.group(1) if where else "the workdir"
+  return (f"error: out of disk space (or quota) writing a checkpoint to {path}; free space and "
+          "rerun the same command (train.py resumes from its last complete checkpoint)")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad --config or --config.* override as one line.
 
@@ -236,6 +252,11 @@ def run_main(body: Callable[[], None], *, borrowed: tuple[str, ...] = ()) -> Non
     except OSError as e:
       if e.errno in _USER_ERRNOS:
         raise SystemExit(_os_error_line(e)) from None
+      raise
+    except ValueError as e:
+      line = _storage_full_line(e)
+      if line is not None:
+        raise SystemExit(line) from None
       raise
 
   setup()
