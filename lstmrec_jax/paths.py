@@ -46,10 +46,19 @@ def replace_text(path: epath.Path, text: str) -> None:
   A reader (another process of the run, or a rerun after a kill) sees the old file or the whole
   new one, never half of it; concurrent writers never share the temporary (`unique_tmp`).
   """
+  _replace(path, lambda tmp: tmp.write_text(text))
+
+
+def replace_bytes(path: epath.Path, data: bytes) -> None:
+  """`replace_text` for bytes (e.g. an .npz written to a buffer)."""
+  _replace(path, lambda tmp: tmp.write_bytes(data))
+
+
+def _replace(path: epath.Path, write) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = unique_tmp(path)
   try:
-    tmp.write_text(text)
+    write(tmp)
     tmp.replace(path)
   except BaseException:
     if not is_uri(path):

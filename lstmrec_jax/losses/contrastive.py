@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from lstmrec_jax.losses.core import EXCLUDED_SCORE
 
 
-def _unit_rows(z: jax.Array) -> jax.Array:
+def unit_rows(z: jax.Array) -> jax.Array:
   """Rows scaled to norm 1, in f32; rsqrt of a floored square norm: a zero row (an empty
   history) stays 0 with a finite gradient."""
   z = z.astype(jnp.float32)
@@ -36,7 +36,7 @@ def info_nce(z1_BxE: jax.Array, z2_BxE: jax.Array, valid_B: jax.Array,
   Example: with 2 rows and z1 = z2 = [[1, 0], [0, 1]], T = 1, anchor z1_0 has the positive
   cos 1 and negatives cos 0, 0: loss = -log(e / (e + 2)) for every anchor.
   """
-  z = _unit_rows(jnp.concatenate([z1_BxE, z2_BxE], 0))
+  z = unit_rows(jnp.concatenate([z1_BxE, z2_BxE], 0))
   valid = jnp.concatenate([valid_B, valid_B], 0).astype(bool)
   b = z1_BxE.shape[0]
   logits = (z @ z.T) / temperature
@@ -71,7 +71,7 @@ def same_target_nce(user_NxE: jax.Array, targets_N: jax.Array,
   one positive (cos 1) and one negative (cos 0): loss = -log(e / (e + 1)).
   Memory: N x N similarities (N = 12,800 positions: 655 MB in f32).
   """
-  z = _unit_rows(user_NxE)
+  z = unit_rows(user_NxE)
   real_N = targets_N > 0
   n = z.shape[0]
   others_NxN = real_N[None, :] & ~jnp.eye(n, dtype=bool)
@@ -103,10 +103,10 @@ def intent_nce(user_NxE: jax.Array, weights_N: jax.Array, intents_KxE: jax.Array
   Example: states [[1, 0], [0, 2]], prototypes [[1, 0], [0, 1]], T = 1: each state's intent is
   the prototype it points at, loss = -log(e / (e + 1)) = 0.3133.
   """
-  z = _unit_rows(user_NxE)
+  z = unit_rows(user_NxE)
   c = jax.lax.stop_gradient(intents_KxE.astype(jnp.float32))
   logits_NxK = (z @ c.T) / temperature
-  assigned_N = jnp.argmax(jax.lax.stop_gradient(logits_NxK), axis=-1)
+  assigned_N = jnp.argmax(logits_NxK, axis=-1)  # an index: no gradient through the choice
   nll_N = (jax.nn.logsumexp(logits_NxK, axis=-1)
            - jnp.take_along_axis(logits_NxK, assigned_N[:, None], axis=1)[:, 0])
   w = weights_N.astype(jnp.float32)

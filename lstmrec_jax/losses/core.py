@@ -677,18 +677,14 @@ class LossConfig:
           "averages over every item)")
     if self.row_block is not None and self.row_block < 1:
       bad("row_block", "must be None or >= 1")
-    if self.target_contrastive_weight < 0:
-      bad("target_contrastive_weight", "must be >= 0")
-    if self.target_contrastive_temperature <= 0:
-      bad("target_contrastive_temperature", "must be > 0")
-    if self.intent_weight < 0:
-      bad("intent_weight", "must be >= 0")
+    for key in ("target_contrastive_weight", "intent_weight", "intent_start_epoch"):
+      if getattr(self, key) < 0:
+        bad(key, "must be >= 0")
+    for key in ("target_contrastive_temperature", "intent_temperature"):
+      if getattr(self, key) <= 0:
+        bad(key, "must be > 0")
     if self.intent_clusters < 2:
       bad("intent_clusters", "must be >= 2")
-    if self.intent_temperature <= 0:
-      bad("intent_temperature", "must be > 0")
-    if self.intent_start_epoch < 0:
-      bad("intent_start_epoch", "must be >= 0")
     if self.one_pass not in (None, True, False):
       bad("one_pass", "must be None, True or False")
     if self.domain_softmax and self.kind in _NEEDS_LOG_Q:

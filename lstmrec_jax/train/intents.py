@@ -40,6 +40,7 @@ from lstmrec_jax import mesh as mesh_lib
 from lstmrec_jax import paths
 from lstmrec_jax.data import pipeline
 from lstmrec_jax.errors import ConfigError
+from lstmrec_jax.losses import contrastive
 
 KMEANS_ITERS = 10
 MAX_POINTS = 131_072
@@ -59,10 +60,8 @@ def spherical_kmeans(x_NxE: jax.Array, valid_N: jax.Array, key: jax.Array, *, k:
   Example: rows [[1, 0], [2, 0.1], [0, 1], [0.1, 3]], k = 2: centroids near [1, 0] and [0, 1]
   (in some order), sizes [2, 2].
   """
-  x = x_NxE.astype(jnp.float32)
-  z = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-24))
   valid = valid_N.astype(bool)
-  z = jnp.where(valid[:, None], z, 0.0)
+  z = jnp.where(valid[:, None], contrastive.unit_rows(x_NxE), 0.0)
   p = valid.astype(jnp.float32) / jnp.maximum(valid.sum(), 1)
   start_K = jax.random.choice(key, z.shape[0], (k,), replace=False, p=p)
   c = z[start_K]
@@ -75,9 +74,7 @@ def spherical_kmeans(x_NxE: jax.Array, valid_N: jax.Array, key: jax.Array, *, k:
 
   def lloyd(c, _):
     sums_KxE, sizes_K = assign(c)
-    norm_K1 = jnp.sqrt(jnp.sum(sums_KxE * sums_KxE, -1, keepdims=True))
-    new = sums_KxE / jnp.maximum(norm_K1, 1e-12)
-    return jnp.where((sizes_K > 0)[:, None], new, c), None
+    return jnp.where((sizes_K > 0)[:, None], contrastive.unit_rows(sums_KxE), c), None
 
   c, _ = jax.lax.scan(lloyd, c, None, length=iters)
   return c, assign(c)[1]
@@ -174,12 +171,9 @@ class Prototypes:
   def _save(self, epoch: int, centroids: np.ndarray) -> None:
     if jax.process_index() != 0:
       return
-    path = self.workdir / FILE
     buf = io.BytesIO()
     np.savez(buf, epoch=np.int64(epoch), centroids=centroids)
-    tmp = paths.unique_tmp(path)
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    paths.replace_bytes(self.workdir / FILE, buf.getvalue())
 
   def _load(self, epoch: int) -> np.ndarray | None:
     path = self.workdir / FILE
