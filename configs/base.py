@@ -142,6 +142,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.loss.alpha = 0.5  # negatives drawn by popularity**alpha (sampled, bpr, bce); >= 0
   c.loss.in_batch_negatives = False  # sampled: the batch's targets are negatives too
   c.loss.label_smoothing = 0.0  # full and chunked, in [0, 1)
+  # full and chunked: each position's softmax leaves out the items already in its own history
+  # (never its target), as the evaluation removes seen items from the ranking; no N x V mask,
+  # a scatter of the history into each block of logits (losses/core.py, seen_exclusions)
+  c.loss.exclude_seen = False
   c.loss.train_items_only = False  # the training softmax scores only items with a training event
   # (items new at test time are not trained as negatives); not with label_smoothing
   c.loss.compute_dtype = "float32"  # chunked: N x V matmul operands, float32 | bfloat16 (f32 sums)

@@ -300,3 +300,90 @@ def test_register_loss_adds_a_kind():
     losses.core._LOSSES.pop("test_mean_score")  # pylint: disable=protected-access
   with pytest.raises(ValueError, match="unknown loss.kind"):
     losses.get_loss("test_mean_score")
+
+
+def test_seen_exclusions_example_and_loop():
+  got = losses.seen_exclusions(jnp.array([[5, 7, 9]]), jnp.array([[7, 9, 5]]),
+                               jnp.array([[True, False, True]]))
+  np.testing.assert_array_equal(got, [[5, 0, 0], [5, 7, 0], [0, 0, 9]])
+  rng = np.random.default_rng(0)
+  b, l = 4, 9
+  inputs = rng.integers(0, 6, (b, l))  # small ids: repeats, padding and target hits all occur
+  targets = rng.integers(0, 6, (b, l))
+  resets = rng.random((b, l)) < 0.3
+  got = np.asarray(losses.seen_exclusions(jnp.array(inputs), jnp.array(targets),
+                                          jnp.array(resets)))
+  assert got.shape == (b * l, l)
+  for row in range(b):
+    for t in range(l):
+      start = max([j for j in range(t + 1) if resets[row, j]], default=0)
+      want = {int(inputs[row, j]) for j in range(start, t + 1)} - {0, int(targets[row, t])}
+      have = set(got[row * l + t].tolist()) - {0}
+      assert have == want, (row, t)
+  # no resets: the whole row is one history
+  np.testing.assert_array_equal(losses.seen_exclusions(jnp.array([[3, 4]]), jnp.array([[4, 8]])),
+                                [[3, 0], [3, 4]])
+
+
+def _numpy_ce_excluded(user, table, bias, targets, weights, exclude):
+  logits = np.asarray(user, np.float64) @ np.asarray(table, np.float64).T + np.asarray(
+      bias, np.float64)
+  logits[:, 0] = -np.inf
+  for n, ids in enumerate(np.asarray(exclude)):
+    for i in ids:
+      if i > 0:
+        logits[n, i] = -np.inf
+  t = np.asarray(targets)
+  lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+  w = np.where(t > 0, np.asarray(weights, np.float64), 0.0)
+  nll = np.where(t > 0, lse - logits[np.arange(len(t)), t], 0.0)  # target 0: no position
+  return (w * nll).sum() / w.sum()
+
+
+@pytest.mark.parametrize("path", ["full", "one_pass", "chunks"])
+def test_excluded_items_leave_the_softmax_value_and_gradients(path):
+  """Each position's excluded ids drop out of its softmax, exactly as if those logits were -inf:
+  the value against numpy, gradients against the full loss on the same problem, and an item that
+  is only ever excluded gets no gradient at all."""
+  user, table, bias, targets, weights = _problem()
+  rng = np.random.default_rng(1)
+  exclude = rng.integers(1, V, (N, 5))
+  exclude[exclude == np.asarray(targets)[:, None]] = 0  # never the target
+  exclude[:, 0] = 7  # item 7: excluded everywhere ...
+  targets = jnp.where(targets == 7, 8, targets)  # ... and nobody's target
+  exclude[::4, 1] = 0  # and some empty slots
+  exclude = jnp.array(exclude)
+  fns = {"full": lambda u, t, b: losses.softmax_cross_entropy(u, t, b, targets, weights,
+                                                              exclude_NxS=exclude)[0],
+         "one_pass": lambda u, t, b: losses.chunked_softmax_cross_entropy(
+             u, t, b, targets, weights, chunk_size=1000, one_pass=True, exclude_NxS=exclude)[0],
+         "chunks": lambda u, t, b: losses.chunked_softmax_cross_entropy(
+             u, t, b, targets, weights, chunk_size=16, row_block=5, one_pass=False,
+             exclude_NxS=exclude)[0]}
+  value, grads = jax.value_and_grad(fns[path], argnums=(0, 1, 2))(user, table, bias)
+  np.testing.assert_allclose(value, _numpy_ce_excluded(user, table, bias, targets, weights,
+                                                        exclude), rtol=1e-5)
+  plain = float(losses.softmax_cross_entropy(user, table, bias, targets, weights)[0])
+  assert float(value) < plain  # fewer negatives: a smaller log-sum-exp at every position
+  _, want = jax.value_and_grad(fns["full"], argnums=(0, 1, 2))(user, table, bias)
+  for g, w in zip(grads, want):
+    np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-5)
+  assert float(jnp.abs(grads[1][7]).sum()) == 0.0 and float(grads[2][7]) == 0.0
+  assert float(jnp.abs(grads[1][8]).sum()) > 0.0
+
+
+def test_exclusions_refuse_bad_shapes_and_settings():
+  user, table, bias, targets, weights = _problem()
+  with pytest.raises(ValueError, match="one row per position"):
+    losses.softmax_cross_entropy(user, table, bias, targets, weights,
+                                 exclude_NxS=jnp.zeros((N - 1, 3), jnp.int32))
+  with pytest.raises(ValueError, match="label smoothing"):
+    losses.chunked_softmax_cross_entropy(user, table, bias, targets, weights, chunk_size=32,
+                                         label_smoothing=0.1,
+                                         exclude_NxS=jnp.zeros((N, 3), jnp.int32))
+  for overrides, why in (({"kind": "sampled"}, "needs loss.kind full or chunked"),
+                         ({"label_smoothing": 0.1}, "label_smoothing"),
+                         ({"domain_softmax": True}, "domain_softmax")):
+    with pytest.raises(ValueError, match=rf"loss\.exclude_seen=True .*{why}"):
+      _cfg(exclude_seen=True, **overrides)
+  _cfg(kind="full", exclude_seen=True)  # accepted

@@ -16,6 +16,7 @@ from lstmrec_jax.cli import common
 from lstmrec_jax.data import pipeline
 from lstmrec_jax.evaluation import reports
 from lstmrec_jax.train import loop
+from lstmrec_jax import losses
 from lstmrec_jax import optim
 from lstmrec_jax import model as model_lib  # noqa: E402
 from lstmrec_jax.train import steps
@@ -364,3 +365,35 @@ def test_target_contrastive_term_adds_its_weighted_value(tiny_setup):
     loss_config(target_contrastive_temperature=0.0)
   with pytest.raises(ValueError, match="loss.target_contrastive_weight"):
     loss_config(target_contrastive_weight=-1.0)
+
+
+@pytest.mark.parametrize("kind", ["full", "chunked"])
+def test_exclude_seen_leaves_each_positions_own_history_out(tiny_setup, kind):
+  """loss.exclude_seen: the step's softmax at each position leaves out the items before it in its
+  own packed history (not its target), built here by a loop over the batch."""
+  _, _, graphdef, params, _, batches = tiny_setup
+  batch = next(iter(batches.epoch(0)))
+  inputs, targets, resets = (np.asarray(batch[k]) for k in ("inputs_BxL", "targets_BxL",
+                                                             "resets_BxL"))
+  b, l = inputs.shape
+  exclude = np.zeros((b * l, l), np.int32)
+  for row in range(b):
+    for t in range(l):
+      start = max([j for j in range(t + 1) if resets[row, j]], default=0)
+      seen = sorted({int(i) for i in inputs[row, start:t + 1]} - {0, int(targets[row, t])})
+      exclude[row * l + t, :len(seen)] = seen
+  assert (exclude > 0).sum() > b * l  # the batch has histories to leave out
+  key = jax.random.PRNGKey(4)
+  model = nnx.merge(graphdef, params, {})
+  got = float(steps.sequence_loss(model, batch, key,
+                                  loss_config(kind=kind, chunk_size=24, exclude_seen=True), None))
+  plain = float(steps.sequence_loss(model, batch, key, loss_config(kind=kind, chunk_size=24),
+                                    None))
+  user = model(batch["inputs_BxL"], batch["mask_BxL"], batch.get("resets_BxL"),
+               item_table_VxE=model.item_tables()[0], dropout_key=key)
+  targets_N = jnp.asarray(targets).reshape(-1)
+  want = float(losses.softmax_cross_entropy(
+      user.reshape(-1, user.shape[-1]), model.item_tables()[1], None, targets_N,
+      (targets_N > 0).astype(jnp.float32), exclude_NxS=jnp.asarray(exclude))[0])
+  assert got == pytest.approx(want, rel=1e-5)
+  assert got < plain

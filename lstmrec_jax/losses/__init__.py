@@ -33,4 +33,5 @@ from lstmrec_jax.losses.core import register_vocab_parallel
 from lstmrec_jax.losses.core import rows_read
 from lstmrec_jax.losses.core import sample_negatives
 from lstmrec_jax.losses.core import sampled_softmax_cross_entropy
+from lstmrec_jax.losses.core import seen_exclusions
 from lstmrec_jax.losses.core import softmax_cross_entropy

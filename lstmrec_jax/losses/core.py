@@ -36,6 +36,11 @@ import jax.numpy as jnp
 from lstmrec_jax import config_keys
 
 
+# Score of an item left out of the training softmax: exp() of it is exactly 0 in f32, and unlike
+# -inf it keeps every difference and product of the loss's backward pass finite.
+EXCLUDED_SCORE = -1e9
+
+
 def flatten_positions(user_NxE, targets_N, weights_N):
   """Flattens leading dims; returns (user_NxE, targets_N, weights_N zeroed where target is 0)."""
   embed = user_NxE.shape[-1]
@@ -86,10 +91,21 @@ def _smoothed(nll_N, lse_N, mean_logit_N, label_smoothing):
   return (1.0 - label_smoothing) * nll_N + label_smoothing * (lse_N - mean_logit_N)
 
 
+def _check_exclusions(exclude_NxS, n, label_smoothing):
+  if exclude_NxS is None:
+    return
+  if exclude_NxS.ndim != 2 or exclude_NxS.shape[0] != n:
+    raise ValueError(f"exclude_NxS has shape {exclude_NxS.shape}: it needs one row per position "
+                     f"({n})")
+  if label_smoothing:
+    raise ValueError("label smoothing spreads mass over every item: it does not combine with "
+                     "excluded items (exclude_NxS)")
+
+
 def softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array,
                           item_bias_V: jax.Array | None, targets_N: jax.Array,
-                          weights_N: jax.Array, *,
-                          label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+                          weights_N: jax.Array, *, label_smoothing: float = 0.0,
+                          exclude_NxS: jax.Array | None = None) -> tuple[jax.Array, dict]:
   """Full-catalog softmax cross-entropy, materialising the N x V logits.
 
   Args:
@@ -99,15 +115,19 @@ def softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array,
     targets_N: next-item ids; 0 means no target (weight forced to 0).
     weights_N: per-position weights (e.g. the target mask).
     label_smoothing: eps of the uniform mass spread over the real items 1..V-1.
+    exclude_NxS: item ids (0 = none) left out of each position's softmax, e.g. the items it
+      has already seen (`seen_exclusions`); never its own target. None excludes nothing.
 
   Returns:
     (weighted mean loss, aux dict with loss_sum, nll_sum, weight_sum).
   """
   user_NxE, targets_N, weights_N = flatten_positions(user_NxE, targets_N, weights_N)
+  _check_exclusions(exclude_NxS, user_NxE.shape[0], label_smoothing)
   # fp32 for the softmax over V items.
   logits_NxV = user_NxE.astype(jnp.float32) @ item_table_VxE.astype(jnp.float32).T
   if item_bias_V is not None:
     logits_NxV = logits_NxV + item_bias_V.astype(jnp.float32)
+  logits_NxV = _excluded(logits_NxV, exclude_NxS, 0)
   target_logit_N = jnp.take_along_axis(logits_NxV, targets_N[:, None], axis=1)[:, 0]
   lse_N = jax.nn.logsumexp(logits_NxV[:, 1:], axis=1)
   nll_N = lse_N - target_logit_N
@@ -136,9 +156,11 @@ def _dot(a, b, contract_a, contract_b):
                              preferred_element_type=jnp.float32)
 
 
-def _block_logits(user_RxE, rows_CxE, bias_C, valid_C):
-  """f32 logits of a block of R positions against a chunk of C items; invalid columns -inf."""
-  return jnp.where(valid_C, _dot(user_RxE, rows_CxE, 1, 1) + bias_C, -jnp.inf)
+def _block_logits(user_RxE, rows_CxE, bias_C, valid_C, exclude_RxS=None, start=0):
+  """f32 logits of a block of R positions against the C items from `start`; invalid columns
+  -inf, each position's excluded items EXCLUDED_SCORE."""
+  return _excluded(jnp.where(valid_C, _dot(user_RxE, rows_CxE, 1, 1) + bias_C, -jnp.inf),
+                   exclude_RxS, start)
 
 
 def _row_blocks(x, row_block, fill=0.0):
@@ -151,28 +173,76 @@ def _row_blocks(x, row_block, fill=0.0):
   return x.reshape(-1, row_block, *x.shape[1:])
 
 
+def _excluded(logits_RxC, exclude_RxS, first_col):
+  """logits_RxC with each row's excluded items (ids, 0 = none) at EXCLUDED_SCORE.
+
+  Column c of the block is item first_col + c; ids outside the block are left alone. A scatter of
+  R x S entries, so a block of positions pays nothing like another R x C pass.
+  Example: logits [[1, 2, 3]], exclude [[2, 0]], first_col 1 -> [[1, -1e9, 3]].
+  """
+  if exclude_RxS is None:
+    return logits_RxC
+  rows, cols = logits_RxC.shape
+  col_RxS = exclude_RxS.astype(jnp.int32) - first_col
+  inside_RxS = (exclude_RxS > 0) & (col_RxS >= 0) & (col_RxS < cols)
+  col_RxS = jnp.where(inside_RxS, col_RxS, cols)  # out of range: dropped by the scatter
+  row_RxS = jnp.broadcast_to(jnp.arange(rows)[:, None], col_RxS.shape)
+  return logits_RxC.at[row_RxS, col_RxS].min(EXCLUDED_SCORE, mode="drop")
+
+
+def seen_exclusions(inputs_BxL: jax.Array, targets_BxL: jax.Array,
+                    resets_BxL: jax.Array | None = None) -> jax.Array:
+  """The items each position has already seen in its own history: `exclude_NxS` of the losses.
+
+  Position t of row b excludes inputs[b, j] for every j <= t of the same packed segment (resets
+  start a new one), except an item equal to the position's target: a repeat stays a class, as
+  the evaluation protocol ranks it. Returns [B * L, L] int32 item ids, 0 = none.
+
+  Example: inputs [[5, 7, 9]], targets [[7, 9, 5]], resets [[True, False, True]] ->
+  [[5, 0, 0], [5, 7, 0], [0, 0, 9]].
+  """
+  b, l = inputs_BxL.shape
+  inputs_BxL = inputs_BxL.astype(jnp.int32)
+  segment_BxL = (jnp.zeros((b, l), jnp.int32) if resets_BxL is None
+                 else jnp.cumsum(resets_BxL.astype(jnp.int32), axis=1))
+  earlier_LxL = jnp.tril(jnp.ones((l, l), bool))  # [t, j]: j <= t
+  keep_BxLxL = (earlier_LxL & (segment_BxL[:, :, None] == segment_BxL[:, None, :])
+                & (inputs_BxL[:, None, :] != targets_BxL.astype(jnp.int32)[:, :, None])
+                & (inputs_BxL[:, None, :] > 0))
+  return jnp.where(keep_BxLxL, inputs_BxL[:, None, :], 0).reshape(b * l, l)
+
+
 # Items are visited in chunks of C and, inside a chunk, positions in blocks of R, so every
 # temporary is R x C (2 MB at R=128, C=4096): it stays in cache instead of streaming an N x C
 # block through memory several times (1.4x less CPU time per Beauty training step on a 2-core
 # Xeon; benchmarks/results/cpu_train_throughput_*.md).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _chunked_logsumexp(user_NxE, table_VxE, bias_V, chunk_size, row_block, compute_dtype):
-  """log sum_{v >= 1} exp(user . table[v] + bias[v]) per position, one chunk of items at a time."""
-  return _chunked_logsumexp_fwd(user_NxE, table_VxE, bias_V, chunk_size, row_block,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _chunked_logsumexp(user_NxE, table_VxE, bias_V, exclude_NxS, chunk_size, row_block,
+                       compute_dtype):
+  """log sum_{v >= 1, v not excluded} exp(user . table[v] + bias[v]) per position, one chunk of
+  items at a time (exclude_NxS: None or item ids, 0 = none)."""
+  return _chunked_logsumexp_fwd(user_NxE, table_VxE, bias_V, exclude_NxS, chunk_size, row_block,
                                 compute_dtype)[0]
 
 
-def _chunked_logsumexp_fwd(user_NxE, table_VxE, bias_V, chunk_size, row_block, compute_dtype):
+def _exclusion_blocks(exclude_NxS, row_block):
+  """exclude_NxS in [Q, R, S] blocks (tail rows exclude nothing), or None."""
+  return None if exclude_NxS is None else _row_blocks(exclude_NxS.astype(jnp.int32), row_block)
+
+
+def _chunked_logsumexp_fwd(user_NxE, table_VxE, bias_V, exclude_NxS, chunk_size, row_block,
+                           compute_dtype):
   num_chunks = -(-table_VxE.shape[0] // chunk_size)
   user_QxRxE = _row_blocks(user_NxE.astype(compute_dtype), row_block)
+  exclude_QxRxS = _exclusion_blocks(exclude_NxS, row_block)
 
   def chunk_body(index, carry):
-    rows_CxE, bias_C, valid_C, _ = _chunk_rows(table_VxE, bias_V, index, chunk_size)
+    rows_CxE, bias_C, valid_C, start = _chunk_rows(table_VxE, bias_V, index, chunk_size)
     rows_CxE = rows_CxE.astype(compute_dtype)
 
     def block_body(_, xs):
-      user_RxE, max_R, sum_R = xs
-      logits_RxC = _block_logits(user_RxE, rows_CxE, bias_C, valid_C)
+      user_RxE, exclude_RxS, max_R, sum_R = xs
+      logits_RxC = _block_logits(user_RxE, rows_CxE, bias_C, valid_C, exclude_RxS, start)
       new_max_R = jnp.maximum(max_R, logits_RxC.max(axis=1))
       # A chunk may be all -inf (only item 0): keep exp() away from inf - inf.
       safe_max_R = jnp.where(jnp.isfinite(new_max_R), new_max_R, 0.0)
@@ -180,20 +250,21 @@ def _chunked_logsumexp_fwd(user_NxE, table_VxE, bias_V, chunk_size, row_block, c
           logits_RxC - safe_max_R[:, None]).sum(axis=1)
       return None, (new_max_R, sum_R)
 
-    return jax.lax.scan(block_body, None, (user_QxRxE, *carry))[1]
+    return jax.lax.scan(block_body, None, (user_QxRxE, exclude_QxRxS, *carry))[1]
 
   shape = user_QxRxE.shape[:2]
   init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32))
   max_QxR, sum_QxR = jax.lax.fori_loop(0, num_chunks, chunk_body, init)
   lse_N = (max_QxR + jnp.log(sum_QxR)).reshape(-1)[:user_NxE.shape[0]]
-  return lse_N, (user_NxE, table_VxE, bias_V, lse_N)
+  return lse_N, (user_NxE, table_VxE, bias_V, exclude_NxS, lse_N)
 
 
 def _chunked_logsumexp_bwd(chunk_size, row_block, compute_dtype, residuals, g_N):
-  user_NxE, table_VxE, bias_V, lse_N = residuals
+  user_NxE, table_VxE, bias_V, exclude_NxS, lse_N = residuals
   num_chunks = -(-table_VxE.shape[0] // chunk_size)
   embed = user_NxE.shape[1]
   user_QxRxE = _row_blocks(user_NxE.astype(compute_dtype), row_block)
+  exclude_QxRxS = _exclusion_blocks(exclude_NxS, row_block)
   # Padding rows get lse = +inf and cotangent 0: exactly zero probabilities and gradients.
   lse_QxR = _row_blocks(lse_N, row_block, jnp.inf)
   g_QxR = _row_blocks(g_N.astype(jnp.float32), row_block)
@@ -205,9 +276,9 @@ def _chunked_logsumexp_bwd(chunk_size, row_block, compute_dtype, residuals, g_N)
 
     def block_body(acc, xs):
       d_rows_CxE, d_bias_C = acc
-      user_RxE, lse_R, g_R, d_user_RxE = xs
+      user_RxE, exclude_RxS, lse_R, g_R, d_user_RxE = xs
       # Recompute the block's logits rather than keep N x V probabilities from the forward pass.
-      logits_RxC = _block_logits(user_RxE, rows_CxE, bias_C, valid_C)
+      logits_RxC = _block_logits(user_RxE, rows_CxE, bias_C, valid_C, exclude_RxS, start)
       dlogits_RxC = jnp.exp(logits_RxC - lse_R[:, None]) * g_R[:, None]  # softmax * cotangent
       d_user_RxE = d_user_RxE + _dot(dlogits_RxC.astype(compute_dtype), rows_CxE, 1, 0)
       d_rows_CxE = d_rows_CxE + _dot(dlogits_RxC.astype(compute_dtype), user_RxE, 0, 0)
@@ -215,7 +286,7 @@ def _chunked_logsumexp_bwd(chunk_size, row_block, compute_dtype, residuals, g_N)
 
     zeros = (jnp.zeros((chunk_size, embed), jnp.float32), jnp.zeros((chunk_size,), jnp.float32))
     (d_rows_CxE, d_bias_C), d_user_QxRxE = jax.lax.scan(
-        block_body, zeros, (user_QxRxE, lse_QxR, g_QxR, d_user_QxRxE))
+        block_body, zeros, (user_QxRxE, exclude_QxRxS, lse_QxR, g_QxR, d_user_QxRxE))
     # Masked (overlapping) columns have zero dlogits, so adding over the overlap is exact.
     d_table_VxE = jax.lax.dynamic_update_slice_in_dim(
         d_table_VxE, jax.lax.dynamic_slice_in_dim(d_table_VxE, start, chunk_size, axis=0)
@@ -230,16 +301,17 @@ def _chunked_logsumexp_bwd(chunk_size, row_block, compute_dtype, residuals, g_N)
   d_user, d_table, d_bias = jax.lax.fori_loop(0, num_chunks, chunk_body, init)
   d_user = d_user.reshape(-1, embed)[:user_NxE.shape[0]]
   return (d_user.astype(user_NxE.dtype), d_table.astype(table_VxE.dtype),
-          d_bias.astype(bias_V.dtype))
+          d_bias.astype(bias_V.dtype), None)
 
 
 _chunked_logsumexp.defvjp(_chunked_logsumexp_fwd, _chunked_logsumexp_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _weighted_logsumexp_sum(user_NxE, table_VxE, bias_V, weights_N, row_block, compute_dtype,
-                            has_bias):
-  """sum_n weights[n] * log sum_{v >= 1} exp(user[n] . table[v] + bias[v]), for small catalogs.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _weighted_logsumexp_sum(user_NxE, table_VxE, bias_V, weights_N, exclude_NxS, row_block,
+                            compute_dtype, has_bias):
+  """sum_n weights[n] * log sum_{v >= 1} exp(user[n] . table[v] + bias[v]), for small catalogs
+  (v not among exclude_NxS[n], when given).
 
   Differentiated, it takes one pass: each block of R positions scores all V items while the
   R x V block is in cache and turns it into gradients at once (3 matmuls and 1 exp per logit,
@@ -248,16 +320,17 @@ def _weighted_logsumexp_sum(user_NxE, table_VxE, bias_V, weights_N, row_block, c
   because the output is the weighted sum (`weights` is the loss's per-position weight).
   """
   del has_bias
-  lse_N = _chunked_logsumexp_fwd(user_NxE, table_VxE, bias_V, table_VxE.shape[0], row_block,
-                                 compute_dtype)[0]
+  lse_N = _chunked_logsumexp_fwd(user_NxE, table_VxE, bias_V, exclude_NxS, table_VxE.shape[0],
+                                 row_block, compute_dtype)[0]
   return (weights_N.astype(jnp.float32) * lse_N).sum()
 
 
-def _weighted_logsumexp_sum_fwd(user_NxE, table_VxE, bias_V, weights_N, row_block,
+def _weighted_logsumexp_sum_fwd(user_NxE, table_VxE, bias_V, weights_N, exclude_NxS, row_block,
                                 compute_dtype, has_bias):
   n, embed = user_NxE.shape
   user_QxRxE = _row_blocks(user_NxE.astype(compute_dtype), row_block)
   weights_QxR = _row_blocks(weights_N.astype(jnp.float32), row_block)
+  exclude_QxRxS = _exclusion_blocks(exclude_NxS, row_block)
   # Score the real items 1..V-1 only: no mask pass over every R x V block (item 0 gets zero
   # gradient below), and no bias pass when the model has no bias.
   table_WxE = table_VxE[1:].astype(compute_dtype)
@@ -265,10 +338,11 @@ def _weighted_logsumexp_sum_fwd(user_NxE, table_VxE, bias_V, weights_N, row_bloc
 
   def block_body(acc, xs):
     d_table_WxE, d_bias_W = acc
-    user_RxE, weights_R = xs
+    user_RxE, weights_R, exclude_RxS = xs
     logits_RxW = _dot(user_RxE, table_WxE, 1, 1)
     if has_bias:
       logits_RxW = logits_RxW + bias_W
+    logits_RxW = _excluded(logits_RxW, exclude_RxS, 1)  # column w is item w + 1
     max_R = logits_RxW.max(axis=1)
     exp_RxW = jnp.exp(logits_RxW - max_R[:, None])
     sum_R = exp_RxW.sum(axis=1)
@@ -282,7 +356,7 @@ def _weighted_logsumexp_sum_fwd(user_NxE, table_VxE, bias_V, weights_N, row_bloc
 
   init = (jnp.zeros(table_WxE.shape, jnp.float32), jnp.zeros(bias_W.shape, jnp.float32))
   (d_table_WxE, d_bias_W), (lse_QxR, d_user_QxRxE) = jax.lax.scan(
-      block_body, init, (user_QxRxE, weights_QxR))
+      block_body, init, (user_QxRxE, weights_QxR, exclude_QxRxS))
   lse_N = lse_QxR.reshape(-1)[:n]
   d_user = d_user_QxRxE.reshape(-1, embed)[:n]
   d_table = jnp.concatenate([jnp.zeros((1, embed), jnp.float32), d_table_WxE])
@@ -295,7 +369,7 @@ def _weighted_logsumexp_sum_fwd(user_NxE, table_VxE, bias_V, weights_N, row_bloc
 
 def _weighted_logsumexp_sum_bwd(row_block, compute_dtype, has_bias, residuals, g):
   del row_block, compute_dtype, has_bias
-  return tuple(g.astype(r.dtype) * r for r in residuals)
+  return (*(g.astype(r.dtype) * r for r in residuals), None)  # None: the excluded ids
 
 
 _weighted_logsumexp_sum.defvjp(_weighted_logsumexp_sum_fwd, _weighted_logsumexp_sum_bwd)
@@ -322,7 +396,9 @@ def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
                                   weights_N: jax.Array, *, chunk_size: int = 8192,
                                   label_smoothing: float = 0.0, row_block: int | None = None,
                                   compute_dtype: str = "float32",
-                                  one_pass: bool | None = None) -> tuple[jax.Array, dict]:
+                                  one_pass: bool | None = None,
+                                  exclude_NxS: jax.Array | None = None
+                                  ) -> tuple[jax.Array, dict]:
   """`softmax_cross_entropy` without materialising N x V logits, in the forward or backward pass.
 
   An online log-sum-exp runs over chunks of `chunk_size` items; a custom VJP recomputes each
@@ -331,8 +407,8 @@ def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
   f32 rounding. V need not be a multiple of `chunk_size`.
 
   Args:
-    user_NxE, item_table_VxE, item_bias_V, targets_N, weights_N, label_smoothing: as in
-      `softmax_cross_entropy`.
+    user_NxE, item_table_VxE, item_bias_V, targets_N, weights_N, label_smoothing, exclude_NxS:
+      as in `softmax_cross_entropy`.
     chunk_size: items per chunk (clipped to V).
     row_block: positions per block inside a chunk (clipped to N), so R x C is the working set;
       None: 128 on CPU, N (one block) on other backends.
@@ -353,6 +429,7 @@ def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
     raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}")
   user_NxE, targets_N, weights_N = flatten_positions(user_NxE, targets_N, weights_N)
   num_items, n = item_table_VxE.shape[0], user_NxE.shape[0]
+  _check_exclusions(exclude_NxS, n, label_smoothing)
   dtype = jnp.dtype(compute_dtype)
   bias_V = (jnp.zeros((num_items,), jnp.float32) if item_bias_V is None else item_bias_V)
   target_logit_N = _target_logits(user_NxE, item_table_VxE, item_bias_V, targets_N)
@@ -362,8 +439,8 @@ def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
     one_pass = _cpu_blocking() and num_items <= min(chunk_size, _ONE_PASS_MAX_ITEMS)
   if one_pass:
     rows = max(min(_ONE_PASS_ROWS, n), 1)
-    lse_sum = _weighted_logsumexp_sum(user_NxE, item_table_VxE, bias_V, weights_N, rows, dtype,
-                                      item_bias_V is not None)
+    lse_sum = _weighted_logsumexp_sum(user_NxE, item_table_VxE, bias_V, weights_N, exclude_NxS,
+                                      rows, dtype, item_bias_V is not None)
     weighted = lambda x_N: jnp.where(weights_N > 0, weights_N * x_N, 0.0).sum()
     nll_sum = lse_sum - weighted(target_logit_N)
     loss_sum = nll_sum if not label_smoothing else (
@@ -376,7 +453,8 @@ def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
   if row_block is None:
     row_block = 128 if _cpu_blocking() else n
   row_block = max(min(int(row_block), n), 1)
-  lse_N = _chunked_logsumexp(user_NxE, item_table_VxE, bias_V, chunk_size, row_block, dtype)
+  lse_N = _chunked_logsumexp(user_NxE, item_table_VxE, bias_V, exclude_NxS, chunk_size,
+                             row_block, dtype)
   nll_N = lse_N - target_logit_N
   return _reduce(_smoothed(nll_N, lse_N, mean_logit_N, label_smoothing), nll_N, weights_N)
 
@@ -627,6 +705,9 @@ def needs_transitions(kind) -> bool:
   return getattr(kind, "kind", kind) in _NEEDS_TRANSITIONS
 
 
+_EXCLUDE_SEEN_KINDS = ("full", "chunked")
+
+
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
   """The `loss` group of configs/base.py (the only source of defaults; see each key there)."""
@@ -637,6 +718,9 @@ class LossConfig:
   alpha: float
   in_batch_negatives: bool
   label_smoothing: float
+  # Each position's softmax leaves out the items of its own history before it (not its target):
+  # the items the evaluation removes from the ranking (`seen_exclusions`; full and chunked only).
+  exclude_seen: bool
   # Only items with a training event are candidates of the training softmax: items that are new
   # at test time (cold) are neither negatives nor pushed down. The trainer passes the mask as
   # aux["item_mask_V"] (and restricts the sampling distribution to those items).
@@ -675,6 +759,14 @@ class LossConfig:
     elif self.label_smoothing and self.train_items_only:
       bad("label_smoothing", "does not combine with loss.train_items_only (the smoothing term "
           "averages over every item)")
+    if self.exclude_seen and self.kind not in _EXCLUDE_SEEN_KINDS:
+      bad("exclude_seen", f"needs loss.kind full or chunked (an exact softmax over the catalog), "
+          f"not {self.kind!r}")
+    elif self.exclude_seen and self.label_smoothing:
+      bad("exclude_seen", "does not combine with loss.label_smoothing (the smoothing term "
+          "averages over every item)")
+    elif self.exclude_seen and self.domain_softmax:
+      bad("exclude_seen", "does not combine with loss.domain_softmax yet")
     if self.row_block is not None and self.row_block < 1:
       bad("row_block", "must be None or >= 1")
     for key in ("target_contrastive_weight", "intent_weight", "intent_start_epoch"):
@@ -699,11 +791,6 @@ class LossConfig:
     return config_keys.build_group(cls, "loss", d)
 
 
-# Score of an item left out of the training softmax: exp() of it is exactly 0 in f32, and unlike
-# -inf it keeps every difference and product of the loss's backward pass finite.
-EXCLUDED_SCORE = -1e9
-
-
 def candidate_bias(bias_V: jax.Array | None, item_mask_V: jax.Array | None) -> jax.Array | None:
   """The item bias with `EXCLUDED_SCORE` where item_mask_V is False (bias unchanged if no mask).
 
@@ -717,20 +804,22 @@ def candidate_bias(bias_V: jax.Array | None, item_mask_V: jax.Array | None) -> j
 
 @register_loss("full")
 def _full(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
-          item_mask_V):
+          item_mask_V, exclude_NxS=None):
   del key, log_q_V
   return softmax_cross_entropy(user_NxE, table_VxE, candidate_bias(bias_V, item_mask_V),
-                               targets_N, weights_N, label_smoothing=cfg.label_smoothing)[0]
+                               targets_N, weights_N, label_smoothing=cfg.label_smoothing,
+                               exclude_NxS=exclude_NxS)[0]
 
 
 @register_loss("chunked")
 def _chunked(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key,
-             log_q_V, item_mask_V):
+             log_q_V, item_mask_V, exclude_NxS=None):
   del key, log_q_V
   return chunked_softmax_cross_entropy(
       user_NxE, table_VxE, candidate_bias(bias_V, item_mask_V), targets_N, weights_N,
       chunk_size=cfg.chunk_size, label_smoothing=cfg.label_smoothing,
-      compute_dtype=cfg.compute_dtype, row_block=cfg.row_block, one_pass=cfg.one_pass)[0]
+      compute_dtype=cfg.compute_dtype, row_block=cfg.row_block, one_pass=cfg.one_pass,
+      exclude_NxS=exclude_NxS)[0]
 
 
 # The sampled losses leave item_mask_V to the sampling distribution: the trainer gives the items

@@ -122,6 +122,12 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
   input_VxE, output_VxE, bias_V = model.item_tables(id_keep_V, padded=split, rows=rows)
   loss_fn = losses.get_loss(loss_cfg.kind, vocab_parallel=split)
   split_args = {"mesh": mesh, "num_items": model.cfg.num_items} if split else {}
+  if loss_cfg.exclude_seen:
+    if split:
+      raise ValueError("loss.exclude_seen does not run with the item tables split over devices "
+                       "(model.vocab_shards > 1)")
+    split_args["exclude_NxS"] = losses.seen_exclusions(
+        batch["inputs_BxL"], batch["targets_BxL"], batch.get("resets_BxL"))
   mask_BxL = batch["mask_BxL"]
   logs: dict[str, jax.Array] = {}
   if losses.needs_transitions(loss_cfg.kind):
