@@ -146,6 +146,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # (never its target), as the evaluation removes seen items from the ranking; no N x V mask,
   # a scatter of the history into each block of logits (losses/core.py, seen_exclusions)
   c.loss.exclude_seen = False
+  # full and chunked: each position also predicts the next `further_targets` items after its
+  # next one in its own history, each term weighted `further_weight` in [0, 1] against the same
+  # softmax (0 = off; costs a gather, the log-sum-exp is shared); PinnerFormer's dense future
+  # window, as an auxiliary target of the next-item model
+  c.loss.further_targets = 0
+  c.loss.further_weight = 0.0
   c.loss.train_items_only = False  # the training softmax scores only items with a training event
   # (items new at test time are not trained as negatives); not with label_smoothing
   c.loss.compute_dtype = "float32"  # chunked: N x V matmul operands, float32 | bfloat16 (f32 sums)

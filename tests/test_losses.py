@@ -387,3 +387,71 @@ def test_exclusions_refuse_bad_shapes_and_settings():
     with pytest.raises(ValueError, match=rf"loss\.exclude_seen=True .*{why}"):
       _cfg(exclude_seen=True, **overrides)
   _cfg(kind="full", exclude_seen=True)  # accepted
+
+
+def test_further_targets_example_and_loop():
+  got = losses.further_targets(jnp.array([[4, 5, 6, 7]]), jnp.array([[True, False, True, False]]),
+                               2)
+  np.testing.assert_array_equal(got, [[5, 0], [0, 0], [7, 0], [0, 0]])
+  rng = np.random.default_rng(2)
+  b, l, k = 3, 10, 3
+  targets = rng.integers(1, 50, (b, l))
+  targets[:, -2:] = 0  # padded tails
+  resets = rng.random((b, l)) < 0.25
+  got = np.asarray(losses.further_targets(jnp.array(targets), jnp.array(resets), k))
+  segment = np.cumsum(resets, axis=1)
+  for row in range(b):
+    for t in range(l):
+      for j in range(1, k + 1):
+        same = t + j < l and segment[row, t + j] == segment[row, t] and targets[row, t] > 0
+        assert got[row * l + t, j - 1] == (targets[row, t + j] if same else 0), (row, t, j)
+
+
+@pytest.mark.parametrize("path", ["full", "one_pass", "chunks"])
+def test_further_targets_are_cross_entropy_terms_of_the_same_softmax(path):
+  """Each further target adds weight x (lse - its logit) at its position; the mean stays over the
+  next-item weights. Value against numpy, gradients against the full loss."""
+  user, table, bias, targets, weights = _problem()
+  further = np.array(jax.random.randint(jax.random.key(9), (N, 2), 0, V))
+  further[np.asarray(targets) == 0] = 0  # no next target, no further ones
+  further = jnp.array(further)
+  fns = {"full": lambda u, t, b: losses.softmax_cross_entropy(
+             u, t, b, targets, weights, further_NxK=further, further_weight=0.3)[0],
+         "one_pass": lambda u, t, b: losses.chunked_softmax_cross_entropy(
+             u, t, b, targets, weights, chunk_size=1000, one_pass=True, further_NxK=further,
+             further_weight=0.3)[0],
+         "chunks": lambda u, t, b: losses.chunked_softmax_cross_entropy(
+             u, t, b, targets, weights, chunk_size=16, row_block=5, one_pass=False,
+             further_NxK=further, further_weight=0.3)[0]}
+  value, grads = jax.value_and_grad(fns[path], argnums=(0, 1, 2))(user, table, bias)
+  logits = np.asarray(user, np.float64) @ np.asarray(table, np.float64).T + np.asarray(
+      bias, np.float64)
+  real = logits[:, 1:]
+  lse = np.log(np.exp(real - real.max(1, keepdims=True)).sum(1)) + real.max(1)
+  t, f = np.asarray(targets), np.asarray(further)
+  w = np.where(t > 0, np.asarray(weights, np.float64), 0.0)
+  total = (w * (lse - logits[np.arange(N), t])).sum()
+  for j in range(2):
+    total += (np.where(f[:, j] > 0, 0.3 * w, 0.0) * (lse - logits[np.arange(N), f[:, j]])).sum()
+  np.testing.assert_allclose(value, total / w.sum(), rtol=1e-5)
+  _, want = jax.value_and_grad(fns["full"], argnums=(0, 1, 2))(user, table, bias)
+  for g, wg in zip(grads, want):
+    np.testing.assert_allclose(g, wg, atol=1e-6, rtol=1e-5)
+  # weight 0 is the plain loss
+  np.testing.assert_allclose(
+      losses.softmax_cross_entropy(user, table, bias, targets, weights, further_NxK=further)[0],
+      losses.softmax_cross_entropy(user, table, bias, targets, weights)[0], rtol=1e-6)
+
+
+def test_further_targets_refuse_bad_settings():
+  for overrides, key in (({"kind": "bpr"}, "further_targets"),
+                         ({"label_smoothing": 0.1}, "further_targets"),
+                         ({"exclude_seen": True}, "further_targets"),
+                         ({"further_targets": -1}, "further_targets"),
+                         ({"further_weight": 1.5}, "further_weight")):
+    with pytest.raises(ValueError, match=rf"loss\.{key}="):
+      _cfg(**{"further_targets": 2, "further_weight": 0.3, **overrides})
+  user, table, bias, targets, weights = _problem()
+  with pytest.raises(ValueError, match="one row per position"):
+    losses.softmax_cross_entropy(user, table, bias, targets, weights,
+                                 further_NxK=jnp.zeros((3, 2), jnp.int32), further_weight=0.3)

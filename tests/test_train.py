@@ -397,3 +397,34 @@ def test_exclude_seen_leaves_each_positions_own_history_out(tiny_setup, kind):
       (targets_N > 0).astype(jnp.float32), exclude_NxS=jnp.asarray(exclude))[0])
   assert got == pytest.approx(want, rel=1e-5)
   assert got < plain
+
+
+def test_further_targets_add_the_items_ahead_in_each_history(tiny_setup):
+  """loss.further_targets: the step adds weight x the cross-entropy of the items 2..K+1 steps
+  ahead in the position's own packed history (built here by a loop) to the next-item loss."""
+  _, _, graphdef, params, _, batches = tiny_setup
+  batch = next(iter(batches.epoch(0)))
+  targets, resets = np.asarray(batch["targets_BxL"]), np.asarray(batch["resets_BxL"])
+  b, l = targets.shape
+  segment = np.cumsum(resets, axis=1)
+  key = jax.random.PRNGKey(4)
+  model = nnx.merge(graphdef, params, {})
+  user = model(batch["inputs_BxL"], batch["mask_BxL"], batch.get("resets_BxL"),
+               item_table_VxE=model.item_tables()[0], dropout_key=key)
+  logits = np.asarray(user.reshape(b * l, -1) @ model.item_tables()[1].T, np.float64)
+  real = logits[:, 1:]
+  lse = np.log(np.exp(real - real.max(1, keepdims=True)).sum(1)) + real.max(1)
+  total, count = 0.0, 0
+  for row in range(b):
+    for t in range(l):
+      if targets[row, t] == 0:
+        continue
+      n = row * l + t
+      total += lse[n] - logits[n, targets[row, t]]
+      count += 1
+      for j in (1, 2):
+        if t + j < l and segment[row, t + j] == segment[row, t] and targets[row, t + j] > 0:
+          total += 0.25 * (lse[n] - logits[n, targets[row, t + j]])
+  got = float(steps.sequence_loss(model, batch, key, loss_config(
+      kind="chunked", chunk_size=24, further_targets=2, further_weight=0.25), None))
+  assert got == pytest.approx(total / count, rel=1e-5)

@@ -102,10 +102,70 @@ def _check_exclusions(exclude_NxS, n, label_smoothing):
                      "excluded items (exclude_NxS)")
 
 
+def further_targets(targets_BxL: jax.Array, resets_BxL: jax.Array | None,
+                    count: int) -> jax.Array:
+  """The `count` items after each position's target in its own packed history (0 = none).
+
+  Column k - 1 holds the item k + 1 steps ahead of position t: targets[b, t + k] when position
+  t + k is in the same segment (resets start a new one). Returns [B * L, count] int32.
+  Example: targets [[4, 5, 6, 7]], resets [[True, False, True, False]], count 2 ->
+  [[5, 0], [0, 0], [7, 0], [0, 0]].
+  """
+  b, l = targets_BxL.shape
+  targets_BxL = targets_BxL.astype(jnp.int32)
+  segment_BxL = (jnp.zeros((b, l), jnp.int32) if resets_BxL is None
+                 else jnp.cumsum(resets_BxL.astype(jnp.int32), axis=1))
+  columns = []
+  for k in range(1, count + 1):
+    ahead_BxL = jnp.pad(targets_BxL[:, k:], ((0, 0), (0, k)))
+    same_BxL = jnp.pad(segment_BxL[:, k:], ((0, 0), (0, k)), constant_values=-1) == segment_BxL
+    columns.append(jnp.where(same_BxL & (targets_BxL > 0), ahead_BxL, 0))
+  return jnp.stack(columns, axis=-1).reshape(b * l, count)
+
+
+def _further_weights(further_NxK, further_weight, weights_N, n, label_smoothing):
+  """(ids, f32 weights) of the further targets: `further_weight` x the position's weight where
+  an id is > 0; (None, None) without further targets."""
+  if further_NxK is None:
+    return None, None
+  if further_NxK.ndim != 2 or further_NxK.shape[0] != n:
+    raise ValueError(f"further_NxK has shape {further_NxK.shape}: it needs one row per position "
+                     f"({n})")
+  if label_smoothing:
+    raise ValueError("label smoothing does not combine with further targets (further_NxK)")
+  further_NxK = further_NxK.astype(jnp.int32)
+  weights_NxK = jnp.where(further_NxK > 0, further_weight * weights_N[:, None], 0.0)
+  return further_NxK, weights_NxK
+
+
+def _further_logit_sum(user_NxE, table_VxE, bias_V, further_NxK, weights_NxK):
+  """sum over positions and further targets of weight x the target's logit (a gather, no V)."""
+  rows_NxKxE = jnp.take(table_VxE, further_NxK, axis=0).astype(jnp.float32)
+  logits_NxK = jnp.einsum("ne,nke->nk", user_NxE.astype(jnp.float32), rows_NxKxE)
+  if bias_V is not None:
+    logits_NxK = logits_NxK + jnp.take(bias_V, further_NxK).astype(jnp.float32)
+  return jnp.where(weights_NxK > 0, weights_NxK * logits_NxK, 0.0).sum()
+
+
+def _with_further(loss_and_aux, lse_N, user_NxE, table_VxE, bias_V, further_NxK, weights_NxK):
+  """Adds the further targets' cross-entropy terms (each against the position's log-sum-exp) to
+  a (mean, aux) of `_reduce`, keeping the mean over the next-item weights."""
+  if further_NxK is None:
+    return loss_and_aux
+  _, aux = loss_and_aux
+  extra = (weights_NxK.sum(axis=1) * jnp.where(weights_NxK.sum(axis=1) > 0, lse_N, 0.0)).sum() - (
+      _further_logit_sum(user_NxE, table_VxE, bias_V, further_NxK, weights_NxK))
+  loss_sum, nll_sum = aux["loss_sum"] + extra, aux["nll_sum"] + extra
+  return loss_sum / jnp.maximum(aux["weight_sum"], 1e-12), {
+      "loss_sum": loss_sum, "nll_sum": nll_sum, "weight_sum": aux["weight_sum"]}
+
+
 def softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array,
                           item_bias_V: jax.Array | None, targets_N: jax.Array,
                           weights_N: jax.Array, *, label_smoothing: float = 0.0,
-                          exclude_NxS: jax.Array | None = None) -> tuple[jax.Array, dict]:
+                          exclude_NxS: jax.Array | None = None,
+                          further_NxK: jax.Array | None = None,
+                          further_weight: float = 0.0) -> tuple[jax.Array, dict]:
   """Full-catalog softmax cross-entropy, materialising the N x V logits.
 
   Args:
@@ -117,12 +177,21 @@ def softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array,
     label_smoothing: eps of the uniform mass spread over the real items 1..V-1.
     exclude_NxS: item ids (0 = none) left out of each position's softmax, e.g. the items it
       has already seen (`seen_exclusions`); never its own target. None excludes nothing.
+    further_NxK, further_weight: more targets of each position (item ids, 0 = none; e.g. the
+      items after its next one, `further_targets`), each a cross-entropy term against the same
+      softmax weighted `further_weight` x the position's weight. The mean stays over the
+      next-item weights. Not with exclude_NxS or label smoothing.
 
   Returns:
-    (weighted mean loss, aux dict with loss_sum, nll_sum, weight_sum).
+    (weighted mean loss, aux dict with loss_sum, nll_sum, weight_sum; with further targets,
+    loss_sum and nll_sum include their terms).
   """
   user_NxE, targets_N, weights_N = flatten_positions(user_NxE, targets_N, weights_N)
   _check_exclusions(exclude_NxS, user_NxE.shape[0], label_smoothing)
+  further_NxK, further_w_NxK = _further_weights(further_NxK, further_weight, weights_N,
+                                                user_NxE.shape[0], label_smoothing)
+  if further_NxK is not None and exclude_NxS is not None:
+    raise ValueError("further targets (further_NxK) do not combine with excluded items yet")
   # fp32 for the softmax over V items.
   logits_NxV = user_NxE.astype(jnp.float32) @ item_table_VxE.astype(jnp.float32).T
   if item_bias_V is not None:
@@ -132,7 +201,9 @@ def softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array,
   lse_N = jax.nn.logsumexp(logits_NxV[:, 1:], axis=1)
   nll_N = lse_N - target_logit_N
   mean_logit_N = logits_NxV[:, 1:].mean(axis=1) if label_smoothing else None
-  return _reduce(_smoothed(nll_N, lse_N, mean_logit_N, label_smoothing), nll_N, weights_N)
+  return _with_further(
+      _reduce(_smoothed(nll_N, lse_N, mean_logit_N, label_smoothing), nll_N, weights_N), lse_N,
+      user_NxE, item_table_VxE, item_bias_V, further_NxK, further_w_NxK)
 
 
 def _chunk_rows(table_VxE, bias_V, index, chunk_size):
@@ -397,8 +468,9 @@ def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
                                   label_smoothing: float = 0.0, row_block: int | None = None,
                                   compute_dtype: str = "float32",
                                   one_pass: bool | None = None,
-                                  exclude_NxS: jax.Array | None = None
-                                  ) -> tuple[jax.Array, dict]:
+                                  exclude_NxS: jax.Array | None = None,
+                                  further_NxK: jax.Array | None = None,
+                                  further_weight: float = 0.0) -> tuple[jax.Array, dict]:
   """`softmax_cross_entropy` without materialising N x V logits, in the forward or backward pass.
 
   An online log-sum-exp runs over chunks of `chunk_size` items; a custom VJP recomputes each
@@ -407,8 +479,8 @@ def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
   f32 rounding. V need not be a multiple of `chunk_size`.
 
   Args:
-    user_NxE, item_table_VxE, item_bias_V, targets_N, weights_N, label_smoothing, exclude_NxS:
-      as in `softmax_cross_entropy`.
+    user_NxE, item_table_VxE, item_bias_V, targets_N, weights_N, label_smoothing, exclude_NxS,
+    further_NxK, further_weight: as in `softmax_cross_entropy`.
     chunk_size: items per chunk (clipped to V).
     row_block: positions per block inside a chunk (clipped to N), so R x C is the working set;
       None: 128 on CPU, N (one block) on other backends.
@@ -430,6 +502,10 @@ def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
   user_NxE, targets_N, weights_N = flatten_positions(user_NxE, targets_N, weights_N)
   num_items, n = item_table_VxE.shape[0], user_NxE.shape[0]
   _check_exclusions(exclude_NxS, n, label_smoothing)
+  further_NxK, further_w_NxK = _further_weights(further_NxK, further_weight, weights_N, n,
+                                                label_smoothing)
+  if further_NxK is not None and exclude_NxS is not None:
+    raise ValueError("further targets (further_NxK) do not combine with excluded items yet")
   dtype = jnp.dtype(compute_dtype)
   bias_V = (jnp.zeros((num_items,), jnp.float32) if item_bias_V is None else item_bias_V)
   target_logit_N = _target_logits(user_NxE, item_table_VxE, item_bias_V, targets_N)
@@ -439,10 +515,15 @@ def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
     one_pass = _cpu_blocking() and num_items <= min(chunk_size, _ONE_PASS_MAX_ITEMS)
   if one_pass:
     rows = max(min(_ONE_PASS_ROWS, n), 1)
-    lse_sum = _weighted_logsumexp_sum(user_NxE, item_table_VxE, bias_V, weights_N, exclude_NxS,
-                                      rows, dtype, item_bias_V is not None)
+    # Further targets share the position's log-sum-exp: their weights join its weight.
+    lse_weights_N = weights_N if further_NxK is None else weights_N + further_w_NxK.sum(axis=1)
+    lse_sum = _weighted_logsumexp_sum(user_NxE, item_table_VxE, bias_V, lse_weights_N,
+                                      exclude_NxS, rows, dtype, item_bias_V is not None)
     weighted = lambda x_N: jnp.where(weights_N > 0, weights_N * x_N, 0.0).sum()
     nll_sum = lse_sum - weighted(target_logit_N)
+    if further_NxK is not None:
+      nll_sum = nll_sum - _further_logit_sum(user_NxE, item_table_VxE, item_bias_V, further_NxK,
+                                             further_w_NxK)
     loss_sum = nll_sum if not label_smoothing else (
         lse_sum - (1.0 - label_smoothing) * weighted(target_logit_N)
         - label_smoothing * weighted(mean_logit_N))
@@ -456,7 +537,9 @@ def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
   lse_N = _chunked_logsumexp(user_NxE, item_table_VxE, bias_V, exclude_NxS, chunk_size,
                              row_block, dtype)
   nll_N = lse_N - target_logit_N
-  return _reduce(_smoothed(nll_N, lse_N, mean_logit_N, label_smoothing), nll_N, weights_N)
+  return _with_further(
+      _reduce(_smoothed(nll_N, lse_N, mean_logit_N, label_smoothing), nll_N, weights_N), lse_N,
+      user_NxE, item_table_VxE, item_bias_V, further_NxK, further_w_NxK)
 
 
 def popularity_log_q(counts_V: jax.Array, alpha: float) -> jax.Array:
@@ -721,6 +804,11 @@ class LossConfig:
   # Each position's softmax leaves out the items of its own history before it (not its target):
   # the items the evaluation removes from the ranking (`seen_exclusions`; full and chunked only).
   exclude_seen: bool
+  # Each position also predicts the `further_targets` items after its next one in its own
+  # history (`further_targets`), each term weighted `further_weight`, against the same softmax
+  # (full and chunked only; the log-sum-exp is shared, so they cost a gather, not a softmax).
+  further_targets: int
+  further_weight: float
   # Only items with a training event are candidates of the training softmax: items that are new
   # at test time (cold) are neither negatives nor pushed down. The trainer passes the mask as
   # aux["item_mask_V"] (and restricts the sampling distribution to those items).
@@ -767,6 +855,15 @@ class LossConfig:
           "averages over every item)")
     elif self.exclude_seen and self.domain_softmax:
       bad("exclude_seen", "does not combine with loss.domain_softmax yet")
+    if self.further_targets < 0:
+      bad("further_targets", "must be >= 0")
+    elif self.further_targets and self.kind not in _EXCLUDE_SEEN_KINDS:
+      bad("further_targets", f"needs loss.kind full or chunked (an exact softmax over the "
+          f"catalog), not {self.kind!r}")
+    elif self.further_targets and (self.label_smoothing or self.exclude_seen):
+      bad("further_targets", "does not combine with loss.label_smoothing or loss.exclude_seen")
+    if not 0.0 <= self.further_weight <= 1.0:
+      bad("further_weight", "must be in [0, 1]")
     if self.row_block is not None and self.row_block < 1:
       bad("row_block", "must be None or >= 1")
     for key in ("target_contrastive_weight", "intent_weight", "intent_start_epoch"):
@@ -804,22 +901,23 @@ def candidate_bias(bias_V: jax.Array | None, item_mask_V: jax.Array | None) -> j
 
 @register_loss("full")
 def _full(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
-          item_mask_V, exclude_NxS=None):
+          item_mask_V, exclude_NxS=None, further_NxK=None):
   del key, log_q_V
   return softmax_cross_entropy(user_NxE, table_VxE, candidate_bias(bias_V, item_mask_V),
                                targets_N, weights_N, label_smoothing=cfg.label_smoothing,
-                               exclude_NxS=exclude_NxS)[0]
+                               exclude_NxS=exclude_NxS, further_NxK=further_NxK,
+                               further_weight=cfg.further_weight)[0]
 
 
 @register_loss("chunked")
 def _chunked(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key,
-             log_q_V, item_mask_V, exclude_NxS=None):
+             log_q_V, item_mask_V, exclude_NxS=None, further_NxK=None):
   del key, log_q_V
   return chunked_softmax_cross_entropy(
       user_NxE, table_VxE, candidate_bias(bias_V, item_mask_V), targets_N, weights_N,
       chunk_size=cfg.chunk_size, label_smoothing=cfg.label_smoothing,
       compute_dtype=cfg.compute_dtype, row_block=cfg.row_block, one_pass=cfg.one_pass,
-      exclude_NxS=exclude_NxS)[0]
+      exclude_NxS=exclude_NxS, further_NxK=further_NxK, further_weight=cfg.further_weight)[0]
 
 
 # The sampled losses leave item_mask_V to the sampling distribution: the trainer gives the items

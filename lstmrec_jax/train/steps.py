@@ -128,6 +128,12 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
                        "(model.vocab_shards > 1)")
     split_args["exclude_NxS"] = losses.seen_exclusions(
         batch["inputs_BxL"], batch["targets_BxL"], batch.get("resets_BxL"))
+  if loss_cfg.further_targets:
+    if split:
+      raise ValueError("loss.further_targets does not run with the item tables split over "
+                       "devices (model.vocab_shards > 1)")
+    split_args["further_NxK"] = losses.further_targets(
+        batch["targets_BxL"], batch.get("resets_BxL"), loss_cfg.further_targets)
   mask_BxL = batch["mask_BxL"]
   logs: dict[str, jax.Array] = {}
   if losses.needs_transitions(loss_cfg.kind):
