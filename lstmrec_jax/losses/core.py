@@ -113,8 +113,7 @@ def further_targets(targets_BxL: jax.Array, resets_BxL: jax.Array | None,
   """
   b, l = targets_BxL.shape
   targets_BxL = targets_BxL.astype(jnp.int32)
-  segment_BxL = (jnp.zeros((b, l), jnp.int32) if resets_BxL is None
-                 else jnp.cumsum(resets_BxL.astype(jnp.int32), axis=1))
+  segment_BxL = _segments(resets_BxL, b, l)
   columns = []
   for k in range(1, count + 1):
     ahead_BxL = jnp.pad(targets_BxL[:, k:], ((0, 0), (0, k)))
@@ -261,6 +260,13 @@ def _excluded(logits_RxC, exclude_RxS, first_col):
   return logits_RxC.at[row_RxS, col_RxS].min(EXCLUDED_SCORE, mode="drop")
 
 
+def _segments(resets_BxL, b, l):
+  """Which packed history each position belongs to (resets start a new one): [B, L] int32."""
+  if resets_BxL is None:
+    return jnp.zeros((b, l), jnp.int32)
+  return jnp.cumsum(resets_BxL.astype(jnp.int32), axis=1)
+
+
 def seen_exclusions(inputs_BxL: jax.Array, targets_BxL: jax.Array,
                     resets_BxL: jax.Array | None = None) -> jax.Array:
   """The items each position has already seen in its own history: `exclude_NxS` of the losses.
@@ -274,8 +280,7 @@ def seen_exclusions(inputs_BxL: jax.Array, targets_BxL: jax.Array,
   """
   b, l = inputs_BxL.shape
   inputs_BxL = inputs_BxL.astype(jnp.int32)
-  segment_BxL = (jnp.zeros((b, l), jnp.int32) if resets_BxL is None
-                 else jnp.cumsum(resets_BxL.astype(jnp.int32), axis=1))
+  segment_BxL = _segments(resets_BxL, b, l)
   earlier_LxL = jnp.tril(jnp.ones((l, l), bool))  # [t, j]: j <= t
   keep_BxLxL = (earlier_LxL & (segment_BxL[:, :, None] == segment_BxL[:, None, :])
                 & (inputs_BxL[:, None, :] != targets_BxL.astype(jnp.int32)[:, :, None])
