@@ -21,4 +21,5 @@ def get_config():
   c.model.layer_dropout = 0.5  # inside each block, on both residual branches (SASRec: 0.5)
   c.model.attention_dropout = 0.0  # on the attention weights
   c.model.recurrent_weight_dropout = 0.0  # the LSTM recipe's weight drop: no W_hh here
+  c.optim.weight_decay = 0.1  # as measured (the LSTM recipe took 1.0 later)
   return c
