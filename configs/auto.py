@@ -17,7 +17,7 @@ measured runs of docs/results.md behind it, R1-R7):
   R2 E = H = 256.
   R3 dropout on the input embeddings and the user state: 0.5 with attributes, 0.6 without.
   R4 layer norm on the user state, peak learning rate 2e-3; AdamW weight decay 1.0 with item
-     attributes, 0.1 without.
+     attributes, 0.1 without (Games at 1.0: no gain, seed 0).
   R5 32 packed rows a step, halved (down to 8) while an epoch would have < 60 steps.
   R6 a cosine schedule over 16 epochs with attributes, 20 without.
   R7 validation every 2 epochs (patience 4 validations), warm-up 1 epoch.

@@ -27,8 +27,9 @@ The rules are read off the measured runs of docs/results.md, the only evidence t
   R4 layer norm on the user state, peak lr 2e-3: both recipes; weight decay 1.0 with attributes,
      0.1 without. Beauty at E = 256 with the weight drop, test NDCG@10 over seeds 0-2: 0.1
      0.0603 +- 0.0006, 1.0 0.0616 +- 0.0009 (each seed above; seed 0: 0.3 0.0613, 2.0 0.0591;
-     2026-12-05). Games (id items) keeps the 0.1 it was measured with until its runs at 1.0
-     say otherwise. At E = 128: the norm 0.0636 -> 0.0728 (v13); no decay was below 0.1 at
+     2026-12-05). Games (id items, dropout 0.6) at 1.0, seed 0: validation 0.0830 against 0.0826
+     (behind until epoch 14, a later peak), test 0.0695 against 0.0702: no gain, so 0.1 without
+     attributes. At E = 128: the norm 0.0636 -> 0.0728 (v13); no decay was below 0.1 at
      every validation point (v14).
   R5 rows a step: 32, halved (down to 8) while an epoch would have fewer than 60 steps. The
      recipes ran 80-113 steps an epoch at 32 rows; 256 rows (10 steps an epoch) and 64 rows
