@@ -121,25 +121,26 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
   # Split: the tables as the parameters hold them (padding rows included, sharded by row).
   input_VxE, output_VxE, bias_V = model.item_tables(id_keep_V, padded=split, rows=rows)
   loss_fn = losses.get_loss(loss_cfg.kind, vocab_parallel=split)
-  split_args = {"mesh": mesh, "num_items": model.cfg.num_items} if split else {}
+  # The loss's keywords beyond the registry signature, each only when its setting is on.
+  loss_args = {"mesh": mesh, "num_items": model.cfg.num_items} if split else {}
   if loss_cfg.exclude_seen:
     if split:
       raise ValueError("loss.exclude_seen does not run with the item tables split over devices "
                        "(model.vocab_shards > 1)")
-    split_args["exclude_NxS"] = losses.seen_exclusions(
+    loss_args["exclude_NxS"] = losses.seen_exclusions(
         batch["inputs_BxL"], batch["targets_BxL"], batch.get("resets_BxL"))
   if loss_cfg.further_targets:
     if split:
       raise ValueError("loss.further_targets does not run with the item tables split over "
                        "devices (model.vocab_shards > 1)")
-    split_args["further_NxK"] = losses.further_targets(
+    loss_args["further_NxK"] = losses.further_targets(
         batch["targets_BxL"], batch.get("resets_BxL"), loss_cfg.further_targets)
   mask_BxL = batch["mask_BxL"]
   logs: dict[str, jax.Array] = {}
   if losses.needs_transitions(loss_cfg.kind):
     if rl_cfg is None:
       raise ValueError(f"loss.kind={loss_cfg.kind!r} needs rl_cfg (the `rl` group)")
-    split_args = {**split_args, "rl_cfg": rl_cfg, "transitions": _transitions(
+    loss_args = {**loss_args, "rl_cfg": rl_cfg, "transitions": _transitions(
         model, batch, dropout_key, step, rl_start_step)}
 
   # A cross-domain encoder reads each position's target domain (the next item's).
@@ -160,8 +161,8 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
       user_BxLxE = user_BxLxE + jnp.where(mask_BxL[..., None], user_delta, 0.0)
     user_NxE = user_BxLxE.reshape(-1, user_BxLxE.shape[-1])
     out = loss_fn(user_NxE, output_VxE, bias_V, targets_N, weights_N, cfg=loss_cfg, key=neg_key,
-                  log_q_V=log_q_V, item_mask_V=item_mask_V, **split_args)
-    if "transitions" in split_args:
+                  log_q_V=log_q_V, item_mask_V=item_mask_V, **loss_args)
+    if "transitions" in loss_args:
       out, scalars = out
       if not logs:  # the clean pass's: a perturbed pass (adversarial) runs in an inner trace
         logs.update(scalars)
