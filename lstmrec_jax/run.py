@@ -437,6 +437,11 @@ def build_run(spec: RunSpec, *, num_devices: int | None = None, dataset=None) ->
     logging.warning("model.vocab_shards=%d but %d devices: the item tables are replicated",
                     shards, in_use)
     shards = 1
+  per_position = [f"loss.{key}" for key in ("exclude_seen", "further_targets")
+                  if getattr(spec.loss, key)]
+  if shards > 1 and per_position:
+    raise ConfigError(f"{' and '.join(per_position)} do not run with the item tables split over "
+                      f"devices (model.vocab_shards={shards}): set model.vocab_shards=1")
   mesh = mesh_lib.make_mesh(num_devices, model=shards)
   for what, size in (("input.batch_size", spec.input.batch_size),
                      ("input.eval_batch_size", spec.input.eval_batch_size)):

@@ -263,3 +263,15 @@ def test_the_step_reaches_a_split_loss_through_the_registry():
   finally:
     core._LOSSES.pop("_probe_softmax")  # pylint: disable=protected-access
     core._VOCAB_PARALLEL.pop("_probe_softmax")  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("key", ["exclude_seen", "further_targets"])
+def test_per_position_loss_options_refuse_split_tables_as_a_config_error(tmp_path, key):
+  from helpers import tiny_config  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  value = True if key == "exclude_seen" else 2
+  config = tiny_config(tmp_path, **{"num_devices": 8, "model.vocab_shards": 4,
+                                    "loss.kind": "chunked", f"loss.{key}": value})
+  with pytest.raises(ConfigError, match=rf"loss\.{key} do not run .*model\.vocab_shards=4"):
+    run_lib.build_run(run_lib.spec_from_config(config))

@@ -152,8 +152,9 @@ def _with_further(loss_and_aux, lse_N, user_NxE, table_VxE, bias_V, further_NxK,
   if further_NxK is None:
     return loss_and_aux
   _, aux = loss_and_aux
-  extra = (weights_NxK.sum(axis=1) * jnp.where(weights_NxK.sum(axis=1) > 0, lse_N, 0.0)).sum() - (
-      _further_logit_sum(user_NxE, table_VxE, bias_V, further_NxK, weights_NxK))
+  row_N = weights_NxK.sum(axis=1)
+  extra = (row_N * jnp.where(row_N > 0, lse_N, 0.0)).sum() - _further_logit_sum(
+      user_NxE, table_VxE, bias_V, further_NxK, weights_NxK)
   loss_sum, nll_sum = aux["loss_sum"] + extra, aux["nll_sum"] + extra
   return loss_sum / jnp.maximum(aux["weight_sum"], 1e-12), {
       "loss_sum": loss_sum, "nll_sum": nll_sum, "weight_sum": aux["weight_sum"]}

@@ -123,16 +123,13 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
   loss_fn = losses.get_loss(loss_cfg.kind, vocab_parallel=split)
   # The loss's keywords beyond the registry signature, each only when its setting is on.
   loss_args = {"mesh": mesh, "num_items": model.cfg.num_items} if split else {}
+  if split and (loss_cfg.exclude_seen or loss_cfg.further_targets):  # run.build_run refuses it
+    raise ValueError("loss.exclude_seen / loss.further_targets do not run with the item tables "
+                     "split over devices (model.vocab_shards > 1)")
   if loss_cfg.exclude_seen:
-    if split:
-      raise ValueError("loss.exclude_seen does not run with the item tables split over devices "
-                       "(model.vocab_shards > 1)")
     loss_args["exclude_NxS"] = losses.seen_exclusions(
         batch["inputs_BxL"], batch["targets_BxL"], batch.get("resets_BxL"))
   if loss_cfg.further_targets:
-    if split:
-      raise ValueError("loss.further_targets does not run with the item tables split over "
-                       "devices (model.vocab_shards > 1)")
     loss_args["further_NxK"] = losses.further_targets(
         batch["targets_BxL"], batch.get("resets_BxL"), loss_cfg.further_targets)
   mask_BxL = batch["mask_BxL"]
