@@ -169,16 +169,22 @@ def main() -> None:
     load = os.getloadavg()
     started = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO)
+    capped = False
     try:
       proc.wait(timeout=args.max_minutes * 60 if args.max_minutes else None)
     except subprocess.TimeoutExpired:
+      capped = True
       proc.send_signal(signal.SIGTERM)
       proc.wait()
     run_wall = time.time() - started
-    if proc.returncode != 0:
+    # Stopped by the cap, train.py saves at the next step and exits 0; the cap can also land in
+    # its final report, after the last validation, which SIGTERM ends with -15. Either way the
+    # curve up to the cap is in its metrics.jsonl.
+    if proc.returncode != 0 and not capped:
       raise SystemExit(f"train.py exited with {proc.returncode}: {' '.join(cmd)}")
     timing_file.write_text(json.dumps(
         {"started": started, "run_wall_s": run_wall, "train_command": cmd,
+         "stopped_by_cap": capped, "returncode": proc.returncode,
          "loadavg_at_start": list(load), "max_minutes": args.max_minutes,
          "date": datetime.datetime.now().isoformat(timespec="seconds"),
          "command": " ".join(["python", *sys.argv])}) + "\n")

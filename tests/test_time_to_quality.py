@@ -24,3 +24,50 @@ def test_each_budget_keeps_the_best_validation_so_far(tmp_path):
   got = time_to_quality.curve(points, started=995.0)
   assert [r["chosen_step"] for r in got] == [20, 40, 40, 40, 100]
   assert [r["wall_s"] for r in got] == [15.0, 25.0, 35.0, 45.0, 55.0]
+
+
+class _Proc:
+  """A train.py that outlives the cap and then dies of the SIGTERM (or fails on its own)."""
+
+  def __init__(self, returncode, times_out):
+    self.returncode, self.times_out, self.signals = None, times_out, []
+    self._final = returncode
+
+  def wait(self, timeout=None):
+    if self.times_out and not self.signals:
+      raise time_to_quality.subprocess.TimeoutExpired("train.py", timeout)
+    self.returncode = self._final
+    return self.returncode
+
+  def send_signal(self, sig):
+    self.signals.append(sig)
+
+
+def _run_phase(monkeypatch, tmp_path, proc):
+  def popen(*args, **kwargs):
+    del args, kwargs
+    (tmp_path / "w").mkdir(parents=True, exist_ok=True)  # what train.py creates first
+    return proc
+
+  monkeypatch.setattr(time_to_quality.subprocess, "Popen", popen)
+  monkeypatch.setattr(sys, "argv", ["time_to_quality.py", "--phase", "run", "--name", "x",
+                                    "--config", "configs/beauty.py", "--floor", "0",
+                                    "--peer_minutes", "0", "--workdir", str(tmp_path / "w"),
+                                    "--max_minutes", "0.01"])
+  time_to_quality.main()
+
+
+def test_a_run_ended_by_the_cap_is_timed_whatever_its_exit_code(monkeypatch, tmp_path):
+  # SIGTERM during train.py's final report (after the last validation) exits -15: still timed.
+  proc = _Proc(returncode=-15, times_out=True)
+  _run_phase(monkeypatch, tmp_path, proc)
+  timing = json.loads((tmp_path / "w" / "time_to_quality_run.json").read_text())
+  assert proc.signals == [time_to_quality.signal.SIGTERM]
+  assert timing["stopped_by_cap"] is True and timing["returncode"] == -15
+
+
+def test_a_run_that_fails_before_the_cap_is_an_error(monkeypatch, tmp_path):
+  import pytest  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit, match="exited with 1"):
+    _run_phase(monkeypatch, tmp_path, _Proc(returncode=1, times_out=False))
+  assert not (tmp_path / "w" / "time_to_quality_run.json").exists()
