@@ -119,6 +119,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.cold_content_grad = True  # items with no training event (negatives only) train content
   c.model.id_dropout = 0.0  # sum/gate: share of items whose id part is dropped each step, in [0, 1)
   c.model.recurrent_weight_dropout = 0.0  # lstm/gru: DropConnect on W_hh, a mask per step, [0, 1)
+  c.model.locked_dropout = False  # embed/output dropout: one mask per history, not per position
   c.model.content_attributes = True  # non-id modes: use attribute / genre / tag sets if present
   c.model.content_titles = True  # non-id modes: use titles (LSTM over tokens) if present
   c.model.max_attributes = 0  # A: attributes kept per item (0 = the longest set)

@@ -134,6 +134,46 @@ def test_dropout_follows_the_key_and_is_off_without_one():
                                 forward0(INPUTS_BxL, MASK_BxL))
 
 
+def test_locked_dropout_draws_one_mask_per_history():
+  from lstmrec_jax import core  # pylint: disable=g-import-not-at-top
+  x = jnp.ones((2, 6, 64))
+  segments = jnp.array([[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0]])
+  y = np.asarray(core.locked_dropout(jax.random.key(3), x, 0.5, segments))
+  assert set(np.unique(y)) == {0.0, 2.0}  # inverted: kept entries scaled by 1 / (1 - rate)
+  kept = y != 0
+  assert 0.35 < kept.mean() < 0.65
+  for b, positions in ((0, (0, 1, 2)), (0, (3, 4, 5)), (1, range(6))):
+    for t in positions:
+      np.testing.assert_array_equal(kept[b, t], kept[b, positions[0]])
+  assert not np.array_equal(kept[0, 0], kept[0, 3])  # the second history of the row: its own mask
+  assert not np.array_equal(kept[0, 0], kept[1, 0])  # another row: its own mask
+  np.testing.assert_array_equal(core.locked_dropout(None, x, 0.5, segments), x)
+  np.testing.assert_array_equal(core.locked_dropout(jax.random.key(3), x, 0.0, segments), x)
+  with pytest.raises(ValueError, match="dropout rate"):
+    core.locked_dropout(jax.random.key(3), x, 1.0, segments)
+
+
+def test_model_locked_dropout_shares_the_output_mask_over_a_history():
+  """`model.locked_dropout`: the user state's dropped features are the same at every position of
+  one history and differ between the two histories packed in a row; per-position dropout (the
+  default) drops other features at each position; without a key both are the same model."""
+  inputs = jnp.array([[3, 7, 9, 5, 1, 2, 8], [4, 4, 8, 11, 12, 13, 6]])
+  mask, resets = inputs > 0, jnp.zeros((2, 7), bool).at[0, 3].set(True)
+  kw = dict(embed_dim=32, hidden_size=32, output_dropout=0.5, layer_norm=True, lstm_impl="xla")
+  _, locked = _jitted(model_config(V, **kw, locked_dropout=True))
+  _, per_position = _jitted(model_config(V, **kw))
+  zeros = np.asarray(locked(inputs, mask, resets, key=jax.random.key(1))) == 0
+  for t in (1, 2):
+    np.testing.assert_array_equal(zeros[0, t], zeros[0, 0])
+  for t in (4, 5, 6):
+    np.testing.assert_array_equal(zeros[0, t], zeros[0, 3])
+  np.testing.assert_array_equal(zeros[1], np.broadcast_to(zeros[1, 0], zeros[1].shape))
+  assert not np.array_equal(zeros[0, 0], zeros[0, 3]) and zeros[0, 0].any()
+  other = np.asarray(per_position(inputs, mask, resets, key=jax.random.key(1))) == 0
+  assert not np.array_equal(other[1, 0], other[1, 1])
+  np.testing.assert_array_equal(locked(inputs, mask, resets), per_position(inputs, mask, resets))
+
+
 def test_padding_ids_change_nothing():
   _, forward = _jitted(FULL)
   garbage = jnp.where(MASK_BxL, INPUTS_BxL, jnp.arange(INPUTS_BxL.size).reshape(3, 6) % V + 1)

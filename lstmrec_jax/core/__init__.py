@@ -21,5 +21,6 @@ from lstmrec_jax.core.lstm import lstm_stack
 from lstmrec_jax.core.lstm import lstm_stack_step
 from lstmrec_jax.core.lstm import lstm_step
 from lstmrec_jax.core.ops import dropout
+from lstmrec_jax.core.ops import locked_dropout
 from lstmrec_jax.core.ops import segment_ids
 from lstmrec_jax.core.ops import segment_positions

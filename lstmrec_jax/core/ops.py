@@ -19,6 +19,28 @@ def dropout(key: jax.Array | None, x: jax.Array, rate: float) -> jax.Array:
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
+def locked_dropout(key: jax.Array | None, x_BxLxE: jax.Array, rate: float,
+                   segments_BxL: jax.Array) -> jax.Array:
+  """Variational ("locked") inverted dropout: one mask per history, shared by all its positions.
+
+  Gal & Ghahramani's recurrent dropout as AWD-LSTM applies it to the inputs and outputs: the same
+  features are dropped at every position of one user's history, where `dropout` draws a new mask
+  at each position. `segments_BxL` (`segment_ids`) tells the packed histories of a row apart, so
+  two users sharing a row get their own masks. The identity when `key` is None or `rate` is 0.
+
+  Example: x ones (1, 4, 2), segments [[0, 0, 1, 1]]: positions 0 and 1 get one mask, 2 and 3
+  another, each entry 0 or 1 / (1 - rate).
+  """
+  if key is None or rate == 0.0:
+    return x_BxLxE
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+  # One mask per (row, history); a row holds at most L histories, so index L's masks by segment.
+  keep_BxLxE = jax.random.bernoulli(key, 1.0 - rate, x_BxLxE.shape)
+  keep_BxLxE = jnp.take_along_axis(keep_BxLxE, segments_BxL[..., None].astype(jnp.int32), axis=1)
+  return jnp.where(keep_BxLxE, x_BxLxE / (1.0 - rate), 0.0).astype(x_BxLxE.dtype)
+
+
 def segment_ids(mask_BxL: jax.Array, resets_BxL: jax.Array | None) -> jax.Array:
   """int32 (B, L): which packed history each position belongs to (a new one at each reset).
 

@@ -64,6 +64,9 @@ class ModelConfig:
   # AWD-LSTM's weight drop (DropConnect) on the recurrent matrices W_hh of the lstm / gru
   # layers: one mask a training step, shared by every row and position.
   recurrent_weight_dropout: float
+  # Variational ("locked") dropout: embed_dropout and output_dropout draw one mask per user
+  # history (shared by its positions) instead of one per position.
+  locked_dropout: bool
   content_attributes: bool
   content_titles: bool
   max_attributes: int

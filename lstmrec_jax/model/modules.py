@@ -154,7 +154,16 @@ class SeqRecModel(nnx.Module):
     emb = jnp.where((ids > 0)[..., None], emb, 0).astype(emb.dtype)
     return jnp.where(mask[..., None], emb, 0).astype(emb.dtype)
 
-  def _head(self, h_BxLxD: jax.Array, mask: jax.Array, key: jax.Array | None) -> jax.Array:
+  def _dropout(self, key: jax.Array | None, x_BxLxE: jax.Array, rate: float,
+               segments_BxL: jax.Array | None) -> jax.Array:
+    """The input / output dropout: a mask per position, or per history (`model.locked_dropout`,
+    `segments_BxL` given)."""
+    if segments_BxL is None:
+      return core.dropout(key, x_BxLxE, rate)
+    return core.locked_dropout(key, x_BxLxE, rate, segments_BxL)
+
+  def _head(self, h_BxLxD: jax.Array, mask: jax.Array, key: jax.Array | None,
+            segments_BxL: jax.Array | None = None) -> jax.Array:
     """Encoder output -> user state: projection to E, FFN, norm, dropout; zeros at padding."""
     u = self.proj(h_BxLxD) if self.proj is not None else h_BxLxD
     u = u.astype(jnp.float32)
@@ -162,7 +171,7 @@ class SeqRecModel(nnx.Module):
       u = u + self.ffn_out(jax.nn.gelu(self.ffn_in(u))).astype(jnp.float32)
     if self.norm is not None:
       u = self.norm(u).astype(jnp.float32)
-    u = core.dropout(key, u, self.cfg.output_dropout)
+    u = self._dropout(key, u, self.cfg.output_dropout, segments_BxL)
     # Projection, FFN and norm biases would otherwise make padded positions nonzero.
     return jnp.where(mask[..., None], u, 0.0)
 
@@ -219,7 +228,10 @@ class SeqRecModel(nnx.Module):
     if input_delta_BxLxE is not None:
       x_BxLxE = x_BxLxE + jnp.where(mask_BxL[..., None], input_delta_BxLxE, 0).astype(
           x_BxLxE.dtype)
-    x_BxLxE = core.dropout(k_embed, x_BxLxE, cfg.embed_dropout)
+    segments_BxL = None
+    if cfg.locked_dropout and dropout_key is not None:
+      segments_BxL = core.segment_ids(mask_BxL, resets_BxL)
+    x_BxLxE = self._dropout(k_embed, x_BxLxE, cfg.embed_dropout, segments_BxL)
     if self.cross_domain:
       if target_domains_BxL is None:
         raise ValueError(f"model.encoder={cfg.encoder!r} is cross-domain: it needs each "
@@ -229,7 +241,7 @@ class SeqRecModel(nnx.Module):
                              target_domains_BxL=target_domains_BxL.astype(jnp.int32))
     else:
       h_BxLxD = self.encoder(x_BxLxE, mask_BxL, resets_BxL, dropout_key=k_encoder)
-    return self._head(h_BxLxD, mask_BxL, k_out)
+    return self._head(h_BxLxD, mask_BxL, k_out, segments_BxL)
 
   @property
   def streams(self) -> bool:

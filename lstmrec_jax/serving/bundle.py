@@ -329,8 +329,10 @@ def load(path: str | os.PathLike, *, expect_sha256: str | None = None) -> Bundle
     rest = {k: meta[k] for k in ("source", "dataset", "exported", "created", "jax_version")
             if k in meta}
     # Keys added after a bundle was written take the value its model had: unsplit tables
-    # (vocab_shards), no Q heads (q_head), no weight drop (recurrent_weight_dropout; training only).
-    model = {"vocab_shards": 1, "q_head": False, "recurrent_weight_dropout": 0.0, **meta["model"]}
+    # (vocab_shards), no Q heads (q_head), no weight drop (recurrent_weight_dropout; training only),
+    # per-position dropout (locked_dropout; training only).
+    model = {"vocab_shards": 1, "q_head": False, "recurrent_weight_dropout": 0.0,
+             "locked_dropout": False, **meta["model"]}
     b = Bundle(model=model, num_items=int(meta["num_items"]), max_len=int(meta["max_len"]),
                seed=int(meta["seed"]), params=params, item_keys=item_keys,
                popularity_V=np.asarray(popularity_V), content=content, meta=rest,
