@@ -52,11 +52,17 @@ def main() -> None:
     ax.plot([seconds], [ndcg], "s", color="C3", ms=8, label=f"{label}: {ndcg:.4f} in {seconds:.0f} s")
     ax.axhline(ndcg, color="C3", ls=":", lw=1)
     ax.axvline(seconds / 2, color="C3", ls="--", lw=0.8, alpha=0.6)
-  for i, spec in enumerate(args.published):
-    label, value = parse_pair(spec)
-    ax.axhline(float(value), color="gray", ls="--", lw=1)
-    ax.text(ax.get_xlim()[1], float(value), f" {label} {float(value):.4f}", va="center",
-            ha="left", fontsize=7, color="gray")
+  levels = sorted((float(value), label) for label, value in map(parse_pair, args.published))
+  for value, _ in levels:
+    ax.axhline(value, color="gray", ls="--", lw=1)
+  # Labels at least a line apart (close levels, e.g. 0.0608 and 0.0611, would overprint).
+  lo, hi = ax.get_ylim()
+  gap, placed = (hi - lo) * 0.035, []
+  for value, label in levels:
+    y = max(value, placed[-1] + gap) if placed else value
+    placed.append(y)
+    ax.text(ax.get_xlim()[1], y, f" {label} {value:.4f}", va="center", ha="left", fontsize=7,
+            color="gray")
   ax.set_xlabel("wall time from launch, s (the dashed red line: half the peer's time)")
   ax.set_ylabel("test NDCG@10 (checkpoint chosen on validation)")
   ax.set_title(args.title)
