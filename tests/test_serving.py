@@ -250,7 +250,8 @@ def test_items_with_content_but_no_training_events_are_scored_by_their_content(t
 def test_format_1_bundles_still_load_and_unfinished_exports_do_not(tmp_path, caplog):
   """A bundle exported before checksums (format 1) loads with a warning; a format-2 folder
   without checksums.json (an export that did not finish) is refused in one line. Model keys
-  added since (model.recurrent_weight_dropout) take the value the old model had."""
+  added since (model.recurrent_weight_dropout, model.locked_dropout) take the value the old
+  model had."""
   import json  # pylint: disable=g-import-not-at-top
   from lstmrec_jax.errors import CheckpointError  # pylint: disable=g-import-not-at-top
   rec, _ = _recommender(tmp_path)
@@ -260,8 +261,9 @@ def test_format_1_bundles_still_load_and_unfinished_exports_do_not(tmp_path, cap
   with pytest.raises(CheckpointError, match="did not finish"):
     Recommender.load(out)
   meta = json.loads((out / "bundle.json").read_text())
-  old_model = {k: v for k, v in meta["model"].items() if k != "recurrent_weight_dropout"}
-  assert len(old_model) == len(meta["model"]) - 1
+  added = ("recurrent_weight_dropout", "locked_dropout")
+  old_model = {k: v for k, v in meta["model"].items() if k not in added}
+  assert len(old_model) == len(meta["model"]) - len(added)
   (out / "bundle.json").write_text(json.dumps({**meta, "format_version": 1, "model": old_model}))
   caplog.set_level("WARNING")
   assert Recommender.load(out).recommend(history, k=5) == rec.recommend(history, k=5)
