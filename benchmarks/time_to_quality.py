@@ -119,12 +119,17 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> None:
 def markdown(result: dict[str, Any]) -> str:
   reached = (f"**{result['minutes_to_floor'] * 60:.0f} s ({result['minutes_to_floor']:.2f} "
              f"min)**" if result["minutes_to_floor"] is not None else "**not reached**")
+  # Files written before `stopped_by_cap` existed: a cap was given, so say it may have ended it.
+  stopped = result.get("stopped_by_cap", bool(result["max_minutes"]))
+  if stopped is None:
+    stopped = bool(result["max_minutes"])
   lines = [f"# Time to quality: {result['name']}", "",
            f"- date: {result['date']}", f"- command: `{result['command']}`",
            f"- train.py: `{result['train_command']}`", f"- machine: {result['machine']}",
            f"- run wall time (launch to exit): {result['run_wall_s']:.0f} s"
-           + (f" (stopped by --max_minutes {result['max_minutes']})" if result["max_minutes"]
-              else " (to its end, final evaluation included)"), "",
+           + (f" (stopped by --max_minutes {result['max_minutes']})" if stopped
+              else " (to its end, final evaluation included)"),
+           *([f"- timing file: {result['timing_note']}"] if result.get("timing_note") else []), "",
            f"Floor (official GRU4Rec test NDCG@10): {result['floor']} in "
            f"{result['peer_minutes']} min on these 2 cores. Reached here at {reached}; goal "
            f"<= {result['peer_minutes'] * 60 / 2:.0f} s (half the peer's time).", "",
@@ -207,6 +212,8 @@ def main() -> None:
                         "loadavg_at_start": list(load)},
             "floor": args.floor, "peer_minutes": args.peer_minutes, "run_wall_s": run_wall,
             "max_minutes": args.max_minutes,
+            "stopped_by_cap": timing.get("stopped_by_cap"),
+            **({"timing_note": timing["note"]} if timing.get("note") else {}),
             "minutes_to_floor": None if first is None else first["wall_s"] / 60,
             "curve": rows}
   out = pathlib.Path(args.out or REPO / "benchmarks" / "results" /

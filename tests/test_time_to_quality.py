@@ -71,3 +71,13 @@ def test_a_run_that_fails_before_the_cap_is_an_error(monkeypatch, tmp_path):
   with pytest.raises(SystemExit, match="exited with 1"):
     _run_phase(monkeypatch, tmp_path, _Proc(returncode=1, times_out=False))
   assert not (tmp_path / "w" / "time_to_quality_run.json").exists()
+
+
+def test_markdown_says_whether_the_cap_ended_the_run_and_carries_a_timing_note():
+  result = {"name": "x", "date": "d", "command": "c", "train_command": "t", "machine": {},
+            "run_wall_s": 61.0, "max_minutes": 8, "stopped_by_cap": False, "floor": 0.05,
+            "peer_minutes": 2.0, "minutes_to_floor": None, "curve": []}
+  assert "(to its end, final evaluation included)" in time_to_quality.markdown(result)
+  result.update(stopped_by_cap=True, timing_note="written by hand")
+  text = time_to_quality.markdown(result)
+  assert "(stopped by --max_minutes 8)" in text and "- timing file: written by hand" in text
