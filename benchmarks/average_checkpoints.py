@@ -23,10 +23,14 @@ from typing import Any, Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import jax  # noqa: E402
+
+from lstmrec_jax import checkpoint as ckpt_lib  # noqa: E402
+from lstmrec_jax import workdir as workdir_lib  # noqa: E402
+
 
 def average_params(trees: Sequence[Any]) -> Any:
   """The leaf-by-leaf mean of parameter trees of one structure."""
-  import jax  # pylint: disable=g-import-not-at-top
   if not trees:
     raise ValueError("no checkpoints to average")
   return jax.tree_util.tree_map(lambda *leaves: sum(leaves) / len(leaves), *trees)
@@ -35,28 +39,21 @@ def average_params(trees: Sequence[Any]) -> Any:
 def evaluate_averages(workdir: str | pathlib.Path, groups: Sequence[Sequence[int]],
                       splits: Sequence[str] = ("valid", "test")) -> list[dict[str, Any]]:
   """For each group of steps: the splits' NDCG@10 and HR@10 of the averaged parameters."""
-  from lstmrec_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.evaluation import cross_domain  # pylint: disable=g-import-not-at-top
-
-  restored = workdir_lib.restore_run(workdir, which="latest")
+  if not groups or not all(groups):
+    raise ValueError("no checkpoints to average: every group needs at least one step")
+  first = groups[0][0]
+  restored = workdir_lib.restore_run(workdir, which=str(first))  # the run, and one checkpoint
   run = restored.run
-  inp, ev = run.spec.input, run.spec.eval
+  params_at: dict[int, Any] = {first: restored.params}
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
-  cache: dict[int, Any] = {}
   rows = []
   try:
     for steps in groups:
       for step in steps:
-        if step not in cache:
-          cache[step] = checkpointer.restore_params(run.params, str(step), run.mesh)[0]
-      params = average_params([cache[s] for s in steps])
-      report = cross_domain.evaluate_params(
-          run.graphdef, params, run.consts, run.dataset, splits=splits,
-          sampled_negatives=ev.sampled_negatives, sampled_seed=ev.sampled_seed, mesh=run.mesh,
-          batch_size=inp.eval_batch_size, max_len=inp.max_len, exclude_seen=True,
-          chunk_size=ev.chunk_size, seen_targets=ev.seen_targets,
-          high_reward_min=run.spec.reward.high_min, q_head=run.model_cfg.q_head)
+        if step not in params_at:
+          params_at[step] = checkpointer.restore_params(run.params, str(step), run.mesh)[0]
+      report = workdir_lib.evaluate_run_params(
+          run, average_params([params_at[s] for s in steps]), splits=splits)
       rows.append({"steps": list(steps), **{
           split: {m: report["splits"][split]["model"]["overall"][m] for m in ("NDCG@10", "HR@10")}
           for split in splits}})
@@ -76,6 +73,8 @@ def main() -> None:
     groups = [[int(s) for s in g.split(",") if s] for g in args.steps]
   except ValueError:
     raise SystemExit(f"--steps: expected comma-separated integers, got {args.steps}") from None
+  if not all(groups):
+    raise SystemExit(f"--steps: an empty group in {args.steps}")
   rows = evaluate_averages(args.workdir, groups)
   for r in rows:
     print(f"steps {','.join(map(str, r['steps']))}: " + "; ".join(

@@ -120,7 +120,7 @@ def markdown(result: dict[str, Any]) -> str:
   reached = (f"**{result['minutes_to_floor'] * 60:.0f} s ({result['minutes_to_floor']:.2f} "
              f"min)**" if result["minutes_to_floor"] is not None else "**not reached**")
   # Files written before `stopped_by_cap` existed: a cap was given, so say it may have ended it.
-  stopped = result.get("stopped_by_cap", bool(result["max_minutes"]))
+  stopped = result.get("stopped_by_cap")
   if stopped is None:
     stopped = bool(result["max_minutes"])
   lines = [f"# Time to quality: {result['name']}", "",

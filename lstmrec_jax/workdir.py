@@ -66,6 +66,24 @@ def restore_run(workdir: str | os.PathLike, *, which: str = "best",
   return RestoredRun(run, params, meta, step)
 
 
+def evaluate_run_params(run: run_lib.Run, params: Any, *,
+                        splits: Sequence[str] = ("valid", "test"), exclude_seen: bool = True,
+                        seen_targets: str | None = None) -> dict[str, Any]:
+  """The evaluation report of `params` (e.g. a checkpoint, or an average of several) under the
+  run's own protocol: what `evaluate_checkpoint` and eval.py report for them.
+
+  seen_targets: "miss" | "rankable"; None = the run's `eval.seen_targets`.
+  """
+  inp, ev = run.spec.input, run.spec.eval
+  return cross_domain.evaluate_params(
+      run.graphdef, params, run.consts, run.dataset, splits=splits,
+      sampled_negatives=ev.sampled_negatives, sampled_seed=ev.sampled_seed, mesh=run.mesh,
+      batch_size=inp.eval_batch_size, max_len=inp.max_len, exclude_seen=exclude_seen,
+      chunk_size=ev.chunk_size,
+      seen_targets=ev.seen_targets if seen_targets is None else seen_targets,
+      high_reward_min=run.spec.reward.high_min, q_head=run.model_cfg.q_head)
+
+
 def evaluate_checkpoint(workdir: str | os.PathLike, *, which: str = "best",
                         splits: Sequence[str] = ("valid", "test"), exclude_seen: bool = True,
                         topk_out: str | None = None, topk: int = 10, spec=None,
@@ -96,13 +114,8 @@ def evaluate_checkpoint(workdir: str | os.PathLike, *, which: str = "best",
                          allow_other_data=allow_other_data)
   run, params = restored.run, restored.params
   inp, ev = run.spec.input, run.spec.eval
-  common = dict(mesh=run.mesh, batch_size=inp.eval_batch_size, max_len=inp.max_len,
-                exclude_seen=exclude_seen, chunk_size=ev.chunk_size,
-                seen_targets=ev.seen_targets if seen_targets is None else seen_targets,
-                high_reward_min=run.spec.reward.high_min, q_head=run.model_cfg.q_head)
-  report = cross_domain.evaluate_params(run.graphdef, params, run.consts, run.dataset,
-                                        splits=splits, sampled_negatives=ev.sampled_negatives,
-                                        sampled_seed=ev.sampled_seed, **common)
+  report = evaluate_run_params(run, params, splits=splits, exclude_seen=exclude_seen,
+                               seen_targets=seen_targets)
   report.update(checkpoint=str(which), step=restored.step, workdir=str(workdir),
                 dataset=run.spec.data.format, epochs_trained=restored.meta.get("epoch"))
   if topk_out:
