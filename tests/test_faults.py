@@ -196,6 +196,24 @@ def test_divergence_stops_naming_the_step_and_saves_nothing_non_finite(base):
          "naming each key")
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_params_finite_on_host_and_on_device_agree(bad):
+  from lstmrec_jax import checkpoint as ckpt_lib
+  good = {"a": np.ones((3, 5), np.float32), "b": {"c": jnp.arange(7.0).astype(jnp.bfloat16)},
+          "steps": np.array([1, 2], np.int32)}
+  assert ckpt_lib.params_finite(good)
+  for path, leaf in (("a", good["a"]), ("c", good["b"]["c"])):
+    broken = np.array(leaf).copy()
+    broken.reshape(-1)[-1] = bad  # the last element
+    tree = {**good, path: jnp.asarray(broken)} if path == "a" else {
+        **good, "b": {"c": jnp.asarray(broken)}}
+    assert not ckpt_lib.params_finite(tree)  # CPU arrays: read in host memory
+    assert not bool(ckpt_lib._all_finite([x for x in jax.tree.leaves(tree)  # the device path
+                                           if jnp.issubdtype(x.dtype, jnp.inexact)]))
+  assert not ckpt_lib._host_finite(np.r_[np.zeros(10, np.float32), bad], block=4)
+  assert ckpt_lib._host_finite(np.zeros(10, np.float32), block=4)
+
+
 def test_skip_nonfinite_steps_keeps_the_old_state():
   from lstmrec_jax.optim import TrainState  # pylint: disable=g-import-not-at-top
   state = TrainState(step=jnp.asarray(3), params={"w": jnp.ones(2)}, opt_state={"m": jnp.ones(2)},

@@ -248,3 +248,33 @@ def test_evaluate_params_reports_both_protocols_where_targets_repeat(tmp_path):
   kept = ranking.evaluate_params(*args, repeats, seen_targets="miss",
                                  **{**common, "exclude_seen": False})
   assert kept["seen_targets"] == "rankable" and not kept["exclude_seen"]
+
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "gru", "transformer"])
+def test_rank_split_by_length_gives_the_ranks_of_the_full_width(tmp_path, monkeypatch, encoder):
+  """Batches cut to their histories' length (the default) rank every user as the full width does:
+  no built-in encoder reads the padding after a history."""
+  from helpers import tiny_config
+  from lstmrec_jax import run as run_lib
+  from lstmrec_jax.data import pipeline
+  from lstmrec_jax.evaluation import ranking
+  from lstmrec_jax.scoring import steps as scoring
+  run = run_lib.build_run(run_lib.spec_from_config(tiny_config(
+      tmp_path, **{"input.max_len": 32, "model.encoder": encoder})))
+  split = run.dataset.valid
+  rank_fn = scoring.compile_rank_fn(run.graphdef, run.mesh, exclude_seen=True, chunk_size=32,
+                                    popularity_V=run.dataset.item_counts_V)
+  original, widths, out = ranking._eval_batches, set(), {}
+  for by_length in (False, True):
+    def batches(*args, by_length=by_length, **kwargs):
+      for batch in original(*args, **{**kwargs, "by_length": by_length}):
+        widths.add(batch["inputs_BxL"].shape[1])
+        yield batch
+    monkeypatch.setattr(ranking, "_eval_batches", batches)
+    users_U, ranks_U = ranking.rank_split(rank_fn, run.params, run.consts, split, batch_size=64,
+                                          max_len=32, mesh=run.mesh)
+    out[by_length] = ranks_U[np.argsort(users_U)]
+  assert widths == {pipeline.eval_lengths(32)[0], 32}  # both kinds of batch were ranked
+  np.testing.assert_array_equal(out[True], out[False])
+  assert len(np.unique(out[True])) > 5  # a model that ranks, not ties

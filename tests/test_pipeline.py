@@ -185,6 +185,60 @@ def test_eval_batches_cover_every_user_once_with_full_seen():
     next(pipeline.eval_batches(split, batch_size=9, max_len=4, process_count=2))
 
 
+def test_eval_lengths():
+  assert pipeline.eval_lengths(50) == (16, 50)
+  assert pipeline.eval_lengths(200) == (56, 200)
+  assert pipeline.eval_lengths(16) == (8, 16)
+  assert pipeline.eval_lengths(8) == (8,)
+  assert pipeline.eval_lengths(3) == (3,)
+
+
+def test_eval_batches_by_length_are_the_same_rows_cut_short():
+  rng = np.random.default_rng(8)
+  lengths = rng.integers(0, 12, 45)  # 0: a user without history
+  lengths[[3, 17, 30]] = (40, 33, 25)
+  history = random_sequences(lengths, seed=9, num_items=300)
+  users = rng.permutation(500)[:45].astype(np.int32)
+  split = EvalSplit(users, history, rng.integers(1, 300, 45).astype(np.int32))
+  max_len, short, width = 32, 8, pipeline.seen_width(split)
+  row_of_user = {int(u): k for k, u in enumerate(users)}
+  plain = {}
+  for batch in pipeline.eval_batches(split, batch_size=8, max_len=max_len):
+    for i in np.flatnonzero(batch["valid_B"]):
+      plain[int(batch["users_B"][i])] = {k: batch[k][i] for k in batch}
+  for process_count in (1, 2):
+    got, shapes = [], set()
+    per_process = [list(pipeline.eval_batches(split, batch_size=8, max_len=max_len,
+                                              process_index=p, process_count=process_count,
+                                              by_length=True))
+                   for p in range(process_count)]
+    for k in range(len(per_process[0])):
+      whole = {key: np.concatenate([pp[k][key] for pp in per_process]) for key in per_process[0][k]}
+      length = whole["inputs_BxL"].shape[1]
+      shapes.add((length, whole["seen_BxS"].shape[1]))
+      real = whole["valid_B"]
+      # Shortest first: the batch's histories are no shorter than the last batch's.
+      got_lengths = lengths[[row_of_user[int(u)] for u in whole["users_B"][real]]]
+      if got:
+        assert got_lengths.min() >= max(lengths[[row_of_user[u] for u in got]])
+      assert length == (short if got_lengths.max() <= short else max_len)
+      for i in np.flatnonzero(real):
+        user = int(whole["users_B"][i])
+        ref = plain[user]
+        got.append(user)
+        # The same history, targets and seen items; only padding after the history is cut.
+        assert not ref["inputs_BxL"][length:].any() and not ref["seen_BxS"][
+            whole["seen_BxS"].shape[1]:].any()
+        np.testing.assert_array_equal(whole["inputs_BxL"][i], ref["inputs_BxL"][:length])
+        np.testing.assert_array_equal(whole["mask_BxL"][i], ref["mask_BxL"][:length])
+        np.testing.assert_array_equal(whole["seen_BxS"][i],
+                                      ref["seen_BxS"][:whole["seen_BxS"].shape[1]])
+        assert whole["targets_B"][i] == ref["targets_B"]
+      assert not whole["inputs_BxL"][~real].any() and (whole["users_B"][~real] == -1).all()
+    assert sorted(got) == sorted(users.tolist())  # every user exactly once
+    assert shapes == {(short, short), (max_len, width)}
+
+
 def test_batches_from_a_real_build():
   ds = data.load_dataset(data_config(
       synthetic={"num_users": 200, "num_items": 100, "seed": 2}))

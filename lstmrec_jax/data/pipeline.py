@@ -17,7 +17,11 @@ the training events' rewards (`SequenceDataset.train_rewards()`), a batch also c
 
 Evaluation (`eval_batches`): one row per user of an `EvalSplit`, the history's last `max_len`
 items right-padded, the target, and `seen_BxS`, the full history to remove from the ranking.
-The last batch is padded and carries `valid_B`.
+The last batch is padded and carries `valid_B`. With `by_length=True` the users come shortest
+history first and a batch whose histories all fit a short length (`eval_lengths`) is cut to it:
+an encoder reads no padding after a row's last item, so the scores do not change, and most
+histories of a sparse log are far shorter than `max_len` (Beauty: 94% of the validation users
+hold at most 16 of its 50).
 
 Every batch is computed in numpy; the `backend` only decides what prefetches training batches:
 "tf" (tf.data, TensorFlow from `tf_setup.import_tensorflow`, so it never sees an accelerator),
@@ -329,13 +333,30 @@ def _right_aligned_rows(seqs: Sequences, rows_B: np.ndarray, width: int,
   return out_BxW
 
 
+def eval_lengths(max_len: int) -> tuple[int, ...]:
+  """The history lengths `eval_batches(by_length=True)` cuts batches to: a short one (a quarter of
+  `max_len` rounded up to a multiple of 8) and `max_len`; two compiled shapes at most.
+
+  Example: 50 -> (16, 50); 200 -> (56, 200); 16 -> (8, 16); 8 -> (8,).
+  """
+  short = -(-max(1, max_len // 4) // 8) * 8
+  return (short, max_len) if short < max_len else (max_len,)
+
+
 def eval_batches(split: EvalSplit, *, batch_size: int, max_len: int, process_index: int = 0,
-                 process_count: int = 1, candidates_UxM: np.ndarray | None = None
-                 ) -> Iterator[dict[str, np.ndarray]]:
+                 process_count: int = 1, candidates_UxM: np.ndarray | None = None,
+                 by_length: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """Yields this process's evaluation batches of `split`, every user exactly once overall.
 
-  Global batch k holds users `k*batch_size ...`; process p takes its slice of it. No shuffling
-  and cheap numpy gathers, so no tf.data (and no TensorFlow) here, whatever the backend.
+  Global batch k holds users `k*batch_size ...` (in the split's order, or by history length);
+  process p takes its slice of it. No shuffling and cheap numpy gathers, so no tf.data (and no
+  TensorFlow) here, whatever the backend.
+
+  With `by_length`, users are taken shortest history first (a stable sort, the same on every
+  process), and a global batch whose longest history fits the short length of
+  `eval_lengths(max_len)` gets L and S of that length instead of `max_len` and the split's
+  width: the same rows with less padding after them. Callers match outputs to users by
+  `users_B`, never by position.
 
   Args:
     split: `SequenceDataset.valid` or `.test`.
@@ -345,9 +366,11 @@ def eval_batches(split: EvalSplit, *, batch_size: int, max_len: int, process_ind
     process_count: processes.
     candidates_UxM: the sampled protocol's candidates of each user of the split, in its order
       (column 0 the target), passed on as `candidates_BxM`; None: none.
+    by_length: group users by history length and cut short batches (above).
 
   Yields:
-    Dicts of numpy arrays: `inputs_BxL` int32 (the history's last L items, right-padded),
+    Dicts of numpy arrays: `inputs_BxL` int32 (the history's last L items, right-padded; L is
+      `max_len`, or the short length of `eval_lengths` for a short batch with `by_length`),
     `mask_BxL` bool, `targets_B` int32, `users_B` int32 (dense user index, -1 on padding rows),
     `valid_B` bool (False on padding rows), `seen_BxS` int32 (the full history, 0-padded; S from
     `seen_width(split)`); on a multi-domain split `domains_B` int32 (the target's domain, 0 on
@@ -358,12 +381,20 @@ def eval_batches(split: EvalSplit, *, batch_size: int, max_len: int, process_ind
     raise ValueError(f"max_len must be positive, got {max_len}")
   width = seen_width(split)
   n = len(split)
+  lengths_U = split.history.lengths_U
+  order_U = np.argsort(lengths_U, kind="stable") if by_length else np.arange(n)
+  short = eval_lengths(max_len)[0] if by_length else max_len
   for k in range(num_eval_batches(split, batch_size=batch_size, process_count=process_count)):
     pos_B = k * batch_size + process_index * b + np.arange(b)
     valid_B = pos_B < n
-    rows_B = np.where(valid_B, pos_B, 0)
-    inputs_BxL = _right_aligned_rows(split.history, rows_B, max_len, last=True)
-    seen_BxS = _right_aligned_rows(split.history, rows_B, width, last=False)
+    rows_B = order_U[np.where(valid_B, pos_B, 0)]
+    global_U = order_U[k * batch_size:(k + 1) * batch_size]  # the same on every process
+    if short < max_len and int(lengths_U[global_U].max()) <= short:
+      length, seen = short, short  # every history of the batch whole in `short` positions
+    else:
+      length, seen = max_len, width
+    inputs_BxL = _right_aligned_rows(split.history, rows_B, length, last=True)
+    seen_BxS = _right_aligned_rows(split.history, rows_B, seen, last=False)
     inputs_BxL[~valid_B] = 0
     seen_BxS[~valid_B] = 0
     batch = {"inputs_BxL": inputs_BxL, "mask_BxL": inputs_BxL > 0,

@@ -39,11 +39,14 @@ def _gather(x: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _eval_batches(split, *, batch_size: int, max_len: int, candidates_UxM=None):
+def _eval_batches(split, *, batch_size: int, max_len: int, candidates_UxM=None,
+                  by_length: bool = True):
+  """This process's batches; by default grouped by history length (`pipeline.eval_batches`):
+  the ranking passes match outputs to users by `users_B`, and short batches cost less."""
   return pipeline.eval_batches(split, batch_size=batch_size, max_len=max_len,
                                process_index=jax.process_index(),
                                process_count=jax.process_count(),
-                               candidates_UxM=candidates_UxM)
+                               candidates_UxM=candidates_UxM, by_length=by_length)
 
 
 def run_split(fn: Callable, params: Any, consts: Any, split, *, batch_size: int, max_len: int,
@@ -224,7 +227,8 @@ def write_topk(path: str | os.PathLike, graphdef, params, consts, dataset, *, k:
                                                 exclude_seen=True, chunk_size=chunk_size),
                               mesh, dataset.item_counts_V)
   lines = []
-  for batch in _eval_batches(whole, batch_size=batch_size, max_len=window):
+  # In user order (the file's lines follow it), at the full window.
+  for batch in _eval_batches(whole, batch_size=batch_size, max_len=window, by_length=False):
     inputs = {k_: batch[k_] for k_ in _MODEL_KEYS if k_ in batch}
     ids_BxK, _ = fn(params, consts, mesh_lib.to_global(inputs, mesh))
     ids_BxK = np.asarray(ids_BxK)
