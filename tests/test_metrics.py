@@ -278,3 +278,31 @@ def test_rank_split_by_length_gives_the_ranks_of_the_full_width(tmp_path, monkey
   assert widths == {pipeline.eval_lengths(32)[0], 32}  # both kinds of batch were ranked
   np.testing.assert_array_equal(out[True], out[False])
   assert len(np.unique(out[True])) > 5  # a model that ranks, not ties
+
+
+def test_compile_ahead_programs_rank_as_the_jitted_step(tmp_path):
+  """The validation's programs compiled ahead (the loop starts it after the first train step)
+  are the ones a ranking pass runs: no compile at the call, the same ranks."""
+  from helpers import tiny_config
+  from lstmrec_jax import run as run_lib
+  from lstmrec_jax.evaluation import ranking
+  from lstmrec_jax.scoring import steps as scoring
+  run = run_lib.build_run(run_lib.spec_from_config(tiny_config(tmp_path,
+                                                               **{"input.max_len": 32})))
+  split = run.dataset.valid
+  args = dict(exclude_seen=True, chunk_size=32, popularity_V=run.dataset.item_counts_V)
+  ahead, plain = (scoring.compile_rank_fn(run.graphdef, run.mesh, **args) for _ in range(2))
+  shapes = ranking.batch_shapes(split, batch_size=64, max_len=32)
+  assert len(shapes) == 2  # a short and a full-width batch
+  futures = ahead.compile_ahead(run.params, run.consts, shapes)
+  assert len(futures) == 2 and not ahead.compile_ahead(run.params, run.consts, shapes)
+  for future in futures:
+    future.result()
+  got = ranking.rank_split(ahead, run.params, run.consts, split, batch_size=64, max_len=32,
+                           mesh=run.mesh)
+  assert ahead._jitted._cache_size() == 0  # every batch ran a program compiled ahead
+  ref = ranking.rank_split(plain, run.params, run.consts, split, batch_size=64, max_len=32,
+                           mesh=run.mesh)
+  assert plain._jitted._cache_size() == 2
+  for a, b in zip(got, ref):
+    np.testing.assert_array_equal(a, b)

@@ -49,6 +49,16 @@ def _eval_batches(split, *, batch_size: int, max_len: int, candidates_UxM=None,
                                candidates_UxM=candidates_UxM, by_length=by_length)
 
 
+def batch_shapes(split, *, batch_size: int, max_len: int) -> list[dict[str, np.ndarray]]:
+  """One model-input batch of each shape a ranking pass over `split` feeds (`rank_split`'s
+  batches), for `scoring.BatchFn.compile_ahead`."""
+  shapes = {}
+  for batch in _eval_batches(split, batch_size=batch_size, max_len=max_len):
+    inputs = {k: batch[k] for k in _MODEL_KEYS if k in batch}
+    shapes.setdefault(tuple((k, v.shape) for k, v in sorted(inputs.items())), inputs)
+  return list(shapes.values())
+
+
 def run_split(fn: Callable, params: Any, consts: Any, split, *, batch_size: int, max_len: int,
               mesh: Mesh, candidates_UxM: np.ndarray | None = None
               ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:

@@ -21,6 +21,7 @@ vector, the fallback and the ranking are the same path for both.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -187,7 +188,8 @@ def sampled_step(params: Any, consts: Any, batch: dict[str, jax.Array],
 def jit_over_batch(fn, mesh: Mesh, popularity_V=None, extra_bias_V=None,
                    item_domains_V=None) -> Callable:
   """`fn(params, consts, batch, popularity_V, extra_bias_V, item_domains_V)` jitted with the
-  batch sharded over `data`, as `f(params, consts, batch)` with the (optional) item vectors bound.
+  batch sharded over `data`, as `f(params, consts, batch)` with the (optional) item vectors bound
+  (a `BatchFn`, which can compile its programs ahead).
 
   The parameters are taken as they are placed: replicated, or with the item tables split over
   the mesh's `model` axis (`model.vocab_shards`).
@@ -198,7 +200,54 @@ def jit_over_batch(fn, mesh: Mesh, popularity_V=None, extra_bias_V=None,
   bound = [None if v is None else mesh_lib.replicate(jnp.asarray(v, dtype), mesh)
            for v, dtype in ((popularity_V, jnp.float32), (extra_bias_V, jnp.float32),
                             (item_domains_V, jnp.int32))]
-  return lambda params, consts, batch: jitted(params, consts, batch, *bound)
+  return BatchFn(jitted, bound, mesh)
+
+
+def _batch_signature(batch) -> tuple:
+  return tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
+
+
+class BatchFn:
+  """`f(params, consts, batch)`: a jitted scoring step with its item vectors bound.
+
+  `compile_ahead` compiles its programs for given batch shapes on a background thread, e.g. the
+  validation's while the first epoch trains (on CPU a small training step gains little from a
+  second core, and the first validation then waits for no compile). A call with a batch of one
+  of those shapes runs the program compiled ahead; any other runs through `jax.jit`.
+  """
+
+  def __init__(self, jitted, bound, mesh: Mesh):
+    self._jitted, self._bound, self._mesh = jitted, bound, mesh
+    self._ahead: dict[tuple, concurrent.futures.Future] = {}
+
+  def __call__(self, params, consts, batch):
+    future = self._ahead.get(_batch_signature(batch))
+    if future is not None:
+      return future.result()(params, consts, batch, *self._bound)
+    return self._jitted(params, consts, batch, *self._bound)
+
+  def compile_ahead(self, params, consts, batches) -> list[concurrent.futures.Future]:
+    """Starts compiling, one after another on a background thread, the programs of `batches`'
+    shapes (host batches, one per shape, placed as `mesh.to_global` places them) for parameters
+    shaped and placed as `params`; returns their futures. A compile error surfaces at the call."""
+    batch_sh = mesh_lib.batch_sharding(self._mesh)
+    spec = lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)
+    params_spec = jax.tree.map(lambda x: spec(x, x.sharding), params)
+    consts_spec = jax.tree.map(lambda x: spec(x, x.sharding), consts)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                 thread_name_prefix="compile_ahead")
+    futures = []
+    for batch in batches:
+      signature = _batch_signature(batch)
+      if signature in self._ahead:
+        continue
+      batch_spec = {k: spec(v, batch_sh) for k, v in batch.items()}
+      self._ahead[signature] = pool.submit(
+          lambda b=batch_spec: self._jitted.lower(params_spec, consts_spec, b,
+                                                  *self._bound).compile())
+      futures.append(self._ahead[signature])
+    pool.shutdown(wait=False)
+    return futures
 
 
 def compile_rank_fn(graphdef, mesh: Mesh, *, exclude_seen: bool, chunk_size: int,
