@@ -232,8 +232,8 @@ class BatchFn:
     shaped and placed as `params`; returns their futures. A compile error surfaces at the call."""
     batch_sh = mesh_lib.batch_sharding(self._mesh)
     spec = lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)
-    params_spec = jax.tree.map(lambda x: spec(x, x.sharding), params)
-    consts_spec = jax.tree.map(lambda x: spec(x, x.sharding), consts)
+    placed = lambda x: spec(x, getattr(x, "sharding", None))  # numpy leaves: placed by the call
+    params_spec, consts_spec = jax.tree.map(placed, params), jax.tree.map(placed, consts)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                  thread_name_prefix="compile_ahead")
     futures = []

@@ -396,7 +396,7 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
   stopped = meta["stopped_early"] or step >= total_steps
   start_epoch = step // steps_per_epoch
   preemption = _Preemption()
-  compiling_ahead = None
+  eval_compiled_ahead = False
 
   def stop_here(why: str) -> dict[str, Any]:
     """Saves the current step for resuming and ends the run cleanly (rc 0)."""
@@ -420,9 +420,10 @@ def _train(spec, workdir, defaults) -> dict[str, Any]:
       for batch in batches.epoch(epoch, skip_batches=skip):
         state, out = train_fn(state, mesh_lib.to_global(batch, mesh), aux)
         step += 1
-        if compiling_ahead is None:  # the train step is compiled: the validation's programs next
-          compiling_ahead = rank_fn.compile_ahead(state.params, run.consts, ranking.batch_shapes(
+        if not eval_compiled_ahead:  # the train step is compiled: the validation's programs next
+          rank_fn.compile_ahead(state.params, run.consts, ranking.batch_shapes(
               valid_split, batch_size=inp.eval_batch_size, max_len=inp.max_len))
+          eval_compiled_ahead = True
         guard.add(step, out)  # device scalars: read at the next log or save, not now
         window_loss.append(out["loss"])
         window_positions += int(batch["mask_BxL"].sum())  # host-side: no device sync
