@@ -237,6 +237,14 @@ def test_eval_batches_by_length_are_the_same_rows_cut_short():
       assert not whole["inputs_BxL"][~real].any() and (whole["users_B"][~real] == -1).all()
     assert sorted(got) == sorted(users.tolist())  # every user exactly once
     assert shapes == {(short, short), (max_len, width)}
+  # `only`: those global batches of the same pass; the first and the last hold every shape.
+  every = list(pipeline.eval_batches(split, batch_size=8, max_len=max_len, by_length=True))
+  ends = list(pipeline.eval_batches(split, batch_size=8, max_len=max_len, by_length=True,
+                                    only=(0, -1)))
+  assert len(ends) == 2
+  for got_batch, want in zip(ends, (every[0], every[-1])):
+    for key in want:
+      np.testing.assert_array_equal(got_batch[key], want[key])
 
 
 def test_batches_from_a_real_build():

@@ -31,7 +31,7 @@ TensorFlow imports, else numpy). Both feed bit-identical batches.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 import queue
 import threading
 from typing import TypeVar
@@ -345,7 +345,8 @@ def eval_lengths(max_len: int) -> tuple[int, ...]:
 
 def eval_batches(split: EvalSplit, *, batch_size: int, max_len: int, process_index: int = 0,
                  process_count: int = 1, candidates_UxM: np.ndarray | None = None,
-                 by_length: bool = False) -> Iterator[dict[str, np.ndarray]]:
+                 by_length: bool = False, only: Sequence[int] | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields this process's evaluation batches of `split`, every user exactly once overall.
 
   Global batch k holds users `k*batch_size ...` (in the split's order, or by history length);
@@ -355,7 +356,8 @@ def eval_batches(split: EvalSplit, *, batch_size: int, max_len: int, process_ind
   With `by_length`, users are taken shortest history first (a stable sort, the same on every
   process), and a global batch whose longest history fits the short length of
   `eval_lengths(max_len)` gets L and S of that length instead of `max_len` and the split's
-  width: the same rows with less padding after them. Callers match outputs to users by
+  width: the same rows with less padding after them. The short batches come first, so the
+  first and the last batch hold every shape of the pass. Callers match outputs to users by
   `users_B`, never by position.
 
   Args:
@@ -367,6 +369,7 @@ def eval_batches(split: EvalSplit, *, batch_size: int, max_len: int, process_ind
     candidates_UxM: the sampled protocol's candidates of each user of the split, in its order
       (column 0 the target), passed on as `candidates_BxM`; None: none.
     by_length: group users by history length and cut short batches (above).
+    only: the global batch indices to yield (e.g. the first and the last); None: all.
 
   Yields:
     Dicts of numpy arrays: `inputs_BxL` int32 (the history's last L items, right-padded; L is
@@ -384,7 +387,8 @@ def eval_batches(split: EvalSplit, *, batch_size: int, max_len: int, process_ind
   lengths_U = split.history.lengths_U
   order_U = np.argsort(lengths_U, kind="stable") if by_length else np.arange(n)
   short = eval_lengths(max_len)[0] if by_length else max_len
-  for k in range(num_eval_batches(split, batch_size=batch_size, process_count=process_count)):
+  num = num_eval_batches(split, batch_size=batch_size, process_count=process_count)
+  for k in range(num) if only is None or not num else sorted({k % num for k in only}):
     pos_B = k * batch_size + process_index * b + np.arange(b)
     valid_B = pos_B < n
     rows_B = order_U[np.where(valid_B, pos_B, 0)]

@@ -40,20 +40,20 @@ def _gather(x: np.ndarray) -> np.ndarray:
 
 
 def _eval_batches(split, *, batch_size: int, max_len: int, candidates_UxM=None,
-                  by_length: bool = True):
+                  by_length: bool = True, only=None):
   """This process's batches; by default grouped by history length (`pipeline.eval_batches`):
   the ranking passes match outputs to users by `users_B`, and short batches cost less."""
   return pipeline.eval_batches(split, batch_size=batch_size, max_len=max_len,
                                process_index=jax.process_index(),
                                process_count=jax.process_count(),
-                               candidates_UxM=candidates_UxM, by_length=by_length)
+                               candidates_UxM=candidates_UxM, by_length=by_length, only=only)
 
 
 def batch_shapes(split, *, batch_size: int, max_len: int) -> list[dict[str, np.ndarray]]:
   """One model-input batch of each shape a ranking pass over `split` feeds (`rank_split`'s
-  batches), for `scoring.BatchFn.compile_ahead`."""
+  batches), for `scoring.BatchFn.compile_ahead`: the first and the last batch hold them all."""
   shapes = {}
-  for batch in _eval_batches(split, batch_size=batch_size, max_len=max_len):
+  for batch in _eval_batches(split, batch_size=batch_size, max_len=max_len, only=(0, -1)):
     inputs = {k: batch[k] for k in _MODEL_KEYS if k in batch}
     shapes.setdefault(tuple((k, v.shape) for k, v in sorted(inputs.items())), inputs)
   return list(shapes.values())
