@@ -151,3 +151,29 @@ def test_chunked_loss_knobs_equal_full_softmax(n, v, chunk_size, row_block, one_
   np.testing.assert_allclose(b_value, value, rtol=1e-2)
   for g, bg in zip(grads, b_grads):
     assert float(jnp.abs(bg - g).max()) < 2e-2 * float(jnp.abs(g).max())
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_one_pass_bf16_is_the_loss_of_bf16_rounded_operands(with_bias):
+  """The one-pass loss with bf16 operands (its transposed, [M, K] @ [K, N] matmuls) computes
+  the exact loss of the bf16-rounded states and table: values and gradients to f32 rounding."""
+  k = jax.random.split(jax.random.key(2), 4)
+  n, v = 300, 1001
+  user = jax.random.normal(k[0], (n, 16))
+  table = 0.5 * jax.random.normal(k[1], (v, 16))
+  bias = jax.random.normal(k[2], (v,)) if with_bias else None
+  targets = jax.random.randint(k[3], (n,), 1, v)
+  weights = jnp.linspace(0.5, 2.0, n)
+  round_bf16 = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)
+  lse = lambda fn, **kw: jax.jit(jax.value_and_grad(  # the log-sum-exp part, where bf16 acts
+      lambda u, t: fn(u, t, bias, targets, weights, **kw)[0]
+      + (weights * (u * t[targets]).sum(1)).sum() / weights.sum(), argnums=(0, 1)))
+  value, (g_user, g_table) = lse(losses.softmax_cross_entropy)(round_bf16(user),
+                                                               round_bf16(table))
+  b_value, (b_user, b_table) = lse(losses.chunked_softmax_cross_entropy, one_pass=True,
+                                   chunk_size=4096, compute_dtype="bfloat16")(user, table)
+  np.testing.assert_allclose(b_value, value, rtol=1e-5)
+  # The target-logit term is f32 on both sides; only the softmax part of the gradients differs
+  # by the rounding of the softmax weights (bf16) in the gradient matmuls.
+  for g, bg in ((g_user, b_user), (g_table, b_table)):
+    assert float(jnp.abs(bg - g).max()) < 1e-2 * float(jnp.abs(g).max())
