@@ -26,6 +26,7 @@ def make_fast(c):
   """The fast recipe's changes applied to a recipe's config (configs/games_fast.py uses it too)."""
   c.loss.kind = "sampled"
   c.loss.num_negatives = 2048
+  c.loss.compute_dtype = "float32"  # the exact softmax's operand dtype; the sampled loss is f32
   c.model.embed_dim = 128
   c.model.hidden_size = 128
   c.model.embed_dropout = 0.2

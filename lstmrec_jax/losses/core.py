@@ -465,11 +465,11 @@ def _weighted_logsumexp_sum_bwd(row_block, compute_dtype, has_bias, residuals, g
 
 _weighted_logsumexp_sum.defvjp(_weighted_logsumexp_sum_fwd, _weighted_logsumexp_sum_bwd)
 
-# One-pass blocks of R = 128 positions hold R x V f32 logits, at most 8 MB for V <= 16384; with
+# One-pass blocks of R = 128 positions hold R x V f32 logits, at most 16 MB for V <= 32768; with
 # fewer rows per block, adding each block's V x E table gradient would start to cost as much as
 # the block's matmuls.
 _ONE_PASS_ROWS = 128
-_ONE_PASS_MAX_ITEMS = 16384
+_ONE_PASS_MAX_ITEMS = 32768  # faster than two passes up to here (docs/results.md, stop 39)
 
 
 def _cpu_blocking() -> bool:
@@ -510,7 +510,7 @@ def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
     one_pass: under differentiation, score all V items per block of positions and form the
       gradients in the same pass (`_weighted_logsumexp_sum`) instead of recomputing the chunks in
       the backward pass. None: on CPU when the catalog fits one chunk (V <= chunk_size) and
-      V <= 16384. It sets its own block size (row_block is ignored).
+      V <= 32768. It sets its own block size (row_block is ignored).
 
   Returns:
     (weighted mean loss, aux dict with loss_sum, nll_sum, weight_sum).
