@@ -71,6 +71,13 @@ VARIANTS = {
                   "model.embed_dropout": 0.2, "model.output_dropout": 0.2}),
     "recipe_bf16loss": ("the recipe with bf16 operands in the softmax only (f32 sums)",
                         {"loss.compute_dtype": "bfloat16"}),
+    "wide": ("the wide config (configs/beauty_wide.py): E = H = 512, dropout 0.6",
+             {"model.embed_dim": 512, "model.hidden_size": 512, "model.embed_dropout": 0.6,
+              "model.output_dropout": 0.6}),
+    "wide_bf16loss": ("the wide config with bf16 operands in the softmax only",
+                      {"model.embed_dim": 512, "model.hidden_size": 512,
+                       "model.embed_dropout": 0.6, "model.output_dropout": 0.6,
+                       "loss.compute_dtype": "bfloat16"}),
     "recipe_id": ("the recipe with id-only items (no attribute bag)", {"model.item_mode": "id"}),
     "recipe_nowd": ("the recipe without the recurrent weight drop",
                     {"model.recurrent_weight_dropout": 0.0}),
@@ -198,6 +205,26 @@ def child(args) -> None:
       mm_rounds.append((time.perf_counter() - t0) / 5)
     roofs[name] = 2 * n * cfg.embed_dim * width / statistics.median(mm_rounds) / 1e9
   roofline = max(roofs.values())
+  # The same three products with bf16 operands (f32 sums), each written [M, K] @ [K, N] with
+  # its operands laid out so (the one-pass loss's bf16 form): where the CPU has bf16 matmul units
+  # (AMX), the practical roofline of a step whose softmax runs in bf16.
+  bf = lambda x: jnp.asarray(np.asarray(x.astype(jnp.bfloat16)))  # a materialised copy
+  mm = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+  bf16_pairs = {"logits NxE@ExW": (bf(u), bf(w.T)), "dU NxW@WxE": (bf(g), bf(w)),
+                "dW^T ExN@NxW": (bf(u.T), bf(g))}
+  roofs_bf16 = {}
+  if devices == 1:
+    for name, xs in bf16_pairs.items():
+      jax.block_until_ready(mm(*xs))
+      mm_rounds = []
+      for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        for _ in range(5):
+          r = mm(*xs)
+        jax.block_until_ready(r)
+        mm_rounds.append((time.perf_counter() - t0) / 5)
+      roofs_bf16[name] = 2 * n * cfg.embed_dim * width / statistics.median(mm_rounds) / 1e9
+  roofline_bf16 = max(roofs_bf16.values()) if roofs_bf16 else float("nan")
   achieved = shapes["total"] / step_s / 1e9
   print("RESULT " + json.dumps({
       "variant": args.variant, "mode": args.mode, "devices": devices,
@@ -215,7 +242,10 @@ def child(args) -> None:
       "gflop_per_step_xla": xla_flops / 1e9,
       "achieved_gflops": achieved, "roofline_matmuls_gflops": roofs, "W": width,
       "roofline_gflops": roofline,
-      "efficiency": achieved / roofline}), flush=True)
+      "efficiency": achieved / roofline,
+      "softmax_dtype": spec.loss.compute_dtype, "roofline_bf16_matmuls_gflops": roofs_bf16,
+      "roofline_bf16_gflops": roofline_bf16,
+      "efficiency_bf16": achieved / roofline_bf16}), flush=True)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -228,16 +258,20 @@ def markdown(result: dict[str, Any]) -> str:
            "beside them, but it counts a loop body (the scan over time, the loss's chunks) "
            "once. The roofline is the fastest of the step's three largest matmuls (the "
            "softmax's logits and its two gradients), jitted alone in the same process on the "
-           "same cores.", "",
+           "same cores. The bf16 roofline is the same with bf16 operands (f32 sums), each "
+           "product [M, K] @ [K, N] (the layout of the one-pass loss's bf16 form; one device "
+           "only): on a CPU with bf16 matmul units (AMX) it is several times the f32 one, and a "
+           "step whose softmax runs in bf16 (`loss.compute_dtype`) is measured against both.", "",
            "| variant | mode | host malloc | faults/step | events/s | step ms | MFLOP/event | "
            "GFLOP/step (shapes) | "
-           "GFLOP/step (XLA) | achieved GFLOP/s | roofline GFLOP/s | efficiency | "
+           "GFLOP/step (XLA) | achieved GFLOP/s | roofline GFLOP/s (f32) | efficiency (f32) | "
+           "roofline GFLOP/s (bf16) | efficiency (bf16) | softmax dtype | "
            "softmax / LSTM share |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
   for r in result["rows"]:
     if "error" in r:
       lines.append(f"| {r['variant']} | {r['mode']} | {r.get('host_malloc', '')} | failed: "
-                   f"{r['error'][:80]} |" + " |" * 9)
+                   f"{r['error'][:80]} |" + " |" * 12)
       continue
     g = r["gflop_per_step_shapes"]
     lines.append(
@@ -247,6 +281,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{r['mflop_per_event_shapes']:.2f} | {g['total']:.2f} | "
         f"{r['gflop_per_step_xla']:.2f} | {r['achieved_gflops']:.1f} | "
         f"{r['roofline_gflops']:.1f} | {r['efficiency']:.0%} | "
+        f"{r.get('roofline_bf16_gflops', float('nan')):.1f} | "
+        f"{r.get('efficiency_bf16', float('nan')):.0%} | {r.get('softmax_dtype', 'float32')} | "
         f"{g['softmax'] / g['total']:.0%} / {g['lstm'] / g['total']:.0%} |")
   lines += ["", "Variants:"] + [f"- `{k}`: {d}" for k, (d, _) in VARIANTS.items()
                                 if k in {r['variant'] for r in result['rows']}]
