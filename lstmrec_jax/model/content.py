@@ -103,12 +103,24 @@ class AttributeBag(nnx.Module):
   def __call__(self, ids_R: jax.Array | None = None) -> jax.Array:
     """content_VxE in f32 (or the rows of the items `ids_R` only); zeros without attributes."""
     ids_VxA = self.attrs_VxA[...] if ids_R is None else jnp.take(self.attrs_VxA[...], ids_R, 0)
-    real_VxA = ids_VxA > 0
-    emb_VxAxE = jnp.take(self.embedding[...], ids_VxA, axis=0).astype(jnp.float32)
+    return attribute_mean(self.embedding[...], ids_VxA)
+
+
+def attribute_mean(table_NxE: jax.Array, ids_VxA: jax.Array) -> jax.Array:
+  """Mean of `table_NxE`'s rows at each row's non-zero ids in f32 (zeros where there are none).
+
+  One gather per attribute slot, summed slot by slot: XLA fuses each one-index gather from the
+  (small) attribute table into the sum, so the V x A x E array of a gather of every (item, slot)
+  is never written out.
+  """
+  real_VxA = ids_VxA > 0
+  sum_VxE = jnp.zeros((ids_VxA.shape[0], table_NxE.shape[1]), jnp.float32)
+  for a in range(ids_VxA.shape[1]):
+    rows_VxE = jnp.take(table_NxE, ids_VxA[:, a], axis=0).astype(jnp.float32)
     # where, not a multiply: a non-finite padding row must not leak through 0 * inf.
-    sum_VxE = jnp.where(real_VxA[..., None], emb_VxAxE, 0.0).sum(axis=1)
-    count_V = real_VxA.sum(axis=1, dtype=jnp.float32)
-    return sum_VxE / jnp.maximum(count_V, 1.0)[:, None]
+    sum_VxE = sum_VxE + jnp.where(real_VxA[:, a, None], rows_VxE, 0.0)
+  count_V = real_VxA.sum(axis=1, dtype=jnp.float32)
+  return sum_VxE / jnp.maximum(count_V, 1.0)[:, None]
 
 
 class TitleEncoder(nnx.Module):
