@@ -51,7 +51,7 @@ for stage in "$@"; do
       # Beauty's recipe unchanged (f32, batch 32), then with bf16 operands: the real train.py.
       log "e2e recipe f32"
       timeout 150 $PY benchmarks/gpu_train_e2e.py --preset recipe --tag recipe \
-        --workdir /tmp/e2e_recipe --out "$OUT/gpu_train_e2e_recipe.json" > "$OUT/e2e_recipe.log" 2>&1
+        --set loss.compute_dtype=float32 --workdir /tmp/e2e_recipe --out "$OUT/gpu_train_e2e_recipe.json" > "$OUT/e2e_recipe.log" 2>&1
       log "rc $?"
       log "e2e recipe bf16"
       timeout 100 $PY benchmarks/gpu_train_e2e.py --preset recipe --tag recipe_bf16 \

@@ -6,8 +6,9 @@ On a GPU box (requirements/cuda12.txt or cuda13.txt installed, Beauty under ../s
   python benchmarks/gpu_train_e2e.py                       # Beauty, the accelerator preset
   python benchmarks/gpu_train_e2e.py --set model.lstm_impl=xla --tag xla   # another variant
 
-Presets: `recipe` runs the config file as it is (the CPU recipe's batch of 32 packed rows and f32,
-so its quality is the published one) with only the input backend and logging set; `accelerator`
+Presets: `recipe` runs the config file as it is (the CPU recipe's batch of 32 packed rows, an f32
+model and, since stop 39, bf16 softmax operands; its quality is the published one) with only the
+input backend and logging set; `accelerator`
 (default) adds bf16 operands and a batch of 1,024 rows, which on Beauty is 2.5 steps an epoch: a
 throughput setting whose quality at the config's epochs is not tuned.
 
