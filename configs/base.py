@@ -127,6 +127,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.title_min_count = 2  # vocabulary: training items' titles a word must occur in (>= 1)
   c.model.title_embed_dim = 64  # title token embedding size
   c.model.title_hidden_size = 64  # title LSTM hidden size
+  # Each item's row adds neighbor_weight x the mean of the rows of its K most frequent
+  # co-occurring items in the training sequences (within neighbor_window positions): one step of
+  # propagation over the item graph, in the input and the output table (any item_mode). 0 = off.
+  c.model.item_neighbors = 0
+  c.model.neighbor_weight = 1.0
+  # False: the neighbours' mean is a constant of each step (no gradient reaches the neighbours'
+  # rows through it; a gather forward, no scatter-add backward: cheaper on CPU)
+  c.model.neighbor_gradient = True
+  c.model.neighbor_window = 3  # positions apart that count as co-occurring, >= 1
 
   c.cold_start = ml_collections.ConfigDict()
   c.cold_start.item_fraction = 0.0  # share of items removed from training entirely, in [0, 1)
@@ -176,6 +185,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.loss.intent_clusters = 256  # K, >= 2 (and at most an epoch's positions)
   c.loss.intent_temperature = 0.1  # on cosine similarities; > 0
   c.loss.intent_start_epoch = 1  # the first epoch with prototypes (0: from the random model)
+  # Position weights inside each user's history (losses.position_weights): each of a history's n
+  # positions weighs n^-user_weight_power (0: every event alike, 1: every user alike in all; in
+  # [0, 1]), its t-th position times 1 + recency_weight x t / (n - 1) (later events more; >= 0).
+  c.loss.user_weight_power = 0.0
+  c.loss.recency_weight = 0.0
 
   # Offline RL on the logged transitions (losses/rl.py), for loss.kind = sqn | sac | sa2c (with
   # model.q_head = True): state = the LSTM state, action = the next item, reward = its `reward`.

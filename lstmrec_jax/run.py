@@ -43,6 +43,7 @@ from lstmrec_jax.data import content as content_data
 from lstmrec_jax.data.config import DataConfig
 from lstmrec_jax.data.rewards import RewardConfig
 from lstmrec_jax.errors import ConfigError
+from lstmrec_jax.model import cooccurrence
 from lstmrec_jax.losses import adversarial as adversarial_lib
 from lstmrec_jax.losses import rl as rl_lib
 
@@ -310,9 +311,22 @@ def load_data(spec: RunSpec):
 
 
 def model_inputs(dataset, model_cfg) -> dict[str, Any]:
-  """Arrays from the data that the model is built with (item content); none for id-only items."""
+  """Arrays from the data that the model is built with (item content, the co-occurrence
+  neighbour lists of `model.item_neighbors`); none for id-only items without neighbours."""
+  neighbors_VxK = None
+  if model_cfg.item_neighbors:
+    neighbors_VxK = cooccurrence.neighbor_lists(
+        dataset.train.offsets_U1, dataset.train.items_N, dataset.num_items,
+        model_cfg.item_neighbors, window=model_cfg.neighbor_window)
+    logging.info("model.item_neighbors=%d: %d of %d items have co-occurring neighbours in the "
+                 "training sequences (window %d), %.1f on average", model_cfg.item_neighbors,
+                 int((neighbors_VxK[:, 0] > 0).sum()), dataset.num_items - 1,
+                 model_cfg.neighbor_window, float((neighbors_VxK > 0).sum(1)[1:].mean()))
   if model_cfg.item_mode == "id":
-    return {}
+    if neighbors_VxK is None:
+      return {}
+    return {"item_content": model_lib.ContentInputs(
+        known_V=content_data.known_items(dataset), neighbors_VxK=neighbors_VxK)}
   c = content_data.item_content(
       dataset, attributes=model_cfg.content_attributes, titles=model_cfg.content_titles,
       max_attrs=model_cfg.max_attributes, title_min_count=model_cfg.title_min_count,
@@ -323,7 +337,7 @@ def model_inputs(dataset, model_cfg) -> dict[str, Any]:
                      "model.item_mode='id'")
   return {"item_content": model_lib.ContentInputs(
       known_V=c.known_V, attrs_VxA=c.attrs_VxA, num_attrs=c.num_attrs, tokens_VxT=c.tokens_VxT,
-      vocab_size=len(c.vocab) if c.vocab is not None else 2)}
+      vocab_size=len(c.vocab) if c.vocab is not None else 2, neighbors_VxK=neighbors_VxK)}
 
 
 @functools.partial(jax.jit, static_argnames=("alpha", "train_items_only", "log_q"))

@@ -44,7 +44,8 @@ def toy_model(mode="sum", cold_id="drop", content=None, seed=0, **cfg):
   model_cfg = model_config(V, embed_dim=8, hidden_size=8, item_mode=mode, cold_id=cold_id,
                            title_embed_dim=4, title_hidden_size=6, embed_dropout=0.0,
                            output_dropout=0.0, lstm_impl="xla", **cfg)
-  kwargs = {} if mode == "id" else {"item_content": content or toy_content()}
+  kwargs = ({} if mode == "id" and content is None
+            else {"item_content": content or toy_content()})
   return model_lib.create_model(model_cfg, seed, **kwargs)
 
 
@@ -109,6 +110,70 @@ def test_attribute_bag_is_the_mean_over_real_attributes():
   table = np.asarray(table_of(graphdef, params, consts))
   np.testing.assert_allclose(table[1], (emb[1] + emb[2]) / 2, atol=1e-6)
   np.testing.assert_allclose(table[2], emb[1], atol=1e-6)
+
+
+NEIGHBORS_VxK = np.array([[0, 0], [2, 3], [1, 0], [1, 5], [0, 0], [3, 0], [7, 1], [6, 0],
+                          [0, 0]])
+
+
+@pytest.mark.parametrize("mode", ["sum", "gate", "content"])
+def test_neighbors_add_the_mean_of_their_rows(mode):
+  """model.item_neighbors: row v = base[v] + w x mean(base[n] for v's neighbours n), where base
+  is the table without neighbours (same seed, same parameters); no neighbours: base alone."""
+  base = np.asarray(table_of(*toy_model(mode)))
+  graphdef, params, consts = toy_model(mode, content=toy_content(neighbors_VxK=NEIGHBORS_VxK),
+                                       neighbor_weight=0.5)
+  table = np.asarray(table_of(graphdef, params, consts))
+  want = base.copy()
+  for v in range(1, V):
+    nbrs = [n for n in NEIGHBORS_VxK[v] if n]
+    if nbrs:
+      want[v] = base[v] + 0.5 * base[nbrs].mean(axis=0)
+  np.testing.assert_allclose(table, want, atol=1e-6)
+  assert not np.allclose(table[1], base[1]) and np.allclose(table[4], base[4])
+  # A step that reads a few rows (`table(rows=...)`, the sampled losses) gets them exact: the
+  # content of their neighbours is computed too.
+  rep = nnx.merge(graphdef, params, consts).item_repr
+  for rows in ([1], [3, 6], [5, 5, 0]):
+    part = np.asarray(rep.table(rows=jnp.array(rows)))
+    np.testing.assert_allclose(part[np.array(rows)], table[np.array(rows)], atol=1e-6)
+  with pytest.raises(ValueError, match="neighbors_VxK ids must be in"):
+    toy_content(neighbors_VxK=np.full((V, 2), V))
+
+
+@pytest.mark.parametrize("gradient", [True, False])
+def test_neighbor_gradient_reaches_the_neighbours_rows_only_when_asked(gradient):
+  """model.neighbor_gradient=False: the neighbours' mean is a constant of the step, so row 1's
+  loss (neighbours 2 and 3) trains row 1 alone; True: rows 2 and 3 too. Same values either way."""
+  content = toy_content(neighbors_VxK=NEIGHBORS_VxK)
+  graphdef, params, consts = toy_model("sum", content=content, neighbor_gradient=gradient)
+  values = table_of(graphdef, params, consts)
+  np.testing.assert_allclose(values, table_of(*toy_model("sum", content=content)), atol=1e-6)
+
+  def row1(p):
+    return table_of(graphdef, p, consts)[1].sum()
+
+  g = np.abs(np.asarray(jax.grad(row1)(params)["item_repr"]["embedding"])).sum(axis=1)
+  assert g[1] > 0 and (g[2] > 0) == gradient and (g[3] > 0) == gradient
+  assert not g[4:].any()
+
+
+def test_neighbors_propagate_an_id_only_table_too():
+  base = np.asarray(table_of(*toy_model("id")))
+  content = content_model.ContentInputs(known_V=toy_content().known_V,
+                                        neighbors_VxK=NEIGHBORS_VxK)
+  graphdef, params, consts = toy_model("id", content=content)
+  table = np.asarray(table_of(graphdef, params, consts))
+  want = base.copy()
+  for v in range(1, V):
+    nbrs = [n for n in NEIGHBORS_VxK[v] if n]
+    if nbrs:
+      want[v] = base[v] + base[nbrs].mean(axis=0)  # neighbor_weight 1.0, the default
+  np.testing.assert_allclose(table, want, atol=1e-6)  # row 0 (padding) untouched, as without
+  with pytest.raises(ValueError, match="model.neighbor_window=0 must be >= 1"):
+    model_config(V, item_mode="sum", neighbor_window=0)
+  with pytest.raises(ValueError, match="neither attributes, title tokens nor neighbours"):
+    content_model.ContentInputs(known_V=toy_content().known_V)
 
 
 def test_item_never_seen_in_training_scores_by_its_content():
@@ -410,13 +475,16 @@ def test_train_and_cold_start_report_end_to_end(tmp_path):
 @pytest.mark.parametrize("mode,kind,extra", [
     ("sum", "sampled", {}), ("gate", "bpr", {}), ("content", "sampled", {}),
     ("sum", "sampled", {"id_dropout": 0.5}), ("gate", "sampled", {"id_dropout": 0.5}),
-    ("sum", "bce", {"cold_content_grad": False}), ("sum", "sampled", {"cold_id": "keep"})])
+    ("sum", "bce", {"cold_content_grad": False}), ("sum", "sampled", {"cold_id": "keep"}),
+    ("sum", "sampled", {"neighbors": True}), ("content", "bpr", {"neighbors": True})])
 def test_sampled_losses_compute_content_at_the_rows_they_read(monkeypatch, mode, kind, extra):
   """A sampled loss reads the table at the inputs, targets and its negatives only: the step
   computes the item vectors there only (`model.item_tables(rows=...)`), with the loss and every
   gradient of the whole-table computation (id dropout, the cold item 8 and its masks too)."""
   extra = dict(extra)
-  graphdef, params, consts = toy_model(mode, cold_id=extra.pop("cold_id", "drop"), **extra)
+  content = toy_content(neighbors_VxK=NEIGHBORS_VxK) if extra.pop("neighbors", False) else None
+  graphdef, params, consts = toy_model(mode, cold_id=extra.pop("cold_id", "drop"),
+                                       content=content, **extra)
   cfg = loss_config(kind=kind, num_negatives=5)
   log_q_V = losses_lib.popularity_log_q(jnp.arange(V, dtype=jnp.float32), cfg.alpha)
   inputs = jnp.array([[1, 2, 3, 0], [4, 8, 1, 6]])  # 8: the cold item (no training event)

@@ -86,3 +86,44 @@ def test_a_run_trains_from_it_and_bad_settings_are_refused(tmp_path):
   with pytest.raises(ValueError, match="needs an id item table"):
     cooccurrence.init_item_table(content.params, np.array([0, 2]), np.array([1, 2], np.int32),
                                  content.dataset.num_items, window=1)
+
+
+def test_neighbor_lists_by_hand():
+  # [1, 2, 3] and [1, 2], window 1: counts (1,2) x2, (2,3) x1. Item 2's neighbours by count: 1
+  # then 3; item 4 never occurs; the second user's items never pair with the first user's.
+  s = Sequences.from_lists([[1, 2, 3], [1, 2]])
+  got = cooccurrence.neighbor_lists(s.offsets_U1, s.items_N, 5, 3, window=1)
+  np.testing.assert_array_equal(got, [[0, 0, 0], [2, 0, 0], [1, 3, 0], [2, 0, 0], [0, 0, 0]])
+  assert got.dtype == np.int32
+  # k = 1 keeps the most frequent; window 2 adds (1, 3) but not across users.
+  got = cooccurrence.neighbor_lists(s.offsets_U1, s.items_N, 5, 1, window=1)
+  np.testing.assert_array_equal(got[:, 0], [0, 2, 1, 2, 0])
+  s = Sequences.from_lists([[1, 2, 3], [4, 1]])
+  got = cooccurrence.neighbor_lists(s.offsets_U1, s.items_N, 5, 3, window=2)
+  assert set(got[3]) == {1, 2, 0} and 3 not in got[4] and set(got[4]) == {1, 0}
+  with pytest.raises(ValueError, match="k must be"):
+    cooccurrence.neighbor_lists(s.offsets_U1, s.items_N, 5, 0, window=1)
+
+
+def test_neighbor_ties_go_to_the_rarer_partner_then_the_lower_id():
+  # Item 1 meets 2, 3 and 4 once each; 2 also meets 5 (more common), 3 and 4 nothing else:
+  # equal counts, so 3 and 4 (rarer, higher PMI) come before 2, and 3 before 4 (lower id).
+  s = Sequences.from_lists([[2, 1, 3], [1, 4], [2, 5]])
+  got = cooccurrence.neighbor_lists(s.offsets_U1, s.items_N, 6, 3, window=1)
+  np.testing.assert_array_equal(got[1], [3, 4, 2])
+
+
+def test_model_inputs_take_neighbors_from_the_training_sequences_only(tmp_path):
+  spec = run_lib.spec_from_config(tiny_config(
+      tmp_path, **{"model.item_mode": "sum", "model.item_neighbors": 4,
+                   "model.neighbor_window": 2}))
+  dataset = run_lib.load_data(spec)
+  got = run_lib.model_inputs(dataset, spec.model)["item_content"].neighbors_VxK
+  train = dataset.train
+  want = cooccurrence.neighbor_lists(train.offsets_U1, train.items_N, dataset.num_items, 4,
+                                     window=2)
+  np.testing.assert_array_equal(got, want)
+  assert (got[1:, 0] > 0).mean() > 0.9  # the synthetic items nearly all have a neighbour
+  # Off by default: no neighbour array at all.
+  spec = run_lib.spec_from_config(tiny_config(tmp_path, **{"model.item_mode": "sum"}))
+  assert run_lib.model_inputs(dataset, spec.model)["item_content"].neighbors_VxK is None

@@ -455,3 +455,59 @@ def test_further_targets_refuse_bad_settings():
   with pytest.raises(ValueError, match="one row per position"):
     losses.softmax_cross_entropy(user, table, bias, targets, weights,
                                  further_NxK=jnp.zeros((3, 2), jnp.int32), further_weight=0.3)
+
+
+def test_position_weights_example_and_loop():
+  mask = jnp.array([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], bool)
+  resets = jnp.array([[1, 0, 0, 1, 0], [1, 0, 0, 0, 0]], bool)
+  np.testing.assert_array_equal(losses.position_weights(mask, resets), mask.astype(np.float32))
+  np.testing.assert_allclose(losses.position_weights(mask, resets, user_weight_power=1.0),
+                             [[1 / 3, 1 / 3, 1 / 3, 1, 0], [0.5, 0.5, 0, 0, 0]], rtol=1e-6)
+  np.testing.assert_allclose(losses.position_weights(mask, resets, recency_weight=1.0),
+                             [[1, 1.5, 2, 1, 0], [1, 2, 0, 0, 0]], rtol=1e-6)
+  # A loop over random packed rows: each history's weights by the definition.
+  rng = np.random.default_rng(0)
+  mask = rng.random((6, 12)) < 0.8
+  resets = (rng.random((6, 12)) < 0.25) | (np.arange(12) == 0)
+  got = np.asarray(losses.position_weights(jnp.asarray(mask), jnp.asarray(resets),
+                                           user_weight_power=0.5, recency_weight=2.0))
+  for b in range(6):
+    seg = np.cumsum(resets[b])
+    for s in np.unique(seg):
+      real = np.flatnonzero((seg == s) & mask[b])
+      n = len(real)
+      for t, j in enumerate(real):
+        want = n ** -0.5 * (1 + 2.0 * t / max(n - 1, 1))
+        np.testing.assert_allclose(got[b, j], want, rtol=1e-6)
+    assert not got[b][~mask[b]].any()
+
+
+def test_position_weights_weigh_the_step_loss():
+  """loss.user_weight_power / recency_weight: the step's loss is the weighted mean of the
+  per-position cross-entropies with `position_weights`."""
+  import helpers  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.train import steps  # pylint: disable=g-import-not-at-top
+
+  cfg = helpers.model_config(12, embed_dim=8, hidden_size=8, embed_dropout=0.0,
+                             output_dropout=0.0, lstm_impl="xla")
+  model = nnx.merge(*model_lib.create_model(cfg, 0))
+  inputs = jnp.array([[1, 2, 3, 4, 5, 0], [6, 7, 8, 0, 0, 0]])
+  batch = {"inputs_BxL": inputs, "mask_BxL": inputs > 0,
+           "resets_BxL": jnp.array([[1, 0, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]], bool),
+           "targets_BxL": jnp.array([[2, 3, 4, 5, 9, 0], [7, 8, 10, 0, 0, 0]])}
+  user = helpers.forward(model, batch["inputs_BxL"], batch["mask_BxL"], batch["resets_BxL"])
+  table = model.item_tables(None)[1]
+  user_NxE, targets_N = user.reshape(-1, 8), batch["targets_BxL"].reshape(-1)
+  for power, recency in ((0.0, 0.0), (1.0, 0.0), (0.0, 3.0), (0.5, 1.0)):
+    w = losses.position_weights(batch["mask_BxL"], batch["resets_BxL"],
+                                user_weight_power=power, recency_weight=recency).reshape(-1)
+    want = _numpy_ce(user_NxE, table, None, targets_N, w)
+    loss_cfg = _cfg(kind="full", user_weight_power=power, recency_weight=recency)
+    got = steps.sequence_loss(model, batch, None, loss_cfg, None)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+  with pytest.raises(ValueError, match="user_weight_power=1.5 must be in"):
+    _cfg(user_weight_power=1.5)
+  with pytest.raises(ValueError, match="recency_weight=-1.0 must be >= 0"):
+    _cfg(recency_weight=-1.0)

@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import tiny_config
+from flax import nnx
+
+from helpers import forward, tiny_config
 from lstmrec_jax import run as run_lib
 from lstmrec_jax.serving import bundle as bundle_lib
 from lstmrec_jax.scoring import streaming as fns
@@ -129,10 +131,26 @@ def test_eval_step_ranks_empty_histories_by_popularity(tmp_path):
   assert int(fallback[0]) == int((counts[1:] >= counts[target]).sum()) - 1
 
 
-def test_bundle_loads_without_the_training_data(tmp_path):
-  rec, _ = _recommender(tmp_path, **{"model.item_mode": "sum", "model.num_layers": 2})
+@pytest.mark.parametrize("overrides", [
+    {}, {"model.item_neighbors": 3, "model.neighbor_weight": 0.5},
+    {"model.item_mode": "id", "model.item_neighbors": 3}],
+    ids=["hybrid", "neighbors", "id_neighbors"])
+def test_bundle_loads_without_the_training_data(tmp_path, overrides):
+  """The data-derived arrays (content, co-occurrence neighbours) travel in the bundle: the
+  loaded model ranks as the run's does."""
+  rec, run = _recommender(tmp_path, **{"model.item_mode": "sum", "model.num_layers": 2,
+                                       **overrides})
   history = list(rec.item_keys[3:12])
   want = rec.recommend(history, k=10)
+  # The run's own model ranks these items the same (the bundle built from the run's arrays).
+  model = nnx.merge(run.graphdef, run.params, run.consts)
+  ids = jnp.asarray([[rec.item_id(x) for x in history]])
+  user = forward(model, ids, ids > 0)[0, -1]
+  scores = np.array(model.score(user))
+  scores[[rec.item_id(x) for x in history]] = -np.inf
+  assert [rec.item_id(x) for x in want.items] == list(np.argsort(-scores, kind="stable")[:10])
+  if "model.item_neighbors" in overrides:
+    assert rec.bundle.content["neighbors_VxK"].shape == (rec.num_items, 3)
   out = bundle_lib.save(rec.bundle, tmp_path / "bundle")
   shutil.rmtree(tmp_path / "cache")  # the synthetic data's only copy on disk
   loaded = Recommender.load(out)

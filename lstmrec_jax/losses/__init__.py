@@ -29,6 +29,7 @@ from lstmrec_jax.losses.core import loss_names
 from lstmrec_jax.losses.core import needs_log_q
 from lstmrec_jax.losses.core import needs_transitions
 from lstmrec_jax.losses.core import popularity_log_q
+from lstmrec_jax.losses.core import position_weights
 from lstmrec_jax.losses.core import register_loss
 from lstmrec_jax.losses.core import register_vocab_parallel
 from lstmrec_jax.losses.core import rows_read

@@ -268,6 +268,35 @@ def _segments(resets_BxL, b, l):
   return jnp.cumsum(resets_BxL.astype(jnp.int32), axis=1)
 
 
+def position_weights(mask_BxL: jax.Array, resets_BxL: jax.Array | None, *,
+                     user_weight_power: float = 0.0, recency_weight: float = 0.0) -> jax.Array:
+  """f32 [B, L] loss weights of the real positions (0 elsewhere), by place in their history.
+
+  A packed history (resets start one) of n real positions gets n^-user_weight_power per
+  position, times 1 + recency_weight x t / (n - 1) at its t-th position (t from 0; 1 for n = 1).
+  Both 0: the mask (every event alike). The losses divide by the sum of the weights, so only
+  their ratios matter.
+
+  Example: mask [[1, 1, 1, 1]], resets [[1, 0, 0, 1]], power 1, recency 0 ->
+  [[1/3, 1/3, 1/3, 1]].
+  """
+  mask_BxL = mask_BxL.astype(bool)
+  b, l = mask_BxL.shape
+  weights_BxL = mask_BxL.astype(jnp.float32)
+  if not user_weight_power and not recency_weight:
+    return weights_BxL
+  segment_BxL = _segments(resets_BxL, b, l)
+  same_BxLxL = ((segment_BxL[:, :, None] == segment_BxL[:, None, :])
+                & mask_BxL[:, None, :])  # [b, t, j]: j a real position of t's history
+  n_BxL = same_BxLxL.sum(axis=2).astype(jnp.float32)
+  t_BxL = (same_BxLxL & jnp.tril(jnp.ones((l, l), bool))).sum(axis=2).astype(jnp.float32) - 1.0
+  if user_weight_power:
+    weights_BxL = weights_BxL * jnp.maximum(n_BxL, 1.0) ** -user_weight_power
+  if recency_weight:
+    weights_BxL = weights_BxL * (1.0 + recency_weight * t_BxL / jnp.maximum(n_BxL - 1.0, 1.0))
+  return jnp.where(mask_BxL, weights_BxL, 0.0)
+
+
 def seen_exclusions(inputs_BxL: jax.Array, targets_BxL: jax.Array,
                     resets_BxL: jax.Array | None = None) -> jax.Array:
   """The items each position has already seen in its own history: `exclude_NxS` of the losses.
@@ -850,6 +879,11 @@ class LossConfig:
   intent_clusters: int
   intent_temperature: float
   intent_start_epoch: int
+  # Per-position weights within each user's history (`position_weights`): each of a history's n
+  # positions weighs n^-user_weight_power (0: every event alike, 1: every user alike in all),
+  # and position t of it 1 + recency_weight x t / (n - 1) (later events weigh more).
+  user_weight_power: float
+  recency_weight: float
 
   def __post_init__(self):
     problems = []
@@ -886,7 +920,10 @@ class LossConfig:
       bad("further_weight", "must be in [0, 1]")
     if self.row_block is not None and self.row_block < 1:
       bad("row_block", "must be None or >= 1")
-    for key in ("target_contrastive_weight", "intent_weight", "intent_start_epoch"):
+    if not 0.0 <= self.user_weight_power <= 1.0:
+      bad("user_weight_power", "must be in [0, 1]")
+    for key in ("target_contrastive_weight", "intent_weight", "intent_start_epoch",
+                "recency_weight"):
       if getattr(self, key) < 0:
         bad(key, "must be >= 0")
     for key in ("target_contrastive_temperature", "intent_temperature"):

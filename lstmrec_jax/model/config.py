@@ -74,6 +74,12 @@ class ModelConfig:
   title_min_count: int
   title_embed_dim: int
   title_hidden_size: int
+  # One step of propagation over the item co-occurrence graph (content modes): each row adds
+  # neighbor_weight x the mean of its item_neighbors neighbours' rows (model/content.py).
+  item_neighbors: int
+  neighbor_weight: float
+  neighbor_gradient: bool
+  neighbor_window: int
   # Devices the item tables are split over (the `model` axis of a data x model mesh, the
   # vocabulary-parallel softmax of losses/vocab_parallel.py); the tables get zero rows up to a
   # multiple of it (`table_rows`). 1 = every table whole on every device.
@@ -101,7 +107,9 @@ class ModelConfig:
                 "title_max_tokens", "title_min_count", "title_embed_dim", "title_hidden_size"):
       if getattr(self, key) < 1:
         bad(key, "must be >= 1")
-    for key in ("ffn_dim", "max_attributes"):
+    if self.neighbor_window < 1:
+      bad("neighbor_window", "must be >= 1")
+    for key in ("ffn_dim", "max_attributes", "item_neighbors"):
       if getattr(self, key) < 0:
         bad(key, "must be >= 0")
     for key in ("embed_dropout", "layer_dropout", "output_dropout", "attention_dropout",

@@ -70,13 +70,16 @@ class ContentInputs:
   num_attrs: int = 1  # attribute table size including the padding id 0
   tokens_VxT: Any = None  # int [V, T] title token ids, right-padded with 0; None: no titles
   vocab_size: int = 2  # token table size including padding (0) and unknown (1)
+  # int [V, K] co-occurring item ids from 1, 0 pad (model.item_neighbors); None: no propagation
+  neighbors_VxK: Any = None
 
   def __post_init__(self):
     num_items = np.shape(self.known_V)[0]
-    if self.attrs_VxA is None and self.tokens_VxT is None:
-      raise ValueError("ContentInputs has neither attributes nor title tokens")
+    if self.attrs_VxA is None and self.tokens_VxT is None and self.neighbors_VxK is None:
+      raise ValueError("ContentInputs has neither attributes, title tokens nor neighbours")
     for name, arr, size in (("attrs_VxA", self.attrs_VxA, self.num_attrs),
-                            ("tokens_VxT", self.tokens_VxT, self.vocab_size)):
+                            ("tokens_VxT", self.tokens_VxT, self.vocab_size),
+                            ("neighbors_VxK", self.neighbors_VxK, num_items)):
       if arr is None:
         continue
       if np.ndim(arr) != 2 or np.shape(arr)[0] != num_items:
@@ -123,6 +126,17 @@ def attribute_mean(table_NxE: jax.Array, ids_VxA: jax.Array) -> jax.Array:
   return sum_VxE / jnp.maximum(count_V, 1.0)[:, None]
 
 
+def propagate(table_VxE: jax.Array, neighbors_VxK: jax.Array, weight: float,
+              gradient: bool = True) -> jax.Array:
+  """One step over the item co-occurrence graph (`model.item_neighbors`), in f32:
+  row v + weight x the mean of the rows of v's neighbours (as they are before this step); a row
+  without neighbours (all 0) is kept as it is. gradient=False: the neighbours' mean is a
+  constant of the step (no gradient reaches the neighbours' rows through it)."""
+  table_VxE = table_VxE.astype(jnp.float32)
+  mean_VxE = attribute_mean(table_VxE, neighbors_VxK)
+  return table_VxE + weight * (mean_VxE if gradient else jax.lax.stop_gradient(mean_VxE))
+
+
 class TitleEncoder(nnx.Module):
   """An LSTM over each title's token embeddings (the functional core), final state -> E."""
 
@@ -164,7 +178,8 @@ class HybridItemRepr(nnx.Module):
                cold_id: str = "drop", cold_content_grad: bool = True,
                use_attributes: bool = True, use_titles: bool = True,
                title_embed_dim: int = 64, title_hidden_size: int = 64, param_dtype=jnp.float32,
-               compute_dtype=jnp.float32, rngs: nnx.Rngs, rows: int | None = None):
+               compute_dtype=jnp.float32, rngs: nnx.Rngs, rows: int | None = None,
+               neighbor_weight: float = 1.0, neighbor_gradient: bool = True):
     if mode not in CONTENT_MODES:
       raise ValueError(f"HybridItemRepr mode must be one of {CONTENT_MODES}, got {mode!r}")
     if cold_id not in COLD_ID_MODES:
@@ -187,6 +202,10 @@ class HybridItemRepr(nnx.Module):
     else:
       self.embedding = None
     self.known_V = ContentConst(jnp.asarray(content.known_V, bool))
+    self.neighbors_VxK = (None if content.neighbors_VxK is None
+                          else ContentConst(jnp.asarray(content.neighbors_VxK, jnp.int32)))
+    self.neighbor_weight = float(neighbor_weight)
+    self.neighbor_gradient = bool(neighbor_gradient)
     self.attributes = (AttributeBag(content.attrs_VxA, content.num_attrs, embed_dim,
                                     param_dtype=param_dtype, rngs=rngs)
                        if use_attributes else None)
@@ -234,6 +253,10 @@ class HybridItemRepr(nnx.Module):
   def padded_table(self, id_keep_V: jax.Array | None = None, *,
                    rows: jax.Array | None = None) -> jax.Array:
     """`table` with the zero rows up to the id table's rows (ModelConfig.table_rows)."""
+    if rows is not None and self.neighbors_VxK is not None:
+      # The propagation below reads each row's neighbours: compute their content too.
+      rows = rows.reshape(-1)
+      rows = jnp.concatenate([rows, jnp.take(self.neighbors_VxK[...], rows, axis=0).reshape(-1)])
     content_VxE = pad_rows(self.content(rows), self.rows)
     known_V1 = pad_rows(self.known_V[...], self.rows, False)[:, None]
     if id_keep_V is not None:
@@ -260,6 +283,9 @@ class HybridItemRepr(nnx.Module):
         if id_keep_V is not None:
           g_VxE = jnp.where(id_keep_V[:, None], g_VxE, 0.0)
         table_VxE = g_VxE * id_VxE + (1.0 - g_VxE) * content_VxE
+    if self.neighbors_VxK is not None:
+      table_VxE = propagate(table_VxE, pad_rows(self.neighbors_VxK[...], self.rows, 0),
+                            self.neighbor_weight, self.neighbor_gradient)
     # Row 0 is padding: zero, like the inputs' padding positions.
     return table_VxE.at[0].set(0.0).astype(self.param_dtype)
 
@@ -277,7 +303,8 @@ def _content_builder(mode: str):
         cold_content_grad=cfg.cold_content_grad, use_attributes=cfg.content_attributes,
         use_titles=cfg.content_titles, title_embed_dim=cfg.title_embed_dim,
         title_hidden_size=cfg.title_hidden_size, param_dtype=jnp.dtype(cfg.param_dtype),
-        compute_dtype=jnp.dtype(cfg.compute_dtype), rngs=rngs, rows=cfg.table_rows)
+        compute_dtype=jnp.dtype(cfg.compute_dtype), rngs=rngs, rows=cfg.table_rows,
+        neighbor_weight=cfg.neighbor_weight, neighbor_gradient=cfg.neighbor_gradient)
 
   build.__name__ = f"build_{mode}_items"
   return build

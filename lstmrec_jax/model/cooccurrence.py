@@ -24,9 +24,9 @@ import scipy.sparse
 from lstmrec_jax.errors import ConfigError
 
 
-def ppmi_matrix(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int,
-                window: int) -> scipy.sparse.csr_matrix:
-  """The V x V symmetric PPMI matrix of item pairs within `window` positions in one sequence.
+def cooccurrence_counts(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int,
+                        window: int) -> scipy.sparse.csr_matrix:
+  """The V x V symmetric counts of item pairs within `window` positions in one sequence.
 
   Example: one sequence [1, 2, 3], window 1 -> pairs (1, 2), (2, 3), counted both ways.
   """
@@ -43,8 +43,14 @@ def ppmi_matrix(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int,
   b = np.concatenate(b_parts + a_parts).astype(np.int64)
   keep = (a != b) & (a > 0) & (b > 0)
   a, b = a[keep], b[keep]
-  counts = scipy.sparse.coo_matrix((np.ones(len(a), np.float64), (a, b)),
-                                   shape=(num_items, num_items)).tocsr()  # sums duplicates
+  return scipy.sparse.coo_matrix((np.ones(len(a), np.float64), (a, b)),
+                                 shape=(num_items, num_items)).tocsr()  # sums duplicates
+
+
+def ppmi_matrix(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int,
+                window: int) -> scipy.sparse.csr_matrix:
+  """The V x V symmetric PPMI matrix of `cooccurrence_counts`."""
+  counts = cooccurrence_counts(offsets_U1, items_N, num_items, window)
   total = counts.sum()
   if total == 0:
     return counts
@@ -54,6 +60,33 @@ def ppmi_matrix(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int,
   pos = pmi > 0
   return scipy.sparse.csr_matrix((pmi[pos], (coo.row[pos], coo.col[pos])),
                                  shape=(num_items, num_items))
+
+
+def neighbor_lists(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int, k: int, *,
+                   window: int) -> np.ndarray:
+  """int32 [V, k]: each item's k most frequent co-occurring items (0 pads rows with fewer).
+
+  Counted as `cooccurrence_counts` (training sequences only); ties go to the pair with the
+  higher PMI (the rarer partner), then to the lower id, so the lists are deterministic. Row 0
+  (padding) and items without a co-occurrence get no neighbour.
+  Example: sequences [1, 2, 3] and [1, 2], window 1, k 1 -> item 1: [2], 2: [1], 3: [2].
+  """
+  if k < 1:
+    raise ValueError(f"k must be >= 1, got {k}")
+  counts = cooccurrence_counts(offsets_U1, items_N, num_items, window).tocoo()
+  out = np.zeros((num_items, k), np.int32)
+  if counts.nnz == 0:
+    return out
+  marginal = np.bincount(counts.row, weights=counts.data, minlength=num_items)
+  # lexsort's last key sorts first: row, then count (descending), then the partner's marginal
+  # (ascending: the higher PMI for equal counts), then the partner's id.
+  order = np.lexsort((counts.col, marginal[counts.col], -counts.data, counts.row))
+  rows, cols = counts.row[order], counts.col[order]
+  starts = np.searchsorted(rows, np.arange(num_items))
+  rank = np.arange(len(rows)) - starts[rows]
+  keep = rank < k
+  out[rows[keep], rank[keep]] = cols[keep]
+  return out
 
 
 def randomized_svd(m: scipy.sparse.csr_matrix, k: int, *, seed: int, oversample: int = 16,

@@ -41,18 +41,30 @@ class ItemEmbedding(nnx.Module):
   """
 
   def __init__(self, num_items: int, embed_dim: int, *, param_dtype, rngs: nnx.Rngs,
-               rows: int | None = None):
+               rows: int | None = None, neighbors_VxK=None, neighbor_weight: float = 1.0,
+               neighbor_gradient: bool = True):
     # std 1/sqrt(E) gives unit-norm embeddings: O(1) LSTM inputs and dot-product scores.
     self.num_items = num_items
     self.embedding = nnx.Param(table_param(rngs.params(), num_items, rows or num_items,
                                            embed_dim, param_dtype))
+    # `model.item_neighbors`: one propagation step over the co-occurrence graph (content.py).
+    self.neighbors_VxK = (None if neighbors_VxK is None
+                          else content_lib.ContentConst(jnp.asarray(neighbors_VxK, jnp.int32)))
+    self.neighbor_weight = float(neighbor_weight)
+    self.neighbor_gradient = bool(neighbor_gradient)
 
   # id_keep_V: HybridItemRepr's id-dropout mask; an id-only item has nothing to fall back to,
   # so ModelConfig refuses id_dropout here and the mask is always None.
   def padded_table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
     """The item table with its zero padding rows (table_rows x E)."""
     del id_keep_V
-    return self.embedding[...]
+    if self.neighbors_VxK is None:
+      return self.embedding[...]
+    table_VxE = self.embedding[...]
+    nbrs_VxK = pad_rows(self.neighbors_VxK[...], table_VxE.shape[0], 0)
+    return content_lib.propagate(table_VxE, nbrs_VxK, self.neighbor_weight,
+                                 self.neighbor_gradient).astype(
+        table_VxE.dtype)
 
   def table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
     """The V x E item table."""
@@ -61,10 +73,12 @@ class ItemEmbedding(nnx.Module):
 
 @register_item_repr("id")
 def _id_items(cfg: ModelConfig, *, rngs: nnx.Rngs, item_content=None) -> ItemEmbedding:
-  """The id-only item table (item content, if any, is not used)."""
-  del item_content
+  """The id-only item table (item content, if any, is not used; its neighbour lists are)."""
+  neighbors_VxK = None if item_content is None else item_content.neighbors_VxK
   return ItemEmbedding(cfg.num_items, cfg.embed_dim, param_dtype=jnp.dtype(cfg.param_dtype),
-                       rngs=rngs, rows=cfg.table_rows)
+                       rngs=rngs, rows=cfg.table_rows, neighbors_VxK=neighbors_VxK,
+                       neighbor_weight=cfg.neighbor_weight,
+                       neighbor_gradient=cfg.neighbor_gradient)
 
 
 class SeqRecModel(nnx.Module):

@@ -325,6 +325,7 @@ def load(path: str | os.PathLike, *, expect_sha256: str | None = None) -> Bundle
         content.update(meta.get("content_scalars", {}))
         content.setdefault("attrs_VxA", None)
         content.setdefault("tokens_VxT", None)
+        content.setdefault("neighbors_VxK", None)
     item_keys = json.loads((path / "items.json").read_text())
     rest = {k: meta[k] for k in ("source", "dataset", "exported", "created", "jax_version")
             if k in meta}

@@ -116,6 +116,10 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
   split = uses_vocab_parallel(mesh, loss_cfg)
   targets_N = batch["targets_BxL"].reshape(-1)
   weights_N = (targets_N > 0).astype(jnp.float32)
+  if loss_cfg.user_weight_power or loss_cfg.recency_weight:
+    weights_N = weights_N * losses.position_weights(
+        batch["mask_BxL"], batch.get("resets_BxL"), user_weight_power=loss_cfg.user_weight_power,
+        recency_weight=loss_cfg.recency_weight).reshape(-1)
   neg_key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
   rows = _rows_read(model, batch, loss_cfg, neg_key, log_q_V, adv_cfg, aug_cfg)
   # Split: the tables as the parameters hold them (padding rows included, sharded by row).
