@@ -139,9 +139,11 @@ def child(args) -> None:
 
   _, overrides = VARIANTS[args.variant]
   c = beauty.get_config()
-  # Variants are f32 unless they say otherwise (configs/beauty.py takes the bf16 softmax since
-  # stop 39): the rows measured before keep their meaning, and bf16 is a named variant.
+  # Variants are f32 and without the item neighbours unless they say otherwise (configs/beauty.py
+  # takes the bf16 softmax since stop 39 and the neighbours since stop 40): the rows measured
+  # before keep their meaning, and bf16 and the neighbours are named variants.
   c.loss.compute_dtype = "float32"
+  c.model.item_neighbors = 0
   c.data.path = args.data
   c.data.attributes_path = str(pathlib.Path(args.data).parent / "Beauty_item2attributes.json")
   c.data.cache_dir = args.cache_dir
