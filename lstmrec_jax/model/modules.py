@@ -48,23 +48,18 @@ class ItemEmbedding(nnx.Module):
     self.embedding = nnx.Param(table_param(rngs.params(), num_items, rows or num_items,
                                            embed_dim, param_dtype))
     # `model.item_neighbors`: one propagation step over the co-occurrence graph (content.py).
-    self.neighbors_VxK = (None if neighbors_VxK is None
-                          else content_lib.ContentConst(jnp.asarray(neighbors_VxK, jnp.int32)))
-    self.neighbor_weight = float(neighbor_weight)
-    self.neighbor_gradient = bool(neighbor_gradient)
+    self.neighbors = (None if neighbors_VxK is None
+                      else content_lib.NeighborGraph(neighbors_VxK, rows or num_items,
+                                                     neighbor_weight, neighbor_gradient))
 
   # id_keep_V: HybridItemRepr's id-dropout mask; an id-only item has nothing to fall back to,
   # so ModelConfig refuses id_dropout here and the mask is always None.
   def padded_table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
     """The item table with its zero padding rows (table_rows x E)."""
     del id_keep_V
-    if self.neighbors_VxK is None:
+    if self.neighbors is None:
       return self.embedding[...]
-    table_VxE = self.embedding[...]
-    nbrs_VxK = pad_rows(self.neighbors_VxK[...], table_VxE.shape[0], 0)
-    return content_lib.propagate(table_VxE, nbrs_VxK, self.neighbor_weight,
-                                 self.neighbor_gradient).astype(
-        table_VxE.dtype)
+    return self.neighbors(self.embedding[...]).astype(self.embedding[...].dtype)
 
   def table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
     """The V x E item table."""
