@@ -11,7 +11,7 @@ against 13-15 min. Measured over seeds 0, 1, 2 (2026-12-05, docs/results.md): te
 +0.0003 / +0.0025), validation 0.0811 / 0.0809 / 0.0816 against 0.0802 / 0.0790 / 0.0805. At
 dropout 0.5 the wide model plateaus from epoch 6 (test 0.0594, seed 0): the extra width needs
 the extra dropout. Since stop 40 the recipe (with its item neighbours) is above this config:
-0.0633 +- 0.0005 at half the compute.
+0.0630 +- 0.0002 at half the compute.
 """
 
 from lstmrec_jax.configs import beauty
