@@ -74,7 +74,7 @@ class ModelConfig:
   title_min_count: int
   title_embed_dim: int
   title_hidden_size: int
-  # One step of propagation over the item co-occurrence graph (content modes): each row adds
+  # One step of propagation over the item co-occurrence graph (any item mode): each row adds
   # neighbor_weight x the mean of its item_neighbors neighbours' rows (model/content.py).
   item_neighbors: int
   neighbor_weight: float
