@@ -193,12 +193,16 @@ class NeighborGraph(nnx.Module):
   def __init__(self, neighbors_VxK, rows: int, weight: float, gradient: bool = True):
     nb = np.asarray(neighbors_VxK, np.int32)
     nb = np.pad(nb, ((0, rows - nb.shape[0]), (0, 0)))  # zero rows: no neighbours
-    reverse, src, dst = reverse_neighbors(nb)
     self.neighbors_VxK = ContentConst(jnp.asarray(nb))
-    self.reverse_VxD = ContentConst(jnp.asarray(reverse))
-    self.overflow_src_O = ContentConst(jnp.asarray(src))
-    self.overflow_dst_O = ContentConst(jnp.asarray(dst))
     self.weight, self.gradient = float(weight), bool(gradient)
+    # The reverse lists serve the backward only: a constant mean (gradient=False) has none.
+    if self.gradient:
+      reverse, src, dst = reverse_neighbors(nb)
+      self.reverse_VxD = ContentConst(jnp.asarray(reverse))
+      self.overflow_src_O = ContentConst(jnp.asarray(src))
+      self.overflow_dst_O = ContentConst(jnp.asarray(dst))
+    else:
+      self.reverse_VxD = self.overflow_src_O = self.overflow_dst_O = None
 
   def __call__(self, table_VxE: jax.Array) -> jax.Array:
     table_VxE = table_VxE.astype(jnp.float32)

@@ -57,9 +57,10 @@ class ItemEmbedding(nnx.Module):
   def padded_table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
     """The item table with its zero padding rows (table_rows x E)."""
     del id_keep_V
+    table_VxE = self.embedding[...]
     if self.neighbors is None:
-      return self.embedding[...]
-    return self.neighbors(self.embedding[...]).astype(self.embedding[...].dtype)
+      return table_VxE
+    return self.neighbors(table_VxE).astype(table_VxE.dtype)
 
   def table(self, id_keep_V: jax.Array | None = None) -> jax.Array:
     """The V x E item table."""
