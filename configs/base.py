@@ -136,6 +136,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # rows through it; a gather forward, no scatter-add backward: cheaper on CPU)
   c.model.neighbor_gradient = True
   c.model.neighbor_window = 3  # positions apart that count as co-occurring, >= 1
+  # How partners rank: "count" (the most frequent first) or "cosine" (count / sqrt(n_a n_b), n the
+  # items' total co-occurrences: specific partners before popular ones)
+  c.model.neighbor_score = "count"
 
   c.cold_start = ml_collections.ConfigDict()
   c.cold_start.item_fraction = 0.0  # share of items removed from training entirely, in [0, 1)

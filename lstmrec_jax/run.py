@@ -317,11 +317,13 @@ def model_inputs(dataset, model_cfg) -> dict[str, Any]:
   if model_cfg.item_neighbors:
     neighbors_VxK = cooccurrence.neighbor_lists(
         dataset.train.offsets_U1, dataset.train.items_N, dataset.num_items,
-        model_cfg.item_neighbors, window=model_cfg.neighbor_window)
+        model_cfg.item_neighbors, window=model_cfg.neighbor_window,
+        score=model_cfg.neighbor_score)
     logging.info("model.item_neighbors=%d: %d of %d items have co-occurring neighbours in the "
-                 "training sequences (window %d), %.1f on average", model_cfg.item_neighbors,
-                 int((neighbors_VxK[:, 0] > 0).sum()), dataset.num_items - 1,
-                 model_cfg.neighbor_window, float((neighbors_VxK > 0).sum(1)[1:].mean()))
+                 "training sequences (window %d, ranked by %s), %.1f on average",
+                 model_cfg.item_neighbors, int((neighbors_VxK[:, 0] > 0).sum()),
+                 dataset.num_items - 1, model_cfg.neighbor_window, model_cfg.neighbor_score,
+                 float((neighbors_VxK > 0).sum(1)[1:].mean()))
   if model_cfg.item_mode == "id":
     if neighbors_VxK is None:
       return {}

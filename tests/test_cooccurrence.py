@@ -113,6 +113,22 @@ def test_neighbor_ties_go_to_the_rarer_partner_then_the_lower_id():
   np.testing.assert_array_equal(got[1], [3, 4, 2])
 
 
+def test_cosine_score_ranks_specific_partners_before_popular_ones():
+  # Item 1 meets 2 twice and 3 once; item 2 also meets 4, 5, 6 and 7 (popular: 6 co-occurrences),
+  # 3 meets nothing else. By count 2 ranks first; by cosine 1-3 scores 1 / sqrt(3 x 1) = 0.58
+  # against 1-2's 2 / sqrt(3 x 6) = 0.47, so 3 comes first.
+  s = Sequences.from_lists([[2, 1, 3], [1, 2], [4, 2, 5], [6, 2, 7]])
+  by_count = cooccurrence.neighbor_lists(s.offsets_U1, s.items_N, 8, 2, window=1)
+  by_cosine = cooccurrence.neighbor_lists(s.offsets_U1, s.items_N, 8, 2, window=1,
+                                          score="cosine")
+  np.testing.assert_array_equal(by_count[1], [2, 3])
+  np.testing.assert_array_equal(by_cosine[1], [3, 2])
+  # The same partners, only their order moves; items with one partner keep it.
+  np.testing.assert_array_equal(np.sort(by_count, axis=1), np.sort(by_cosine, axis=1))
+  with pytest.raises(ValueError, match="score must be one of"):
+    cooccurrence.neighbor_lists(s.offsets_U1, s.items_N, 8, 2, window=1, score="pmi")
+
+
 def test_model_inputs_take_neighbors_from_the_training_sequences_only(tmp_path):
   spec = run_lib.spec_from_config(tiny_config(
       tmp_path, **{"model.item_mode": "sum", "model.item_neighbors": 4,
@@ -120,9 +136,20 @@ def test_model_inputs_take_neighbors_from_the_training_sequences_only(tmp_path):
   dataset = run_lib.load_data(spec)
   got = run_lib.model_inputs(dataset, spec.model)["item_content"].neighbors_VxK
   train = dataset.train
-  want = cooccurrence.neighbor_lists(train.offsets_U1, train.items_N, dataset.num_items, 4,
-                                     window=2)
+  want = want_count = cooccurrence.neighbor_lists(
+      train.offsets_U1, train.items_N, dataset.num_items, 4, window=2)
   np.testing.assert_array_equal(got, want)
+  # model.neighbor_score reaches the lists.
+  spec = run_lib.spec_from_config(tiny_config(
+      tmp_path, **{"model.item_mode": "sum", "model.item_neighbors": 4,
+                   "model.neighbor_window": 2, "model.neighbor_score": "cosine"}))
+  got = run_lib.model_inputs(dataset, spec.model)["item_content"].neighbors_VxK
+  want = cooccurrence.neighbor_lists(train.offsets_U1, train.items_N, dataset.num_items, 4,
+                                     window=2, score="cosine")
+  np.testing.assert_array_equal(got, want)
+  assert (got != want_count).any()  # on this data a third of the lists change order or partner
+  with pytest.raises(ValueError, match="model.neighbor_score='pmi' must be"):
+    run_lib.spec_from_config(tiny_config(tmp_path, **{"model.neighbor_score": "pmi"}))
   assert (got[1:, 0] > 0).mean() > 0.9  # the synthetic items nearly all have a neighbour
   # Off by default: no neighbour array at all.
   spec = run_lib.spec_from_config(tiny_config(tmp_path, **{"model.item_mode": "sum"}))

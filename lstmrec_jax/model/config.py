@@ -80,6 +80,7 @@ class ModelConfig:
   neighbor_weight: float
   neighbor_gradient: bool
   neighbor_window: int
+  neighbor_score: str
   # Devices the item tables are split over (the `model` axis of a data x model mesh, the
   # vocabulary-parallel softmax of losses/vocab_parallel.py); the tables get zero rows up to a
   # multiple of it (`table_rows`). 1 = every table whole on every device.
@@ -109,6 +110,8 @@ class ModelConfig:
         bad(key, "must be >= 1")
     if self.neighbor_window < 1:
       bad("neighbor_window", "must be >= 1")
+    if self.neighbor_score not in ("count", "cosine"):
+      bad("neighbor_score", "must be 'count' or 'cosine'")
     for key in ("ffn_dim", "max_attributes", "item_neighbors"):
       if getattr(self, key) < 0:
         bad(key, "must be >= 0")

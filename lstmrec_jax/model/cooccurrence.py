@@ -62,25 +62,36 @@ def ppmi_matrix(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int,
                                  shape=(num_items, num_items))
 
 
-def neighbor_lists(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int, k: int, *,
-                   window: int) -> np.ndarray:
-  """int32 [V, k]: each item's k most frequent co-occurring items (0 pads rows with fewer).
+NEIGHBOR_SCORES = ("count", "cosine")
 
-  Counted as `cooccurrence_counts` (training sequences only); ties go to the pair with the
-  higher PMI (the rarer partner), then to the lower id, so the lists are deterministic. Row 0
-  (padding) and items without a co-occurrence get no neighbour.
+
+def neighbor_lists(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int, k: int, *,
+                   window: int, score: str = "count") -> np.ndarray:
+  """int32 [V, k]: each item's k best co-occurring items (0 pads rows with fewer).
+
+  Counted as `cooccurrence_counts` (training sequences only) and ranked by `score`:
+  - "count": the most frequent partners first;
+  - "cosine": count / sqrt(n_a n_b), n the items' total co-occurrences: a popular partner must
+    co-occur proportionally more often to rank first, so the lists favour specific partners.
+  Ties go to the pair with the higher PMI (the rarer partner), then to the lower id, so the lists
+  are deterministic. Row 0 (padding) and items without a co-occurrence get no neighbour.
   Example: sequences [1, 2, 3] and [1, 2], window 1, k 1 -> item 1: [2], 2: [1], 3: [2].
   """
   if k < 1:
     raise ValueError(f"k must be >= 1, got {k}")
+  if score not in NEIGHBOR_SCORES:
+    raise ValueError(f"score must be one of {NEIGHBOR_SCORES}, got {score!r}")
   counts = cooccurrence_counts(offsets_U1, items_N, num_items, window).tocoo()
   out = np.zeros((num_items, k), np.int32)
   if counts.nnz == 0:
     return out
   marginal = np.bincount(counts.row, weights=counts.data, minlength=num_items)
-  # lexsort's last key sorts first: row, then count (descending), then the partner's marginal
-  # (ascending: the higher PMI for equal counts), then the partner's id.
-  order = np.lexsort((counts.col, marginal[counts.col], -counts.data, counts.row))
+  value = counts.data
+  if score == "cosine":
+    value = value / np.sqrt(marginal[counts.row] * marginal[counts.col])
+  # lexsort's last key sorts first: row, then the score (descending), then the partner's
+  # marginal (ascending: the higher PMI for equal scores), then the partner's id.
+  order = np.lexsort((counts.col, marginal[counts.col], -value, counts.row))
   rows, cols = counts.row[order], counts.col[order]
   starts = np.searchsorted(rows, np.arange(num_items))
   rank = np.arange(len(rows)) - starts[rows]
