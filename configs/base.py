@@ -165,6 +165,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   # window, as an auxiliary target of the next-item model
   c.loss.further_targets = 0
   c.loss.further_weight = 0.0
+  # full and chunked: the co-occurrence teacher. Each position also predicts the `teacher_items`
+  # most frequent co-occurrence partners (training sequences, within `teacher_window` positions)
+  # of the item it has just read, each weighted teacher_weight x the partner's share of their
+  # counts, against the same softmax (0 = off): what an item-to-item model would predict from the
+  # last item, taught to the sequence model. Training only; scoring is unchanged.
+  c.loss.teacher_weight = 0.0
+  c.loss.teacher_items = 10
+  c.loss.teacher_window = 1
   c.loss.train_items_only = False  # the training softmax scores only items with a training event
   # (items new at test time are not trained as negatives); not with label_smoothing
   c.loss.compute_dtype = "float32"  # chunked: N x V matmul operands, float32 | bfloat16 (f32 sums)

@@ -371,6 +371,7 @@ class Run:
   params: Any  # initial parameters (host), a pure dict
   consts: Any  # the model's non-parameter state, replicated over `mesh`
   mesh: Any
+  _teacher: Any = dataclasses.field(default=None, repr=False)  # `teacher_lists`, once made
 
   def step_aux(self, steps_per_epoch: int | None = None) -> dict[str, Any]:
     """What the train step reads but never changes: constants, sampling log-q, candidate mask,
@@ -389,7 +390,24 @@ class Run:
       aux["item_mask_V"] = mesh_lib.replicate(trained_V, self.mesh)
     if log_q_V is not None:
       aux["log_q_V"] = mesh_lib.replicate(log_q_V, self.mesh)
+    if loss.teacher_weight:
+      aux["teacher_ids_VxK"], aux["teacher_probs_VxK"] = (
+          mesh_lib.replicate(jnp.asarray(x), self.mesh) for x in self.teacher_lists())
     return aux
+
+  def teacher_lists(self) -> tuple[np.ndarray, np.ndarray]:
+    """The co-occurrence teacher's partners and probabilities (`loss.teacher_weight`), from the
+    training sequences only; computed once per run."""
+    if self._teacher is None:
+      loss, train = self.spec.loss, self.dataset.train
+      ids, probs = cooccurrence.teacher_lists(train.offsets_U1, train.items_N,
+                                              self.dataset.num_items, loss.teacher_items,
+                                              window=loss.teacher_window)
+      logging.info("loss.teacher_weight=%g: %d of %d items teach up to %d partners (window %d)",
+                   loss.teacher_weight, int((ids[:, 0] > 0).sum()), self.dataset.num_items - 1,
+                   loss.teacher_items, loss.teacher_window)
+      self._teacher = (ids, probs)
+    return self._teacher
 
   def optimizer(self, total_steps: int, steps_per_epoch: int | None = None
                 ) -> optax.GradientTransformation:
@@ -453,7 +471,7 @@ def build_run(spec: RunSpec, *, num_devices: int | None = None, dataset=None) ->
     logging.warning("model.vocab_shards=%d but %d devices: the item tables are replicated",
                     shards, in_use)
     shards = 1
-  per_position = [f"loss.{key}" for key in ("exclude_seen", "further_targets")
+  per_position = [f"loss.{key}" for key in ("exclude_seen", "further_targets", "teacher_weight")
                   if getattr(spec.loss, key)]
   if shards > 1 and per_position:
     raise ConfigError(f"{' and '.join(per_position)} do not run with the item tables split over "

@@ -1,5 +1,8 @@
 """train.item_init="cooccurrence": the PPMI counts by hand, what the vectors keep, the model's
-id table replaced (and nothing else), a run that trains from it, and the settings it refuses."""
+id table replaced (and nothing else), a run that trains from it, and the settings it refuses;
+the item neighbours' and the co-occurrence teacher's lists."""
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -127,6 +130,54 @@ def test_cosine_score_ranks_specific_partners_before_popular_ones():
   np.testing.assert_array_equal(np.sort(by_count, axis=1), np.sort(by_cosine, axis=1))
   with pytest.raises(ValueError, match="score must be one of"):
     cooccurrence.neighbor_lists(s.offsets_U1, s.items_N, 8, 2, window=1, score="pmi")
+
+
+def test_teacher_lists_by_hand():
+  # [1, 2, 3] and [1, 2], window 1: counts (1,2) x2, (2,3) x1.
+  s = Sequences.from_lists([[1, 2, 3], [1, 2]])
+  ids, probs = cooccurrence.teacher_lists(s.offsets_U1, s.items_N, 5, 2, window=1)
+  np.testing.assert_array_equal(ids, [[0, 0], [2, 0], [1, 3], [2, 0], [0, 0]])
+  np.testing.assert_allclose(probs, [[0, 0], [1, 0], [2 / 3, 1 / 3], [1, 0], [0, 0]], rtol=1e-6)
+  assert ids.dtype == np.int32 and probs.dtype == np.float32
+  # k = 1 keeps the most frequent partner with all the probability.
+  ids, probs = cooccurrence.teacher_lists(s.offsets_U1, s.items_N, 5, 1, window=1)
+  np.testing.assert_array_equal(ids[:, 0], [0, 2, 1, 2, 0])
+  np.testing.assert_allclose(probs[:, 0], [0, 1, 1, 1, 0])
+
+
+def test_the_train_step_takes_the_teacher_from_the_training_sequences(tmp_path):
+  spec = run_lib.spec_from_config(tiny_config(
+      tmp_path, **{"loss.kind": "full", "loss.teacher_weight": 0.5, "loss.teacher_items": 3}))
+  run = run_lib.build_run(spec, num_devices=1)
+  aux = run.step_aux()
+  train = run.dataset.train
+  want_ids, want_probs = cooccurrence.teacher_lists(
+      train.offsets_U1, train.items_N, run.dataset.num_items, 3, window=1)
+  np.testing.assert_array_equal(aux["teacher_ids_VxK"], want_ids)
+  np.testing.assert_allclose(aux["teacher_probs_VxK"], want_probs)
+  # The step's loss is the plain loss plus the teacher's terms: larger, and different gradients.
+  import optax  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import optim  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.mesh import to_global  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.train import steps  # pylint: disable=g-import-not-at-top
+  batches = pipeline.TrainBatches(train, batch_size=spec.input.batch_size,
+                                  max_len=spec.input.max_len, seed=0, pack=True)
+  batch = to_global(next(iter(batches.epoch(0))), run.mesh)
+  tx = optax.sgd(0.0)
+  losses_seen = []
+  for teacher in (True, False):
+    aux_t = aux if teacher else {k: v for k, v in aux.items() if not k.startswith("teacher")}
+    loss_cfg = spec.loss if teacher else dataclasses.replace(spec.loss, teacher_weight=0.0)
+    state = optim.init_state(run.params, tx, 0)
+    _, out = steps.train_step(state, batch, aux_t, graphdef=run.graphdef, tx=tx,
+                              loss_cfg=loss_cfg)
+    losses_seen.append(float(out["loss"]))
+  assert losses_seen[0] > losses_seen[1] + 0.1, losses_seen
+  with pytest.raises(ValueError, match="needs the teacher's lists"):
+    steps.train_step(optim.init_state(run.params, tx, 0), batch,
+                     {k: v for k, v in aux.items() if not k.startswith("teacher")},
+                     graphdef=run.graphdef, tx=tx, loss_cfg=spec.loss)
 
 
 def test_model_inputs_take_neighbors_from_the_training_sequences_only(tmp_path):

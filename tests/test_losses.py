@@ -457,6 +457,69 @@ def test_further_targets_refuse_bad_settings():
                                  further_NxK=jnp.zeros((3, 2), jnp.int32), further_weight=0.3)
 
 
+def test_teacher_targets_example():
+  ids, w = losses.teacher_targets(jnp.array([[2, 0]]), jnp.array([[0, 0], [0, 0], [1, 3]]),
+                                  jnp.array([[0, 0], [0, 0], [0.75, 0.25]]), 0.5)
+  np.testing.assert_array_equal(ids, [[1, 3], [0, 0]])
+  np.testing.assert_allclose(w, [[0.375, 0.125], [0, 0]])
+
+
+@pytest.mark.parametrize("path", ["full", "one_pass", "one_pass_bf16", "chunks"])
+def test_teacher_weights_are_per_target_cross_entropy_terms(path):
+  """Per-target further weights (the co-occurrence teacher's): each target k of position n adds
+  w_n x p_nk x (lse_n - logit_nk), against numpy; gradients against the full loss."""
+  user, table, bias, targets, weights = _problem()
+  rng = np.random.default_rng(4)
+  further = rng.integers(0, V, (N, 3))
+  further[np.asarray(targets) == 0] = 0
+  p = rng.random((N, 3)).astype(np.float32)
+  further, p = jnp.array(further), jnp.array(p)
+  common = {"further_NxK": further, "further_weight": p}
+  fns = {"full": lambda u, t, b: losses.softmax_cross_entropy(
+             u, t, b, targets, weights, **common)[0],
+         "one_pass": lambda u, t, b: losses.chunked_softmax_cross_entropy(
+             u, t, b, targets, weights, chunk_size=1000, one_pass=True, **common)[0],
+         "one_pass_bf16": lambda u, t, b: losses.chunked_softmax_cross_entropy(
+             u, t, b, targets, weights, chunk_size=1000, one_pass=True,
+             compute_dtype="bfloat16", **common)[0],
+         "chunks": lambda u, t, b: losses.chunked_softmax_cross_entropy(
+             u, t, b, targets, weights, chunk_size=16, row_block=5, one_pass=False,
+             **common)[0]}
+  value, grads = jax.value_and_grad(fns[path], argnums=(0, 1, 2))(user, table, bias)
+  logits = np.asarray(user, np.float64) @ np.asarray(table, np.float64).T + np.asarray(
+      bias, np.float64)
+  real = logits[:, 1:]
+  lse = np.log(np.exp(real - real.max(1, keepdims=True)).sum(1)) + real.max(1)
+  t, f, pw = np.asarray(targets), np.asarray(further), np.asarray(p, np.float64)
+  w = np.where(t > 0, np.asarray(weights, np.float64), 0.0)
+  total = (w * (lse - logits[np.arange(N), t])).sum()
+  for j in range(3):
+    total += (np.where(f[:, j] > 0, pw[:, j] * w, 0.0) * (lse - logits[np.arange(N), f[:, j]])).sum()
+  tol = 2e-2 if path == "one_pass_bf16" else 1e-5
+  np.testing.assert_allclose(value, total / w.sum(), rtol=tol)
+  _, want = jax.value_and_grad(fns["full"], argnums=(0, 1, 2))(user, table, bias)
+  for g, wg in zip(grads, want):
+    np.testing.assert_allclose(g, wg, atol=tol * 0.1 if path == "one_pass_bf16" else 1e-6,
+                               rtol=tol)
+  # One weight per target, or one number: nothing else.
+  with pytest.raises(ValueError, match="one weight per further target"):
+    losses.softmax_cross_entropy(user, table, bias, targets, weights, further_NxK=further,
+                                 further_weight=p[:, :2])
+
+
+def test_teacher_refuses_bad_settings():
+  for overrides, key in (({"kind": "sampled"}, "teacher_weight"),
+                         ({"label_smoothing": 0.1}, "teacher_weight"),
+                         ({"exclude_seen": True}, "teacher_weight"),
+                         ({"further_targets": 2}, "teacher_weight"),
+                         ({"teacher_weight": -0.1}, "teacher_weight"),
+                         ({"teacher_items": 0}, "teacher_items"),
+                         ({"teacher_window": 0}, "teacher_window")):
+    with pytest.raises(ValueError, match=rf"loss\.{key}="):
+      _cfg(**{"teacher_weight": 0.3, **overrides})
+  _cfg(kind="full", teacher_weight=0.3)  # accepted
+
+
 def test_position_weights_example_and_loop():
   mask = jnp.array([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], bool)
   resets = jnp.array([[1, 0, 0, 1, 0], [1, 0, 0, 0, 0]], bool)

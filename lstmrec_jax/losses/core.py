@@ -122,9 +122,25 @@ def further_targets(targets_BxL: jax.Array, resets_BxL: jax.Array | None,
   return jnp.stack(columns, axis=-1).reshape(b * l, count)
 
 
+def teacher_targets(inputs_BxL: jax.Array, ids_VxK: jax.Array, probs_VxK: jax.Array,
+                    weight: float) -> tuple[jax.Array, jax.Array]:
+  """The co-occurrence teacher's further targets of every position: (ids_NxK, weights_NxK) =
+  the partners of the item the position has just read and weight x their probabilities (0 at
+  padding positions: their input is item 0, which has no partners).
+
+  Example: inputs [[2, 0]], partners of 2: ids [1, 3], probs [0.75, 0.25], weight 0.5 ->
+  ids [[1, 3], [0, 0]], weights [[0.375, 0.125], [0, 0]].
+  """
+  inputs_N = inputs_BxL.reshape(-1)
+  ids_NxK = jnp.take(ids_VxK, inputs_N, axis=0)
+  weights_NxK = weight * jnp.take(probs_VxK, inputs_N, axis=0).astype(jnp.float32)
+  return ids_NxK, jnp.where(ids_NxK > 0, weights_NxK, 0.0)
+
+
 def _further_weights(further_NxK, further_weight, weights_N, n, label_smoothing):
-  """(ids, f32 weights) of the further targets: `further_weight` x the position's weight where
-  an id is > 0; (None, None) without further targets."""
+  """(ids, f32 weights) of the further targets: `further_weight` (a number, or an array of one
+  weight per target, N x K) x the position's weight where an id is > 0; (None, None) without
+  further targets."""
   if further_NxK is None:
     return None, None
   if further_NxK.ndim != 2 or further_NxK.shape[0] != n:
@@ -133,6 +149,9 @@ def _further_weights(further_NxK, further_weight, weights_N, n, label_smoothing)
   if label_smoothing:
     raise ValueError("label smoothing does not combine with further targets (further_NxK)")
   further_NxK = further_NxK.astype(jnp.int32)
+  if jnp.ndim(further_weight) and jnp.shape(further_weight) != further_NxK.shape:
+    raise ValueError(f"further_weight has shape {jnp.shape(further_weight)}: it needs one weight "
+                     f"per further target ({further_NxK.shape}) or one number")
   weights_NxK = jnp.where(further_NxK > 0, further_weight * weights_N[:, None], 0.0)
   return further_NxK, weights_NxK
 
@@ -165,7 +184,7 @@ def softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array,
                           weights_N: jax.Array, *, label_smoothing: float = 0.0,
                           exclude_NxS: jax.Array | None = None,
                           further_NxK: jax.Array | None = None,
-                          further_weight: float = 0.0) -> tuple[jax.Array, dict]:
+                          further_weight: float | jax.Array = 0.0) -> tuple[jax.Array, dict]:
   """Full-catalog softmax cross-entropy, materialising the N x V logits.
 
   Args:
@@ -179,7 +198,8 @@ def softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array,
       has already seen (`seen_exclusions`); never its own target. None excludes nothing.
     further_NxK, further_weight: more targets of each position (item ids, 0 = none; e.g. the
       items after its next one, `further_targets`), each a cross-entropy term against the same
-      softmax weighted `further_weight` x the position's weight. The mean stays over the
+      softmax weighted `further_weight` (a number, or N x K: one per target, e.g. the
+      co-occurrence teacher's probabilities) x the position's weight. The mean stays over the
       next-item weights. Not with exclude_NxS or label smoothing.
 
   Returns:
@@ -519,7 +539,8 @@ def chunked_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
                                   one_pass: bool | None = None,
                                   exclude_NxS: jax.Array | None = None,
                                   further_NxK: jax.Array | None = None,
-                                  further_weight: float = 0.0) -> tuple[jax.Array, dict]:
+                                  further_weight: float | jax.Array = 0.0
+                                  ) -> tuple[jax.Array, dict]:
   """`softmax_cross_entropy` without materialising N x V logits, in the forward or backward pass.
 
   An online log-sum-exp runs over chunks of `chunk_size` items; a custom VJP recomputes each
@@ -858,6 +879,13 @@ class LossConfig:
   # (full and chunked only; the log-sum-exp is shared, so they cost a gather, not a softmax).
   further_targets: int
   further_weight: float
+  # The co-occurrence teacher: each position also predicts the `teacher_items` most frequent
+  # training co-occurrence partners (within `teacher_window` positions) of the item it has just
+  # read, each weighted teacher_weight x the partner's share of their counts, against the same
+  # softmax (full and chunked only; 0 = off). A training signal only: scoring is unchanged.
+  teacher_weight: float
+  teacher_items: int
+  teacher_window: int
   # Only items with a training event are candidates of the training softmax: items that are new
   # at test time (cold) are neither negatives nor pushed down. The trainer passes the mask as
   # aux["item_mask_V"] (and restricts the sampling distribution to those items).
@@ -918,6 +946,18 @@ class LossConfig:
       bad("further_targets", "does not combine with loss.label_smoothing or loss.exclude_seen")
     if not 0.0 <= self.further_weight <= 1.0:
       bad("further_weight", "must be in [0, 1]")
+    if self.teacher_weight < 0:
+      bad("teacher_weight", "must be >= 0")
+    elif self.teacher_weight and self.kind not in _EXCLUDE_SEEN_KINDS:
+      bad("teacher_weight", f"needs loss.kind full or chunked (an exact softmax over the "
+          f"catalog), not {self.kind!r}")
+    elif self.teacher_weight and (self.label_smoothing or self.exclude_seen
+                                  or self.further_targets):
+      bad("teacher_weight", "does not combine with loss.label_smoothing, loss.exclude_seen or "
+          "loss.further_targets")
+    for key in ("teacher_items", "teacher_window"):
+      if getattr(self, key) < 1:
+        bad(key, "must be >= 1")
     if self.row_block is not None and self.row_block < 1:
       bad("row_block", "must be None or >= 1")
     if not 0.0 <= self.user_weight_power <= 1.0:
@@ -956,25 +996,28 @@ def candidate_bias(bias_V: jax.Array | None, item_mask_V: jax.Array | None) -> j
   return jnp.where(item_mask_V, base_V, EXCLUDED_SCORE)
 
 
+# further_weight_NxK: one weight per further target (the co-occurrence teacher's), instead of
+# cfg.further_weight for all.
 @register_loss("full")
 def _full(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
-          item_mask_V, exclude_NxS=None, further_NxK=None):
+          item_mask_V, exclude_NxS=None, further_NxK=None, further_weight_NxK=None):
   del key, log_q_V
-  return softmax_cross_entropy(user_NxE, table_VxE, candidate_bias(bias_V, item_mask_V),
-                               targets_N, weights_N, label_smoothing=cfg.label_smoothing,
-                               exclude_NxS=exclude_NxS, further_NxK=further_NxK,
-                               further_weight=cfg.further_weight)[0]
+  return softmax_cross_entropy(
+      user_NxE, table_VxE, candidate_bias(bias_V, item_mask_V), targets_N, weights_N,
+      label_smoothing=cfg.label_smoothing, exclude_NxS=exclude_NxS, further_NxK=further_NxK,
+      further_weight=cfg.further_weight if further_weight_NxK is None else further_weight_NxK)[0]
 
 
 @register_loss("chunked")
 def _chunked(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key,
-             log_q_V, item_mask_V, exclude_NxS=None, further_NxK=None):
+             log_q_V, item_mask_V, exclude_NxS=None, further_NxK=None, further_weight_NxK=None):
   del key, log_q_V
   return chunked_softmax_cross_entropy(
       user_NxE, table_VxE, candidate_bias(bias_V, item_mask_V), targets_N, weights_N,
       chunk_size=cfg.chunk_size, label_smoothing=cfg.label_smoothing,
       compute_dtype=cfg.compute_dtype, row_block=cfg.row_block, one_pass=cfg.one_pass,
-      exclude_NxS=exclude_NxS, further_NxK=further_NxK, further_weight=cfg.further_weight)[0]
+      exclude_NxS=exclude_NxS, further_NxK=further_NxK,
+      further_weight=cfg.further_weight if further_weight_NxK is None else further_weight_NxK)[0]
 
 
 # The sampled losses leave item_mask_V to the sampling distribution: the trainer gives the items

@@ -100,6 +100,24 @@ def neighbor_lists(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int, 
   return out
 
 
+def teacher_lists(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int, k: int, *,
+                  window: int) -> tuple[np.ndarray, np.ndarray]:
+  """(int32 [V, k] partner ids, f32 [V, k] probabilities): each item's k most frequent
+  co-occurring items (`neighbor_lists` by count) and each one's share of their counts, the
+  distribution the co-occurrence teacher (`loss.teacher_weight`) pulls a position toward when
+  that item is the last one read. Rows without partners are all 0 (no term).
+  Example: sequences [1, 2, 3] and [1, 2], window 1, k 2 -> item 2: ids [1, 3], probs [2/3, 1/3].
+  """
+  ids = neighbor_lists(offsets_U1, items_N, num_items, k, window=window)
+  counts = cooccurrence_counts(offsets_U1, items_N, num_items, window)
+  rows = np.repeat(np.arange(num_items), k)
+  c = np.asarray(counts[rows, ids.reshape(-1)], np.float64).reshape(num_items, k)
+  c = np.where(ids > 0, c, 0.0)
+  total = c.sum(axis=1, keepdims=True)
+  probs = np.where(total > 0, c / np.maximum(total, 1e-12), 0.0).astype(np.float32)
+  return ids, probs
+
+
 def randomized_svd(m: scipy.sparse.csr_matrix, k: int, *, seed: int, oversample: int = 16,
                    power_iters: int = 4) -> tuple[np.ndarray, np.ndarray]:
   """The top-k left singular vectors and values of a square symmetric sparse `m`, approximately.

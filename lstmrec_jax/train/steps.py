@@ -95,7 +95,8 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
                            aug_cfg: Any = None, mesh=None, rl_cfg: rl_lib.RLConfig | None = None,
                            step: jax.Array | None = None, rl_start_step: Any = 0,
                            intents_KxE: jax.Array | None = None,
-                           intent_scale: jax.Array | float = 1.0
+                           intent_scale: jax.Array | float = 1.0,
+                           teacher_VxK: tuple[jax.Array, jax.Array] | None = None
                            ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(the `loss_cfg.kind` loss at every real position of the batch, scalars to log).
 
@@ -111,6 +112,8 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
   With `loss_cfg.intent_weight` > 0 and `intents_KxE` (the epoch's prototypes,
   `train/intents.py`), adds intent_weight x intent_scale x the prototype term
   (`contrastive.intent_nce`); its value joins the logs as "terms/intent_nce".
+  With `loss_cfg.teacher_weight` > 0, `teacher_VxK` = (partner ids, probabilities) of every item
+  (`run.Run.teacher_lists`): each position's further targets (`losses.teacher_targets`).
   """
   id_keep_V = model.id_keep_mask(dropout_key)  # None unless model.id_dropout > 0
   split = uses_vocab_parallel(mesh, loss_cfg)
@@ -127,15 +130,22 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
   loss_fn = losses.get_loss(loss_cfg.kind, vocab_parallel=split)
   # The loss's keywords beyond the registry signature, each only when its setting is on.
   loss_args = {"mesh": mesh, "num_items": model.cfg.num_items} if split else {}
-  if split and (loss_cfg.exclude_seen or loss_cfg.further_targets):  # run.build_run refuses it
-    raise ValueError("loss.exclude_seen / loss.further_targets do not run with the item tables "
-                     "split over devices (model.vocab_shards > 1)")
+  if split and (loss_cfg.exclude_seen or loss_cfg.further_targets
+                or loss_cfg.teacher_weight):  # run.build_run refuses it
+    raise ValueError("loss.exclude_seen / further_targets / teacher_weight do not run with the "
+                     "item tables split over devices (model.vocab_shards > 1)")
   if loss_cfg.exclude_seen:
     loss_args["exclude_NxS"] = losses.seen_exclusions(
         batch["inputs_BxL"], batch["targets_BxL"], batch.get("resets_BxL"))
   if loss_cfg.further_targets:
     loss_args["further_NxK"] = losses.further_targets(
         batch["targets_BxL"], batch.get("resets_BxL"), loss_cfg.further_targets)
+  if loss_cfg.teacher_weight:
+    if teacher_VxK is None:
+      raise ValueError("loss.teacher_weight > 0 needs the teacher's lists (aux "
+                       "teacher_ids_VxK / teacher_probs_VxK, `run.step_aux`)")
+    loss_args["further_NxK"], loss_args["further_weight_NxK"] = losses.teacher_targets(
+        batch["inputs_BxL"], *teacher_VxK, loss_cfg.teacher_weight)
   mask_BxL = batch["mask_BxL"]
   logs: dict[str, jax.Array] = {}
   if losses.needs_transitions(loss_cfg.kind):
@@ -220,7 +230,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, An
   `mesh`: the step's mesh (a `model` axis makes the softmax vocabulary-parallel). `rl_cfg`: the
   `rl` group, for an offline RL loss (which also reads `aux["rl_start_step"]`, default 0).
   With `loss.intent_weight` > 0, `aux["intents_KxE"]` and `aux["intent_scale"]` are the epoch's
-  intent prototypes and 1.0 (0.0 before the first prototypes; `train/intents.py`).
+  intent prototypes and 1.0 (0.0 before the first prototypes; `train/intents.py`). With
+  `loss.teacher_weight` > 0, `aux["teacher_ids_VxK"]` and `aux["teacher_probs_VxK"]` are the
+  co-occurrence teacher's lists.
   """
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
@@ -230,7 +242,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, An
         model, batch, dropout_key, loss_cfg, aux.get("log_q_V"), aux.get("item_mask_V"),
         adv_cfg=adv_cfg, aug_cfg=aug_cfg, mesh=mesh, rl_cfg=rl_cfg, step=state.step,
         rl_start_step=aux.get("rl_start_step", 0), intents_KxE=aux.get("intents_KxE"),
-        intent_scale=aux.get("intent_scale", 1.0))
+        intent_scale=aux.get("intent_scale", 1.0),
+        teacher_VxK=(None if "teacher_ids_VxK" not in aux
+                     else (aux["teacher_ids_VxK"], aux["teacher_probs_VxK"])))
 
   (loss, logs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
