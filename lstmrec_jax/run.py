@@ -375,8 +375,9 @@ class Run:
 
   def step_aux(self, steps_per_epoch: int | None = None) -> dict[str, Any]:
     """What the train step reads but never changes: constants, sampling log-q, candidate mask,
-    and for an RL loss the first step past its warm-up (`rl.warmup_epochs` x steps_per_epoch;
-    0 when steps_per_epoch is None)."""
+    for an RL loss the first step past its warm-up (`rl.warmup_epochs` x steps_per_epoch;
+    0 when steps_per_epoch is None), and for the co-occurrence teacher its lists and the step
+    where a decaying teacher stops (`loss.teacher_epochs` x steps_per_epoch)."""
     aux: dict[str, Any] = {"consts": self.consts, "log_q_V": None}
     if losses.needs_transitions(self.spec.loss):
       start = 0 if steps_per_epoch is None else int(round(self.spec.rl.warmup_epochs
@@ -393,6 +394,13 @@ class Run:
     if loss.teacher_weight:
       aux["teacher_ids_VxK"], aux["teacher_probs_VxK"] = (
           mesh_lib.replicate(jnp.asarray(x), self.mesh) for x in self.teacher_lists())
+      # The step where a decaying teacher's weight reaches 0 (0: constant weight).
+      until = (0 if not loss.teacher_epochs or steps_per_epoch is None
+               else max(int(round(loss.teacher_epochs * steps_per_epoch)), 1))
+      if loss.teacher_epochs and steps_per_epoch is None:
+        logging.warning("loss.teacher_epochs=%g without steps_per_epoch: the teacher's weight "
+                        "stays constant", loss.teacher_epochs)
+      aux["teacher_until_step"] = mesh_lib.replicate(jnp.asarray(until, jnp.int32), self.mesh)
     return aux
 
   def teacher_lists(self) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ the item neighbours' and the co-occurrence teacher's lists."""
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -174,6 +175,25 @@ def test_the_train_step_takes_the_teacher_from_the_training_sequences(tmp_path):
                               loss_cfg=loss_cfg)
     losses_seen.append(float(out["loss"]))
   assert losses_seen[0] > losses_seen[1] + 0.1, losses_seen
+  assert int(aux["teacher_until_step"]) == 0  # constant weight without teacher_epochs
+  # A decaying teacher: at its last step the weight is 0 and the loss is the plain one.
+  spec_d = run_lib.spec_from_config(tiny_config(
+      tmp_path, **{"loss.kind": "full", "loss.teacher_weight": 0.5, "loss.teacher_items": 3,
+                   "loss.teacher_epochs": 2.0}))
+  aux_d = run_lib.build_run(spec_d, num_devices=1).step_aux(steps_per_epoch=5)
+  assert int(aux_d["teacher_until_step"]) == 10
+  plain_aux = {k: v for k, v in aux.items() if not k.startswith("teacher")}
+  plain_cfg = dataclasses.replace(spec.loss, teacher_weight=0.0)
+
+  def loss_at(step, aux_, cfg):  # the dropout masks depend on the step: compare at one step
+    state = optim.init_state(run.params, tx, 0)._replace(step=jnp.asarray(step, jnp.int32))
+    return float(steps.train_step(state, batch, aux_, graphdef=run.graphdef, tx=tx,
+                                  loss_cfg=cfg)[1]["loss"])
+
+  np.testing.assert_allclose(loss_at(0, aux_d, spec_d.loss), losses_seen[0], rtol=1e-6)
+  np.testing.assert_allclose(loss_at(10, aux_d, spec_d.loss), loss_at(10, plain_aux, plain_cfg),
+                             rtol=1e-6)
+  assert loss_at(5, aux_d, spec_d.loss) > loss_at(5, plain_aux, plain_cfg) + 0.05  # half weight
   with pytest.raises(ValueError, match="needs the teacher's lists"):
     steps.train_step(optim.init_state(run.params, tx, 0), batch,
                      {k: v for k, v in aux.items() if not k.startswith("teacher")},

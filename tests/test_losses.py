@@ -507,6 +507,13 @@ def test_teacher_weights_are_per_target_cross_entropy_terms(path):
                                  further_weight=p[:, :2])
 
 
+def test_teacher_scale_falls_linearly_to_zero():
+  np.testing.assert_allclose(losses.teacher_scale(30, 120), 0.75)
+  np.testing.assert_allclose([losses.teacher_scale(s, 4) for s in range(6)],
+                             [1, 0.75, 0.5, 0.25, 0, 0])
+  np.testing.assert_allclose([losses.teacher_scale(s, 0) for s in (0, 10 ** 6)], [1, 1])
+
+
 def test_teacher_refuses_bad_settings():
   for overrides, key in (({"kind": "sampled"}, "teacher_weight"),
                          ({"label_smoothing": 0.1}, "teacher_weight"),
@@ -514,7 +521,8 @@ def test_teacher_refuses_bad_settings():
                          ({"further_targets": 2}, "teacher_weight"),
                          ({"teacher_weight": -0.1}, "teacher_weight"),
                          ({"teacher_items": 0}, "teacher_items"),
-                         ({"teacher_window": 0}, "teacher_window")):
+                         ({"teacher_window": 0}, "teacher_window"),
+                         ({"teacher_epochs": -1.0}, "teacher_epochs")):
     with pytest.raises(ValueError, match=rf"loss\.{key}="):
       _cfg(**{"teacher_weight": 0.3, **overrides})
   _cfg(kind="full", teacher_weight=0.3)  # accepted

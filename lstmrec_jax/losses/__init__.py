@@ -23,6 +23,7 @@ from lstmrec_jax.losses.core import chunked_softmax_cross_entropy
 from lstmrec_jax.losses.core import domain_softmax_loss
 from lstmrec_jax.losses.core import flatten_positions
 from lstmrec_jax.losses.core import further_targets
+from lstmrec_jax.losses.core import teacher_scale
 from lstmrec_jax.losses.core import teacher_targets
 from lstmrec_jax.losses.core import get_loss
 from lstmrec_jax.losses.core import has_vocab_parallel

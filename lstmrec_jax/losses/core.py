@@ -122,8 +122,16 @@ def further_targets(targets_BxL: jax.Array, resets_BxL: jax.Array | None,
   return jnp.stack(columns, axis=-1).reshape(b * l, count)
 
 
+def teacher_scale(step: jax.Array | int, until_step: jax.Array | int) -> jax.Array:
+  """The teacher's share of its weight at `step`: 1 - step / until_step, floored at 0; 1 for
+  until_step 0 (a constant weight). Example: teacher_scale(30, 120) -> 0.75."""
+  until = jnp.asarray(until_step, jnp.float32)
+  return jnp.where(until > 0, jnp.maximum(1.0 - jnp.asarray(step, jnp.float32)
+                                          / jnp.maximum(until, 1.0), 0.0), 1.0)
+
+
 def teacher_targets(inputs_BxL: jax.Array, ids_VxK: jax.Array, probs_VxK: jax.Array,
-                    weight: float) -> tuple[jax.Array, jax.Array]:
+                    weight: float | jax.Array) -> tuple[jax.Array, jax.Array]:
   """The co-occurrence teacher's further targets of every position: (ids_NxK, weights_NxK) =
   the partners of the item the position has just read and weight x their probabilities (0 at
   padding positions: their input is item 0, which has no partners).
@@ -886,6 +894,9 @@ class LossConfig:
   teacher_weight: float
   teacher_items: int
   teacher_window: int
+  # > 0: the teacher's weight falls linearly from teacher_weight at the first step to 0 at this
+  # epoch (a head start, then the data alone); 0: the same weight for the whole run.
+  teacher_epochs: float
   # Only items with a training event are candidates of the training softmax: items that are new
   # at test time (cold) are neither negatives nor pushed down. The trainer passes the mask as
   # aux["item_mask_V"] (and restricts the sampling distribution to those items).
@@ -958,6 +969,8 @@ class LossConfig:
     for key in ("teacher_items", "teacher_window"):
       if getattr(self, key) < 1:
         bad(key, "must be >= 1")
+    if self.teacher_epochs < 0:
+      bad("teacher_epochs", "must be >= 0")
     if self.row_block is not None and self.row_block < 1:
       bad("row_block", "must be None or >= 1")
     if not 0.0 <= self.user_weight_power <= 1.0:

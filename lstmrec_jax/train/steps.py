@@ -96,7 +96,7 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
                            step: jax.Array | None = None, rl_start_step: Any = 0,
                            intents_KxE: jax.Array | None = None,
                            intent_scale: jax.Array | float = 1.0,
-                           teacher_VxK: tuple[jax.Array, jax.Array] | None = None
+                           teacher_VxK: tuple[jax.Array, jax.Array, Any] | None = None
                            ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(the `loss_cfg.kind` loss at every real position of the batch, scalars to log).
 
@@ -112,8 +112,9 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
   With `loss_cfg.intent_weight` > 0 and `intents_KxE` (the epoch's prototypes,
   `train/intents.py`), adds intent_weight x intent_scale x the prototype term
   (`contrastive.intent_nce`); its value joins the logs as "terms/intent_nce".
-  With `loss_cfg.teacher_weight` > 0, `teacher_VxK` = (partner ids, probabilities) of every item
-  (`run.Run.teacher_lists`): each position's further targets (`losses.teacher_targets`).
+  With `loss_cfg.teacher_weight` > 0, `teacher_VxK` = (partner ids, probabilities of every item,
+  `run.Run.teacher_lists`; the step where the weight reaches 0, or 0 for a constant weight):
+  each position's further targets (`losses.teacher_targets`), weighted as of `step`.
   """
   id_keep_V = model.id_keep_mask(dropout_key)  # None unless model.id_dropout > 0
   split = uses_vocab_parallel(mesh, loss_cfg)
@@ -144,8 +145,11 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
     if teacher_VxK is None:
       raise ValueError("loss.teacher_weight > 0 needs the teacher's lists (aux "
                        "teacher_ids_VxK / teacher_probs_VxK, `run.step_aux`)")
+    ids_VxK, probs_VxK, until_step = teacher_VxK
+    weight = loss_cfg.teacher_weight * losses.teacher_scale(0 if step is None else step,
+                                                            until_step)
     loss_args["further_NxK"], loss_args["further_weight_NxK"] = losses.teacher_targets(
-        batch["inputs_BxL"], *teacher_VxK, loss_cfg.teacher_weight)
+        batch["inputs_BxL"], ids_VxK, probs_VxK, weight)
   mask_BxL = batch["mask_BxL"]
   logs: dict[str, jax.Array] = {}
   if losses.needs_transitions(loss_cfg.kind):
@@ -232,7 +236,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, An
   With `loss.intent_weight` > 0, `aux["intents_KxE"]` and `aux["intent_scale"]` are the epoch's
   intent prototypes and 1.0 (0.0 before the first prototypes; `train/intents.py`). With
   `loss.teacher_weight` > 0, `aux["teacher_ids_VxK"]` and `aux["teacher_probs_VxK"]` are the
-  co-occurrence teacher's lists.
+  co-occurrence teacher's lists and `aux["teacher_until_step"]` the step where its weight
+  reaches 0 (0: constant).
   """
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
@@ -244,7 +249,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, An
         rl_start_step=aux.get("rl_start_step", 0), intents_KxE=aux.get("intents_KxE"),
         intent_scale=aux.get("intent_scale", 1.0),
         teacher_VxK=(None if "teacher_ids_VxK" not in aux
-                     else (aux["teacher_ids_VxK"], aux["teacher_probs_VxK"])))
+                     else (aux["teacher_ids_VxK"], aux["teacher_probs_VxK"],
+                           aux.get("teacher_until_step", 0))))
 
   (loss, logs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
