@@ -165,7 +165,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # window, as an auxiliary target of the next-item model
   c.loss.further_targets = 0
   c.loss.further_weight = 0.0
-  # full and chunked: the co-occurrence teacher. Each position also predicts the `teacher_items`
+  # full, chunked and sampled: the co-occurrence teacher. Each position also predicts the `teacher_items`
   # most frequent co-occurrence partners (training sequences, within `teacher_window` positions)
   # of the item it has just read, each weighted teacher_weight x the partner's share of their
   # counts, against the same softmax (0 = off): what an item-to-item model would predict from the

@@ -200,6 +200,41 @@ def test_the_train_step_takes_the_teacher_from_the_training_sequences(tmp_path):
                      graphdef=run.graphdef, tx=tx, loss_cfg=spec.loss)
 
 
+def test_a_sampled_teacher_step_reads_the_rows_of_the_teachers_targets(tmp_path, monkeypatch):
+  """With a sampled loss and per-row item content the step computes the item table at the rows
+  it reads; the teacher's targets must be among them: the loss equals the whole table's."""
+  spec = run_lib.spec_from_config(tiny_config(
+      tmp_path, **{"loss.kind": "sampled", "loss.num_negatives": 16, "model.item_mode": "sum",
+                   "loss.teacher_weight": 0.5, "loss.teacher_items": 3}))
+  run = run_lib.build_run(spec, num_devices=1)
+  import optax  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax import optim  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.mesh import to_global  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.train import steps  # pylint: disable=g-import-not-at-top
+  batches = pipeline.TrainBatches(run.dataset.train, batch_size=spec.input.batch_size,
+                                  max_len=spec.input.max_len, seed=0, pack=True)
+  batch = to_global(next(iter(batches.epoch(0))), run.mesh)
+  tx = optax.sgd(0.0)
+  aux = run.step_aux()
+  seen_rows = []
+  real_rows_read = steps._rows_read  # pylint: disable=protected-access
+
+  def spy(*args, **kwargs):
+    rows = real_rows_read(*args, **kwargs)
+    seen_rows.append(rows)
+    return rows
+
+  monkeypatch.setattr(steps, "_rows_read", spy)
+  by_rows = float(steps.train_step(optim.init_state(run.params, tx, 0), batch, aux,
+                                   graphdef=run.graphdef, tx=tx, loss_cfg=spec.loss)[1]["loss"])
+  assert seen_rows[-1] is not None  # the rows path ran
+  monkeypatch.setattr(steps, "_rows_read", lambda *a, **k: None)
+  whole = float(steps.train_step(optim.init_state(run.params, tx, 0), batch, aux,
+                                 graphdef=run.graphdef, tx=tx, loss_cfg=spec.loss)[1]["loss"])
+  np.testing.assert_allclose(by_rows, whole, rtol=1e-6)
+
+
 def test_model_inputs_take_neighbors_from_the_training_sequences_only(tmp_path):
   spec = run_lib.spec_from_config(tiny_config(
       tmp_path, **{"model.item_mode": "sum", "model.item_neighbors": 4,

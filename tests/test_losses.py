@@ -515,7 +515,7 @@ def test_teacher_scale_falls_linearly_to_zero():
 
 
 def test_teacher_refuses_bad_settings():
-  for overrides, key in (({"kind": "sampled"}, "teacher_weight"),
+  for overrides, key in (({"kind": "bpr"}, "teacher_weight"),
                          ({"label_smoothing": 0.1}, "teacher_weight"),
                          ({"exclude_seen": True}, "teacher_weight"),
                          ({"further_targets": 2}, "teacher_weight"),
@@ -526,6 +526,32 @@ def test_teacher_refuses_bad_settings():
     with pytest.raises(ValueError, match=rf"loss\.{key}="):
       _cfg(**{"teacher_weight": 0.3, **overrides})
   _cfg(kind="full", teacher_weight=0.3)  # accepted
+  _cfg(kind="sampled", teacher_weight=0.3)
+
+
+def test_sampled_loss_takes_further_targets_against_its_estimated_log_sum_exp():
+  user, table, bias, targets, weights = _problem()
+  negatives = jax.random.randint(jax.random.key(3), (20,), 1, V)
+  log_q = losses.popularity_log_q(jnp.arange(V, dtype=jnp.float32), 1.0)
+  rng = np.random.default_rng(5)
+  further = rng.integers(0, V, (N, 2))
+  further[np.asarray(targets) == 0] = 0
+  p = rng.random((N, 2)).astype(np.float32)
+  base, aux = losses.sampled_softmax_cross_entropy(user, table, bias, targets, weights, negatives,
+                                                   log_q)
+  got = losses.sampled_softmax_cross_entropy(user, table, bias, targets, weights, negatives,
+                                             log_q, further_NxK=jnp.array(further),
+                                             further_weight=jnp.array(p))[0]
+  # The estimated log-sum-exp of each position: its loss plus its target's logit.
+  logits = np.asarray(user, np.float64) @ np.asarray(table, np.float64).T + np.asarray(bias)
+  t = np.asarray(targets)
+  nll = np.asarray(jax.vmap(lambda u, tg: losses.sampled_softmax_cross_entropy(
+      u[None], table, bias, tg[None], jnp.ones(1), negatives, log_q)[0])(user, targets))
+  lse = nll + logits[np.arange(N), t]
+  w = np.where(t > 0, np.asarray(weights, np.float64), 0.0)
+  extra = sum((np.where(further[:, j] > 0, p[:, j] * w, 0.0)
+               * (lse - logits[np.arange(N), further[:, j]])).sum() for j in range(2))
+  np.testing.assert_allclose(got, float(base) + extra / w.sum(), rtol=1e-4)
 
 
 def test_position_weights_example_and_loop():

@@ -649,7 +649,9 @@ def sampled_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
                                   item_bias_V: jax.Array | None, targets_N: jax.Array,
                                   weights_N: jax.Array, negatives_S: jax.Array,
                                   log_q_V: jax.Array, *, in_batch_negatives: bool = False,
-                                  remove_accidental_hits: bool = True) -> tuple[jax.Array, dict]:
+                                  remove_accidental_hits: bool = True,
+                                  further_NxK: jax.Array | None = None,
+                                  further_weight: float | jax.Array = 0.0) -> tuple[jax.Array, dict]:
   """Sampled softmax over the target and S shared negatives, with the logQ correction.
 
   Per position n with target t and candidates k drawn from q:
@@ -669,6 +671,8 @@ def sampled_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
       join the pool as if drawn from q, which holds when q is the training-data popularity
       (alpha = 1); a position's own target is never its own negative.
     remove_accidental_hits: mask candidates equal to the position's target (to -inf).
+    further_NxK, further_weight: more targets of each position, as in `softmax_cross_entropy`;
+      each term is weight x (the position's estimated log-sum-exp - the target's logit).
 
   Returns:
     (weighted mean loss, aux dict with loss_sum, nll_sum, weight_sum).
@@ -706,8 +710,13 @@ def sampled_softmax_cross_entropy(user_NxE: jax.Array, item_table_VxE: jax.Array
   # logit is finite, so the max is too and no row takes exp(inf - inf).
   max_N = jax.lax.stop_gradient(jnp.maximum(target_logit_N, logits_NxP.max(axis=1)))
   sum_N = jnp.exp(target_logit_N - max_N) + jnp.exp(logits_NxP - max_N[:, None]).sum(axis=1)
-  nll_N = max_N + jnp.log(sum_N) - target_logit_N
-  return _reduce(nll_N, nll_N, weights_N)
+  lse_N = max_N + jnp.log(sum_N)
+  nll_N = lse_N - target_logit_N
+  # Further targets (the co-occurrence teacher's): each against the same estimated log-sum-exp.
+  further_NxK, further_w_NxK = _further_weights(further_NxK, further_weight, weights_N, num_pos,
+                                                0.0)
+  return _with_further(_reduce(nll_N, nll_N, weights_N), lse_N, user_NxE, item_table_VxE,
+                       item_bias_V, further_NxK, further_w_NxK)
 
 
 
@@ -867,6 +876,7 @@ def needs_transitions(kind) -> bool:
 
 
 _EXCLUDE_SEEN_KINDS = ("full", "chunked")
+_TEACHER_KINDS = ("full", "chunked", "sampled")  # the co-occurrence teacher's softmax losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -890,7 +900,7 @@ class LossConfig:
   # The co-occurrence teacher: each position also predicts the `teacher_items` most frequent
   # training co-occurrence partners (within `teacher_window` positions) of the item it has just
   # read, each weighted teacher_weight x the partner's share of their counts, against the same
-  # softmax (full and chunked only; 0 = off). A training signal only: scoring is unchanged.
+  # softmax (full, chunked and sampled; 0 = off). A training signal only: scoring is unchanged.
   teacher_weight: float
   teacher_items: int
   teacher_window: int
@@ -959,9 +969,9 @@ class LossConfig:
       bad("further_weight", "must be in [0, 1]")
     if self.teacher_weight < 0:
       bad("teacher_weight", "must be >= 0")
-    elif self.teacher_weight and self.kind not in _EXCLUDE_SEEN_KINDS:
-      bad("teacher_weight", f"needs loss.kind full or chunked (an exact softmax over the "
-          f"catalog), not {self.kind!r}")
+    elif self.teacher_weight and self.kind not in _TEACHER_KINDS:
+      bad("teacher_weight", f"needs loss.kind full, chunked or sampled (a softmax), not "
+          f"{self.kind!r}")
     elif self.teacher_weight and (self.label_smoothing or self.exclude_seen
                                   or self.further_targets):
       bad("teacher_weight", "does not combine with loss.label_smoothing, loss.exclude_seen or "
@@ -1037,12 +1047,13 @@ def _chunked(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConf
 # outside it probability 0 in log_q_V.
 @register_loss("sampled", needs_log_q=True, rows=_sampled_rows)
 def _sampled(user_NxE, table_VxE, bias_V, targets_N, weights_N, *, cfg: LossConfig, key, log_q_V,
-             item_mask_V):
+             item_mask_V, further_NxK=None, further_weight_NxK=None):
   del item_mask_V
   negatives_S = sample_negatives(key, log_q_V, cfg.num_negatives)
-  return sampled_softmax_cross_entropy(user_NxE, table_VxE, bias_V, targets_N, weights_N,
-                                       negatives_S, log_q_V,
-                                       in_batch_negatives=cfg.in_batch_negatives)[0]
+  return sampled_softmax_cross_entropy(
+      user_NxE, table_VxE, bias_V, targets_N, weights_N, negatives_S, log_q_V,
+      in_batch_negatives=cfg.in_batch_negatives, further_NxK=further_NxK,
+      further_weight=0.0 if further_weight_NxK is None else further_weight_NxK)[0]
 
 
 @register_loss("bpr", needs_log_q=True, rows=_sampled_rows)

@@ -46,7 +46,8 @@ def uses_vocab_parallel(mesh, loss_cfg: LossConfig) -> bool:
           and mesh.shape[mesh_lib.MODEL_AXIS] > 1 and losses.has_vocab_parallel(loss_cfg.kind))
 
 
-def _rows_read(model, batch, loss_cfg: LossConfig, neg_key, log_q_V, adv_cfg, aug_cfg):
+def _rows_read(model, batch, loss_cfg: LossConfig, neg_key, log_q_V, adv_cfg, aug_cfg,
+               further_NxK=None):
   """The item ids whose table rows this step reads, or None for the whole table.
 
   A loss that reads the targets and a few rows more (sampled negatives: `losses.rows_read`) and
@@ -61,8 +62,11 @@ def _rows_read(model, batch, loss_cfg: LossConfig, neg_key, log_q_V, adv_cfg, au
       or (adv_cfg is not None and adv_cfg.on)
       or (aug_cfg is not None and aug_cfg.contrastive_weight > 0)):
     return None
-  return jnp.concatenate([batch["inputs_BxL"].reshape(-1), batch["targets_BxL"].reshape(-1),
-                          extra(loss_cfg, neg_key, log_q_V)]).astype(jnp.int32)
+  parts = [batch["inputs_BxL"].reshape(-1), batch["targets_BxL"].reshape(-1),
+           extra(loss_cfg, neg_key, log_q_V)]
+  if further_NxK is not None:  # the teacher's targets
+    parts.append(further_NxK.reshape(-1))
+  return jnp.concatenate(parts).astype(jnp.int32)
 
 
 def sequence_loss(model, batch: dict[str, jax.Array], dropout_key: jax.Array | None,
@@ -125,7 +129,17 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
         batch["mask_BxL"], batch.get("resets_BxL"), user_weight_power=loss_cfg.user_weight_power,
         recency_weight=loss_cfg.recency_weight).reshape(-1)
   neg_key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
-  rows = _rows_read(model, batch, loss_cfg, neg_key, log_q_V, adv_cfg, aug_cfg)
+  teacher = None
+  if loss_cfg.teacher_weight:
+    if teacher_VxK is None:
+      raise ValueError("loss.teacher_weight > 0 needs the teacher's lists (aux "
+                       "teacher_ids_VxK / teacher_probs_VxK, `run.step_aux`)")
+    ids_VxK, probs_VxK, until_step = teacher_VxK
+    weight = loss_cfg.teacher_weight * losses.teacher_scale(0 if step is None else step,
+                                                            until_step)
+    teacher = losses.teacher_targets(batch["inputs_BxL"], ids_VxK, probs_VxK, weight)
+  rows = _rows_read(model, batch, loss_cfg, neg_key, log_q_V, adv_cfg, aug_cfg,
+                    None if teacher is None else teacher[0])
   # Split: the tables as the parameters hold them (padding rows included, sharded by row).
   input_VxE, output_VxE, bias_V = model.item_tables(id_keep_V, padded=split, rows=rows)
   loss_fn = losses.get_loss(loss_cfg.kind, vocab_parallel=split)
@@ -141,15 +155,8 @@ def sequence_loss_and_logs(model, batch: dict[str, jax.Array], dropout_key: jax.
   if loss_cfg.further_targets:
     loss_args["further_NxK"] = losses.further_targets(
         batch["targets_BxL"], batch.get("resets_BxL"), loss_cfg.further_targets)
-  if loss_cfg.teacher_weight:
-    if teacher_VxK is None:
-      raise ValueError("loss.teacher_weight > 0 needs the teacher's lists (aux "
-                       "teacher_ids_VxK / teacher_probs_VxK, `run.step_aux`)")
-    ids_VxK, probs_VxK, until_step = teacher_VxK
-    weight = loss_cfg.teacher_weight * losses.teacher_scale(0 if step is None else step,
-                                                            until_step)
-    loss_args["further_NxK"], loss_args["further_weight_NxK"] = losses.teacher_targets(
-        batch["inputs_BxL"], ids_VxK, probs_VxK, weight)
+  if teacher is not None:
+    loss_args["further_NxK"], loss_args["further_weight_NxK"] = teacher
   mask_BxL = batch["mask_BxL"]
   logs: dict[str, jax.Array] = {}
   if losses.needs_transitions(loss_cfg.kind):
