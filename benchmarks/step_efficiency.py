@@ -96,6 +96,16 @@ VARIANTS = {
                   "loss.num_negatives": 2048, "input.batch_size": 8, "model.embed_dropout": 0.2,
                   "model.output_dropout": 0.2, "model.item_neighbors": 5,
                   "model.neighbor_weight": 0.5}),
+    "recipe_bf16loss_nb5sg_t03": ("the recipe of stop 40 (bf16 softmax, neighbours as a "
+                                  "constant) with the co-occurrence teacher: "
+                                  "loss.teacher_weight=0.3 (10 partners a position)",
+                                  {"loss.compute_dtype": "bfloat16", "model.item_neighbors": 5,
+                                   "model.neighbor_weight": 0.5,
+                                   "model.neighbor_gradient": False, "loss.teacher_weight": 0.3}),
+    "fast_t03": ("the fast recipe with the co-occurrence teacher, loss.teacher_weight=0.3",
+                 {"model.embed_dim": 128, "model.hidden_size": 128, "loss.kind": "sampled",
+                  "loss.num_negatives": 2048, "input.batch_size": 8, "model.embed_dropout": 0.2,
+                  "model.output_dropout": 0.2, "loss.teacher_weight": 0.3}),
     "sampled_h64": ("E = H = 64, sampled softmax, 2,048 negatives",
                     {"model.embed_dim": 64, "model.hidden_size": 64, "loss.kind": "sampled",
                      "loss.num_negatives": 2048}),
@@ -139,11 +149,13 @@ def child(args) -> None:
 
   _, overrides = VARIANTS[args.variant]
   c = beauty.get_config()
-  # Variants are f32 and without the item neighbours unless they say otherwise (configs/beauty.py
-  # takes the bf16 softmax since stop 39 and the neighbours since stop 40): the rows measured
-  # before keep their meaning, and bf16 and the neighbours are named variants.
+  # Variants are f32 and without the item neighbours or the teacher unless they say otherwise
+  # (configs/beauty.py takes the bf16 softmax since stop 39 and the neighbours since stop 40): the
+  # rows measured before keep their meaning, and bf16, the neighbours and the teacher are named
+  # variants.
   c.loss.compute_dtype = "float32"
   c.model.item_neighbors = 0
+  c.loss.teacher_weight = 0.0  # the co-occurrence teacher (stop 41): a named variant too
   c.data.path = args.data
   c.data.attributes_path = str(pathlib.Path(args.data).parent / "Beauty_item2attributes.json")
   c.data.cache_dir = args.cache_dir
