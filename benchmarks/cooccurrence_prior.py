@@ -7,7 +7,8 @@ For every validation and test user of a workdir's best checkpoint, ranks the who
 where C counts item pairs within `--window` positions inside the training sequences only (never a
 validation or test target; `model/cooccurrence.py`) and `last` is the last item of the user's
 history. alpha = 0 is the model as eval.py ranks it (seen items removed, ties counted against the
-target), so the first row must repeat eval.py's numbers. The prior alone (alpha = 1 on zero
+target; under eval.seen_targets="miss" a target already in the history is a miss), so the first
+row repeats eval.py's numbers (tests/test_cooccurrence_prior.py). The prior alone (alpha = 1 on zero
 model scores) is the item-to-item baseline. Choose alpha on validation; read test.
 
   python benchmarks/cooccurrence_prior.py --workdir runs/beauty_s0 --alphas 0,0.1,0.2,0.3,0.5
@@ -69,6 +70,8 @@ def split_metrics(restored, split, prior, alphas, batch_size: int) -> list[dict[
     targets = batch["targets_B"]
     rows = np.arange(len(targets))
     seen = batch["seen_BxS"]
+    # eval.seen_targets="miss" (the default protocol): a target already in the history is a miss.
+    repeated = (seen == targets[:, None]).any(axis=1) & (run.spec.eval.seen_targets == "miss")
     for i, alpha in enumerate(weights):
       s = prior_BxV.copy() if alpha is None else model_BxV + alpha * prior_BxV
       target_score = s[rows, targets].copy()
@@ -77,6 +80,7 @@ def split_metrics(restored, split, prior, alphas, batch_size: int) -> list[dict[
       s[r, seen[r, c]] = -np.inf  # seen items removed (the target is put back below)
       s[rows, targets] = -np.inf
       rank = (s >= target_score[:, None]).sum(axis=1)  # ties count against the target
+      rank = np.where(repeated, s.shape[1], rank)
       ndcg[i] += np.where(valid & (rank < 10), 1.0 / np.log2(rank + 2.0), 0.0).sum()
       hits[i] += (valid & (rank < 10)).sum()
     users += int(valid.sum())
