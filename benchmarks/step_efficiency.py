@@ -96,13 +96,14 @@ VARIANTS = {
                   "loss.num_negatives": 2048, "input.batch_size": 8, "model.embed_dropout": 0.2,
                   "model.output_dropout": 0.2, "model.item_neighbors": 5,
                   "model.neighbor_weight": 0.5}),
-    "recipe_bf16loss_nb5sg_t03": ("the recipe of stop 40 (bf16 softmax, neighbours as a "
-                                  "constant) with the co-occurrence teacher: "
-                                  "loss.teacher_weight=0.3 (10 partners a position)",
-                                  {"loss.compute_dtype": "bfloat16", "model.item_neighbors": 5,
-                                   "model.neighbor_weight": 0.5,
-                                   "model.neighbor_gradient": False, "loss.teacher_weight": 0.3}),
-    "fast_t03": ("the fast recipe with the co-occurrence teacher, loss.teacher_weight=0.3",
+    "recipe_bf16loss_nb5sg_teacher": ("the recipe of stop 41: the neighbours as a constant and "
+                                      "the co-occurrence teacher (loss.teacher_weight=0.5, 10 "
+                                      "partners a position; constant here)",
+                                      {"loss.compute_dtype": "bfloat16",
+                                       "model.item_neighbors": 5, "model.neighbor_weight": 0.5,
+                                       "model.neighbor_gradient": False,
+                                       "loss.teacher_weight": 0.5}),
+    "fast_teacher": ("the fast recipe with the co-occurrence teacher, loss.teacher_weight=0.3",
                  {"model.embed_dim": 128, "model.hidden_size": 128, "loss.kind": "sampled",
                   "loss.num_negatives": 2048, "input.batch_size": 8, "model.embed_dropout": 0.2,
                   "model.output_dropout": 0.2, "loss.teacher_weight": 0.3}),

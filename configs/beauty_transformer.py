@@ -23,4 +23,5 @@ def get_config():
   c.model.recurrent_weight_dropout = 0.0  # the LSTM recipe's weight drop: no W_hh here
   c.optim.weight_decay = 0.1  # as measured (the LSTM recipe took 1.0 later)
   c.model.item_neighbors = 0  # measured without the recipe's item neighbours (stop 40)
+  c.loss.teacher_weight = 0.0  # and without its co-occurrence teacher (stop 41)
   return c
