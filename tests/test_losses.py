@@ -519,6 +519,7 @@ def test_teacher_refuses_bad_settings():
                          ({"label_smoothing": 0.1}, "teacher_weight"),
                          ({"exclude_seen": True}, "teacher_weight"),
                          ({"further_targets": 2}, "teacher_weight"),
+                         ({"domain_softmax": True}, "teacher_weight"),
                          ({"teacher_weight": -0.1}, "teacher_weight"),
                          ({"teacher_items": 0}, "teacher_items"),
                          ({"teacher_window": 0}, "teacher_window"),

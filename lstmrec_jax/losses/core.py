@@ -973,9 +973,10 @@ class LossConfig:
       bad("teacher_weight", f"needs loss.kind full, chunked or sampled (a softmax), not "
           f"{self.kind!r}")
     elif self.teacher_weight and (self.label_smoothing or self.exclude_seen
-                                  or self.further_targets):
-      bad("teacher_weight", "does not combine with loss.label_smoothing, loss.exclude_seen or "
-          "loss.further_targets")
+                                  or self.further_targets or self.domain_softmax):
+      bad("teacher_weight", "does not combine with loss.label_smoothing, loss.exclude_seen, "
+          "loss.further_targets or loss.domain_softmax (a partner from another domain is no "
+          "class of the position's softmax)")
     for key in ("teacher_items", "teacher_window"):
       if getattr(self, key) < 1:
         bad(key, "must be >= 1")
