@@ -371,7 +371,6 @@ class Run:
   params: Any  # initial parameters (host), a pure dict
   consts: Any  # the model's non-parameter state, replicated over `mesh`
   mesh: Any
-  _teacher: Any = dataclasses.field(default=None, repr=False)  # `teacher_lists`, once made
 
   def step_aux(self, steps_per_epoch: int | None = None) -> dict[str, Any]:
     """What the train step reads but never changes: constants, sampling log-q, candidate mask,
@@ -405,17 +404,15 @@ class Run:
 
   def teacher_lists(self) -> tuple[np.ndarray, np.ndarray]:
     """The co-occurrence teacher's partners and probabilities (`loss.teacher_weight`), from the
-    training sequences only; computed once per run."""
-    if self._teacher is None:
-      loss, train = self.spec.loss, self.dataset.train
-      ids, probs = cooccurrence.teacher_lists(train.offsets_U1, train.items_N,
-                                              self.dataset.num_items, loss.teacher_items,
-                                              window=loss.teacher_window)
-      logging.info("loss.teacher_weight=%g: %d of %d items teach up to %d partners (window %d)",
-                   loss.teacher_weight, int((ids[:, 0] > 0).sum()), self.dataset.num_items - 1,
-                   loss.teacher_items, loss.teacher_window)
-      self._teacher = (ids, probs)
-    return self._teacher
+    training sequences only (the trainer asks once, through `step_aux`)."""
+    loss, train = self.spec.loss, self.dataset.train
+    ids, probs = cooccurrence.teacher_lists(train.offsets_U1, train.items_N,
+                                            self.dataset.num_items, loss.teacher_items,
+                                            window=loss.teacher_window)
+    logging.info("loss.teacher_weight=%g: %d of %d items teach up to %d partners (window %d)",
+                 loss.teacher_weight, int((ids[:, 0] > 0).sum()), self.dataset.num_items - 1,
+                 loss.teacher_items, loss.teacher_window)
+    return ids, probs
 
   def optimizer(self, total_steps: int, steps_per_epoch: int | None = None
                 ) -> optax.GradientTransformation:

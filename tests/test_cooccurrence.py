@@ -7,12 +7,17 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from lstmrec_jax import optim
 from lstmrec_jax import run as run_lib
+from lstmrec_jax.data import pipeline
 from lstmrec_jax.data.preprocess import Sequences
+from lstmrec_jax.mesh import to_global
 from lstmrec_jax.model import cooccurrence
 from lstmrec_jax.train import loop
+from lstmrec_jax.train import steps
 from helpers import tiny_config
 from test_train import read_losses
 
@@ -146,6 +151,13 @@ def test_teacher_lists_by_hand():
   np.testing.assert_allclose(probs[:, 0], [0, 1, 1, 1, 0])
 
 
+def _first_batch(run):
+  """The first packed training batch of a built run, placed on its mesh."""
+  batches = pipeline.TrainBatches(run.dataset.train, batch_size=run.spec.input.batch_size,
+                                  max_len=run.spec.input.max_len, seed=0, pack=True)
+  return to_global(next(iter(batches.epoch(0))), run.mesh)
+
+
 def test_the_train_step_takes_the_teacher_from_the_training_sequences(tmp_path):
   spec = run_lib.spec_from_config(tiny_config(
       tmp_path, **{"loss.kind": "full", "loss.teacher_weight": 0.5, "loss.teacher_items": 3}))
@@ -157,14 +169,7 @@ def test_the_train_step_takes_the_teacher_from_the_training_sequences(tmp_path):
   np.testing.assert_array_equal(aux["teacher_ids_VxK"], want_ids)
   np.testing.assert_allclose(aux["teacher_probs_VxK"], want_probs)
   # The step's loss is the plain loss plus the teacher's terms: larger, and different gradients.
-  import optax  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax import optim  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.mesh import to_global  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.train import steps  # pylint: disable=g-import-not-at-top
-  batches = pipeline.TrainBatches(train, batch_size=spec.input.batch_size,
-                                  max_len=spec.input.max_len, seed=0, pack=True)
-  batch = to_global(next(iter(batches.epoch(0))), run.mesh)
+  batch = _first_batch(run)
   tx = optax.sgd(0.0)
   losses_seen = []
   for teacher in (True, False):
@@ -207,14 +212,7 @@ def test_a_sampled_teacher_step_reads_the_rows_of_the_teachers_targets(tmp_path,
       tmp_path, **{"loss.kind": "sampled", "loss.num_negatives": 16, "model.item_mode": "sum",
                    "loss.teacher_weight": 0.5, "loss.teacher_items": 3}))
   run = run_lib.build_run(spec, num_devices=1)
-  import optax  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax import optim  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.mesh import to_global  # pylint: disable=g-import-not-at-top
-  from lstmrec_jax.train import steps  # pylint: disable=g-import-not-at-top
-  batches = pipeline.TrainBatches(run.dataset.train, batch_size=spec.input.batch_size,
-                                  max_len=spec.input.max_len, seed=0, pack=True)
-  batch = to_global(next(iter(batches.epoch(0))), run.mesh)
+  batch = _first_batch(run)
   tx = optax.sgd(0.0)
   aux = run.step_aux()
   seen_rows = []

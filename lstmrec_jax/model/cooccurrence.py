@@ -77,14 +77,23 @@ def neighbor_lists(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int, 
   are deterministic. Row 0 (padding) and items without a co-occurrence get no neighbour.
   Example: sequences [1, 2, 3] and [1, 2], window 1, k 1 -> item 1: [2], 2: [1], 3: [2].
   """
+  return _top_partners(cooccurrence_counts(offsets_U1, items_N, num_items, window), k, score)[0]
+
+
+def _top_partners(counts: scipy.sparse.spmatrix, k: int, score: str
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(int32 [V, k] ids, f64 [V, k] their counts) of each row's k best partners by `score` (as
+  `neighbor_lists` ranks them); 0 pads both."""
   if k < 1:
     raise ValueError(f"k must be >= 1, got {k}")
   if score not in NEIGHBOR_SCORES:
     raise ValueError(f"score must be one of {NEIGHBOR_SCORES}, got {score!r}")
-  counts = cooccurrence_counts(offsets_U1, items_N, num_items, window).tocoo()
-  out = np.zeros((num_items, k), np.int32)
+  counts = counts.tocoo()
+  num_items = counts.shape[0]
+  ids = np.zeros((num_items, k), np.int32)
+  kept = np.zeros((num_items, k), np.float64)
   if counts.nnz == 0:
-    return out
+    return ids, kept
   marginal = np.bincount(counts.row, weights=counts.data, minlength=num_items)
   value = counts.data
   if score == "cosine":
@@ -92,12 +101,13 @@ def neighbor_lists(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int, 
   # lexsort's last key sorts first: row, then the score (descending), then the partner's
   # marginal (ascending: the higher PMI for equal scores), then the partner's id.
   order = np.lexsort((counts.col, marginal[counts.col], -value, counts.row))
-  rows, cols = counts.row[order], counts.col[order]
+  rows, cols, data = counts.row[order], counts.col[order], counts.data[order]
   starts = np.searchsorted(rows, np.arange(num_items))
   rank = np.arange(len(rows)) - starts[rows]
   keep = rank < k
-  out[rows[keep], rank[keep]] = cols[keep]
-  return out
+  ids[rows[keep], rank[keep]] = cols[keep]
+  kept[rows[keep], rank[keep]] = data[keep]
+  return ids, kept
 
 
 def teacher_lists(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int, k: int, *,
@@ -108,11 +118,7 @@ def teacher_lists(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int, k
   that item is the last one read. Rows without partners are all 0 (no term).
   Example: sequences [1, 2, 3] and [1, 2], window 1, k 2 -> item 2: ids [1, 3], probs [2/3, 1/3].
   """
-  ids = neighbor_lists(offsets_U1, items_N, num_items, k, window=window)
-  counts = cooccurrence_counts(offsets_U1, items_N, num_items, window)
-  rows = np.repeat(np.arange(num_items), k)
-  c = np.asarray(counts[rows, ids.reshape(-1)], np.float64).reshape(num_items, k)
-  c = np.where(ids > 0, c, 0.0)
+  ids, c = _top_partners(cooccurrence_counts(offsets_U1, items_N, num_items, window), k, "count")
   total = c.sum(axis=1, keepdims=True)
   probs = np.where(total > 0, c / np.maximum(total, 1e-12), 0.0).astype(np.float32)
   return ids, probs
