@@ -49,7 +49,12 @@ def prior_matrix(dataset, window: int):
 
 
 def split_metrics(restored, split, prior, alphas, batch_size: int) -> list[dict[str, float]]:
-  """NDCG@10 and HR@10 of `split` for each alpha (and the prior alone, last)."""
+  """NDCG@10 and HR@10 of `split` for each alpha (and the prior alone, last).
+
+  Every user of the split must have a history (true of leave-one-out splits); a user with none
+  would be ranked by the model's output for an empty history, not by popularity as eval.py's
+  fallback does, so the function refuses such a split.
+  """
   run = restored.run
   fn = jax.jit(lambda p, b: steps.user_vectors(p, run.consts, b, run.graphdef))
   weights = list(alphas) + [None]  # None: the prior alone
@@ -64,9 +69,11 @@ def split_metrics(restored, split, prior, alphas, batch_size: int) -> list[dict[
       model_BxV = model_BxV + np.asarray(bias, np.float32)[None]
     valid = batch["valid_B"]
     length = batch["mask_BxL"].sum(axis=1)
+    if (valid & (length == 0)).any():
+      raise ValueError(f"{int((valid & (length == 0)).sum())} users of the split have no history: "
+                       "this analysis ranks with the model only (eval.py ranks them by popularity)")
     last = batch["inputs_BxL"][np.arange(len(length)), np.maximum(length - 1, 0)]
     prior_BxV = prior[last].toarray()
-    prior_BxV[length == 0] = 0.0
     targets = batch["targets_B"]
     rows = np.arange(len(targets))
     seen = batch["seen_BxS"]
@@ -80,7 +87,10 @@ def split_metrics(restored, split, prior, alphas, batch_size: int) -> list[dict[
       s[r, seen[r, c]] = -np.inf  # seen items removed (the target is put back below)
       s[rows, targets] = -np.inf
       rank = (s >= target_score[:, None]).sum(axis=1)  # ties count against the target
-      rank = np.where(repeated, s.shape[1], rank)
+      # A broken model (NaN or +inf scores) is a miss for the user, as ranks.NONFINITE_RANK makes
+      # it in eval.py: a NaN compares false with everything and would otherwise rank first.
+      broken = ~np.isfinite(target_score) | np.isnan(s).any(axis=1) | (s == np.inf).any(axis=1)
+      rank = np.where(repeated | broken, s.shape[1], rank)
       ndcg[i] += np.where(valid & (rank < 10), 1.0 / np.log2(rank + 2.0), 0.0).sum()
       hits[i] += (valid & (rank < 10)).sum()
     users += int(valid.sum())

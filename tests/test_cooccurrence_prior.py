@@ -7,6 +7,7 @@ import pathlib
 import sys
 import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -66,3 +67,16 @@ def test_repeated_targets_follow_the_runs_protocol(tmp_path):
   assert run.spec.eval.seen_targets == "miss"
   assert got[0]["ndcg@10"] == pytest.approx(want["NDCG@10"], abs=1e-6)
   assert got[0]["hr@10"] == pytest.approx(want["HR@10"], abs=1e-6)
+
+
+def test_a_broken_model_scores_nothing(tmp_path):
+  """NaN parameters: every user is a miss at every alpha (a NaN must not rank first)."""
+  workdir = tmp_path / "run"
+  loop.train_and_evaluate(tiny_config(tmp_path), workdir)
+  restored = workdir_lib.restore_run(workdir)
+  restored.params = jax.tree.map(lambda x: x * np.nan, restored.params)
+  prior = cooccurrence_prior.prior_matrix(restored.run.dataset, 1)
+  rows = cooccurrence_prior.split_metrics(restored, restored.run.dataset.test, prior, [0.0, 0.5],
+                                          batch_size=64)
+  assert [r["ndcg@10"] for r in rows[:2]] == [0.0, 0.0]
+  assert [r["hr@10"] for r in rows[:2]] == [0.0, 0.0]
