@@ -173,6 +173,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.loss.teacher_weight = 0.0
   c.loss.teacher_items = 10
   c.loss.teacher_window = 1
+  # "both": partners before or after the item; "next": only the items that came after it
+  c.loss.teacher_direction = "both"
   # > 0: the teacher's weight falls linearly to 0 at this epoch (0: constant for the whole run)
   c.loss.teacher_epochs = 0.0
   c.loss.train_items_only = False  # the training softmax scores only items with a training event

@@ -408,10 +408,12 @@ class Run:
     loss, train = self.spec.loss, self.dataset.train
     ids, probs = cooccurrence.teacher_lists(train.offsets_U1, train.items_N,
                                             self.dataset.num_items, loss.teacher_items,
-                                            window=loss.teacher_window)
-    logging.info("loss.teacher_weight=%g: %d of %d items teach up to %d partners (window %d)",
-                 loss.teacher_weight, int((ids[:, 0] > 0).sum()), self.dataset.num_items - 1,
-                 loss.teacher_items, loss.teacher_window)
+                                            window=loss.teacher_window,
+                                            direction=loss.teacher_direction)
+    logging.info("loss.teacher_weight=%g: %d of %d items teach up to %d partners (window %d, "
+                 "direction %s)", loss.teacher_weight, int((ids[:, 0] > 0).sum()),
+                 self.dataset.num_items - 1, loss.teacher_items, loss.teacher_window,
+                 loss.teacher_direction)
     return ids, probs
 
   def optimizer(self, total_steps: int, steps_per_epoch: int | None = None

@@ -149,6 +149,18 @@ def test_teacher_lists_by_hand():
   ids, probs = cooccurrence.teacher_lists(s.offsets_U1, s.items_N, 5, 1, window=1)
   np.testing.assert_array_equal(ids[:, 0], [0, 2, 1, 2, 0])
   np.testing.assert_allclose(probs[:, 0], [0, 1, 1, 1, 0])
+  # direction "next": only the items that came after: 1 -> 2 (twice), 2 -> 3; 3 has none.
+  ids, probs = cooccurrence.teacher_lists(s.offsets_U1, s.items_N, 5, 2, window=1,
+                                          direction="next")
+  np.testing.assert_array_equal(ids, [[0, 0], [2, 0], [3, 0], [0, 0], [0, 0]])
+  np.testing.assert_allclose(probs, [[0, 0], [1, 0], [1, 0], [0, 0], [0, 0]])
+  # window 2 reaches 3 from 1 as well: 1 -> 2 (x2), 1 -> 3 (x1).
+  ids, probs = cooccurrence.teacher_lists(s.offsets_U1, s.items_N, 5, 2, window=2,
+                                          direction="next")
+  np.testing.assert_array_equal(ids[1], [2, 3])
+  np.testing.assert_allclose(probs[1], [2 / 3, 1 / 3], rtol=1e-6)
+  with pytest.raises(ValueError, match="direction must be one of"):
+    cooccurrence.teacher_lists(s.offsets_U1, s.items_N, 5, 2, window=1, direction="back")
 
 
 def _first_batch(run):
@@ -160,12 +172,16 @@ def _first_batch(run):
 
 def test_the_train_step_takes_the_teacher_from_the_training_sequences(tmp_path):
   spec = run_lib.spec_from_config(tiny_config(
-      tmp_path, **{"loss.kind": "full", "loss.teacher_weight": 0.5, "loss.teacher_items": 3}))
+      tmp_path, **{"loss.kind": "full", "loss.teacher_weight": 0.5, "loss.teacher_items": 3,
+                   "loss.teacher_direction": "next"}))
   run = run_lib.build_run(spec, num_devices=1)
   aux = run.step_aux()
   train = run.dataset.train
   want_ids, want_probs = cooccurrence.teacher_lists(
+      train.offsets_U1, train.items_N, run.dataset.num_items, 3, window=1, direction="next")
+  both_ids, _ = cooccurrence.teacher_lists(
       train.offsets_U1, train.items_N, run.dataset.num_items, 3, window=1)
+  assert not np.array_equal(both_ids, want_ids)  # so the comparison below sees the direction
   np.testing.assert_array_equal(aux["teacher_ids_VxK"], want_ids)
   np.testing.assert_allclose(aux["teacher_probs_VxK"], want_probs)
   # The step's loss is the plain loss plus the teacher's terms: larger, and different gradients.
@@ -184,7 +200,7 @@ def test_the_train_step_takes_the_teacher_from_the_training_sequences(tmp_path):
   # A decaying teacher: at its last step the weight is 0 and the loss is the plain one.
   spec_d = run_lib.spec_from_config(tiny_config(
       tmp_path, **{"loss.kind": "full", "loss.teacher_weight": 0.5, "loss.teacher_items": 3,
-                   "loss.teacher_epochs": 2.0}))
+                   "loss.teacher_direction": "next", "loss.teacher_epochs": 2.0}))
   aux_d = run_lib.build_run(spec_d, num_devices=1).step_aux(steps_per_epoch=5)
   assert int(aux_d["teacher_until_step"]) == 10
   plain_aux = {k: v for k, v in aux.items() if not k.startswith("teacher")}

@@ -904,6 +904,9 @@ class LossConfig:
   teacher_weight: float
   teacher_items: int
   teacher_window: int
+  # "both": partners before or after the item in the training sequences; "next": only the items
+  # that came after it (the transitions a next-item model learns).
+  teacher_direction: str = config_keys.key(choices=("both", "next"))
   # > 0: the teacher's weight falls linearly from teacher_weight at the first step to 0 at this
   # epoch (a head start, then the data alone); 0: the same weight for the whole run.
   teacher_epochs: float

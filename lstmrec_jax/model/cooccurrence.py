@@ -24,14 +24,22 @@ import scipy.sparse
 from lstmrec_jax.errors import ConfigError
 
 
-def cooccurrence_counts(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int,
-                        window: int) -> scipy.sparse.csr_matrix:
-  """The V x V symmetric counts of item pairs within `window` positions in one sequence.
+DIRECTIONS = ("both", "next")
 
-  Example: one sequence [1, 2, 3], window 1 -> pairs (1, 2), (2, 3), counted both ways.
+
+def cooccurrence_counts(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int,
+                        window: int, direction: str = "both") -> scipy.sparse.csr_matrix:
+  """The V x V counts of item pairs within `window` positions in one sequence.
+
+  direction "both": symmetric, each pair counted both ways; "next": row a counts the items that
+  came after a (within `window` positions), the transitions a next-item model learns.
+  Example: one sequence [1, 2, 3], window 1 -> pairs (1, 2), (2, 3): "both" counts (2, 1) and
+  (3, 2) too, "next" does not.
   """
   if window < 1:
     raise ValueError(f"window must be >= 1, got {window}")
+  if direction not in DIRECTIONS:
+    raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
   lengths = np.diff(offsets_U1)
   row_N = np.repeat(np.arange(len(lengths)), lengths)
   a_parts, b_parts = [], []
@@ -39,8 +47,12 @@ def cooccurrence_counts(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: 
     same = row_N[:-k] == row_N[k:] if len(row_N) > k else np.zeros(0, bool)
     a_parts.append(items_N[:-k][same])
     b_parts.append(items_N[k:][same])
-  a = np.concatenate(a_parts + b_parts).astype(np.int64)
-  b = np.concatenate(b_parts + a_parts).astype(np.int64)
+  if direction == "next":
+    a = np.concatenate(a_parts).astype(np.int64)
+    b = np.concatenate(b_parts).astype(np.int64)
+  else:
+    a = np.concatenate(a_parts + b_parts).astype(np.int64)
+    b = np.concatenate(b_parts + a_parts).astype(np.int64)
   keep = (a != b) & (a > 0) & (b > 0)
   a, b = a[keep], b[keep]
   return scipy.sparse.coo_matrix((np.ones(len(a), np.float64), (a, b)),
@@ -111,14 +123,17 @@ def _top_partners(counts: scipy.sparse.spmatrix, k: int, score: str
 
 
 def teacher_lists(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int, k: int, *,
-                  window: int) -> tuple[np.ndarray, np.ndarray]:
+                  window: int, direction: str = "both") -> tuple[np.ndarray, np.ndarray]:
   """(int32 [V, k] partner ids, f32 [V, k] probabilities): each item's k most frequent
-  co-occurring items (`neighbor_lists` by count) and each one's share of their counts, the
+  co-occurring items (`neighbor_lists` by count; `direction` as `cooccurrence_counts`: "next"
+  keeps only the items that came after it) and each one's share of their counts, the
   distribution the co-occurrence teacher (`loss.teacher_weight`) pulls a position toward when
   that item is the last one read. Rows without partners are all 0 (no term).
-  Example: sequences [1, 2, 3] and [1, 2], window 1, k 2 -> item 2: ids [1, 3], probs [2/3, 1/3].
+  Example: sequences [1, 2, 3] and [1, 2], window 1, k 2 -> item 2: ids [1, 3], probs [2/3, 1/3];
+  direction "next": item 2: ids [3, 0], probs [1, 0].
   """
-  ids, c = _top_partners(cooccurrence_counts(offsets_U1, items_N, num_items, window), k, "count")
+  counts = cooccurrence_counts(offsets_U1, items_N, num_items, window, direction)
+  ids, c = _top_partners(counts, k, "count")
   total = c.sum(axis=1, keepdims=True)
   probs = np.where(total > 0, c / np.maximum(total, 1e-12), 0.0).astype(np.float32)
   return ids, probs
