@@ -34,14 +34,17 @@ from lstmrec_jax.scoring import steps
 _WORKDIR = flags.DEFINE_string("workdir", None, "a train.py workdir", required=True)
 _ALPHAS = flags.DEFINE_list("alphas", ["0", "0.1", "0.2", "0.3", "0.5"], "prior weights")
 _WINDOW = flags.DEFINE_integer("window", 1, "positions apart that count as co-occurring")
+_DIRECTION = flags.DEFINE_enum("direction", "both", list(cooccurrence.DIRECTIONS),
+                                "both: partners before or after `last`; next: only the items that "
+                                "came after it")
 _BATCH = flags.DEFINE_integer("batch", 256, "users per scoring batch")
 _OUT = flags.DEFINE_string("out", None, "JSON file for the table (optional)")
 
 
-def prior_matrix(dataset, window: int):
+def prior_matrix(dataset, window: int, direction: str = "both"):
   """The V x V sparse prior log(1 + 100 x C[i, j] / C[i, :].sum()) from the training sequences."""
   counts = cooccurrence.cooccurrence_counts(dataset.train.offsets_U1, dataset.train.items_N,
-                                            dataset.num_items, window).tocsr()
+                                            dataset.num_items, window, direction).tocsr()
   rows = np.asarray(counts.sum(axis=1)).ravel()
   prior = counts.multiply(1.0 / np.maximum(rows, 1.0)[:, None]).tocsr().astype(np.float32)
   prior.data = np.log1p(100.0 * prior.data)
@@ -103,12 +106,12 @@ def main(argv):
   run_lib.set_older_workdir_defaults(common.base_defaults())
   restored = workdir_lib.restore_run(_WORKDIR.value)
   dataset = restored.run.dataset
-  prior = prior_matrix(dataset, _WINDOW.value)
+  prior = prior_matrix(dataset, _WINDOW.value, _DIRECTION.value)
   alphas = [float(a) for a in _ALPHAS.value]
   table = {name: split_metrics(restored, getattr(dataset, name), prior, alphas, _BATCH.value)
            for name in ("valid", "test")}
   print(f"| alpha | valid NDCG@10 | valid HR@10 | test NDCG@10 | test HR@10 |  ({_WORKDIR.value}, "
-        f"step {restored.step}, window {_WINDOW.value})")
+        f"step {restored.step}, window {_WINDOW.value}, direction {_DIRECTION.value})")
   print("|---:|---:|---:|---:|---:|")
   for v, t in zip(table["valid"], table["test"]):
     name = "prior alone" if v["alpha"] is None else f"{v['alpha']:g}"
@@ -117,6 +120,7 @@ def main(argv):
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       json.dump({"workdir": _WORKDIR.value, "step": restored.step, "window": _WINDOW.value,
+                 "direction": _DIRECTION.value,
                  "command": " ".join(sys.argv), **table}, f, indent=1)
 
 

@@ -139,6 +139,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   # How partners rank: "count" (the most frequent first) or "cosine" (count / sqrt(n_a n_b), n the
   # items' total co-occurrences: specific partners before popular ones)
   c.model.neighbor_score = "count"
+  # The first-order transition prior, added to the scores of every route (eval.py, the
+  # Recommender, bundles, the server; not to training): item j scores transition_weight x
+  # log(1 + 100 x c(last, j) / c(last, all)) more, c counting how often j came within
+  # transition_window positions after the user's last item in the training sequences, kept for
+  # the transition_items most frequent next items of each item (0 = off). What FPMC's Markov
+  # term learns, counted; the serving state keeps the last item (one more number).
+  c.model.transition_weight = 0.0
+  c.model.transition_items = 32
+  c.model.transition_window = 1
 
   c.cold_start = ml_collections.ConfigDict()
   c.cold_start.item_fraction = 0.0  # share of items removed from training entirely, in [0, 1)

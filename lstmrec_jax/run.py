@@ -312,7 +312,8 @@ def load_data(spec: RunSpec):
 
 def model_inputs(dataset, model_cfg) -> dict[str, Any]:
   """Arrays from the data that the model is built with (item content, the co-occurrence
-  neighbour lists of `model.item_neighbors`); none for id-only items without neighbours."""
+  neighbour lists of `model.item_neighbors`, the transition prior's lists of
+  `model.transition_weight`); none for id-only items without either."""
   neighbors_VxK = None
   if model_cfg.item_neighbors:
     neighbors_VxK = cooccurrence.neighbor_lists(
@@ -324,11 +325,22 @@ def model_inputs(dataset, model_cfg) -> dict[str, Any]:
                  model_cfg.item_neighbors, int((neighbors_VxK[:, 0] > 0).sum()),
                  dataset.num_items - 1, model_cfg.neighbor_window, model_cfg.neighbor_score,
                  float((neighbors_VxK > 0).sum(1)[1:].mean()))
+  graph = {"neighbors_VxK": neighbors_VxK}
+  if model_cfg.transition_weight:
+    ids, logp = cooccurrence.transition_lists(
+        dataset.train.offsets_U1, dataset.train.items_N, dataset.num_items,
+        model_cfg.transition_items, window=model_cfg.transition_window)
+    graph.update(transition_ids_VxK=ids, transition_logp_VxK=logp)
+    logging.info("model.transition_weight=%g: %d of %d items have next items in the training "
+                 "sequences (window %d), %.1f of up to %d kept on average",
+                 model_cfg.transition_weight, int((ids[:, 0] > 0).sum()), dataset.num_items - 1,
+                 model_cfg.transition_window, float((ids > 0).sum(1)[1:].mean()),
+                 model_cfg.transition_items)
   if model_cfg.item_mode == "id":
-    if neighbors_VxK is None:
+    if all(v is None for v in graph.values()):
       return {}
     return {"item_content": model_lib.ContentInputs(
-        known_V=content_data.known_items(dataset), neighbors_VxK=neighbors_VxK)}
+        known_V=content_data.known_items(dataset), **graph)}
   c = content_data.item_content(
       dataset, attributes=model_cfg.content_attributes, titles=model_cfg.content_titles,
       max_attrs=model_cfg.max_attributes, title_min_count=model_cfg.title_min_count,
@@ -339,7 +351,7 @@ def model_inputs(dataset, model_cfg) -> dict[str, Any]:
                      "model.item_mode='id'")
   return {"item_content": model_lib.ContentInputs(
       known_V=c.known_V, attrs_VxA=c.attrs_VxA, num_attrs=c.num_attrs, tokens_VxT=c.tokens_VxT,
-      vocab_size=len(c.vocab) if c.vocab is not None else 2, neighbors_VxK=neighbors_VxK)}
+      vocab_size=len(c.vocab) if c.vocab is not None else 2, **graph)}
 
 
 @functools.partial(jax.jit, static_argnames=("alpha", "train_items_only", "log_q"))

@@ -207,7 +207,7 @@ def test_neighbors_propagate_an_id_only_table_too():
   np.testing.assert_allclose(table, want, atol=1e-6)  # row 0 (padding) untouched, as without
   with pytest.raises(ValueError, match="model.neighbor_window=0 must be >= 1"):
     model_config(V, item_mode="sum", neighbor_window=0)
-  with pytest.raises(ValueError, match="neither attributes, title tokens nor neighbours"):
+  with pytest.raises(ValueError, match="neither attributes, title tokens, neighbours nor transitions"):
     content_model.ContentInputs(known_V=toy_content().known_V)
 
 

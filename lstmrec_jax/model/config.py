@@ -81,6 +81,13 @@ class ModelConfig:
   neighbor_gradient: bool
   neighbor_window: int
   neighbor_score: str
+  # The first-order transition prior (scoring, not training): each item j's score adds
+  # transition_weight x log(1 + 100 x c(last, j) / c(last, all)), c counting how often j came
+  # within transition_window positions after the user's last item in the training sequences,
+  # over the transition_items most frequent next items of each item (0 = off).
+  transition_weight: float
+  transition_items: int
+  transition_window: int
   # Devices the item tables are split over (the `model` axis of a data x model mesh, the
   # vocabulary-parallel softmax of losses/vocab_parallel.py); the tables get zero rows up to a
   # multiple of it (`table_rows`). 1 = every table whole on every device.
@@ -110,6 +117,11 @@ class ModelConfig:
         bad(key, "must be >= 1")
     if self.neighbor_window < 1:
       bad("neighbor_window", "must be >= 1")
+    if self.transition_weight < 0:
+      bad("transition_weight", "must be >= 0")
+    for key in ("transition_items", "transition_window"):
+      if getattr(self, key) < 1:
+        bad(key, "must be >= 1")
     if self.neighbor_score not in ("count", "cosine"):
       bad("neighbor_score", "must be 'count' or 'cosine'")
     for key in ("ffn_dim", "max_attributes", "item_neighbors"):
@@ -143,6 +155,9 @@ class ModelConfig:
           f"{' or '.join(map(repr, RECURRENT_WEIGHT_ENCODERS))} (a recurrent matrix to drop "
           f"from), not {self.encoder!r}; set --config.model.recurrent_weight_dropout=0 "
           "(configs/beauty.py, games.py and auto.py set 0.5)")
+    if self.transition_weight and cross_domain:
+      bad("transition_weight", "does not combine with a cross-domain encoder yet (its serving "
+          "state keeps one user vector per domain)")
     if problems:
       raise ValueError("invalid model config: " + "; ".join(problems))
 

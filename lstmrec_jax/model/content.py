@@ -72,14 +72,25 @@ class ContentInputs:
   vocab_size: int = 2  # token table size including padding (0) and unknown (1)
   # int [V, K] co-occurring item ids from 1, 0 pad (model.item_neighbors); None: no propagation
   neighbors_VxK: Any = None
+  # The transition prior (model.transition_weight; `cooccurrence.transition_lists`): int [V, K]
+  # the items that came next, 0 pad, and f32 [V, K] their log-shares; None: no prior.
+  transition_ids_VxK: Any = None
+  transition_logp_VxK: Any = None
 
   def __post_init__(self):
     num_items = np.shape(self.known_V)[0]
-    if self.attrs_VxA is None and self.tokens_VxT is None and self.neighbors_VxK is None:
-      raise ValueError("ContentInputs has neither attributes, title tokens nor neighbours")
+    if (self.attrs_VxA is None and self.tokens_VxT is None and self.neighbors_VxK is None
+        and self.transition_ids_VxK is None):
+      raise ValueError("ContentInputs has neither attributes, title tokens, neighbours nor "
+                       "transitions")
+    if (self.transition_ids_VxK is None) != (self.transition_logp_VxK is None) or (
+        self.transition_ids_VxK is not None
+        and np.shape(self.transition_ids_VxK) != np.shape(self.transition_logp_VxK)):
+      raise ValueError("transition_ids_VxK and transition_logp_VxK go together, of one shape")
     for name, arr, size in (("attrs_VxA", self.attrs_VxA, self.num_attrs),
                             ("tokens_VxT", self.tokens_VxT, self.vocab_size),
-                            ("neighbors_VxK", self.neighbors_VxK, num_items)):
+                            ("neighbors_VxK", self.neighbors_VxK, num_items),
+                            ("transition_ids_VxK", self.transition_ids_VxK, num_items)):
       if arr is None:
         continue
       if np.ndim(arr) != 2 or np.shape(arr)[0] != num_items:
@@ -212,6 +223,29 @@ class NeighborGraph(nnx.Module):
     weight_V = jnp.full((table_VxE.shape[0],), self.weight, jnp.float32)
     return _propagate(table_VxE, weight_V, self.neighbors_VxK[...], self.reverse_VxD[...],
                       self.overflow_src_O[...], self.overflow_dst_O[...])
+
+
+class TransitionPrior(nnx.Module):
+  """The first-order transition prior of `model.transition_weight`: for a user whose last item is
+  a, the items that most often came next after a in the training sequences and what each adds to
+  its score, weight x log(1 + 100 x share) (`cooccurrence.transition_lists`). Scoring only: the
+  ranking routes add these (id, value) pairs to the model's scores (`scoring/ranks.py`, `pairs`).
+  """
+
+  def __init__(self, ids_VxK, logp_VxK, weight: float):
+    self.ids_VxK = ContentConst(jnp.asarray(ids_VxK, jnp.int32))
+    self.logp_VxK = ContentConst(jnp.asarray(logp_VxK, jnp.float32))
+    self.weight = weight
+
+  def __call__(self, last_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(ids_BxK, values_BxK) of each row's last item (0 or out of range: no pairs)."""
+    last_B = jnp.asarray(last_B, jnp.int32)
+    ok_B = (last_B > 0) & (last_B < self.ids_VxK.shape[0])
+    row_B = jnp.where(ok_B, last_B, 0)
+    ids_BxK = jnp.where(ok_B[:, None], jnp.take(self.ids_VxK[...], row_B, axis=0), 0)
+    values_BxK = jnp.where(ids_BxK > 0, self.weight * jnp.take(self.logp_VxK[...], row_B, axis=0),
+                           0.0)
+    return ids_BxK, values_BxK
 
 
 class TitleEncoder(nnx.Module):

@@ -139,6 +139,28 @@ def teacher_lists(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int, k
   return ids, probs
 
 
+# `transition_lists`' scale: log(1 + TRANSITION_SCALE x share), so a partner with 1% of an
+# item's transitions scores log 2 and one with all of them log 101.
+TRANSITION_SCALE = 100.0
+
+
+def transition_lists(offsets_U1: np.ndarray, items_N: np.ndarray, num_items: int, k: int, *,
+                     window: int) -> tuple[np.ndarray, np.ndarray]:
+  """(int32 [V, k] next items, f32 [V, k] their log-shares): the first-order transition prior of
+  `model.transition_weight`. Row a holds the k items that most often came within `window`
+  positions after a in the training sequences (`cooccurrence_counts(direction="next")`, ties as
+  `neighbor_lists`) and log(1 + TRANSITION_SCALE x c(a, b) / c(a, all)), the share taken over ALL
+  of a's transitions (not only the k kept). Rows without transitions are all 0 (no term).
+  Example: sequences [1, 2, 3] and [1, 2], window 1, k 1 -> item 1: [2] log(101), item 2: [3]
+  log(101), item 3: nothing.
+  """
+  counts = cooccurrence_counts(offsets_U1, items_N, num_items, window, "next")
+  ids, c = _top_partners(counts, k, "count")
+  total = np.asarray(counts.sum(axis=1)).ravel()[:, None]
+  logp = np.where(c > 0, np.log1p(TRANSITION_SCALE * c / np.maximum(total, 1.0)), 0.0)
+  return ids, logp.astype(np.float32)
+
+
 def randomized_svd(m: scipy.sparse.csr_matrix, k: int, *, seed: int, oversample: int = 16,
                    power_iters: int = 4) -> tuple[np.ndarray, np.ndarray]:
   """The top-k left singular vectors and values of a square symmetric sparse `m`, approximately.

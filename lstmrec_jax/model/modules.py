@@ -120,6 +120,16 @@ class SeqRecModel(nnx.Module):
       self.q_bias = nnx.Param(jnp.zeros((2, cfg.table_rows), param_dtype))
     else:
       self.q_table = self.q_bias = None
+    # `model.transition_weight`: the counted next-item prior the ranking routes add to the scores
+    # (`transition_pairs`); data-derived constants, no parameter.
+    if cfg.transition_weight and (item_content is None
+                                  or item_content.transition_ids_VxK is None):
+      raise ValueError("model.transition_weight > 0 needs the transition lists "
+                       "(item_content=run.model_inputs(...)['item_content'])")
+    self.transitions = (content_lib.TransitionPrior(item_content.transition_ids_VxK,
+                                                    item_content.transition_logp_VxK,
+                                                    cfg.transition_weight)
+                        if cfg.transition_weight else None)
 
   def id_keep_mask(self, dropout_key: jax.Array | None) -> jax.Array | None:
     """bool (V,): items that keep their id part this step; None without id dropout or key."""
@@ -288,6 +298,17 @@ class SeqRecModel(nnx.Module):
   def item_bias(self) -> jax.Array | None:
     """The per-item score bias (V,), or None without one."""
     return None if self.bias is None else self.bias[:self.cfg.num_items]
+
+  @property
+  def has_transitions(self) -> bool:
+    """Whether the ranking routes add the transition prior (`model.transition_weight`)."""
+    return self.transitions is not None
+
+  def transition_pairs(self, last_items_B: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+    """(ids_BxK, values_BxK) the transition prior adds to the scores of users whose last item is
+    `last_items_B` (0: none), or None without the prior. Example: weight 0.5, item 1 followed
+    only by item 2 in training -> last 1 gives ids [2, 0, ...], values [0.5 log 101, 0, ...]."""
+    return None if self.transitions is None else self.transitions(last_items_B)
 
   @property
   def has_q_head(self) -> bool:

@@ -8,6 +8,10 @@ Domains: with `item_domains_V` (each item's domain) and `domains_B` (each row's 
 a row is ranked, and its top-k drawn, among its own domain's items only: the others score -inf in
 every chunk, exactly like removed items (one path for evaluation and serving).
 
+Pairs: an optional (ids_BxP, values_BxP) per row adds values_BxP[b, p] to the score of item
+ids_BxP[b, p] (id 0: nothing), in every chunk and to the target's score: the transition prior of
+`model.transition_weight` (`SeqRecModel.transition_pairs`), sparse per user.
+
 The rank of a target is the number of catalog items that outrank it: real items (id >= 1), other than
 the target, not removed as already seen, whose score is greater than or equal to the target's
 (ties count against the target, so a constant scorer gets no credit). Rank 0 is a hit at 1. Items
@@ -51,13 +55,36 @@ def pad_domains(item_domains_V: jax.Array | None, chunk: int) -> jax.Array | Non
                  constant_values=-2).reshape(-1, chunk)
 
 
+def pair_scores(pairs, ids_BxM: jax.Array) -> jax.Array:
+  """What `pairs` (ids_BxP, values_BxP) add to the items ids_BxM of each row, f32 [B, M].
+
+  Example: pairs ([[2, 5, 0]], [[1.0, 0.5, 0.0]]), ids [[5, 3, 2]] -> [[0.5, 0.0, 1.0]].
+  """
+  ids_BxP, values_BxP = pairs
+  match_BxMxP = (ids_BxM[:, :, None] == ids_BxP[:, None, :]) & (ids_BxP[:, None, :] > 0)
+  return jnp.sum(jnp.where(match_BxMxP, values_BxP.astype(jnp.float32)[:, None, :], 0.0), axis=2)
+
+
+def _add_pairs(scores_BxC: jax.Array, pairs, lo) -> jax.Array:
+  """scores_BxC of the items lo .. lo + C - 1 with the pairs' values added (a scatter-add)."""
+  ids_BxP, values_BxP = pairs
+  chunk = scores_BxC.shape[1]
+  local = ids_BxP - lo
+  inside = (ids_BxP > 0) & (local >= 0) & (local < chunk)
+  rows = jnp.broadcast_to(jnp.arange(ids_BxP.shape[0])[:, None], ids_BxP.shape)
+  return scores_BxC.at[rows, jnp.where(inside, local, chunk)].add(
+      values_BxP.astype(jnp.float32), mode="drop")
+
+
 def chunk_scores(user_BxE, table_CxE, bias_C, lo, seen_BxS, targets_B, exclude_seen,
-                 domains_C=None, domains_B=None):
-  """Scores of one item chunk with padding id 0, (optionally) seen items and, with domains,
-  items outside each row's domain set to -inf."""
+                 domains_C=None, domains_B=None, pairs=None):
+  """Scores of one item chunk (plus the pairs' values, given pairs) with padding id 0,
+  (optionally) seen items and, with domains, items outside each row's domain set to -inf."""
   chunk = table_CxE.shape[0]
   scores_BxC = jnp.dot(user_BxE, table_CxE.T.astype(user_BxE.dtype),
                        preferred_element_type=jnp.float32) + bias_C[None, :]
+  if pairs is not None:
+    scores_BxC = _add_pairs(scores_BxC, pairs, lo)
   ids_C = lo + jnp.arange(chunk)
   scores_BxC = jnp.where(ids_C[None, :] == 0, -jnp.inf, scores_BxC)
   if domains_C is not None and domains_B is not None:
@@ -78,7 +105,7 @@ def target_ranks(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | 
                  targets_B: jax.Array, seen_BxS: jax.Array | None = None, *,
                  exclude_seen: bool = True, chunk_size: int = 8192,
                  item_domains_V: jax.Array | None = None,
-                 domains_B: jax.Array | None = None) -> jax.Array:
+                 domains_B: jax.Array | None = None, pairs=None) -> jax.Array:
   """0-based rank of each target among all items (see the module docstring); int32 [B].
 
   With `item_domains_V` and `domains_B`, among the items of the row's domain only.
@@ -90,6 +117,8 @@ def target_ranks(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | 
   target_scores_B = jnp.einsum("be,be->b", user, table_VxE[targets_B].astype(jnp.float32))
   if bias_V is not None:
     target_scores_B = target_scores_B + bias_V[targets_B].astype(jnp.float32)
+  if pairs is not None:
+    target_scores_B = target_scores_B + pair_scores(pairs, targets_B[:, None])[:, 0]
   chunk = min(chunk_size, table_VxE.shape[0])
   tables, biases = pad_items(table_VxE, bias_V, chunk)
   domains = pad_domains(item_domains_V, chunk) if domains_B is not None else None
@@ -101,7 +130,7 @@ def target_ranks(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | 
     index, table_CxE, bias_C, domains_C = xs
     lo = index * chunk
     scores_BxC = chunk_scores(user, table_CxE, bias_C, lo, seen_BxS, targets_B, exclude_seen,
-                              domains_C, domains_B)
+                              domains_C, domains_B, pairs)
     ids_C = lo + jnp.arange(chunk)
     ahead = (scores_BxC >= target_scores_B[:, None]) & (ids_C[None, :] != targets_B[:, None])
     # -inf marks padding and removed items; NaN or +inf is a broken score
@@ -117,7 +146,7 @@ def target_ranks(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | 
 def top_k_items(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | None,
                 k: int, seen_BxS: jax.Array | None = None, *, exclude_seen: bool = True,
                 chunk_size: int = 8192, item_domains_V: jax.Array | None = None,
-                domains_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                domains_B: jax.Array | None = None, pairs=None) -> tuple[jax.Array, jax.Array]:
   """Each user's top-k item ids and scores over the catalog (with `item_domains_V` and
   `domains_B`: over the row's domain), with a running top-k over chunks."""
   user = user_BxE.astype(jnp.float32)
@@ -133,7 +162,7 @@ def top_k_items(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | N
     index, table_CxE, bias_C, domains_C = xs
     lo = index * chunk
     scores_BxC = chunk_scores(user, table_CxE, bias_C, lo, seen_BxS, no_target_B, exclude_seen,
-                              domains_C, domains_B)
+                              domains_C, domains_B, pairs)
     ids_BxC = jnp.broadcast_to(lo + jnp.arange(chunk, dtype=jnp.int32), scores_BxC.shape)
     all_scores = jnp.concatenate([best_scores_BxK, scores_BxC], axis=1)
     all_ids = jnp.concatenate([best_ids_BxK, ids_BxC], axis=1)
@@ -148,7 +177,7 @@ def top_k_items(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | N
 
 
 def candidate_ranks(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array | None,
-                    candidates_BxM: jax.Array) -> tuple[jax.Array, jax.Array]:
+                    candidates_BxM: jax.Array, pairs=None) -> tuple[jax.Array, jax.Array]:
   """The sampled protocol: each target's 0-based rank among its row's candidates.
 
   `candidates_BxM[:, 0]` is the target, the rest its negatives (id 0: none). The rank is the
@@ -164,6 +193,8 @@ def candidate_ranks(user_BxE: jax.Array, table_VxE: jax.Array, bias_V: jax.Array
   scores_BxM = jnp.einsum("be,bme->bm", user, rows_BxMxE)
   if bias_V is not None:
     scores_BxM = scores_BxM + jnp.take(bias_V, candidates_BxM).astype(jnp.float32)
+  if pairs is not None:
+    scores_BxM = scores_BxM + pair_scores(pairs, candidates_BxM)
   real_BxM = candidates_BxM > 0
   target_B1 = scores_BxM[:, :1]
   negatives = real_BxM[:, 1:]

@@ -16,7 +16,9 @@ ranks each target among the candidates the batch carries (`candidates_BxM`).
 
 `head` picks the item scores: "softmax" (the output item table, what every model has) or "q"
 (the Q heads of a model trained with an offline RL loss, `SeqRecModel.head_tables`). The user
-vector, the fallback and the ranking are the same path for both.
+vector, the fallback and the ranking are the same path for both. A model with the transition
+prior (`model.transition_weight`) adds it to the softmax head's scores of every row with a
+history (`transition_pairs`, from the row's last item).
 """
 
 from __future__ import annotations
@@ -65,6 +67,24 @@ def user_vectors(params: Any, consts: Any, batch: dict[str, jax.Array], graphdef
   user_BxLxE = model(batch["inputs_BxL"], batch["mask_BxL"], item_table_VxE=input_VxE,
                      target_domains_BxL=target_domains(batch))
   return last_state(user_BxLxE, batch["mask_BxL"]), output_VxE, bias_V
+
+
+def last_items(inputs_BxL: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+  """Each row's last real item id (rows are right-padded); 0 for empty rows."""
+  length_B = mask_BxL.sum(axis=1)
+  last_B = jnp.take_along_axis(inputs_BxL, jnp.maximum(length_B - 1, 0)[:, None], axis=1)[:, 0]
+  return jnp.where(length_B > 0, last_B, 0)
+
+
+def transition_pairs(params: Any, consts: Any, batch: dict[str, jax.Array],
+                     graphdef: nnx.GraphDef, head: str = "softmax"):
+  """The (ids_BxP, values_BxP) the model's transition prior adds to each row's scores (from the
+  row's last item; `model.transition_weight`), or None: no prior, or a head other than the
+  softmax (the Q heads are on the reward scale)."""
+  model = nnx.merge(graphdef, params, consts)
+  if head != "softmax" or not model.has_transitions:
+    return None
+  return model.transition_pairs(last_items(batch["inputs_BxL"], batch["mask_BxL"]))
 
 
 def fallback_table(table_VxE: jax.Array, bias_V: jax.Array | None,
@@ -131,6 +151,7 @@ def eval_step(params: Any, consts: Any, batch: dict[str, jax.Array],
                                extra_bias_V)
   return ranks.target_ranks(user, table, bias, batch["targets_B"], batch.get("seen_BxS"),
                             exclude_seen=exclude_seen, chunk_size=chunk_size,
+                            pairs=transition_pairs(params, consts, batch, graphdef, head),
                             **_domain_args(batch, item_domains_V))
 
 
@@ -146,6 +167,7 @@ def topk_step(params: Any, consts: Any, batch: dict[str, jax.Array],
                                extra_bias_V)
   return ranks.top_k_items(user, table, bias, k, batch.get("seen_BxS"),
                            exclude_seen=exclude_seen, chunk_size=chunk_size,
+                           pairs=transition_pairs(params, consts, batch, graphdef, head),
                            **_domain_args(batch, item_domains_V))
 
 
@@ -164,10 +186,12 @@ def rank_topk_step(params: Any, consts: Any, batch: dict[str, jax.Array],
                                extra_bias_V)
   seen = batch.get("seen_BxS")
   domain_args = _domain_args(batch, item_domains_V)
+  pairs = transition_pairs(params, consts, batch, graphdef, head)
   ranks_B = ranks.target_ranks(user, table, bias, batch["targets_B"], seen,
-                               exclude_seen=exclude_seen, chunk_size=chunk_size, **domain_args)
+                               exclude_seen=exclude_seen, chunk_size=chunk_size, pairs=pairs,
+                               **domain_args)
   ids_BxK, scores_BxK = ranks.top_k_items(user, table, bias, k, seen, exclude_seen=exclude_seen,
-                                          chunk_size=chunk_size, **domain_args)
+                                          chunk_size=chunk_size, pairs=pairs, **domain_args)
   return ranks_B, ids_BxK, scores_BxK
 
 
@@ -182,7 +206,8 @@ def sampled_step(params: Any, consts: Any, batch: dict[str, jax.Array],
   user_BxE, table_VxE, bias_V = user_vectors(params, consts, batch, graphdef)
   user, table, bias = _scoring(user_BxE, table_VxE, bias_V, batch["mask_BxL"], popularity_V,
                                extra_bias_V)
-  return ranks.candidate_ranks(user, table, bias, batch["candidates_BxM"])
+  return ranks.candidate_ranks(user, table, bias, batch["candidates_BxM"],
+                               pairs=transition_pairs(params, consts, batch, graphdef))
 
 
 def jit_over_batch(fn, mesh: Mesh, popularity_V=None, extra_bias_V=None,

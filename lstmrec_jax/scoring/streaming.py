@@ -11,6 +11,10 @@ A user's serving state is ONE flat f32 vector `state_S` = [encoder state, user_E
     item ids (as f32, exact below 2^24), and `observe` re-encodes that window (O(max_len));
   - user_E is the user vector after the last known event (what `top_k` scores with), count the
     number of known events seen (0: popularity fallback, the same path as `steps.eval_step`);
+  - a model with the transition prior (`model.transition_weight`) also keeps the last known
+    item's id after user_E (as f32, exact below 2^24): `user_of` hands it out as the user
+    vector's last column, and `rank` / `score_items` add the prior of that item
+    (`steps.transition_pairs` in evaluation);
     a cross-domain encoder keeps one user vector per domain (N x E, `user_slots`), since the
     next item's domain is chosen only when recommending (`user_of(..., domains_B)`).
 One flat vector per user is what the state stores keep (bytes in Redis, a row in memory) and what
@@ -47,32 +51,39 @@ class StateLayout:
   embed_dim: int  # E
   window: int  # ids kept by a non-streaming encoder (its max_len); 0 when streaming
   user_slots: int = 1  # user vectors kept: one per domain for a cross-domain encoder, else one
+  last_item: bool = False  # the last known item's id kept after the user vector (a prior needs it)
 
   @property
   def encoder_size(self) -> int:
     return sum(math.prod(s) for s in self.encoder_shapes) if self.window == 0 else self.window
 
   @property
+  def user_width(self) -> int:
+    """The width of what `user_of` hands out: E, plus the last item's id with the prior."""
+    return self.embed_dim + int(self.last_item)
+
+  @property
   def size(self) -> int:
-    """S = encoder state + user_slots x E + 1."""
-    return self.encoder_size + self.user_slots * self.embed_dim + 1
+    """S = encoder state + user_slots x E (+ 1 for the last item) + 1."""
+    return self.encoder_size + self.user_slots * self.embed_dim + int(self.last_item) + 1
 
 
 def layout_of(model) -> StateLayout:
   """The flat state layout of an NNX SeqRecModel."""
   e = model.cfg.embed_dim
   if not model.streams:
-    return StateLayout((), None, e, model.cfg.max_len)
+    return StateLayout((), None, e, model.cfg.max_len, last_item=model.has_transitions)
   leaves, treedef = jax.tree.flatten(jax.eval_shape(lambda: model.initial_state(1)))
   return StateLayout(tuple(tuple(x.shape[1:]) for x in leaves), treedef, e, 0,
-                     getattr(model, "user_slots", 1))
+                     getattr(model, "user_slots", 1), model.has_transitions)
 
 
 def _unpack(layout: StateLayout, state_BxS: jax.Array):
-  """(encoder state pytree or id window, user vectors B x (user_slots * E), count_B)."""
+  """(encoder state pytree or id window, user vectors B x (user_slots * E) with the last item's
+  id after them when the layout keeps it, count_B)."""
   b = state_BxS.shape[0]
   n = layout.encoder_size
-  width = layout.user_slots * layout.embed_dim
+  width = layout.user_slots * layout.embed_dim + int(layout.last_item)
   enc, user_BxE, count_B = state_BxS[:, :n], state_BxS[:, n:n + width], state_BxS[:, -1]
   if layout.window:
     return enc.astype(jnp.int32), user_BxE, count_B
@@ -104,6 +115,10 @@ class Tables:
   fallback_VxF: jax.Array  # output table + bias + log popularity (`steps.fallback_table`)
   # The Q head's table + bias + log popularity; None for a model without Q heads.
   q_fallback_VxF: jax.Array | None = None
+  # The transition prior (`model.transition_weight`): each item's next items and what each adds
+  # to their scores (weight x log-share); None without the prior.
+  transition_ids_VxP: jax.Array | None = None
+  transition_values_VxP: jax.Array | None = None
 
   def head_table(self, head: str) -> jax.Array:
     """The fallback table `head` ("softmax" | "q") ranks with."""
@@ -119,8 +134,25 @@ class Tables:
     return ("softmax",) if self.q_fallback_VxF is None else ("softmax", "q")
 
 
+  def pairs(self, user_BxU: jax.Array, head: str):
+    """(user_BxE, the transition pairs of each row or None): a user vector from `user_of` ends
+    with the last item's id when the model has the prior; the prior scores the softmax head."""
+    if self.transition_ids_VxP is None:
+      return user_BxU, None
+    user_BxE, last_B = user_BxU[:, :-1], jnp.round(user_BxU[:, -1]).astype(jnp.int32)
+    if head != "softmax":
+      return user_BxE, None
+    ok_B = (last_B > 0) & (last_B < self.transition_ids_VxP.shape[0])
+    row_B = jnp.where(ok_B, last_B, 0)
+    ids_BxP = jnp.where(ok_B[:, None], jnp.take(self.transition_ids_VxP, row_B, axis=0), 0)
+    values_BxP = jnp.where(ids_BxP > 0, jnp.take(self.transition_values_VxP, row_B, axis=0), 0.0)
+    return user_BxE, (ids_BxP, values_BxP)
+
+
 jax.tree_util.register_dataclass(Tables, data_fields=["params", "consts", "input_VxE",
-                                                      "fallback_VxF", "q_fallback_VxF"],
+                                                      "fallback_VxF", "q_fallback_VxF",
+                                                      "transition_ids_VxP",
+                                                      "transition_values_VxP"],
                                  meta_fields=[])
 
 
@@ -133,11 +165,14 @@ def make_tables(graphdef, params, consts, popularity_V) -> Tables:
     input_VxE, output_VxE, bias_V = model.item_tables()
     q_fallback_VxF = (steps.fallback_table(*model.head_tables("q"), popularity_V)
                       if model.has_q_head else None)
-    return input_VxE, steps.fallback_table(output_VxE, bias_V, popularity_V), q_fallback_VxF
+    transitions = (None, None)
+    if model.has_transitions:
+      t = model.transitions
+      transitions = (t.ids_VxK[...], t.weight * t.logp_VxK[...])
+    return (input_VxE, steps.fallback_table(output_VxE, bias_V, popularity_V), q_fallback_VxF,
+            *transitions)
 
-  input_VxE, fallback_VxF, q_fallback_VxF = build(params, consts,
-                                                  jnp.asarray(popularity_V, jnp.float32))
-  return Tables(params, consts, input_VxE, fallback_VxF, q_fallback_VxF)
+  return Tables(params, consts, *build(params, consts, jnp.asarray(popularity_V, jnp.float32)))
 
 
 def initial_state(layout: StateLayout, batch: int) -> np.ndarray:
@@ -159,6 +194,8 @@ def observe(graphdef, layout: StateLayout, tables: Tables, state_BxS: jax.Array,
   else:
     enc, new_user = model.step(enc, item_ids_B, item_table_VxE=tables.input_VxE)
     new_user_BxE = new_user.reshape(new_user.shape[0], -1)  # cross-domain: N x E per user
+  if layout.last_item:
+    new_user_BxE = jnp.concatenate([new_user_BxE, item_ids_B.astype(jnp.float32)[:, None]], axis=1)
   # A row without an event keeps its user vector (the model outputs zeros at masked steps).
   user_BxE = jnp.where(known_B[:, None], new_user_BxE, user_BxE)
   return _pack(layout, enc, user_BxE, count_B + known_B)
@@ -191,19 +228,23 @@ def encode(graphdef, layout: StateLayout, tables: Tables, items_BxL: jax.Array,
   equal. Unknown ids must already be removed (0 only as right padding). `domains_B`: the domain
   each row is asked about (what a cross-domain encoder reads, as `steps.user_vectors`).
   """
-  del layout
   model = nnx.merge(graphdef, tables.params, tables.consts)
   mask_BxL = items_BxL > 0
   target_domains = steps.target_domains({"inputs_BxL": items_BxL, "domains_B": domains_B})
   user_BxLxE = model(items_BxL, mask_BxL, item_table_VxE=tables.input_VxE,
                      target_domains_BxL=target_domains)
-  return steps.last_state(user_BxLxE, mask_BxL), mask_BxL.sum(axis=1)
+  user_BxE = steps.last_state(user_BxLxE, mask_BxL)
+  if layout.last_item:  # as `user_of` hands it out: the last item's id after the vector
+    last_B = steps.last_items(items_BxL, mask_BxL).astype(jnp.float32)
+    user_BxE = jnp.concatenate([user_BxE, last_B[:, None]], axis=1)
+  return user_BxE, mask_BxL.sum(axis=1)
 
 
 def user_of(layout: StateLayout, state_BxS: jax.Array, domains_B: jax.Array | None = None):
-  """(user_BxE, count_B) of flat states; with one user vector per domain, the `domains_B` one."""
+  """(user_BxE, count_B) of flat states; with one user vector per domain, the `domains_B` one.
+  With the transition prior the vector ends with the last item's id (`layout.user_width`)."""
   n = layout.encoder_size
-  users = state_BxS[:, n:n + layout.user_slots * layout.embed_dim]
+  users = state_BxS[:, n:n + layout.user_slots * layout.embed_dim + int(layout.last_item)]
   if layout.user_slots > 1:
     if domains_B is None:
       raise ValueError("a cross-domain state holds one user vector per domain: name the domain")
@@ -219,18 +260,23 @@ def rank(tables: Tables, user_BxE: jax.Array, count_B: jax.Array, exclude_BxX: j
   """Top-k (ids_BxK, scores_BxK) of `head` over the catalog without the excluded ids (0 = none);
   with `item_domains_V` and `domains_B` (-1: any), over each row's domain only.
 
-  Users with count 0 get the popularity fallback (`steps.fallback_user`, as `eval_step`).
+  Users with count 0 get the popularity fallback (`steps.fallback_user`, as `eval_step`); with
+  the transition prior, the others also its pairs of their last item (`Tables.pairs`).
   """
+  user_BxE, pairs = tables.pairs(user_BxE, head)
   user_BxF = steps.fallback_user(user_BxE, count_B > 0)
   return ranks.top_k_items(user_BxF, tables.head_table(head), None, k, exclude_BxX,
                            exclude_seen=True, chunk_size=CHUNK, item_domains_V=item_domains_V,
-                           domains_B=domains_B)
+                           domains_B=domains_B, pairs=pairs)
 
 
 def score_items(tables: Tables, user_BxE: jax.Array, count_B: jax.Array,
                 items_BxA: jax.Array, head: str = "softmax") -> jax.Array:
   """Scores of given items only (an allow list), f32; -inf at padding id 0."""
+  user_BxE, pairs = tables.pairs(user_BxE, head)
   user_BxF = steps.fallback_user(user_BxE, count_B > 0)
   rows_BxAxF = jnp.take(tables.head_table(head), items_BxA, axis=0)
   scores_BxA = jnp.einsum("bf,baf->ba", user_BxF, rows_BxAxF)
+  if pairs is not None:
+    scores_BxA = scores_BxA + ranks.pair_scores(pairs, items_BxA)
   return jnp.where(items_BxA > 0, scores_BxA, -jnp.inf)

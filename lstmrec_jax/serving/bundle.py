@@ -325,15 +325,18 @@ def load(path: str | os.PathLike, *, expect_sha256: str | None = None) -> Bundle
         content.update(meta.get("content_scalars", {}))
         content.setdefault("attrs_VxA", None)
         content.setdefault("tokens_VxT", None)
-        content.setdefault("neighbors_VxK", None)
+        for name in ("neighbors_VxK", "transition_ids_VxK", "transition_logp_VxK"):
+          content.setdefault(name, None)
     item_keys = json.loads((path / "items.json").read_text())
     rest = {k: meta[k] for k in ("source", "dataset", "exported", "created", "jax_version")
             if k in meta}
     # Keys added after a bundle was written take the value its model had: unsplit tables
     # (vocab_shards), no Q heads (q_head), no weight drop (recurrent_weight_dropout; training only),
-    # per-position dropout (locked_dropout; training only).
+    # per-position dropout (locked_dropout; training only), no transition prior
+    # (transition_*).
     model = {"vocab_shards": 1, "q_head": False, "recurrent_weight_dropout": 0.0,
-             "locked_dropout": False, **meta["model"]}
+             "locked_dropout": False, "transition_weight": 0.0, "transition_items": 32,
+             "transition_window": 1, **meta["model"]}
     b = Bundle(model=model, num_items=int(meta["num_items"]), max_len=int(meta["max_len"]),
                seed=int(meta["seed"]), params=params, item_keys=item_keys,
                popularity_V=np.asarray(popularity_V), content=content, meta=rest,
@@ -368,7 +371,8 @@ def export_functions_to(bundle: Bundle, out: pathlib.Path, *, k: int) -> dict[st
 
   def tables_of(t):
     return fns.Tables(_flat_like(params, t["params"]), consts, t["input_VxE"], t["fallback_VxF"],
-                      t.get("q_fallback_VxF"))
+                      t.get("q_fallback_VxF"), t.get("transition_ids_VxP"),
+                      t.get("transition_values_VxP"))
 
   item_domains_V = (None if bundle.item_domains_V is None
                     else np.asarray(bundle.item_domains_V, np.int32))
@@ -379,6 +383,9 @@ def export_functions_to(bundle: Bundle, out: pathlib.Path, *, k: int) -> dict[st
            "fallback_VxF": built.fallback_VxF}
     if built.q_fallback_VxF is not None:  # a model with Q heads (an offline RL loss)
       out["q_fallback_VxF"] = built.q_fallback_VxF
+    if built.transition_ids_VxP is not None:  # the transition prior (model.transition_weight)
+      out["transition_ids_VxP"] = built.transition_ids_VxP
+      out["transition_values_VxP"] = built.transition_values_VxP
     if item_domains_V is not None:  # a multi-domain catalogue: each dense id's domain
       out["item_domains_V"] = jnp.asarray(item_domains_V)
     return out

@@ -209,7 +209,7 @@ class Service:
     """(users, counts) of dense-id histories, one jitted call per length group and max_batch
     (a cross-domain model: each row's user state for its domain in `domains`)."""
     rows = [self.rec._window(h) for h in histories]  # pylint: disable=protected-access
-    users = np.zeros((len(rows), self.rec.layout.embed_dim), np.float32)
+    users = np.zeros((len(rows), self.rec.layout.user_width), np.float32)
     counts = np.zeros(len(rows), np.float32)
     for length, members in self._length_groups([len(r) for r in rows]):
       for lo, hi in self._chunks(len(members)):
@@ -284,7 +284,7 @@ class Service:
     came (a 3 s wait on one core, after "ready").
     """
     before = compile_count()
-    e = self.rec.layout.embed_dim
+    e = self.rec.layout.user_width
     rec, done = self.rec, jax.block_until_ready
     for b in self.batch_buckets:
       domains = self._domain_rows(None, [], b)
@@ -423,7 +423,7 @@ class Service:
 
   def _recommend(self, jobs, recs, stored, results) -> None:
     by_history = [i for i in recs if jobs[i].get("history") is not None]
-    users = np.zeros((len(jobs), self.rec.layout.embed_dim), np.float32)
+    users = np.zeros((len(jobs), self.rec.layout.user_width), np.float32)
     counts = np.zeros(len(jobs), np.float32)
     domain_of = [j.get("domain", -1) if j["kind"] == "recommend" else -1 for j in jobs]
     seen: dict[int, list[int]] = {}
