@@ -195,3 +195,19 @@ def test_transition_settings_are_checked(tmp_path):
   from lstmrec_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="needs the transition lists"):
     model_lib.SeqRecModel(cfg, rngs=nnx.Rngs(params=0))
+
+
+def test_the_embedding_attack_at_eps_0_is_the_evaluation_with_the_prior(tmp_path):
+  from lstmrec_jax.evaluation import attacks  # pylint: disable=g-import-not-at-top
+  from lstmrec_jax.evaluation import ranking  # pylint: disable=g-import-not-at-top
+  run = _run(tmp_path, 0.7)
+  split = run.dataset.test
+  got = attacks.perturbed_ranks(run.graphdef, run.params, run.consts, run.dataset, split,
+                                eps_list=(0.0,), loss_cfg=run.spec.loss, batch_size=64,
+                                max_len=16, chunk_size=32)
+  rank_fn = steps.compile_rank_fn(run.graphdef, run.mesh, exclude_seen=True, chunk_size=32,
+                                  popularity_V=run.dataset.item_counts_V)
+  users_U, ranks_U = ranking.rank_split(rank_fn, run.params, run.consts, split, batch_size=64,
+                                        max_len=16, mesh=run.mesh)
+  ref = dict(zip(users_U.tolist(), ranks_U.tolist()))
+  np.testing.assert_array_equal(got[0.0], [ref[u] for u in split.users_U.tolist()])

@@ -73,8 +73,10 @@ def attacked_ranks_step(params: Any, consts: Any, batch: dict[str, jax.Array],
   user_BxE = user_at(eps * adversarial.embedding_scale(input_VxE) * delta)
   user = scoring.fallback_user(user_BxE, has_history_B)
   table = scoring.fallback_table(output_VxE, bias_V, popularity_V)
+  # The transition prior (`model.transition_weight`) reads item ids, which the attack leaves.
   return ranks_lib.target_ranks(user, table, None, targets_B, batch.get("seen_BxS"),
-                              exclude_seen=exclude_seen, chunk_size=chunk_size)
+                              exclude_seen=exclude_seen, chunk_size=chunk_size,
+                              pairs=scoring.transition_pairs(params, consts, batch, graphdef))
 
 
 def perturbed_ranks(graphdef, params, consts, dataset, split, *, eps_list: Sequence[float],
