@@ -211,3 +211,23 @@ def test_the_embedding_attack_at_eps_0_is_the_evaluation_with_the_prior(tmp_path
                                         max_len=16, mesh=run.mesh)
   ref = dict(zip(users_U.tolist(), ranks_U.tolist()))
   np.testing.assert_array_equal(got[0.0], [ref[u] for u in split.users_U.tolist()])
+
+
+def test_the_simulation_policy_scores_with_the_prior(tmp_path):
+  """benchmarks/rl_simulation.py's full score rows (what its users are shown from) add the prior
+  as the served top-k does."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+  import rl_simulation  # pylint: disable=g-import-not-at-top
+  run = _run(tmp_path, 0.7)
+  rec = Recommender(bundle_lib.from_run(run, run.params))
+  common_keys = [None] + [str(k) for k in rec.item_keys[1:]]
+  histories = [[3, 9], [14, 2, 7], [21]]
+  policy = rl_simulation.ServedModel(rec, common_keys, "softmax")
+  state = policy.start(histories)
+  scores = policy.scores(state)
+  for row, h in zip(scores, histories):
+    row[h] = -np.inf
+  got = policy.slates(state, 5, [[] for _ in histories])
+  np.testing.assert_array_equal(np.argsort(-scores, axis=1, kind="stable")[:, :5], got)
