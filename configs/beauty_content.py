@@ -31,4 +31,5 @@ def get_config(arg: str | None = None):
   c.model.recurrent_weight_dropout = 0.0
   c.model.item_neighbors = 0  # measured without the recipe's item neighbours (stop 40)
   c.loss.teacher_weight = 0.0  # and without its co-occurrence teacher (stop 41)
+  c.model.transition_weight = 0.0  # and without its transition prior (stop 42)
   return base.apply_cold_arg(c, arg, "configs/beauty_content.py")

@@ -24,4 +24,5 @@ def get_config():
   c.optim.weight_decay = 0.1  # as measured (the LSTM recipe took 1.0 later)
   c.model.item_neighbors = 0  # measured without the recipe's item neighbours (stop 40)
   c.loss.teacher_weight = 0.0  # and without its co-occurrence teacher (stop 41)
+  c.model.transition_weight = 0.0  # and without its transition prior (stop 42)
   return c
