@@ -11,12 +11,12 @@ A user's serving state is ONE flat f32 vector `state_S` = [encoder state, user_E
     item ids (as f32, exact below 2^24), and `observe` re-encodes that window (O(max_len));
   - user_E is the user vector after the last known event (what `top_k` scores with), count the
     number of known events seen (0: popularity fallback, the same path as `steps.eval_step`);
+    a cross-domain encoder keeps one user vector per domain (N x E, `user_slots`), since the
+    next item's domain is chosen only when recommending (`user_of(..., domains_B)`);
   - a model with the transition prior (`model.transition_weight`) also keeps the last known
     item's id after user_E (as f32, exact below 2^24): `user_of` hands it out as the user
     vector's last column, and `rank` / `score_items` add the prior of that item
-    (`steps.transition_pairs` in evaluation);
-    a cross-domain encoder keeps one user vector per domain (N x E, `user_slots`), since the
-    next item's domain is chosen only when recommending (`user_of(..., domains_B)`).
+    (`steps.transition_pairs` in evaluation).
 One flat vector per user is what the state stores keep (bytes in Redis, a row in memory) and what
 the `jax.export`ed functions take, so nothing outside this module knows the encoder's pytree.
 
@@ -133,7 +133,6 @@ class Tables:
   def heads(self) -> tuple[str, ...]:
     return ("softmax",) if self.q_fallback_VxF is None else ("softmax", "q")
 
-
   def pairs(self, user_BxU: jax.Array, head: str):
     """(user_BxE, the transition pairs of each row or None): a user vector from `user_of` ends
     with the last item's id when the model has the prior; the prior scores the softmax head."""
@@ -195,7 +194,8 @@ def observe(graphdef, layout: StateLayout, tables: Tables, state_BxS: jax.Array,
     enc, new_user = model.step(enc, item_ids_B, item_table_VxE=tables.input_VxE)
     new_user_BxE = new_user.reshape(new_user.shape[0], -1)  # cross-domain: N x E per user
   if layout.last_item:
-    new_user_BxE = jnp.concatenate([new_user_BxE, item_ids_B.astype(jnp.float32)[:, None]], axis=1)
+    new_user_BxE = jnp.concatenate([new_user_BxE, item_ids_B.astype(jnp.float32)[:, None]],
+                                   axis=1)
   # A row without an event keeps its user vector (the model outputs zeros at masked steps).
   user_BxE = jnp.where(known_B[:, None], new_user_BxE, user_BxE)
   return _pack(layout, enc, user_BxE, count_B + known_B)
