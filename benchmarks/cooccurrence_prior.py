@@ -47,7 +47,7 @@ def prior_matrix(dataset, window: int, direction: str = "both"):
                                             dataset.num_items, window, direction).tocsr()
   rows = np.asarray(counts.sum(axis=1)).ravel()
   prior = counts.multiply(1.0 / np.maximum(rows, 1.0)[:, None]).tocsr().astype(np.float32)
-  prior.data = np.log1p(100.0 * prior.data)
+  prior.data = np.log1p(cooccurrence.TRANSITION_SCALE * prior.data)  # the model's scale
   return prior
 
 

@@ -110,17 +110,16 @@ class ServedModel:
   def scores(self, state) -> np.ndarray:
     """[B, V_common] scores of this head (-inf for items the model does not know)."""
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from lstmrec_jax.scoring import ranks  # pylint: disable=g-import-not-at-top
     from lstmrec_jax.scoring import steps  # pylint: disable=g-import-not-at-top
     user_BxE, count_B = self.rec._user_of(state["states"])  # pylint: disable=protected-access
     # A model with the transition prior: the vector ends with the last item, whose pairs add.
     user_BxE, pairs = self.rec.tables.pairs(jnp.asarray(user_BxE), self.head)
     table = self.rec.tables.head_table(self.head)
-    own = np.asarray(steps.fallback_user(user_BxE, jnp.asarray(count_B) > 0) @ table.T,
-                     np.float64)
+    own = steps.fallback_user(user_BxE, jnp.asarray(count_B) > 0) @ table.T
     if pairs is not None:
-      ids, values = np.asarray(pairs[0]), np.asarray(pairs[1], np.float64)
-      rows = np.broadcast_to(np.arange(ids.shape[0])[:, None], ids.shape)
-      np.add.at(own, (rows[ids > 0], ids[ids > 0]), values[ids > 0])
+      own = ranks.add_pairs(own, pairs, 0)
+    own = np.asarray(own, np.float64)
     out = np.full((own.shape[0], len(self.to_own)), -np.inf)
     known = self.to_own > 0
     out[:, known] = own[:, self.to_own[known]]

@@ -225,6 +225,17 @@ class NeighborGraph(nnx.Module):
                       self.overflow_src_O[...], self.overflow_dst_O[...])
 
 
+def pairs_of(ids_VxK: jax.Array, values_VxK: jax.Array, last_B: jax.Array
+             ) -> tuple[jax.Array, jax.Array]:
+  """(ids_BxK, values_BxK): the rows of each user's last item (0 or out of range: no pairs), the
+  lookup of `TransitionPrior` and of the serving tables (`scoring/streaming.py`)."""
+  last_B = jnp.asarray(last_B, jnp.int32)
+  ok_B = (last_B > 0) & (last_B < ids_VxK.shape[0])
+  row_B = jnp.where(ok_B, last_B, 0)
+  ids_BxK = jnp.where(ok_B[:, None], jnp.take(ids_VxK, row_B, axis=0), 0)
+  return ids_BxK, jnp.where(ids_BxK > 0, jnp.take(values_VxK, row_B, axis=0), 0.0)
+
+
 class TransitionPrior(nnx.Module):
   """The first-order transition prior of `model.transition_weight`: for a user whose last item is
   a, the items that most often came next after a in the training sequences and what each adds to
@@ -239,13 +250,11 @@ class TransitionPrior(nnx.Module):
 
   def __call__(self, last_B: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(ids_BxK, values_BxK) of each row's last item (0 or out of range: no pairs)."""
-    last_B = jnp.asarray(last_B, jnp.int32)
-    ok_B = (last_B > 0) & (last_B < self.ids_VxK.shape[0])
-    row_B = jnp.where(ok_B, last_B, 0)
-    ids_BxK = jnp.where(ok_B[:, None], jnp.take(self.ids_VxK[...], row_B, axis=0), 0)
-    values_BxK = jnp.where(ids_BxK > 0, self.weight * jnp.take(self.logp_VxK[...], row_B, axis=0),
-                           0.0)
-    return ids_BxK, values_BxK
+    return pairs_of(self.ids_VxK[...], self.values_VxK(), last_B)
+
+  def values_VxK(self) -> jax.Array:
+    """What each kept next item adds to its score: weight x log-share."""
+    return self.weight * self.logp_VxK[...]
 
 
 class TitleEncoder(nnx.Module):

@@ -65,15 +65,20 @@ def pair_scores(pairs, ids_BxM: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(match_BxMxP, values_BxP.astype(jnp.float32)[:, None, :], 0.0), axis=2)
 
 
-def _add_pairs(scores_BxC: jax.Array, pairs, lo) -> jax.Array:
+def _chunk_cells(ids_BxP: jax.Array, keep_BxP: jax.Array, lo, chunk: int):
+  """(rows, columns) of per-row item ids inside the chunk lo .. lo + chunk - 1, for a scatter with
+  mode="drop": ids outside it, id 0 and those not kept get the column `chunk` (dropped)."""
+  local = ids_BxP - lo
+  inside = keep_BxP & (ids_BxP > 0) & (local >= 0) & (local < chunk)
+  rows = jnp.broadcast_to(jnp.arange(ids_BxP.shape[0])[:, None], ids_BxP.shape)
+  return rows, jnp.where(inside, local, chunk)
+
+
+def add_pairs(scores_BxC: jax.Array, pairs, lo) -> jax.Array:
   """scores_BxC of the items lo .. lo + C - 1 with the pairs' values added (a scatter-add)."""
   ids_BxP, values_BxP = pairs
-  chunk = scores_BxC.shape[1]
-  local = ids_BxP - lo
-  inside = (ids_BxP > 0) & (local >= 0) & (local < chunk)
-  rows = jnp.broadcast_to(jnp.arange(ids_BxP.shape[0])[:, None], ids_BxP.shape)
-  return scores_BxC.at[rows, jnp.where(inside, local, chunk)].add(
-      values_BxP.astype(jnp.float32), mode="drop")
+  cells = _chunk_cells(ids_BxP, jnp.ones(ids_BxP.shape, bool), lo, scores_BxC.shape[1])
+  return scores_BxC.at[cells].add(values_BxP.astype(jnp.float32), mode="drop")
 
 
 def chunk_scores(user_BxE, table_CxE, bias_C, lo, seen_BxS, targets_B, exclude_seen,
@@ -84,7 +89,7 @@ def chunk_scores(user_BxE, table_CxE, bias_C, lo, seen_BxS, targets_B, exclude_s
   scores_BxC = jnp.dot(user_BxE, table_CxE.T.astype(user_BxE.dtype),
                        preferred_element_type=jnp.float32) + bias_C[None, :]
   if pairs is not None:
-    scores_BxC = _add_pairs(scores_BxC, pairs, lo)
+    scores_BxC = add_pairs(scores_BxC, pairs, lo)
   ids_C = lo + jnp.arange(chunk)
   scores_BxC = jnp.where(ids_C[None, :] == 0, -jnp.inf, scores_BxC)
   if domains_C is not None and domains_B is not None:
@@ -92,11 +97,8 @@ def chunk_scores(user_BxE, table_CxE, bias_C, lo, seen_BxS, targets_B, exclude_s
     inside_BxC = (row_B1 < 0) | (domains_C[None, :] == row_B1)
     scores_BxC = jnp.where(inside_BxC, scores_BxC, -jnp.inf)
   if exclude_seen and seen_BxS is not None:
-    local = seen_BxS - lo
-    drop = (seen_BxS > 0) & (local >= 0) & (local < chunk) & (seen_BxS != targets_B[:, None])
-    rows = jnp.broadcast_to(jnp.arange(seen_BxS.shape[0])[:, None], seen_BxS.shape)
-    seen_BxC = jnp.zeros(scores_BxC.shape, bool).at[rows, jnp.where(drop, local, chunk)].set(
-        True, mode="drop")
+    cells = _chunk_cells(seen_BxS, seen_BxS != targets_B[:, None], lo, chunk)
+    seen_BxC = jnp.zeros(scores_BxC.shape, bool).at[cells].set(True, mode="drop")
     scores_BxC = jnp.where(seen_BxC, -jnp.inf, scores_BxC)
   return scores_BxC
 

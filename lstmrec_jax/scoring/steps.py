@@ -71,9 +71,8 @@ def user_vectors(params: Any, consts: Any, batch: dict[str, jax.Array], graphdef
 
 def last_items(inputs_BxL: jax.Array, mask_BxL: jax.Array) -> jax.Array:
   """Each row's last real item id (rows are right-padded); 0 for empty rows."""
-  length_B = mask_BxL.sum(axis=1)
-  last_B = jnp.take_along_axis(inputs_BxL, jnp.maximum(length_B - 1, 0)[:, None], axis=1)[:, 0]
-  return jnp.where(length_B > 0, last_B, 0)
+  last_B = last_state(inputs_BxL[:, :, None], mask_BxL)[:, 0]
+  return jnp.where(mask_BxL.any(axis=1), last_B, 0)
 
 
 def transition_pairs(params: Any, consts: Any, batch: dict[str, jax.Array],

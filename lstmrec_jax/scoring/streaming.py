@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lstmrec_jax.model import content as content_lib
 from lstmrec_jax.scoring import ranks
 from lstmrec_jax.scoring import steps
 
@@ -141,11 +142,8 @@ class Tables:
     user_BxE, last_B = user_BxU[:, :-1], jnp.round(user_BxU[:, -1]).astype(jnp.int32)
     if head != "softmax":
       return user_BxE, None
-    ok_B = (last_B > 0) & (last_B < self.transition_ids_VxP.shape[0])
-    row_B = jnp.where(ok_B, last_B, 0)
-    ids_BxP = jnp.where(ok_B[:, None], jnp.take(self.transition_ids_VxP, row_B, axis=0), 0)
-    values_BxP = jnp.where(ids_BxP > 0, jnp.take(self.transition_values_VxP, row_B, axis=0), 0.0)
-    return user_BxE, (ids_BxP, values_BxP)
+    return user_BxE, content_lib.pairs_of(self.transition_ids_VxP, self.transition_values_VxP,
+                                          last_B)
 
 
 jax.tree_util.register_dataclass(Tables, data_fields=["params", "consts", "input_VxE",
@@ -166,8 +164,7 @@ def make_tables(graphdef, params, consts, popularity_V) -> Tables:
                       if model.has_q_head else None)
     transitions = (None, None)
     if model.has_transitions:
-      t = model.transitions
-      transitions = (t.ids_VxK[...], t.weight * t.logp_VxK[...])
+      transitions = (model.transitions.ids_VxK[...], model.transitions.values_VxK())
     return (input_VxE, steps.fallback_table(output_VxE, bias_V, popularity_V), q_fallback_VxF,
             *transitions)
 
