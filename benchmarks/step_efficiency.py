@@ -30,6 +30,10 @@ Ways of using the cores (`--modes`):
 `both` = system,reuse) runs every (variant, mode) with each, one after the other, for a
 side-by-side A/B. Each row also reports the minor page faults per timed step (getrusage).
 
+`--profile_steps N` also traces N steps of the compiled step (jax.profiler, one device) and splits
+their op time into matmuls and everything else (`op_split`), with the ceiling: the efficiency the
+step would reach if its matmuls ran at the roofline and the rest took what it takes now.
+
 Time it alone on the machine: the wall time is the result.
 """
 
@@ -39,6 +43,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -107,6 +112,12 @@ VARIANTS = {
                  {"model.embed_dim": 128, "model.hidden_size": 128, "loss.kind": "sampled",
                   "loss.num_negatives": 2048, "input.batch_size": 8, "model.embed_dropout": 0.2,
                   "model.output_dropout": 0.2, "loss.teacher_weight": 0.3}),
+    "recipe_stop42": ("the recipe of stop 42 (configs/beauty.py as it is): bf16 softmax, the "
+                      "neighbours as a constant, the co-occurrence teacher of next items "
+                      "(constant 0.5 here; the transition prior does not enter training)",
+                      {"loss.compute_dtype": "bfloat16", "model.item_neighbors": 5,
+                       "model.neighbor_weight": 0.5, "model.neighbor_gradient": False,
+                       "loss.teacher_weight": 0.5, "loss.teacher_direction": "next"}),
     "sampled_h64": ("E = H = 64, sampled softmax, 2,048 negatives",
                     {"model.embed_dim": 64, "model.hidden_size": 64, "loss.kind": "sampled",
                      "loss.num_negatives": 2048}),
@@ -131,6 +142,93 @@ def flops_from_shapes(*, n: int, e: int, h: int, v: int, layers: int, loss: str,
   softmax = n * 2 * e * scored * 3
   return {"lstm": lstm, "projection": proj, "items": items, "softmax": softmax,
           "total": lstm + proj + items + softmax}
+
+
+def hlo_op_kinds(hlo_text: str) -> dict[str, tuple[str, str, str]]:
+  """name -> (kind, shape, op_name) of each instruction of a compiled module's text.
+
+  kind is "matmul" for a dot and for a fusion whose computation holds a dot (XLA:CPU hands those
+  to its matmul library, with what it fused around the product), "other" for everything else
+  (elementwise passes, reductions, gathers, scatters, copies, loops' bookkeeping).
+  """
+  has_dot: dict[str, bool] = {}
+  current = None
+  for line in hlo_text.splitlines():
+    head = re.match(r"\s*(?:ENTRY )?%([\w.\-]+) \(.*\{\s*$", line)
+    if head:
+      current = head.group(1)
+      has_dot[current] = False
+    elif current is not None and re.search(r" dot\(", line):
+      has_dot[current] = True
+  kinds = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\(", line)
+    if not m:
+      continue
+    name, shape, op = m.groups()
+    source = re.search(r'op_name="([^"]+)"', line)
+    source = source.group(1) if source else ""
+    calls = re.search(r"calls=%([\w.\-]+)", line)
+    matmul = op == "dot" or (op == "fusion" and calls is not None
+                             and has_dot.get(calls.group(1), False))
+    kinds.setdefault(name, ("matmul" if matmul else "other", shape, source))
+  return kinds
+
+
+def op_split(events: list[dict], kinds: dict[str, tuple[str, str, str]], steps: int,
+             top: int = 12) -> dict[str, Any]:
+  """Per-step ms of a trace's XLA ops by kind (see `hlo_op_kinds`), and the largest "other" ops.
+
+  `events` are a Chrome trace's complete ("X") events; a loop (`while`) and the executor's own
+  spans are skipped (their bodies' ops are counted one by one), as are events that name no
+  instruction of the module.
+  """
+  totals = {"matmul": 0.0, "other": 0.0}
+  per_op: dict[str, float] = {}
+  for e in events:
+    name = e.get("name", "")
+    if e.get("ph") != "X" or name not in kinds or name.startswith("while"):
+      continue
+    kind = kinds[name][0]
+    totals[kind] += e["dur"] / 1e3 / steps
+    per_op[name] = per_op.get(name, 0.0) + e["dur"] / 1e3 / steps
+  others = sorted((n for n in per_op if kinds[n][0] == "other"), key=per_op.get, reverse=True)
+  return {"matmul_ms": totals["matmul"], "other_ms": totals["other"],
+          "top_other": [{"op": n, "ms": per_op[n], "shape": kinds[n][1],
+                         "source": kinds[n][2][-80:]} for n in others[:top]]}
+
+
+def ceiling(gflop_per_step: float, roofline_gflops: float, other_ms: float,
+            cores: int = 1) -> float:
+  """The efficiency a step could reach if every matmul ran at the roofline and its other ops
+  took what they take now: ideal matmul time / (ideal matmul time + other time).
+
+  `other_ms` is thread time (a trace's op spans, summed); on `cores` cores it is taken as
+  spread perfectly over them, so the ceiling is an upper bound there.
+  """
+  ideal_ms = gflop_per_step / roofline_gflops * 1e3
+  return ideal_ms / (ideal_ms + other_ms / cores)
+
+
+def profile_ops(compiled, state, placed, aux, steps: int) -> dict[str, Any]:
+  """Traces `steps` calls of the compiled step (jax.profiler) and splits its ops' time."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  kinds = hlo_op_kinds(compiled.as_text())
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp):
+      t0 = time.perf_counter()
+      for i in range(steps):
+        state, out = compiled(state, placed[i % len(placed)], aux)
+      jax.block_until_ready(out)
+      traced_ms = (time.perf_counter() - t0) / steps * 1e3
+    found = sorted(pathlib.Path(tmp).rglob("*.trace.json.gz"))
+    if not found:
+      return {"error": "jax.profiler wrote no trace"}
+    with gzip.open(found[-1]) as f:
+      events = json.load(f)["traceEvents"]
+  return {"steps": steps, "traced_step_ms": traced_ms, **op_split(events, kinds, steps)}
 
 
 def child(args) -> None:
@@ -251,6 +349,18 @@ def child(args) -> None:
     roofs_bf16 = {name: gflops(mm, xs) for name, xs in bf16_pairs.items()}
   roofline_bf16 = max(roofs_bf16.values()) if roofs_bf16 else float("nan")
   achieved = shapes["total"] / step_s / 1e9
+  profile = {}
+  if args.profile_steps:
+    profile = profile_ops(compiled, state, placed, aux, args.profile_steps)
+    if "other_ms" in profile:
+      # Against the roofline of the products the step runs: a step whose softmax runs in bf16
+      # (faster than the f32 matmul) would otherwise get a ceiling below what it achieves.
+      bf16_step = spec.loss.compute_dtype != "float32" and roofs_bf16
+      profile["ceiling_roofline"] = "bf16" if bf16_step else "f32"
+      profile["cores"] = len(os.sched_getaffinity(0))
+      profile["ceiling"] = ceiling(shapes["total"] / 1e9,
+                                   roofline_bf16 if bf16_step else roofline, profile["other_ms"],
+                                   profile["cores"])
   print("RESULT " + json.dumps({
       "variant": args.variant, "mode": args.mode, "devices": devices,
       "host_malloc": args.host_malloc, "host_malloc_log": malloc_line,
@@ -270,7 +380,7 @@ def child(args) -> None:
       "efficiency": achieved / roofline,
       "softmax_dtype": spec.loss.compute_dtype, "roofline_bf16_matmuls_gflops": roofs_bf16,
       "roofline_bf16_gflops": roofline_bf16,
-      "efficiency_bf16": achieved / roofline_bf16}), flush=True)
+      "efficiency_bf16": achieved / roofline_bf16, "profile": profile}), flush=True)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -309,6 +419,25 @@ def markdown(result: dict[str, Any]) -> str:
         f"{r.get('roofline_bf16_gflops', float('nan')):.1f} | "
         f"{r.get('efficiency_bf16', float('nan')):.0%} | {r.get('softmax_dtype', 'float32')} | "
         f"{g['softmax'] / g['total']:.0%} / {g['lstm'] / g['total']:.0%} |")
+  profiled = [r for r in result["rows"] if r.get("profile", {}).get("other_ms") is not None]
+  if profiled:
+    lines += ["", "Where a step's time goes (`--profile_steps`: a jax.profiler trace of the "
+              "compiled step, its ops classified from the compiled module's text: matmuls are "
+              "dots and the fusions XLA:CPU hands to its matmul library, the rest is every "
+              "other op). The ceiling is the efficiency the step would reach if its matmuls ran "
+              "at the roofline (bf16 where the softmax runs in bf16) and the rest took what it "
+              "takes now. The ms are thread time (op spans summed over threads); on 2 cores the "
+              "ceiling takes the other ops as spread perfectly over both, an upper bound.", "",
+              "| variant | mode | traced step ms (wall) | matmul ms | other ms | ceiling (against) "
+              "| largest other ops (ms) |",
+              "|---|---|---:|---:|---:|---:|---|"]
+    for r in profiled:
+      pr = r["profile"]
+      top = "; ".join(f"{o['op']} {o['shape']} {o['ms']:.1f} ({o['source'][-40:]})"
+                      for o in pr["top_other"][:6])
+      lines.append(f"| {r['variant']} | {r['mode']} | {pr['traced_step_ms']:.1f} | "
+                   f"{pr['matmul_ms']:.1f} | {pr['other_ms']:.1f} | "
+                   f"{pr['ceiling']:.0%} ({pr['ceiling_roofline']}) | {top} |")
   lines += ["", "Variants:"] + [f"- `{k}`: {d}" for k, (d, _) in VARIANTS.items()
                                 if k in {r['variant'] for r in result['rows']}]
   return "\n".join(lines) + "\n"
@@ -326,6 +455,9 @@ def main() -> None:
   p.add_argument("--host_malloc", default="reuse", help="the child's host allocator "
                  "(lstmrec_jax/hostmem.py: reuse, one_arena, system), or several separated by "
                  "commas, run one after the other for each (variant, mode); both = system,reuse")
+  p.add_argument("--profile_steps", type=int, default=0,
+                 help="also trace this many steps and split their time into matmuls and the "
+                 "rest (one device; 0: no trace)")
   p.add_argument("--child", nargs=2, metavar=("VARIANT", "MODE"), help=argparse.SUPPRESS)
   args = p.parse_args()
   from train_throughput import default_data_path, load_average, machine_info, write_result  # pylint: disable=g-import-not-at-top
@@ -342,7 +474,8 @@ def main() -> None:
     env = dict(os.environ)
     cmd = [sys.executable, __file__, "--child", variant, mode, "--steps", str(args.steps),
            "--rounds", str(args.rounds), "--data", args.data, "--cache_dir", args.cache_dir,
-           "--host_malloc", malloc]
+           "--host_malloc", malloc, "--profile_steps",
+           str(args.profile_steps if mode != "2dev" else 0)]
     if mode == "1core":
       cmd = ["taskset", "-c", "0", *cmd]
     if mode == "2dev":
