@@ -64,9 +64,14 @@ class StateLayout:
     return self.embed_dim + int(self.last_item)
 
   @property
+  def users_size(self) -> int:
+    """What the state keeps after the encoder's part: user_slots x E (+ 1 for the last item)."""
+    return self.user_slots * self.embed_dim + int(self.last_item)
+
+  @property
   def size(self) -> int:
-    """S = encoder state + user_slots x E (+ 1 for the last item) + 1."""
-    return self.encoder_size + self.user_slots * self.embed_dim + int(self.last_item) + 1
+    """S = encoder state + users_size + 1 (the count)."""
+    return self.encoder_size + self.users_size + 1
 
 
 def layout_of(model) -> StateLayout:
@@ -84,7 +89,7 @@ def _unpack(layout: StateLayout, state_BxS: jax.Array):
   id after them when the layout keeps it, count_B)."""
   b = state_BxS.shape[0]
   n = layout.encoder_size
-  width = layout.user_slots * layout.embed_dim + int(layout.last_item)
+  width = layout.users_size
   enc, user_BxE, count_B = state_BxS[:, :n], state_BxS[:, n:n + width], state_BxS[:, -1]
   if layout.window:
     return enc.astype(jnp.int32), user_BxE, count_B
@@ -241,7 +246,7 @@ def user_of(layout: StateLayout, state_BxS: jax.Array, domains_B: jax.Array | No
   """(user_BxE, count_B) of flat states; with one user vector per domain, the `domains_B` one.
   With the transition prior the vector ends with the last item's id (`layout.user_width`)."""
   n = layout.encoder_size
-  users = state_BxS[:, n:n + layout.user_slots * layout.embed_dim + int(layout.last_item)]
+  users = state_BxS[:, n:n + layout.users_size]
   if layout.user_slots > 1:
     if domains_B is None:
       raise ValueError("a cross-domain state holds one user vector per domain: name the domain")
